@@ -1,0 +1,137 @@
+// Shared internals of the software FlagCX provider. Nothing here is exported:
+// the flagcx_sw namespace is hidden, so `nm -D` shows only the FlagCX API and
+// the flagcxSw* extension.
+//
+// Invariants shared by all files:
+// - Every exported function catches all exceptions and maps them to its
+//   failure return; internal functions may throw (std::bad_alloc).
+// - A connection's region snapshot is sorted by base and never changes after
+//   the handshake, so the transfer path reads it without a lock.
+// - Process-wide state lives in function-local statics that are never
+//   destroyed, so calls racing with process exit cannot touch freed memory.
+
+#ifndef FLAGCX_SW_INTERNAL_H_
+#define FLAGCX_SW_INTERNAL_H_
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "flagcx_p2p.h"
+#include "flagcx_sw.h"
+
+#define FLAGCX_SW_API __attribute__((visibility("default")))
+
+namespace flagcx_sw __attribute__((visibility("hidden"))) {
+
+// One registered region as peers see it.
+struct Region {
+  uint64_t base;
+  uint64_t size;
+  uint32_t rkey;
+};
+
+// [addr, addr + len) inside [base, base + size), without overflow.
+inline bool contains(uint64_t base, uint64_t size, uint64_t addr,
+                     uint64_t len) {
+  return addr >= base && len <= size && addr - base <= size - len;
+}
+
+// The objects behind the API's opaque handles. They live in this hidden
+// namespace (the public handle types stay incomplete) so that neither they
+// nor the std templates instantiated over them leak into the dynamic symbol
+// table.
+struct Conn {
+  pid_t peerPid = 0;
+  bool sameProcess = false; // memcpy instead of process_vm_{read,write}v
+  std::vector<Region> regions; // peer snapshot, sorted by base
+};
+
+struct Engine {
+  int listenFd = -1;
+  int port = -1;
+  std::mutex lifeMu; // serializes start/stop of the accept thread
+  std::thread acceptThread;
+  bool stopped = false; // under lifeMu: StopAccept ran, the listener is gone
+  std::atomic<bool> stopFlag{false};
+  std::mutex cacheMu;
+  std::unordered_map<std::string, Conn *> cache;
+};
+
+inline Conn *impl(FlagcxP2pConn *c) { return reinterpret_cast<Conn *>(c); }
+inline Engine *impl(FlagcxP2pEngine *e) {
+  return reinterpret_cast<Engine *>(e);
+}
+inline FlagcxP2pConn *handle(Conn *c) {
+  return reinterpret_cast<FlagcxP2pConn *>(c);
+}
+inline FlagcxP2pEngine *handle(Engine *e) {
+  return reinterpret_cast<FlagcxP2pEngine *>(e);
+}
+
+// ---- knobs.cpp -------------------------------------------------------------
+uint64_t knob(int which);
+// True when the transfer with this 1-based process-wide sequence number was
+// selected by FAIL_OP / HANG_OP.
+bool faultSelected(int which, uint64_t seq);
+void recordViolation(int kind, uint64_t id);
+// Accepted transfers so far; FAIL_OP/HANG_OP count relative to it.
+std::atomic<uint64_t> &issuedCounter();
+
+// ---- registry.cpp ----------------------------------------------------------
+int regAdd(uintptr_t addr, size_t size, FlagcxP2pMr *id);
+void regRemove(FlagcxP2pMr id);
+void regClear();
+std::vector<Region> regSnapshot();
+// Every local iov [addrs[i], +sizes[i]) inside MR ids[i], one lock for all.
+bool regCheckLocal(const FlagcxP2pMr *ids, void *const *addrs,
+                   const size_t *sizes, size_t n);
+// Every region (by base) still registered with the same rkey and covering
+// [addrs[i], +lens[i]); used for in-process peers only.
+bool regCheckLive(const Region *const *regions, const uint64_t *addrs,
+                  const size_t *lens, size_t n);
+
+// ---- net.cpp: bounded socket I/O and the handshake message -------------------
+uint64_t nowNs(); // steady clock
+// Waits until fd is ready for `events`; false on deadline, stop or poll error.
+bool waitReady(int fd, short events, uint64_t deadlineNs,
+               const std::atomic<bool> *stop);
+// Moves exactly len bytes on a non-blocking socket before deadlineNs; gives
+// up early when *stop becomes true (stop may be null).
+bool sendAll(int fd, const void *buf, size_t len, uint64_t deadlineNs,
+             const std::atomic<bool> *stop);
+bool recvAll(int fd, void *buf, size_t len, uint64_t deadlineNs,
+             const std::atomic<bool> *stop);
+// Hello = {magic, version, pid, count, count x region}; both sides send one.
+bool sendHello(int fd, uint64_t deadlineNs, const std::atomic<bool> *stop);
+bool recvHello(int fd, uint64_t deadlineNs, const std::atomic<bool> *stop,
+               pid_t *pid, std::vector<Region> *regions);
+
+// ---- conn.cpp ----------------------------------------------------------------
+// First region of the (sorted) snapshot that holds [addr, +len) and, when
+// rkey != 0, carries that rkey; null when none does.
+const Region *findRegion(const std::vector<Region> &regions, uint64_t addr,
+                         uint64_t len, uint32_t rkey);
+
+// ---- transfer.cpp ----------------------------------------------------------
+int submit(bool write, Conn *conn, const std::vector<FlagcxP2pMr> &mrs,
+           const std::vector<void *> &locals, const std::vector<size_t> &sizes,
+           const std::vector<FlagcxP2pRdmaDesc> &descs, int numIovs,
+           uint64_t *transferId);
+int writeSync(Conn *conn, const std::vector<FlagcxP2pMr> &mrs,
+              const std::vector<void *> &locals,
+              const std::vector<size_t> &sizes,
+              const std::vector<FlagcxP2pRdmaDesc> &descs);
+// FLAGCX_SW_XFER_PENDING / DONE / FAILED.
+int pollResult(Conn *conn, uint64_t id);
+
+} // namespace flagcx_sw
+
+#endif // FLAGCX_SW_INTERNAL_H_

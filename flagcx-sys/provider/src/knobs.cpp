@@ -1,0 +1,145 @@
+// Test knobs (from the environment, changeable at run time) and misuse
+// accounting.
+//
+// Invariants:
+// - Each environment variable is read once, at the first call that needs a
+//   knob (a function-local static: no static-initialization-order issue).
+// - FAIL_OP / HANG_OP = N select the transfer whose sequence number equals
+//   "issued count when the knob was set" + N; the target is stored as one
+//   atomic, so a concurrent submit sees either the old or the new target.
+// - Violation counters are constant-initialized atomics.
+
+#include <cinttypes>
+#include <cstdio>
+#include <cstdlib>
+
+#include "internal.h"
+
+namespace flagcx_sw {
+namespace {
+
+const char *const kEnvNames[FLAGCX_SW_KNOB_COUNT] = {
+    "FLAGCX_SW_LATENCY_NS",       "FLAGCX_SW_FAIL_OP",
+    "FLAGCX_SW_HANG_OP",          "FLAGCX_SW_CONNECT_DELAY_MS",
+    "FLAGCX_SW_REFUSE_CONNECT",   "FLAGCX_SW_CONNECT_TIMEOUT_MS",
+};
+const uint64_t kDefaults[FLAGCX_SW_KNOB_COUNT] = {0, 0, 0, 0, 0, 10000};
+
+const char *const kViolationNames[FLAGCX_SW_VIOLATION_KINDS] = {
+    "REPEATED_POLL", "CONCURRENT_POLL", "UNKNOWN_POLL"};
+constexpr uint64_t kViolationLogLimit = 10;
+
+std::atomic<uint64_t> g_issued{0};
+std::atomic<uint64_t> g_violations[FLAGCX_SW_VIOLATION_KINDS] = {};
+std::atomic<uint64_t> g_violationsLogged{0};
+
+struct Knobs {
+  std::atomic<uint64_t> value[FLAGCX_SW_KNOB_COUNT];
+  // Absolute sequence numbers for FAIL_OP / HANG_OP; 0 = off.
+  std::atomic<uint64_t> failTarget{0};
+  std::atomic<uint64_t> hangTarget{0};
+
+  Knobs() {
+    for (int i = 0; i < FLAGCX_SW_KNOB_COUNT; ++i)
+      value[i].store(fromEnv(i), std::memory_order_relaxed);
+    retarget(FLAGCX_SW_KNOB_FAIL_OP);
+    retarget(FLAGCX_SW_KNOB_HANG_OP);
+  }
+
+  static uint64_t fromEnv(int i) {
+    const char *s = std::getenv(kEnvNames[i]);
+    if (s == nullptr || *s == '\0') return kDefaults[i];
+    char *end = nullptr;
+    unsigned long long v = std::strtoull(s, &end, 0);
+    if (*end != '\0') {
+      std::fprintf(stderr, "[flagcx-sw] ignoring %s=%s (not a number)\n",
+                   kEnvNames[i], s);
+      return kDefaults[i];
+    }
+    return v;
+  }
+
+  void retarget(int which) {
+    uint64_t n = value[which].load();
+    uint64_t target = n == 0 ? 0 : g_issued.load() + n;
+    (which == FLAGCX_SW_KNOB_FAIL_OP ? failTarget : hangTarget).store(target);
+  }
+};
+
+Knobs &knobs() {
+  static Knobs *k = new Knobs(); // never freed: usable until process exit
+  return *k;
+}
+
+bool validKnob(int which) { return which >= 0 && which < FLAGCX_SW_KNOB_COUNT; }
+
+} // namespace
+
+uint64_t knob(int which) {
+  return validKnob(which) ? knobs().value[which].load(std::memory_order_relaxed)
+                          : 0;
+}
+
+bool faultSelected(int which, uint64_t seq) {
+  Knobs &k = knobs();
+  auto &target = which == FLAGCX_SW_KNOB_FAIL_OP ? k.failTarget : k.hangTarget;
+  return target.load(std::memory_order_relaxed) == seq;
+}
+
+std::atomic<uint64_t> &issuedCounter() { return g_issued; }
+
+void recordViolation(int kind, uint64_t id) {
+  g_violations[kind].fetch_add(1, std::memory_order_relaxed);
+  // Log only the first few so a runaway poller cannot flood stderr.
+  if (g_violationsLogged.fetch_add(1, std::memory_order_relaxed) <
+      kViolationLogLimit)
+    std::fprintf(stderr, "[flagcx-sw] violation %s: transfer id 0x%016" PRIx64
+                         "\n", kViolationNames[kind], id);
+}
+
+} // namespace flagcx_sw
+
+using namespace flagcx_sw;
+
+extern "C" {
+
+FLAGCX_SW_API int flagcxSwSetKnob(int which, uint64_t value) {
+  try {
+    if (!validKnob(which)) return -1;
+    Knobs &k = knobs();
+    k.value[which].store(value);
+    if (which == FLAGCX_SW_KNOB_FAIL_OP || which == FLAGCX_SW_KNOB_HANG_OP)
+      k.retarget(which);
+    return 0;
+  } catch (...) {
+    return -1;
+  }
+}
+
+FLAGCX_SW_API uint64_t flagcxSwGetKnob(int which) {
+  try {
+    return knob(which);
+  } catch (...) {
+    return 0;
+  }
+}
+
+FLAGCX_SW_API uint64_t flagcxSwViolations(int kind) {
+  if (kind < 0 || kind >= FLAGCX_SW_VIOLATION_KINDS) return 0;
+  return g_violations[kind].load();
+}
+
+FLAGCX_SW_API uint64_t flagcxSwViolationsTotal(void) {
+  uint64_t total = 0;
+  for (auto &v : g_violations) total += v.load();
+  return total;
+}
+
+FLAGCX_SW_API void flagcxSwResetViolations(void) {
+  for (auto &v : g_violations) v.store(0);
+  g_violationsLogged.store(0);
+}
+
+FLAGCX_SW_API uint64_t flagcxSwTransfersIssued(void) { return g_issued.load(); }
+
+} // extern "C"

@@ -1,0 +1,151 @@
+// The process-global memory-region registry (FlagCX registers per process,
+// not per engine).
+//
+// Invariants:
+// - At most one MR per base address; registering a known base again returns
+//   its id (no refcount) and adopts the new size; its rkey never changes.
+// - Ids come from one counter starting at 1 and are never reused, so an MR
+//   that is destroyed and registered again gets a new id and a new rkey:
+//   descriptors built for the old registration stop working.
+// - rkeys are nonzero and mix in the pid, so two processes that register the
+//   same id hand out different keys.
+// - byId and byBase always describe the same set of MRs (one shared_mutex).
+
+#include <unistd.h>
+
+#include <shared_mutex>
+
+#include "internal.h"
+
+namespace flagcx_sw {
+namespace {
+
+// A hasher of our own keeps this map's template instantiation hidden
+// (an all-builtin-types one would be exported as a weak symbol).
+struct BaseHash {
+  size_t operator()(uint64_t base) const { return std::hash<uint64_t>()(base); }
+};
+
+struct Registry {
+  std::shared_mutex mu;
+  std::unordered_map<FlagcxP2pMr, Region> byId;
+  std::unordered_map<uint64_t, FlagcxP2pMr, BaseHash> byBase;
+  FlagcxP2pMr nextId = 1;
+};
+
+Registry &registry() {
+  static Registry *r = new Registry(); // never freed: see internal.h
+  return *r;
+}
+
+uint32_t makeRkey(FlagcxP2pMr id) {
+  // splitmix64 finalizer over (pid, id): cheap, well spread.
+  uint64_t x = (uint64_t(uint32_t(getpid())) << 32) ^ id;
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  x ^= x >> 31;
+  uint32_t key = uint32_t(x) ^ uint32_t(x >> 32);
+  return key == 0 ? 1 : key;
+}
+
+} // namespace
+
+int regAdd(uintptr_t addr, size_t size, FlagcxP2pMr *id) {
+  if (addr == 0 || size == 0) return -1;
+  Registry &r = registry();
+  std::unique_lock<std::shared_mutex> lock(r.mu);
+  auto known = r.byBase.find(addr);
+  if (known != r.byBase.end()) {
+    r.byId[known->second].size = size;
+    *id = known->second;
+    return 0;
+  }
+  FlagcxP2pMr fresh = r.nextId;
+  r.byId.emplace(fresh, Region{addr, size, makeRkey(fresh)});
+  try {
+    r.byBase.emplace(addr, fresh);
+  } catch (...) {
+    r.byId.erase(fresh); // keep the two maps consistent
+    throw;
+  }
+  r.nextId++;
+  *id = fresh;
+  return 0;
+}
+
+void regRemove(FlagcxP2pMr id) {
+  Registry &r = registry();
+  std::unique_lock<std::shared_mutex> lock(r.mu);
+  auto it = r.byId.find(id);
+  if (it == r.byId.end()) return;
+  r.byBase.erase(it->second.base);
+  r.byId.erase(it);
+}
+
+void regClear() {
+  Registry &r = registry();
+  std::unique_lock<std::shared_mutex> lock(r.mu);
+  r.byId.clear();
+  r.byBase.clear();
+}
+
+std::vector<Region> regSnapshot() {
+  Registry &r = registry();
+  std::shared_lock<std::shared_mutex> lock(r.mu);
+  std::vector<Region> out;
+  out.reserve(r.byId.size());
+  for (const auto &kv : r.byId) out.push_back(kv.second);
+  return out;
+}
+
+bool regCheckLocal(const FlagcxP2pMr *ids, void *const *addrs,
+                   const size_t *sizes, size_t n) {
+  Registry &r = registry();
+  std::shared_lock<std::shared_mutex> lock(r.mu);
+  for (size_t i = 0; i < n; ++i) {
+    auto it = r.byId.find(ids[i]);
+    if (it == r.byId.end() ||
+        !contains(it->second.base, it->second.size,
+                  reinterpret_cast<uintptr_t>(addrs[i]), sizes[i]))
+      return false;
+  }
+  return true;
+}
+
+bool regCheckLive(const Region *const *regions, const uint64_t *addrs,
+                  const size_t *lens, size_t n) {
+  Registry &r = registry();
+  std::shared_lock<std::shared_mutex> lock(r.mu);
+  for (size_t i = 0; i < n; ++i) {
+    auto base = r.byBase.find(regions[i]->base);
+    if (base == r.byBase.end()) return false;
+    const Region &live = r.byId.find(base->second)->second;
+    if (live.rkey != regions[i]->rkey ||
+        !contains(live.base, live.size, addrs[i], lens[i]))
+      return false;
+  }
+  return true;
+}
+
+} // namespace flagcx_sw
+
+using namespace flagcx_sw;
+
+FLAGCX_SW_API int flagcxP2pEngineReg(FlagcxP2pEngine *engine, uintptr_t data,
+                                     size_t size, FlagcxP2pMr &mrId) {
+  try {
+    if (engine == nullptr) return -1;
+    return regAdd(data, size, &mrId);
+  } catch (...) {
+    return -1;
+  }
+}
+
+FLAGCX_SW_API void flagcxP2pEngineMrDestroy(FlagcxP2pEngine * /*engine*/,
+                                            FlagcxP2pMr mr) {
+  try {
+    regRemove(mr); // the registry is process-wide: the engine does not matter
+  } catch (...) {
+  }
+}

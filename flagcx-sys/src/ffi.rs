@@ -1,0 +1,95 @@
+//! Raw declarations of the C++ shim (`shim/flagcx_shim.h`). Everything here is
+//! `unsafe` to call; the safe wrapper lives in the crate root.
+
+use std::ffi::{c_char, c_int, c_void};
+
+pub type fxs_status = c_int;
+pub const FXS_OK: fxs_status = 0;
+pub const FXS_INVALID: fxs_status = -1;
+pub const FXS_FLAGCX: fxs_status = -2;
+pub const FXS_EXCEPTION: fxs_status = -3;
+
+pub const FXS_POLL_PENDING: c_int = 0;
+pub const FXS_POLL_DONE: c_int = 1;
+pub const FXS_POLL_FAILED: c_int = 2;
+
+/// Layout of `FlagcxP2pRdmaDesc` (64 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct fxs_desc {
+    pub addr: u64,
+    pub size: u32,
+    pub rkey: u32,
+    pub nmsgs: u32,
+    pub rid: u32,
+    pub idx: u64,
+    pub padding: [u8; 32],
+}
+
+/// One entry of a vector transfer. `local` is an address (C `void *`); it is
+/// held as `usize` so buffers of iovs can move between threads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct fxs_iov {
+    pub mr: u64,
+    pub local: usize,
+    pub len: usize,
+    pub remote: fxs_desc,
+}
+
+const _: () = assert!(std::mem::size_of::<fxs_desc>() == 64);
+const _: () = assert!(std::mem::size_of::<fxs_iov>() == 88);
+const _: () = assert!(std::mem::size_of::<usize>() == std::mem::size_of::<*mut c_void>());
+
+extern "C" {
+    pub fn fxs_engine_create(engine_out: *mut *mut c_void) -> fxs_status;
+    pub fn fxs_engine_destroy(engine: *mut c_void);
+    pub fn fxs_engine_stop_accept(engine: *mut c_void);
+    pub fn fxs_engine_start_rpc_server(engine: *mut c_void) -> fxs_status;
+    pub fn fxs_engine_rpc_port(engine: *mut c_void) -> c_int;
+    pub fn fxs_engine_metadata(
+        engine: *mut c_void,
+        buf: *mut c_char,
+        cap: usize,
+        len: *mut usize,
+    ) -> fxs_status;
+
+    pub fn fxs_get_conn(
+        engine: *mut c_void,
+        session: *const c_char,
+        conn_out: *mut *mut c_void,
+    ) -> fxs_status;
+    pub fn fxs_connect(
+        engine: *mut c_void,
+        ip: *const c_char,
+        remote_gpu: c_int,
+        remote_port: c_int,
+        conn_out: *mut *mut c_void,
+    ) -> fxs_status;
+    pub fn fxs_conn_destroy(conn: *mut c_void);
+
+    pub fn fxs_reg(engine: *mut c_void, addr: usize, len: usize, mr_out: *mut u64) -> fxs_status;
+    pub fn fxs_mr_destroy(engine: *mut c_void, mr: u64);
+    pub fn fxs_make_desc(
+        conn: *mut c_void,
+        remote_addr: u64,
+        len: u32,
+        desc_out: *mut fxs_desc,
+    ) -> fxs_status;
+
+    pub fn fxs_write_vector(
+        conn: *mut c_void,
+        iovs: *const fxs_iov,
+        n: c_int,
+        id_out: *mut u64,
+    ) -> fxs_status;
+    pub fn fxs_read_vector(
+        conn: *mut c_void,
+        iovs: *const fxs_iov,
+        n: c_int,
+        id_out: *mut u64,
+    ) -> fxs_status;
+    pub fn fxs_write_vector_sync(conn: *mut c_void, iovs: *const fxs_iov, n: c_int) -> fxs_status;
+    pub fn fxs_poll(conn: *mut c_void, id: u64) -> c_int;
+    pub fn fxs_reports_failures() -> c_int;
+}

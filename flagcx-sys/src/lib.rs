@@ -1,0 +1,349 @@
+//! flagcx-sys: a binding to FlagCX's point-to-point engine.
+//!
+//! FlagCX's P2P API is C++ (global functions taking `std::vector`s), so the
+//! crate compiles a small `extern "C"` shim (`shim/`) and wraps it here in
+//! safe types. Without `FLAGCX_HOME` the shim links the in-tree software
+//! provider (`provider/`), a `libflagcx.so` with the same API that moves bytes
+//! with `memcpy` (same process) or `process_vm_writev`/`readv` (another
+//! process on this machine), so everything runs without an RDMA NIC.
+//!
+//! Ownership model:
+//! - [`Engine`] is a shared handle; the FlagCX engine is destroyed when the
+//!   last `Engine` clone and the last [`Conn`] made from it are dropped.
+//! - [`Conn`] is either cached by the engine ([`Engine::get_conn`]) or owned
+//!   ([`Engine::connect`], destroyed on drop).
+//! - [`TransferId`] is neither `Copy` nor `Clone`: [`Conn::poll`] consumes it
+//!   and hands it back only while the transfer is pending, so an id cannot be
+//!   polled again after it reported completion (FlagCX recycles it then).
+
+#![allow(non_camel_case_types)]
+
+pub mod ffi;
+pub mod pattern;
+pub mod sw;
+
+use std::ffi::{c_int, c_void, CStr};
+use std::fmt;
+use std::ptr::{self, NonNull};
+use std::sync::Arc;
+
+/// Why a FlagCX call failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// An argument was rejected before reaching FlagCX (NULL, zero length,
+    /// more than `i32::MAX` entries, ...).
+    Invalid,
+    /// FlagCX returned an error code or NULL.
+    Flagcx,
+    /// A C++ exception was caught inside the shim.
+    Exception,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Error::Invalid => "invalid argument",
+            Error::Flagcx => "FlagCX reported an error",
+            Error::Exception => "C++ exception in FlagCX",
+        })
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn check(status: ffi::fxs_status) -> Result<()> {
+    match status {
+        ffi::FXS_OK => Ok(()),
+        ffi::FXS_INVALID => Err(Error::Invalid),
+        ffi::FXS_FLAGCX => Err(Error::Flagcx),
+        _ => Err(Error::Exception),
+    }
+}
+
+/// A registered memory region id (FlagCX's `FlagcxP2pMr`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MrId(pub u64);
+
+/// A remote region descriptor from [`Conn::make_desc`].
+pub type RemoteDesc = ffi::fxs_desc;
+
+/// One entry of a vector transfer: `len` bytes between local `local` (inside
+/// registered region `mr`) and the remote range `remote` describes.
+pub type Iov = ffi::fxs_iov;
+
+impl Iov {
+    pub fn new(mr: MrId, local: usize, len: usize, remote: RemoteDesc) -> Iov {
+        Iov { mr: mr.0, local, len, remote }
+    }
+}
+
+/// The largest length one descriptor can carry (`MakeDesc` takes a `uint32`).
+pub const MAX_DESC_LEN: u64 = u32::MAX as u64;
+
+struct EngineHandle(NonNull<c_void>);
+
+// SAFETY: FlagCX engines are used from many threads (its own workers do);
+// the calls this crate exposes on a shared engine (GetConn, Reg, MrDestroy,
+// metadata) take FlagCX's internal locks.
+unsafe impl Send for EngineHandle {}
+// SAFETY: as above; no method mutates Rust-side state.
+unsafe impl Sync for EngineHandle {}
+
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from fxs_engine_create and this is the last
+        // reference (every Conn holds an Arc to this handle).
+        unsafe { ffi::fxs_engine_destroy(self.0.as_ptr()) }
+    }
+}
+
+/// A FlagCX P2P engine (shared handle).
+#[derive(Clone)]
+pub struct Engine {
+    handle: Arc<EngineHandle>,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Engine({:p})", self.raw())
+    }
+}
+
+impl Engine {
+    /// Creates an engine. Real FlagCX returns an error here on a machine
+    /// without a usable RDMA stack.
+    pub fn create() -> Result<Engine> {
+        let mut raw = ptr::null_mut();
+        // SAFETY: raw is a valid out-pointer.
+        check(unsafe { ffi::fxs_engine_create(&mut raw) })?;
+        let ptr = NonNull::new(raw).ok_or(Error::Flagcx)?;
+        Ok(Engine { handle: Arc::new(EngineHandle(ptr)) })
+    }
+
+    fn raw(&self) -> *mut c_void {
+        self.handle.0.as_ptr()
+    }
+
+    /// The FlagCX engine pointer, for calls this wrapper does not cover.
+    /// It stays valid while this `Engine` (or a clone or Conn of it) lives.
+    pub fn as_raw(&self) -> *mut c_void {
+        self.raw()
+    }
+
+    /// Starts the thread that answers peers' connection handshakes.
+    pub fn start_rpc_server(&self) -> Result<()> {
+        // SAFETY: live engine pointer.
+        check(unsafe { ffi::fxs_engine_start_rpc_server(self.raw()) })
+    }
+
+    /// Stops accepting new connections; existing ones keep working.
+    pub fn stop_accept(&self) {
+        // SAFETY: live engine pointer.
+        unsafe { ffi::fxs_engine_stop_accept(self.raw()) }
+    }
+
+    pub fn rpc_port(&self) -> Option<u16> {
+        // SAFETY: live engine pointer.
+        let port = unsafe { ffi::fxs_engine_rpc_port(self.raw()) };
+        u16::try_from(port).ok().filter(|p| *p != 0)
+    }
+
+    /// FlagCX's metadata string, `host:port?gpu?notifPort`.
+    pub fn metadata(&self) -> Result<String> {
+        let mut buf = vec![0u8; 128];
+        loop {
+            let mut len = 0usize;
+            // SAFETY: buf is writable for buf.len() bytes; len is an out-pointer.
+            let st = unsafe {
+                ffi::fxs_engine_metadata(self.raw(), buf.as_mut_ptr().cast(), buf.len(), &mut len)
+            };
+            if st == ffi::FXS_INVALID && len >= buf.len() {
+                buf.resize(len + 1, 0);
+                continue;
+            }
+            check(st)?;
+            buf.truncate(len);
+            return String::from_utf8(buf).map_err(|_| Error::Flagcx);
+        }
+    }
+
+    /// The endpoint peers connect to: the metadata before the first `?`
+    /// (what Mooncake publishes as `rdma_server_name`).
+    pub fn endpoint(&self) -> Result<String> {
+        let md = self.metadata()?;
+        Ok(md.split('?').next().unwrap_or_default().to_owned())
+    }
+
+    /// The engine's cached connection to `session` (`host:port`). The first
+    /// call per session blocks for the handshake.
+    pub fn get_conn(&self, session: &CStr) -> Result<Conn> {
+        let mut raw = ptr::null_mut();
+        // SAFETY: live engine, NUL-terminated session, valid out-pointer.
+        check(unsafe { ffi::fxs_get_conn(self.raw(), session.as_ptr(), &mut raw) })?;
+        self.conn_from(raw, false)
+    }
+
+    /// A fresh connection owned by the returned [`Conn`] (its snapshot of the
+    /// peer's regions is taken now).
+    pub fn connect(&self, ip: &CStr, remote_gpu: i32, port: u16) -> Result<Conn> {
+        let mut raw = ptr::null_mut();
+        // SAFETY: live engine, NUL-terminated ip, valid out-pointer.
+        check(unsafe {
+            ffi::fxs_connect(self.raw(), ip.as_ptr(), remote_gpu, c_int::from(port), &mut raw)
+        })?;
+        self.conn_from(raw, true)
+    }
+
+    fn conn_from(&self, raw: *mut c_void, owned: bool) -> Result<Conn> {
+        let ptr = NonNull::new(raw).ok_or(Error::Flagcx)?;
+        Ok(Conn { ptr, owned, _engine: self.handle.clone() })
+    }
+
+    /// Registers `[addr, addr + len)` for transfers (process-wide in FlagCX).
+    ///
+    /// # Safety
+    /// The range must stay valid memory until it is deregistered, and may be
+    /// read and written by transfers (local and remote) at any time until
+    /// then: the caller must not hold Rust references into it across that.
+    pub unsafe fn register(&self, addr: usize, len: usize) -> Result<MrId> {
+        let mut mr = 0u64;
+        // SAFETY: live engine; the caller vouches for the range.
+        check(unsafe { ffi::fxs_reg(self.raw(), addr, len, &mut mr) })?;
+        Ok(MrId(mr))
+    }
+
+    /// Deregisters a region. Note FlagCX has no refcount: registering the same
+    /// base twice gives the same id, and one deregistration removes it.
+    pub fn deregister(&self, mr: MrId) {
+        // SAFETY: live engine; an unknown id is ignored by FlagCX.
+        unsafe { ffi::fxs_mr_destroy(self.raw(), mr.0) }
+    }
+}
+
+/// A connection to one peer engine.
+pub struct Conn {
+    ptr: NonNull<c_void>,
+    owned: bool,
+    // Keeps the engine (which owns cached connections) alive.
+    _engine: Arc<EngineHandle>,
+}
+
+// SAFETY: FlagCX connections accept WriteVector/ReadVector/MakeDesc from
+// several threads; the one call that is not thread-safe per id (status) is
+// guarded by TransferId's move-only ownership.
+unsafe impl Send for Conn {}
+// SAFETY: as above.
+unsafe impl Sync for Conn {}
+
+impl fmt::Debug for Conn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Conn({:p}, owned={})", self.ptr, self.owned)
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if self.owned {
+            // SAFETY: an owned conn came from fxs_connect and is destroyed once.
+            unsafe { ffi::fxs_conn_destroy(self.ptr.as_ptr()) }
+        }
+    }
+}
+
+/// A transfer in flight. Move-only: see [`Conn::poll`].
+#[must_use = "a transfer id must be polled until it completes"]
+#[derive(Debug, PartialEq, Eq)]
+pub struct TransferId(u64);
+
+impl TransferId {
+    pub fn raw(&self) -> u64 {
+        self.0
+    }
+}
+
+/// One poll's answer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Poll {
+    /// Not finished: poll the id again later.
+    Pending(TransferId),
+    /// Finished. With real FlagCX this includes transfers that failed, which
+    /// it cannot tell apart (see [`reports_failures`]).
+    Done,
+    /// Finished with an error (only from providers that can tell).
+    Failed,
+}
+
+impl Conn {
+    /// The FlagCX connection pointer, for calls this wrapper does not cover
+    /// (tests use it to misuse the status call on purpose).
+    pub fn as_raw(&self) -> *mut c_void {
+        self.ptr.as_ptr()
+    }
+
+    /// Describes the remote range `[remote_addr, remote_addr + len)` from the
+    /// peer's regions as seen when this connection was made.
+    pub fn make_desc(&self, remote_addr: u64, len: u32) -> Result<RemoteDesc> {
+        let mut desc =
+            RemoteDesc { addr: 0, size: 0, rkey: 0, nmsgs: 0, rid: 0, idx: 0, padding: [0; 32] };
+        // SAFETY: live conn, valid out-pointer.
+        check(unsafe { ffi::fxs_make_desc(self.ptr.as_ptr(), remote_addr, len, &mut desc) })?;
+        Ok(desc)
+    }
+
+    fn count(iovs: &[Iov]) -> Result<c_int> {
+        match c_int::try_from(iovs.len()) {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(Error::Invalid),
+        }
+    }
+
+    /// Starts a one-sided write of every entry. Local ranges must lie inside
+    /// their registered regions (FlagCX checks and fails synchronously).
+    pub fn write_vector(&self, iovs: &[Iov]) -> Result<TransferId> {
+        let n = Self::count(iovs)?;
+        let mut id = 0;
+        // SAFETY: iovs points to n entries; FlagCX only reads local memory
+        // inside registered regions, whose validity `register` vouched for.
+        check(unsafe { ffi::fxs_write_vector(self.ptr.as_ptr(), iovs.as_ptr(), n, &mut id) })?;
+        Ok(TransferId(id))
+    }
+
+    /// Starts a one-sided read into every entry's local range.
+    pub fn read_vector(&self, iovs: &[Iov]) -> Result<TransferId> {
+        let n = Self::count(iovs)?;
+        let mut id = 0;
+        // SAFETY: as write_vector; writes land only in registered regions.
+        check(unsafe { ffi::fxs_read_vector(self.ptr.as_ptr(), iovs.as_ptr(), n, &mut id) })?;
+        Ok(TransferId(id))
+    }
+
+    /// Writes every entry and waits until the bytes landed.
+    pub fn write_vector_sync(&self, iovs: &[Iov]) -> Result<()> {
+        let n = Self::count(iovs)?;
+        // SAFETY: as write_vector.
+        check(unsafe { ffi::fxs_write_vector_sync(self.ptr.as_ptr(), iovs.as_ptr(), n) })
+    }
+
+    /// Polls a transfer once. The id comes back only while it is pending.
+    ///
+    /// A failure inside the shim (a C++ exception) is reported as pending:
+    /// the caller's deadline then decides, as for any transfer that never
+    /// finishes.
+    pub fn poll(&self, id: TransferId) -> Poll {
+        // SAFETY: live conn; `id` is owned, so no other thread polls it.
+        match unsafe { ffi::fxs_poll(self.ptr.as_ptr(), id.0) } {
+            ffi::FXS_POLL_DONE => Poll::Done,
+            ffi::FXS_POLL_FAILED => Poll::Failed,
+            _ => Poll::Pending(id),
+        }
+    }
+}
+
+/// Whether the loaded FlagCX tells failed transfers apart from good ones
+/// (the software provider does; real FlagCX reports both as done).
+pub fn reports_failures() -> bool {
+    // SAFETY: no arguments; resolves a symbol once.
+    unsafe { ffi::fxs_reports_failures() != 0 }
+}

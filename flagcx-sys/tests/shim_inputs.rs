@@ -1,0 +1,84 @@
+//! The shim rejects bad input with an error code instead of crashing.
+
+mod common;
+
+use std::ptr;
+
+use common::{serial, Buf, Pair};
+use flagcx_sys::{ffi, Error};
+
+#[test]
+fn shim_rejects_null_handles_and_pointers() {
+    let _g = serial();
+    // SAFETY: every call passes NULL on purpose; the shim must refuse them.
+    unsafe {
+        assert_eq!(ffi::fxs_engine_create(ptr::null_mut()), ffi::FXS_INVALID);
+        assert_eq!(ffi::fxs_engine_start_rpc_server(ptr::null_mut()), ffi::FXS_INVALID);
+        assert_eq!(ffi::fxs_engine_rpc_port(ptr::null_mut()), -1);
+        let mut len = 0;
+        assert_eq!(
+            ffi::fxs_engine_metadata(ptr::null_mut(), ptr::null_mut(), 0, &mut len),
+            ffi::FXS_INVALID
+        );
+        let mut out = ptr::null_mut();
+        assert_eq!(ffi::fxs_get_conn(ptr::null_mut(), c"x:1".as_ptr(), &mut out), ffi::FXS_INVALID);
+        assert_eq!(
+            ffi::fxs_connect(ptr::null_mut(), c"127.0.0.1".as_ptr(), 0, 1, &mut out),
+            ffi::FXS_INVALID
+        );
+        let mut mr = 0;
+        assert_eq!(ffi::fxs_reg(ptr::null_mut(), 4096, 1, &mut mr), ffi::FXS_INVALID);
+        let mut id = 0;
+        assert_eq!(
+            ffi::fxs_write_vector(ptr::null_mut(), ptr::null(), 1, &mut id),
+            ffi::FXS_INVALID
+        );
+        assert_eq!(
+            ffi::fxs_read_vector(ptr::null_mut(), ptr::null(), 1, &mut id),
+            ffi::FXS_INVALID
+        );
+        assert_eq!(ffi::fxs_poll(ptr::null_mut(), 1), ffi::FXS_INVALID);
+        // Destroy-style calls accept NULL.
+        ffi::fxs_engine_destroy(ptr::null_mut());
+        ffi::fxs_conn_destroy(ptr::null_mut());
+        ffi::fxs_engine_stop_accept(ptr::null_mut());
+        ffi::fxs_mr_destroy(ptr::null_mut(), 1);
+    }
+}
+
+#[test]
+fn zero_lengths_and_empty_vectors_are_rejected() {
+    let _g = serial();
+    let pair = Pair::new();
+    let src = Buf::new(&pair.local, 4096);
+    let dst = Buf::new(&pair.remote, 4096);
+    let conn = pair.connect();
+    let desc = conn.make_desc(dst.addr() as u64, 4096).unwrap();
+    assert_eq!(conn.write_vector(&[]), Err(Error::Invalid));
+    assert_eq!(conn.read_vector(&[]), Err(Error::Invalid));
+    assert_eq!(conn.write_vector(&[src.iov(0, 0, desc)]), Err(Error::Invalid));
+    assert_eq!(conn.make_desc(dst.addr() as u64, 0), Err(Error::Invalid));
+    // SAFETY: a zero-length and a NULL registration, refused by the shim.
+    unsafe {
+        assert_eq!(pair.local.register(src.addr(), 0), Err(Error::Invalid));
+        assert_eq!(pair.local.register(0, 4096), Err(Error::Invalid));
+    }
+    let mut iov = src.iov(0, 16, desc);
+    iov.local = 0;
+    assert_eq!(conn.write_vector(&[iov]), Err(Error::Invalid));
+}
+
+#[test]
+fn metadata_with_a_too_small_buffer_reports_the_needed_length() {
+    let _g = serial();
+    let pair = Pair::new();
+    let full = pair.remote.metadata().unwrap();
+    let mut buf = [0u8; 4];
+    let mut len = 0;
+    // SAFETY: a live engine and a 4-byte buffer.
+    let st = unsafe {
+        ffi::fxs_engine_metadata(pair.remote.as_raw(), buf.as_mut_ptr().cast(), buf.len(), &mut len)
+    };
+    assert_eq!(st, ffi::FXS_INVALID);
+    assert_eq!(len, full.len(), "the needed length is reported");
+}
