@@ -1,6 +1,36 @@
-//! mooncake-flagcx: a FlagCX transport for Mooncake, exported as a C ABI.
+//! mooncake-flagcx: a FlagCX transport for Mooncake's transfer engine,
+//! exported as a versioned C ABI (`include/mooncake_flagcx.h`).
 //!
-//! The transport core arrives with issue 4; for now the crate re-exports the
-//! binding so the workspace builds end to end.
+//! Callers submit ops into a bounded lock-free queue; one progress thread per
+//! transport drains it, groups ops by (peer, opcode) into FlagCX vector calls,
+//! polls them and delivers exactly one completion per op. Peers are resolved
+//! and connected on connector threads, off the progress thread.
+//!
+//! Modules, one concern each:
+//! - [`ffi`]: the C exports (thin; one panic/error guard)
+//! - [`transport`]: create/submit/destroy, the handle's state
+//! - [`queue`] + [`wake`]: the submission queue and the sleep/wake protocol
+//! - [`progress`]: the progress thread
+//! - [`peers`]: resolver + connector threads, per-peer state
+//! - [`registry`]: registered local memory (lock-free lookups)
+//! - [`config`], [`error`], [`stats`], [`op`], [`log`]
+
+pub mod config;
+pub mod error;
+pub mod ffi;
+pub mod log;
+pub mod op;
+pub mod peers;
+pub mod progress;
+pub mod queue;
+pub mod registry;
+pub mod stats;
+pub mod transport;
+pub mod wake;
+
+pub use config::Config;
+pub use error::{Error, Status};
+pub use op::{OpRequest, Opcode};
+pub use transport::Transport;
 
 pub use flagcx_sys;

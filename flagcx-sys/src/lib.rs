@@ -21,6 +21,7 @@
 pub mod ffi;
 pub mod pattern;
 pub mod sw;
+pub mod testing;
 
 use std::ffi::{c_int, c_void, CStr};
 use std::fmt;

@@ -15,8 +15,8 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdio>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 
@@ -58,7 +58,7 @@ Conn *handshake(const std::string &host, const std::string &port) {
     std::this_thread::sleep_for(std::chrono::milliseconds(delayMs));
   if (knob(FLAGCX_SW_KNOB_REFUSE_CONNECT) != 0) return nullptr;
   uint64_t deadline =
-      nowNs() + knob(FLAGCX_SW_KNOB_CONNECT_TIMEOUT_MS) * 1000000;
+      nsFromNow(msToNs(knob(FLAGCX_SW_KNOB_CONNECT_TIMEOUT_MS)));
 
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
@@ -120,7 +120,7 @@ const Region *findRegion(const std::vector<Region> &regions, uint64_t addr,
       [](uint64_t a, const Region &r) { return a < r.base; });
   while (it != regions.begin()) {
     --it;
-    if ((rkey == 0 || it->rkey == rkey) &&
+    if ((rkey == kAnyKey || it->rkey == rkey) &&
         contains(it->base, it->size, addr, len))
       return &*it;
   }
@@ -181,7 +181,7 @@ FLAGCX_SW_API int flagcxP2pEngineMakeDesc(FlagcxP2pConn *conn,
                                           FlagcxP2pRdmaDesc *desc) {
   try {
     if (conn == nullptr || desc == nullptr) return -1;
-    const Region *r = findRegion(impl(conn)->regions, remoteVa, size, 0);
+    const Region *r = findRegion(impl(conn)->regions, remoteVa, size, kAnyKey);
     if (r == nullptr) return -1;
     std::memset(desc, 0, sizeof *desc);
     desc->addr = remoteVa;

@@ -49,7 +49,7 @@ int openListener(int *port) {
 // Hello in, snapshot of this process's MRs out. Any failure just drops the
 // socket: a bad client must never take the server down.
 void serveOne(Engine *e, int fd) {
-  uint64_t deadline = nowNs() + knob(FLAGCX_SW_KNOB_CONNECT_TIMEOUT_MS) * 1000000;
+  uint64_t deadline = nsFromNow(msToNs(knob(FLAGCX_SW_KNOB_CONNECT_TIMEOUT_MS)));
   pid_t peer = 0;
   std::vector<Region> ignored; // the initiator's regions; we never write to it
   if (recvHello(fd, deadline, &e->stopFlag, &peer, &ignored))
@@ -68,15 +68,12 @@ void acceptLoop(Engine *e) {
       close(fd);
       continue;
     }
-    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ||
-        errno == ECONNABORTED || errno == EMFILE || errno == ENFILE ||
-        errno == ENOBUFS || errno == ENOMEM) {
-      // Nothing pending (or a transient shortage): wait, bounded by 100 ms.
-      pollfd p{e->listenFd, POLLIN, 0};
-      poll(&p, 1, 100);
-      continue;
-    }
-    break; // EINVAL after shutdown(), or the listener is otherwise unusable
+    if (errno == EINVAL || errno == EBADF || errno == ENOTSOCK)
+      break; // EINVAL: shutdown() by StopAccept
+    // Nothing pending, an aborted peer or a transient shortage (EMFILE...):
+    // wait, bounded so the stop flag is seen.
+    pollfd p{e->listenFd, POLLIN, 0};
+    poll(&p, 1, 100);
   }
 }
 

@@ -100,6 +100,11 @@ bool regCheckLive(const Region *const *regions, const uint64_t *addrs,
 
 // ---- net.cpp: bounded socket I/O and the handshake message -------------------
 uint64_t nowNs(); // steady clock
+// nowNs() + ns, saturating: huge knob values mean "never", not a wrap-around.
+uint64_t nsFromNow(uint64_t ns);
+inline uint64_t msToNs(uint64_t ms) {
+  return ms > UINT64_MAX / 1000000 ? UINT64_MAX : ms * 1000000;
+}
 // Waits until fd is ready for `events`; false on deadline, stop or poll error.
 bool waitReady(int fd, short events, uint64_t deadlineNs,
                const std::atomic<bool> *stop);
@@ -115,8 +120,9 @@ bool recvHello(int fd, uint64_t deadlineNs, const std::atomic<bool> *stop,
                pid_t *pid, std::vector<Region> *regions);
 
 // ---- conn.cpp ----------------------------------------------------------------
-// First region of the (sorted) snapshot that holds [addr, +len) and, when
-// rkey != 0, carries that rkey; null when none does.
+// First region of the (sorted) snapshot that holds [addr, +len) and carries
+// rkey (kAnyKey: any key); null when none does. Real rkeys are never 0.
+constexpr uint32_t kAnyKey = 0;
 const Region *findRegion(const std::vector<Region> &regions, uint64_t addr,
                          uint64_t len, uint32_t rkey);
 

@@ -5,8 +5,8 @@
 // - Each environment variable is read once, at the first call that needs a
 //   knob (a function-local static: no static-initialization-order issue).
 // - FAIL_OP / HANG_OP = N select the transfer whose sequence number equals
-//   "issued count when the knob was set" + N; the target is stored as one
-//   atomic, so a concurrent submit sees either the old or the new target.
+//   "issued count when the knob was set" + N (from the environment: N); the
+//   target is one atomic, so a concurrent submit sees the old or the new one.
 // - Violation counters are constant-initialized atomics.
 
 #include <cinttypes>
@@ -42,8 +42,10 @@ struct Knobs {
   Knobs() {
     for (int i = 0; i < FLAGCX_SW_KNOB_COUNT; ++i)
       value[i].store(fromEnv(i), std::memory_order_relaxed);
-    retarget(FLAGCX_SW_KNOB_FAIL_OP);
-    retarget(FLAGCX_SW_KNOB_HANG_OP);
+    // The environment was "set" at process start: count from transfer 1,
+    // even if a submit already took its sequence number before this ran.
+    failTarget.store(value[FLAGCX_SW_KNOB_FAIL_OP].load());
+    hangTarget.store(value[FLAGCX_SW_KNOB_HANG_OP].load());
   }
 
   static uint64_t fromEnv(int i) {

@@ -72,6 +72,11 @@ uint64_t nowNs() {
                       .count());
 }
 
+uint64_t nsFromNow(uint64_t ns) {
+  uint64_t now = nowNs();
+  return ns > UINT64_MAX - now ? UINT64_MAX : now + ns;
+}
+
 bool waitReady(int fd, short events, uint64_t deadlineNs,
                const std::atomic<bool> *stop) {
   for (;;) {

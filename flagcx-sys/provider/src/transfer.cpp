@@ -1,6 +1,7 @@
 // One-sided transfers: argument checks, data movement, the task pool and the
-// status calls. This is the hot path: no global lock on submit or poll except
-// the small free-list mutex, no allocation for batches of up to 64 iovs.
+// status calls. This is the hot path: no lock on poll except the small
+// free-list mutex when an id retires, shared registry locks on submit, and no
+// allocation in steady state.
 //
 // Invariants:
 // - Bytes move synchronously in the submitting thread; a task only records
@@ -19,6 +20,12 @@
 //   (a bad key or range moves nothing); a copy failure afterwards (dead peer,
 //   unmapped page) stops at that iov, earlier iovs may have landed, and the
 //   whole transfer finishes FAILED.
+// - Remote checks use the connection's snapshot (range + rkey). In-process,
+//   the live registry is consulted too, so a deregistered (or re-registered,
+//   hence re-keyed) MR fails the op. Cross-process we cannot see the peer's
+//   registry: an MR it dropped after our connect is still written if the
+//   memory is mapped, and fails (EFAULT) if it is not.
+// - FAIL_OP / HANG_OP transfers move no bytes.
 
 #include <sys/uio.h>
 
@@ -112,6 +119,7 @@ bool checkRemote(const Conn &c, const std::vector<size_t> &sizes,
     size_t k = std::min(kCheckBatch, n - first);
     for (size_t j = 0; j < k; ++j) {
       const FlagcxP2pRdmaDesc &d = descs[first + j];
+      if (d.rkey == kAnyKey) return false; // no MR has key 0
       regions[j] = findRegion(c.regions, d.addr, sizes[first + j], d.rkey);
       if (regions[j] == nullptr) return false;
       addrs[j] = d.addr;
@@ -220,7 +228,7 @@ int submit(bool write, Conn *conn, const std::vector<FlagcxP2pMr> &mrs,
     }
   }
   uint64_t latency = knob(FLAGCX_SW_KNOB_LATENCY_NS);
-  s.readyNs = latency == 0 ? 0 : nowNs() + latency;
+  s.readyNs = latency == 0 ? 0 : nsFromNow(latency);
   uint32_t gen = s.lastGeneration.load() + 1;
   if (gen == 0) gen = 1; // ids are never 0, even after 2^32 reuses
   s.lastGeneration.store(gen);

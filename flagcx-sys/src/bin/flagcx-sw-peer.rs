@@ -23,11 +23,11 @@
 //!
 //! Arguments: `--size BYTES` (default 64 MiB) for the first buffer.
 
-use std::alloc::{alloc_zeroed, Layout};
 use std::ffi::CString;
 use std::io::{self, BufRead, Write};
 use std::time::{Duration, Instant};
 
+use flagcx_sys::testing::AlignedBuf;
 use flagcx_sys::{pattern, Engine, Iov, MrId, Poll};
 
 struct Region {
@@ -46,17 +46,13 @@ fn parse_num(s: Option<&str>) -> Result<u64, String> {
 }
 
 fn alloc_region(engine: &Engine, len: usize) -> Result<Region, String> {
-    let layout = Layout::from_size_align(len.max(1), 4096).map_err(|e| e.to_string())?;
-    // SAFETY: non-zero size; the buffer is leaked on purpose (it lives as
-    // long as the process and may be written by peers at any time).
-    let ptr = unsafe { alloc_zeroed(layout) };
-    if ptr.is_null() {
-        return Err("out of memory".into());
-    }
+    // Leaked on purpose: it lives as long as the process and peers may
+    // write it at any time.
+    let mem = std::mem::ManuallyDrop::new(AlignedBuf::new(len));
     // SAFETY: the buffer is never freed, and we only form slices over it while
     // handling a command, after the transfers that touch it completed.
-    let mr = unsafe { engine.register(ptr as usize, len) }.map_err(|e| e.to_string())?;
-    Ok(Region { addr: ptr as usize, len, mr })
+    let mr = unsafe { engine.register(mem.addr(), len) }.map_err(|e| e.to_string())?;
+    Ok(Region { addr: mem.addr(), len, mr })
 }
 
 fn range(r: &Region, off: u64, len: u64) -> Result<&'static mut [u8], String> {

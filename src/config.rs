@@ -1,0 +1,175 @@
+//! Transport settings: defaults, limits and validation.
+//!
+//! The C config struct (`ffi::mcfx_config`) maps onto [`Config`]; a zero in a
+//! numeric C field means "the default below".
+
+use std::time::Duration;
+
+use crate::error::{fail, Result, Status};
+
+/// Validated transport settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Slots in the submission queue (ops accepted but not yet taken by the
+    /// progress thread).
+    pub queue_capacity: usize,
+    /// How long a submit waits for queue space before `MCFX_E_QUEUE_FULL`
+    /// (zero: fail at once).
+    pub submit_wait: Duration,
+    /// Deadline of an op, counted from its submit.
+    pub op_timeout: Duration,
+    /// How long an op waits for its peer's connection.
+    pub connect_timeout: Duration,
+    /// How long the progress thread spins for new work before parking.
+    pub spin_grace: Duration,
+    /// Ops the progress thread takes from the queue per pass.
+    pub max_batch: usize,
+    /// Longest piece of an op handed to FlagCX as one entry; longer ops are
+    /// split and complete once, after every piece.
+    pub max_slice_bytes: u64,
+    /// Threads that resolve and connect peers (a slow peer holds one).
+    pub connect_threads: usize,
+    /// On destroy, how long ops already handed to FlagCX may take to finish
+    /// before they complete as canceled.
+    pub shutdown_timeout: Duration,
+    /// Start FlagCX's RPC server so peers can connect to this transport.
+    pub serve_peers: bool,
+    /// Software-provider knobs, `key=value` pairs (see `provider_options`).
+    pub provider_options: Vec<(String, u64)>,
+}
+
+pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
+pub const MAX_QUEUE_CAPACITY: usize = 1 << 20;
+pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_SPIN_GRACE: Duration = Duration::from_micros(50);
+pub const DEFAULT_MAX_BATCH: usize = 256;
+/// FlagCX cuts entries into 1 GiB slices itself; matching it keeps one of our
+/// pieces per FlagCX slice. Descriptors carry a u32 size, so 4 GiB - 1 is the
+/// hard limit.
+pub const DEFAULT_MAX_SLICE_BYTES: u64 = 1 << 30;
+pub const DEFAULT_CONNECT_THREADS: usize = 4;
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            submit_wait: Duration::ZERO,
+            op_timeout: DEFAULT_OP_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            spin_grace: DEFAULT_SPIN_GRACE,
+            max_batch: DEFAULT_MAX_BATCH,
+            max_slice_bytes: DEFAULT_MAX_SLICE_BYTES,
+            connect_threads: DEFAULT_CONNECT_THREADS,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            serve_peers: true,
+            provider_options: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Checks ranges; called by `Transport::create`.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: String| fail(Status::MCFX_E_BAD_CONFIG, what);
+        if self.queue_capacity == 0 || self.queue_capacity > MAX_QUEUE_CAPACITY {
+            return bad(format!(
+                "queue_capacity {} is outside 1..={MAX_QUEUE_CAPACITY}",
+                self.queue_capacity
+            ));
+        }
+        if self.max_batch == 0 {
+            return bad("max_batch must be at least 1".into());
+        }
+        if self.max_slice_bytes == 0 || self.max_slice_bytes > flagcx_sys::MAX_DESC_LEN {
+            return bad(format!(
+                "max_slice_bytes {} is outside 1..={} (FlagCX descriptors carry a 32-bit size)",
+                self.max_slice_bytes,
+                flagcx_sys::MAX_DESC_LEN
+            ));
+        }
+        if self.connect_threads == 0 || self.connect_threads > 64 {
+            return bad(format!("connect_threads {} is outside 1..=64", self.connect_threads));
+        }
+        if self.op_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return bad("timeouts must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// Parses software-provider options: `key=value` pairs separated by `,` or
+/// `;`, keys as in the provider's environment variables without the
+/// `FLAGCX_SW_` prefix, case-insensitive (`latency_ns=2000,fail_op=3`).
+pub fn parse_provider_options(text: &str) -> Result<Vec<(String, u64)>> {
+    let mut out = Vec::new();
+    for item in text.split([',', ';']).map(str::trim).filter(|s| !s.is_empty()) {
+        let Some((key, value)) = item.split_once('=') else {
+            return fail(
+                Status::MCFX_E_BAD_CONFIG,
+                format!("provider option {item:?} is not key=value"),
+            );
+        };
+        let key = key.trim().to_ascii_lowercase();
+        if provider_knob(&key).is_none() {
+            return fail(Status::MCFX_E_BAD_CONFIG, format!("unknown provider option {key:?}"));
+        }
+        let Ok(value) = value.trim().parse::<u64>() else {
+            return fail(
+                Status::MCFX_E_BAD_CONFIG,
+                format!("provider option {key}: {value:?} is not a number"),
+            );
+        };
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
+/// The provider knob a lower-case option name sets.
+pub fn provider_knob(key: &str) -> Option<flagcx_sys::sw::Knob> {
+    use flagcx_sys::sw::Knob;
+    Some(match key {
+        "latency_ns" => Knob::LatencyNs,
+        "fail_op" => Knob::FailOp,
+        "hang_op" => Knob::HangOp,
+        "connect_delay_ms" => Knob::ConnectDelayMs,
+        "refuse_connect" => Knob::RefuseConnect,
+        "connect_timeout_ms" => Knob::ConnectTimeoutMs,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn out_of_range_values_are_bad_config() {
+        for c in [
+            Config { queue_capacity: 0, ..Config::default() },
+            Config { max_slice_bytes: 1 << 32, ..Config::default() },
+            Config { connect_threads: 0, ..Config::default() },
+            Config { max_batch: 0, ..Config::default() },
+        ] {
+            assert_eq!(c.validate().unwrap_err().status, Status::MCFX_E_BAD_CONFIG);
+        }
+    }
+
+    #[test]
+    fn provider_options_parse_and_reject_garbage() {
+        assert_eq!(
+            parse_provider_options("latency_ns=2000; FAIL_OP = 3").unwrap(),
+            vec![("latency_ns".to_string(), 2000), ("fail_op".to_string(), 3)]
+        );
+        assert!(parse_provider_options("").unwrap().is_empty());
+        assert!(parse_provider_options("speed=9").is_err());
+        assert!(parse_provider_options("latency_ns").is_err());
+        assert!(parse_provider_options("latency_ns=fast").is_err());
+    }
+}

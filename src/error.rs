@@ -1,0 +1,156 @@
+#![allow(non_camel_case_types)]
+
+//! Status codes (stable C values) and the error type the core returns.
+//!
+//! A status value never changes meaning; new errors get new numbers. The
+//! detailed message of a failed call is kept per thread (see `ffi`), while a
+//! failed *operation* reports its status through the completion callback and
+//! logs its message through `tracing`.
+
+use std::fmt;
+
+/// Result of a call or of an operation. `MCFX_OK` is 0; errors are positive.
+#[repr(i32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum mcfx_status {
+    /// Success.
+    MCFX_OK = 0,
+    /// A required pointer is NULL, a length is zero, an opcode or flag is
+    /// unknown, or an endpoint buffer is missing.
+    MCFX_E_INVALID_ARGUMENT = 1,
+    /// The config struct is too small, names another ABI version, or holds an
+    /// out-of-range value.
+    MCFX_E_BAD_CONFIG = 2,
+    /// The local range of an op is not inside one registered region.
+    MCFX_E_NOT_REGISTERED = 3,
+    /// An address plus length wraps around the address space.
+    MCFX_E_OVERFLOW = 4,
+    /// The submission queue is full (and the configured wait, if any, ran out).
+    MCFX_E_QUEUE_FULL = 5,
+    /// The transport is being destroyed and accepts no new work.
+    MCFX_E_SHUTTING_DOWN = 6,
+    /// The region still has operations in flight.
+    MCFX_E_BUSY = 7,
+    /// The range overlaps a region that is already registered.
+    MCFX_E_ALREADY_REGISTERED = 8,
+    /// No region is registered at that address.
+    MCFX_E_NOT_FOUND = 9,
+    /// The caller's buffer is too small; the needed length was reported.
+    MCFX_E_BUFFER_TOO_SMALL = 10,
+    /// A FlagCX call failed (engine creation, registration, submission).
+    MCFX_E_FLAGCX = 11,
+    /// Operation: the resolver callback failed or returned a malformed endpoint.
+    MCFX_E_RESOLVE = 12,
+    /// Operation: connecting to the peer failed or took longer than the
+    /// connect timeout.
+    MCFX_E_CONNECT = 13,
+    /// Operation: the remote range is not inside memory the peer registered,
+    /// even after reconnecting to refresh the peer's region list.
+    MCFX_E_REMOTE_RANGE = 14,
+    /// Operation: FlagCX reported the transfer failed.
+    MCFX_E_TRANSFER_FAILED = 15,
+    /// Operation: not finished by its deadline.
+    MCFX_E_TIMEOUT = 16,
+    /// Operation: the transport was destroyed before the operation finished.
+    MCFX_E_CANCELED = 17,
+    /// A Rust panic was caught at the C boundary (a bug; please report it).
+    MCFX_E_PANIC = 18,
+    /// Any other internal failure (e.g. a thread could not be started).
+    MCFX_E_INTERNAL = 19,
+}
+
+pub use mcfx_status as Status;
+
+impl Status {
+    /// Every status, for tables and tests.
+    pub const ALL: [Status; 20] = [
+        Status::MCFX_OK,
+        Status::MCFX_E_INVALID_ARGUMENT,
+        Status::MCFX_E_BAD_CONFIG,
+        Status::MCFX_E_NOT_REGISTERED,
+        Status::MCFX_E_OVERFLOW,
+        Status::MCFX_E_QUEUE_FULL,
+        Status::MCFX_E_SHUTTING_DOWN,
+        Status::MCFX_E_BUSY,
+        Status::MCFX_E_ALREADY_REGISTERED,
+        Status::MCFX_E_NOT_FOUND,
+        Status::MCFX_E_BUFFER_TOO_SMALL,
+        Status::MCFX_E_FLAGCX,
+        Status::MCFX_E_RESOLVE,
+        Status::MCFX_E_CONNECT,
+        Status::MCFX_E_REMOTE_RANGE,
+        Status::MCFX_E_TRANSFER_FAILED,
+        Status::MCFX_E_TIMEOUT,
+        Status::MCFX_E_CANCELED,
+        Status::MCFX_E_PANIC,
+        Status::MCFX_E_INTERNAL,
+    ];
+
+    pub fn from_i32(v: i32) -> Option<Status> {
+        Status::ALL.iter().copied().find(|s| *s as i32 == v)
+    }
+
+    /// A short fixed description (what `mcfx_strerror` returns), NUL-terminated.
+    pub fn description(self) -> &'static std::ffi::CStr {
+        match self {
+            Status::MCFX_OK => c"success",
+            Status::MCFX_E_INVALID_ARGUMENT => c"invalid argument",
+            Status::MCFX_E_BAD_CONFIG => c"invalid transport configuration",
+            Status::MCFX_E_NOT_REGISTERED => c"local memory is not registered",
+            Status::MCFX_E_OVERFLOW => c"address plus length overflows",
+            Status::MCFX_E_QUEUE_FULL => c"submission queue is full",
+            Status::MCFX_E_SHUTTING_DOWN => c"transport is shutting down",
+            Status::MCFX_E_BUSY => c"region has operations in flight",
+            Status::MCFX_E_ALREADY_REGISTERED => c"memory is already registered",
+            Status::MCFX_E_NOT_FOUND => c"no region is registered at this address",
+            Status::MCFX_E_BUFFER_TOO_SMALL => c"buffer too small",
+            Status::MCFX_E_FLAGCX => c"FlagCX call failed",
+            Status::MCFX_E_RESOLVE => c"peer could not be resolved",
+            Status::MCFX_E_CONNECT => c"could not connect to peer",
+            Status::MCFX_E_REMOTE_RANGE => c"remote range is not registered by the peer",
+            Status::MCFX_E_TRANSFER_FAILED => c"transfer failed",
+            Status::MCFX_E_TIMEOUT => c"operation timed out",
+            Status::MCFX_E_CANCELED => c"operation canceled",
+            Status::MCFX_E_PANIC => c"internal panic (bug)",
+            Status::MCFX_E_INTERNAL => c"internal error",
+        }
+    }
+
+    pub fn is_ok(self) -> bool {
+        self == Status::MCFX_OK
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.description().to_str().unwrap_or("?"))
+    }
+}
+
+/// A failed call: a status plus a message for humans.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error {
+    pub status: Status,
+    pub message: String,
+}
+
+impl Error {
+    pub fn new(status: Status, message: impl Into<String>) -> Error {
+        Error { status, message: message.into() }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.status, self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Shorthand for `Err(Error::new(..))`.
+pub fn fail<T>(status: Status, message: impl Into<String>) -> Result<T> {
+    Err(Error::new(status, message))
+}

@@ -1,0 +1,265 @@
+//! Peers: resolving a peer id to an endpoint and connecting to it, off the
+//! progress thread.
+//!
+//! The progress thread owns the [`PeerTable`] (no lock). When it meets a peer
+//! it has no connection for, it files a [`ConnectRequest`]; a small pool of
+//! connector threads calls the resolver callback and FlagCX's blocking
+//! connect, and hands back a [`ConnectResult`]. A slow or dead peer occupies
+//! one connector thread, never the progress thread or another peer's ops.
+//!
+//! Invariant: the resolver callback is only called while holding a read lock
+//! of `resolver_gate` and after checking `stop`; shutdown sets `stop` and then
+//! takes the write lock, so no resolver call runs after shutdown returns.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::CString;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::error::{Error, Status};
+use crate::stats::Stats;
+use crate::transport::Shared;
+use flagcx_sys::Conn;
+
+/// Why a connection is wanted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectKind {
+    /// The peer has no connection yet.
+    First,
+    /// A descriptor lookup failed: connect again so the peer's region list
+    /// (FlagCX snapshots it at connect time) includes newer registrations.
+    Refresh,
+}
+
+#[derive(Debug)]
+pub struct ConnectRequest {
+    pub peer: u64,
+    pub kind: ConnectKind,
+}
+
+pub struct ConnectResult {
+    pub peer: u64,
+    pub kind: ConnectKind,
+    pub outcome: Result<Conn, Error>,
+}
+
+/// The request and result queues between the progress thread and the
+/// connector threads.
+#[derive(Default)]
+pub struct Connects {
+    requests: Mutex<VecDeque<ConnectRequest>>,
+    requested: Condvar,
+    results: Mutex<Vec<ConnectResult>>,
+    has_results: AtomicBool,
+    stop: AtomicBool,
+    resolver_gate: RwLock<()>,
+    running: Mutex<usize>,
+    exited: Condvar,
+}
+
+impl Connects {
+    pub fn request(&self, peer: u64, kind: ConnectKind) {
+        self.requests.lock().push_back(ConnectRequest { peer, kind });
+        self.requested.notify_one();
+    }
+
+    /// True when results wait; a cheap check the progress thread makes every
+    /// pass before taking the lock.
+    pub fn has_results(&self) -> bool {
+        self.has_results.load(SeqCst)
+    }
+
+    /// Moves all results into `out` (which keeps its capacity across calls).
+    pub fn take_results(&self, out: &mut Vec<ConnectResult>) {
+        if !self.has_results() {
+            return;
+        }
+        let mut results = self.results.lock();
+        self.has_results.store(false, SeqCst);
+        out.append(&mut results);
+    }
+
+    fn push_result(&self, result: ConnectResult) {
+        self.results.lock().push(result);
+        self.has_results.store(true, SeqCst);
+    }
+
+    /// Stops the connector threads: no resolver call starts after this
+    /// returns; waits up to `limit` for threads still inside FlagCX's
+    /// blocking connect and reports how many were left running (they hold
+    /// their own references and exit when the connect returns).
+    pub fn shutdown(&self, limit: Duration) -> usize {
+        self.stop.store(true, SeqCst);
+        self.requested.notify_all();
+        drop(self.resolver_gate.write());
+        let until = Instant::now() + limit;
+        let mut running = self.running.lock();
+        while *running > 0 {
+            if self.exited.wait_until(&mut running, until).timed_out() {
+                break;
+            }
+        }
+        *running
+    }
+
+    /// Counts a connector thread about to start (before `spawn`, so
+    /// `shutdown` never misses it).
+    pub fn thread_started(&self) {
+        *self.running.lock() += 1;
+    }
+
+    /// Undoes `thread_started` when the spawn failed.
+    pub fn thread_exited_early(&self) {
+        *self.running.lock() -= 1;
+    }
+}
+
+/// Body of one connector thread.
+pub fn run_connector(shared: Arc<Shared>) {
+    let connects = &shared.connects;
+    loop {
+        let request = {
+            let mut q = connects.requests.lock();
+            loop {
+                if connects.stop.load(SeqCst) {
+                    break None;
+                }
+                if let Some(r) = q.pop_front() {
+                    break Some(r);
+                }
+                connects.requested.wait(&mut q);
+            }
+        };
+        let Some(request) = request else { break };
+        let outcome = connect(&shared, request.peer);
+        match &outcome {
+            Ok(_) => Stats::add(&shared.stats.connects, 1),
+            Err(e) => {
+                Stats::add(&shared.stats.connect_failures, 1);
+                tracing::warn!(peer = request.peer, error = %e, "peer connection failed");
+            }
+        }
+        if request.kind == ConnectKind::Refresh && outcome.is_ok() {
+            Stats::add(&shared.stats.reconnects, 1);
+        }
+        connects.push_result(ConnectResult { peer: request.peer, kind: request.kind, outcome });
+        shared.queue.notify();
+    }
+    *connects.running.lock() -= 1;
+    connects.exited.notify_all();
+}
+
+fn connect(shared: &Shared, peer: u64) -> Result<Conn, Error> {
+    let endpoint = {
+        let _gate = shared.connects.resolver_gate.read();
+        if shared.connects.stop.load(SeqCst) {
+            return Err(Error::new(Status::MCFX_E_CANCELED, "transport is shutting down"));
+        }
+        (shared.resolver)(peer)
+            .map_err(|why| Error::new(Status::MCFX_E_RESOLVE, format!("peer {peer}: {why}")))?
+    };
+    let (host, port) = parse_endpoint(&endpoint)
+        .map_err(|why| Error::new(Status::MCFX_E_RESOLVE, format!("peer {peer}: {why}")))?;
+    tracing::debug!(peer, %endpoint, "connecting");
+    shared.engine.connect(&host, 0, port).map_err(|e| {
+        Error::new(
+            Status::MCFX_E_CONNECT,
+            format!("peer {peer} at {endpoint}: FlagCX connect: {e}"),
+        )
+    })
+}
+
+/// Splits `host:port` (IPv6 as `[addr]:port`) into FlagCX's connect
+/// arguments, rejecting anything malformed.
+pub fn parse_endpoint(endpoint: &str) -> Result<(CString, u16), String> {
+    let bad = |why: &str| Err(format!("endpoint {endpoint:?} {why}"));
+    if endpoint.is_empty() || endpoint.len() > 255 {
+        return bad("must be 1..=255 bytes of host:port");
+    }
+    if !endpoint.bytes().all(|b| b.is_ascii_graphic()) {
+        return bad("has spaces or non-printable characters");
+    }
+    let Some((host, port)) = endpoint.rsplit_once(':') else {
+        return bad("has no :port");
+    };
+    let host = match host.strip_prefix('[') {
+        Some(v6) => match v6.strip_suffix(']') {
+            Some(inner) => inner,
+            None => return bad("has an unclosed [ in its host"),
+        },
+        None if host.contains(':') => return bad("has an IPv6 host without brackets"),
+        None => host,
+    };
+    if host.is_empty() {
+        return bad("has an empty host");
+    }
+    let port = match port.parse::<u16>() {
+        Ok(p) if p != 0 => p,
+        _ => return bad("has no valid port (1..=65535)"),
+    };
+    Ok((CString::new(host).expect("checked printable"), port))
+}
+
+/// Connection state of one peer (progress thread only).
+pub struct Peer {
+    pub conn: Option<Arc<Conn>>,
+    /// A connect (first or refresh) is under way.
+    pub connecting: bool,
+    /// Ops (slot indices) waiting for `connecting` to finish.
+    pub waiting: Vec<u32>,
+}
+
+/// The progress thread's peers.
+#[derive(Default)]
+pub struct PeerTable {
+    pub peers: HashMap<u64, Peer>,
+}
+
+impl PeerTable {
+    /// The peer's entry, created (and its first connect requested) if new.
+    pub fn entry(&mut self, peer: u64, connects: &Connects) -> &mut Peer {
+        self.peers.entry(peer).or_insert_with(|| {
+            connects.request(peer, ConnectKind::First);
+            Peer { conn: None, connecting: true, waiting: Vec::new() }
+        })
+    }
+
+    pub fn waiting_ops(&self) -> usize {
+        self.peers.values().map(|p| p.waiting.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_endpoint;
+
+    #[test]
+    fn endpoints_parse_with_ipv4_ipv6_and_names() {
+        let p = |s| parse_endpoint(s).map(|(h, port)| (h.into_string().unwrap(), port));
+        assert_eq!(p("127.0.0.1:4000"), Ok(("127.0.0.1".into(), 4000)));
+        assert_eq!(p("[::1]:65535"), Ok(("::1".into(), 65535)));
+        assert_eq!(p("node-7.local:1"), Ok(("node-7.local".into(), 1)));
+    }
+
+    #[test]
+    fn garbage_endpoints_are_rejected() {
+        for bad in [
+            "",
+            "127.0.0.1",
+            "127.0.0.1:",
+            "127.0.0.1:0",
+            "127.0.0.1:70000",
+            ":80",
+            "::1:80",
+            "[::1:80",
+            "host name:80",
+            "h\u{7}:80",
+        ] {
+            assert!(parse_endpoint(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(parse_endpoint(&"a".repeat(300)).is_err());
+    }
+}

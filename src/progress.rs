@@ -1,0 +1,589 @@
+//! The progress thread: the only caller of FlagCX's transfer and status calls.
+//!
+//! Each pass it
+//! 1. takes up to `max_batch` ops from the queue and files each under its
+//!    peer: ready peers' ops are grouped by (peer, opcode), others wait for
+//!    their connection;
+//! 2. applies finished connects (waiting ops join the groups, or fail);
+//! 3. submits one FlagCX vector call per group (ops longer than
+//!    `max_slice_bytes` become several entries of the same call);
+//! 4. polls every in-flight transfer once; finished ones complete their ops;
+//! 5. expires ops past their deadline.
+//!
+//! With nothing to do it spins for `spin_grace`, then parks (see `wake`).
+//!
+//! Invariants:
+//! - an op lives in exactly one slot from the moment it leaves the queue until
+//!   its completion, and is a member of at most one FlagCX transfer; `complete`
+//!   empties the slot, so an op cannot complete twice;
+//! - a transfer id is polled only here and never after it reported finished
+//!   (the id is moved out and back by `Conn::poll`);
+//! - steady state allocates nothing: slots, groups, transfers and scratch
+//!   vectors are reused and only grow past their high-water marks.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flagcx_sys::{Conn, Iov, Poll, TransferId};
+
+use crate::error::Status;
+use crate::op::{Op, Opcode};
+use crate::peers::{ConnectKind, ConnectResult, PeerTable};
+use crate::stats::Stats;
+use crate::transport::Shared;
+
+/// Entries per FlagCX vector call: FlagCX applies backpressure at about 1024
+/// outstanding slices, so one call stays well below that.
+const MAX_IOVS_PER_CALL: usize = 256;
+/// How often ops waiting for a connection are checked against deadlines.
+const WAIT_SCAN_PERIOD: Duration = Duration::from_millis(1);
+/// Longest sleep while transfers are in flight but not finishing.
+const MAX_INFLIGHT_NAP: Duration = Duration::from_millis(1);
+/// Timed-out transfers are still polled (so FlagCX can recycle their ids) up
+/// to this many; beyond it they are abandoned.
+const MAX_ZOMBIES: usize = 4096;
+
+struct Slot {
+    op: Option<Op>,
+    /// Set once the op waited for a refresh reconnect; a second descriptor
+    /// failure then fails it.
+    refreshed: bool,
+    /// When it started waiting for a connection.
+    waiting_since: Instant,
+}
+
+/// One FlagCX vector call in flight.
+#[derive(Default)]
+struct Transfer {
+    conn: Option<Arc<Conn>>,
+    id: Option<TransferId>,
+    members: Vec<u32>,
+    deadline: Option<Instant>,
+}
+
+/// Ops of one (peer, opcode) gathered in this pass.
+struct Group {
+    peer: u64,
+    opcode: Opcode,
+    conn: Arc<Conn>,
+    slots: Vec<u32>,
+}
+
+pub struct Progress {
+    shared: Arc<Shared>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    peers: PeerTable,
+    groups: Vec<Group>,
+    live_groups: usize,
+    inflight: Vec<Transfer>,
+    spare: Vec<Transfer>,
+    zombies: Vec<(Arc<Conn>, Option<TransferId>)>,
+    iovs: Vec<Iov>,
+    members: Vec<u32>,
+    scratch: Vec<u32>,
+    results: Vec<ConnectResult>,
+    waiting: usize,
+    next_wait_scan: Instant,
+    now: Instant,
+}
+
+impl Progress {
+    pub fn new(shared: Arc<Shared>) -> Progress {
+        let cap = shared.config.queue_capacity + shared.config.max_batch;
+        let now = Instant::now();
+        Progress {
+            slots: Vec::with_capacity(cap),
+            free: Vec::with_capacity(cap),
+            peers: PeerTable::default(),
+            groups: Vec::new(),
+            live_groups: 0,
+            inflight: Vec::with_capacity(64),
+            spare: Vec::with_capacity(64),
+            zombies: Vec::new(),
+            iovs: Vec::with_capacity(MAX_IOVS_PER_CALL),
+            members: Vec::with_capacity(MAX_IOVS_PER_CALL),
+            scratch: Vec::new(),
+            results: Vec::new(),
+            waiting: 0,
+            next_wait_scan: now,
+            now,
+            shared,
+        }
+    }
+
+    /// The thread body; returns after shutdown, once every op completed.
+    pub fn run(mut self) {
+        self.shared.queue.wake().bind_current();
+        let mut idle_since: Option<Instant> = None;
+        let mut nap = Duration::from_micros(20);
+        while !self.shared.stop.load(SeqCst) {
+            if self.pass() {
+                idle_since = None;
+                nap = Duration::from_micros(20);
+                continue;
+            }
+            let since = *idle_since.get_or_insert(self.now);
+            if self.now.duration_since(since) < self.shared.config.spin_grace {
+                std::hint::spin_loop();
+                continue;
+            }
+            self.sleep(&mut nap);
+        }
+        self.shut_down();
+    }
+
+    /// One pass; true when anything moved.
+    fn pass(&mut self) -> bool {
+        self.now = Instant::now();
+        let mut moved = self.drain_queue();
+        moved |= self.apply_connects();
+        self.flush_groups();
+        moved |= self.poll_inflight();
+        if self.waiting > 0 && self.now >= self.next_wait_scan {
+            self.expire_waiting();
+            self.next_wait_scan = self.now + WAIT_SCAN_PERIOD;
+        }
+        if !self.zombies.is_empty() {
+            self.poll_zombies();
+        }
+        moved
+    }
+
+    /// Past the spin grace: park until woken, or nap while something is
+    /// outstanding (in-flight transfers, ops waiting for connections).
+    fn sleep(&mut self, nap: &mut Duration) {
+        let shared = &self.shared;
+        let has_work = || {
+            !shared.queue.is_empty() || shared.connects.has_results() || shared.stop.load(SeqCst)
+        };
+        let timeout = if !self.inflight.is_empty() {
+            let t = *nap;
+            *nap = (*nap * 2).min(MAX_INFLIGHT_NAP);
+            Some(t)
+        } else if self.waiting > 0 {
+            Some(WAIT_SCAN_PERIOD)
+        } else if !self.zombies.is_empty() {
+            Some(Duration::from_millis(10))
+        } else {
+            None
+        };
+        shared.queue.wake().park(has_work, timeout);
+    }
+
+    // ---- 1. queue -> slots -> groups or peer wait lists ----------------------
+
+    fn drain_queue(&mut self) -> bool {
+        let mut n = 0;
+        while n < self.shared.config.max_batch {
+            let Some(op) = self.shared.queue.pop() else { break };
+            n += 1;
+            let idx = self.take_slot(op);
+            self.route(idx);
+        }
+        n > 0
+    }
+
+    fn take_slot(&mut self, op: Op) -> u32 {
+        let slot = Slot { op: Some(op), refreshed: false, waiting_since: self.now };
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = slot;
+                i
+            }
+            None => {
+                self.slots.push(slot);
+                (self.slots.len() - 1) as u32
+            }
+        }
+    }
+
+    fn op(&self, idx: u32) -> &Op {
+        self.slots[idx as usize].op.as_ref().expect("live slot")
+    }
+
+    /// Files an op under its peer: into a group if connected, else waiting.
+    fn route(&mut self, idx: u32) {
+        let (peer_id, opcode) = {
+            let op = self.op(idx);
+            (op.req.peer, op.req.opcode)
+        };
+        let peer = self.peers.entry(peer_id, &self.shared.connects);
+        match (&peer.conn, peer.connecting) {
+            (Some(conn), false) => {
+                let conn = Arc::clone(conn);
+                self.add_to_group(peer_id, opcode, conn, idx);
+            }
+            _ => {
+                peer.waiting.push(idx);
+                self.waiting += 1;
+                self.slots[idx as usize].waiting_since = self.now;
+            }
+        }
+    }
+
+    fn add_to_group(&mut self, peer: u64, opcode: Opcode, conn: Arc<Conn>, idx: u32) {
+        let live = &mut self.groups[..self.live_groups];
+        if let Some(g) = live.iter_mut().find(|g| g.peer == peer && g.opcode == opcode) {
+            g.slots.push(idx);
+            return;
+        }
+        if self.live_groups == self.groups.len() {
+            self.groups.push(Group { peer, opcode, conn, slots: Vec::new() });
+        } else {
+            let g = &mut self.groups[self.live_groups];
+            g.peer = peer;
+            g.opcode = opcode;
+            g.conn = conn;
+        }
+        self.groups[self.live_groups].slots.push(idx);
+        self.live_groups += 1;
+    }
+
+    // ---- 2. connector results ----------------------------------------------
+
+    fn apply_connects(&mut self) -> bool {
+        let mut results = std::mem::take(&mut self.results);
+        self.shared.connects.take_results(&mut results);
+        let moved = !results.is_empty();
+        for r in results.drain(..) {
+            self.apply_connect(r);
+        }
+        self.results = results;
+        moved
+    }
+
+    fn apply_connect(&mut self, r: ConnectResult) {
+        let mut waiting = std::mem::take(&mut self.scratch);
+        match r.outcome {
+            Ok(conn) => {
+                let Some(peer) = self.peers.peers.get_mut(&r.peer) else { return };
+                peer.conn = Some(Arc::new(conn));
+                peer.connecting = false;
+                waiting.append(&mut peer.waiting);
+                self.waiting -= waiting.len();
+                for &idx in &waiting {
+                    self.route(idx);
+                }
+            }
+            Err(e) => {
+                let Some(mut peer) = self.peers.peers.remove(&r.peer) else { return };
+                waiting.append(&mut peer.waiting);
+                self.waiting -= waiting.len();
+                if r.kind == ConnectKind::Refresh {
+                    // Keep the old connection: only the newer regions were
+                    // unreachable, and the ops that needed them fail below.
+                    peer.connecting = false;
+                    self.peers.peers.insert(r.peer, peer);
+                }
+                for &idx in &waiting {
+                    self.complete(idx, e.status, Some(&e.message));
+                }
+            }
+        }
+        waiting.clear();
+        self.scratch = waiting;
+    }
+
+    // ---- 3. groups -> FlagCX vector calls ------------------------------------
+
+    fn flush_groups(&mut self) {
+        for g in 0..self.live_groups {
+            let mut slots = std::mem::take(&mut self.groups[g].slots);
+            let (peer, opcode) = (self.groups[g].peer, self.groups[g].opcode);
+            let conn = Arc::clone(&self.groups[g].conn);
+            for &idx in &slots {
+                if !self.add_iovs(&conn, peer, idx) {
+                    continue;
+                }
+                self.members.push(idx);
+                if self.iovs.len() >= MAX_IOVS_PER_CALL {
+                    self.submit(&conn, opcode);
+                }
+            }
+            if !self.members.is_empty() {
+                self.submit(&conn, opcode);
+            }
+            slots.clear();
+            self.groups[g].slots = slots;
+        }
+        self.live_groups = 0;
+    }
+
+    /// Appends the op's entries (one per `max_slice_bytes` piece). On a
+    /// descriptor failure, parks the op for a refresh reconnect (once) or
+    /// fails it; returns false then.
+    fn add_iovs(&mut self, conn: &Conn, peer: u64, idx: u32) -> bool {
+        let max = self.shared.config.max_slice_bytes;
+        let first = self.iovs.len();
+        let op = self.slots[idx as usize].op.as_ref().expect("live slot");
+        let (mr, local, len, remote) = (op.region.mr, op.req.local, op.req.len, op.req.remote);
+        let mut off = 0u64;
+        while off < len {
+            let piece = (len - off).min(max);
+            match conn.make_desc(remote + off, piece as u32) {
+                Ok(desc) => {
+                    self.iovs.push(Iov::new(mr, local + off as usize, piece as usize, desc))
+                }
+                Err(_) => {
+                    self.iovs.truncate(first);
+                    self.remote_range_miss(peer, idx, remote + off, piece);
+                    return false;
+                }
+            }
+            off += piece;
+        }
+        true
+    }
+
+    fn remote_range_miss(&mut self, peer_id: u64, idx: u32, addr: u64, len: u64) {
+        let slot = &mut self.slots[idx as usize];
+        if slot.refreshed {
+            let msg = format!(
+                "peer {peer_id}: remote range [{addr:#x}, +{len}) is not in any region the peer \
+                 registered (checked again after reconnecting)"
+            );
+            self.complete(idx, Status::MCFX_E_REMOTE_RANGE, Some(&msg));
+            return;
+        }
+        // FlagCX knows only the regions the peer had when we connected:
+        // reconnect once to see newer ones, then retry.
+        slot.refreshed = true;
+        slot.waiting_since = self.now;
+        let peer = self.peers.entry(peer_id, &self.shared.connects);
+        if !peer.connecting {
+            peer.connecting = true;
+            self.shared.connects.request(peer_id, ConnectKind::Refresh);
+        }
+        peer.waiting.push(idx);
+        self.waiting += 1;
+    }
+
+    fn submit(&mut self, conn: &Arc<Conn>, opcode: Opcode) {
+        let result = match opcode {
+            Opcode::Write => conn.write_vector(&self.iovs),
+            Opcode::Read => conn.read_vector(&self.iovs),
+        };
+        self.iovs.clear();
+        let mut members = std::mem::take(&mut self.members);
+        match result {
+            Ok(id) => {
+                Stats::add(&self.shared.stats.flagcx_transfers, 1);
+                let mut t = self.spare.pop().unwrap_or_default();
+                let deadline = members.iter().map(|&m| self.op(m).deadline).min();
+                t.conn = Some(Arc::clone(conn));
+                t.id = Some(id);
+                t.deadline = deadline;
+                std::mem::swap(&mut t.members, &mut members);
+                self.inflight.push(t);
+            }
+            Err(e) => {
+                let msg = format!("FlagCX refused the {opcode:?} of {} ops: {e}", members.len());
+                for &m in &members {
+                    self.complete(m, Status::MCFX_E_TRANSFER_FAILED, Some(&msg));
+                }
+                members.clear();
+            }
+        }
+        self.members = members;
+    }
+
+    // ---- 4. polling ------------------------------------------------------------
+
+    fn poll_inflight(&mut self) -> bool {
+        let mut moved = false;
+        let mut i = 0;
+        while i < self.inflight.len() {
+            let t = &mut self.inflight[i];
+            let conn = t.conn.as_ref().expect("in-flight transfer has a conn");
+            let id = t.id.take().expect("in-flight transfer has an id");
+            let status = match conn.poll(id) {
+                Poll::Pending(id) if t.deadline.is_some_and(|d| self.now >= d) => {
+                    let conn = Arc::clone(conn);
+                    self.bury(conn, id);
+                    Status::MCFX_E_TIMEOUT
+                }
+                Poll::Pending(id) => {
+                    t.id = Some(id);
+                    i += 1;
+                    continue;
+                }
+                Poll::Done => Status::MCFX_OK,
+                Poll::Failed => Status::MCFX_E_TRANSFER_FAILED,
+            };
+            moved = true;
+            let t = self.inflight.swap_remove(i);
+            self.finish(t, status);
+        }
+        moved
+    }
+
+    /// Completes a transfer's ops and recycles it.
+    fn finish(&mut self, mut t: Transfer, status: Status) {
+        let msg = match status {
+            Status::MCFX_OK => None,
+            Status::MCFX_E_TIMEOUT => {
+                Some("FlagCX did not report the transfer done by its deadline")
+            }
+            _ => Some("FlagCX reported the transfer failed"),
+        };
+        if status == Status::MCFX_E_TRANSFER_FAILED {
+            // The connection may be dead (peer restarted or gone): the next op
+            // to this peer reconnects instead of reusing it.
+            if let Some(&m) = t.members.first() {
+                let peer = self.op(m).req.peer;
+                if let Some(p) = self.peers.peers.get(&peer) {
+                    if !p.connecting && p.waiting.is_empty() {
+                        self.peers.peers.remove(&peer);
+                    }
+                }
+            }
+        }
+        for &m in &t.members {
+            self.complete(m, status, msg);
+        }
+        t.members.clear();
+        t.conn = None;
+        t.deadline = None;
+        self.spare.push(t);
+    }
+
+    /// Keeps polling a timed-out transfer (its ops already completed) so
+    /// FlagCX can recycle its id if it ever finishes.
+    fn bury(&mut self, conn: Arc<Conn>, id: TransferId) {
+        if self.zombies.len() < MAX_ZOMBIES {
+            self.zombies.push((conn, Some(id)));
+        } else {
+            tracing::warn!(id = id.raw(), "abandoning a timed-out FlagCX transfer id");
+        }
+    }
+
+    fn poll_zombies(&mut self) {
+        for (conn, slot) in &mut self.zombies {
+            if let Some(id) = slot.take() {
+                if let Poll::Pending(id) = conn.poll(id) {
+                    *slot = Some(id);
+                }
+            }
+        }
+        self.zombies.retain(|(_, id)| id.is_some());
+    }
+
+    // ---- 5. deadlines of waiting ops ---------------------------------------
+
+    fn expire_waiting(&mut self) {
+        let connect_timeout = self.shared.config.connect_timeout;
+        let now = self.now;
+        let mut expired = std::mem::take(&mut self.scratch);
+        for peer in self.peers.peers.values_mut() {
+            let slots = &self.slots;
+            peer.waiting.retain(|&idx| {
+                let s = &slots[idx as usize];
+                let op = s.op.as_ref().expect("live slot");
+                let late = now >= op.deadline || now >= s.waiting_since + connect_timeout;
+                if late {
+                    expired.push(idx);
+                }
+                !late
+            });
+        }
+        self.waiting -= expired.len();
+        for &idx in &expired {
+            let (peer, deadline) = {
+                let op = self.op(idx);
+                (op.req.peer, op.deadline)
+            };
+            if now >= deadline {
+                self.complete(
+                    idx,
+                    Status::MCFX_E_TIMEOUT,
+                    Some("op deadline passed while connecting"),
+                );
+            } else {
+                let msg = format!(
+                    "peer {peer}: no connection within the connect timeout ({} ms)",
+                    connect_timeout.as_millis()
+                );
+                self.complete(idx, Status::MCFX_E_CONNECT, Some(&msg));
+            }
+        }
+        expired.clear();
+        self.scratch = expired;
+    }
+
+    // ---- completion --------------------------------------------------------
+
+    /// Delivers the op's one completion and frees its slot.
+    fn complete(&mut self, idx: u32, status: Status, msg: Option<&str>) {
+        let op = self.slots[idx as usize].op.take().expect("op completed twice");
+        self.free.push(idx);
+        op.region.release(1);
+        let stats = &self.shared.stats;
+        match status {
+            Status::MCFX_OK => {
+                Stats::add(&stats.completed, 1);
+                Stats::add(&stats.bytes, op.req.len);
+            }
+            Status::MCFX_E_TIMEOUT => Stats::add(&stats.timed_out, 1),
+            Status::MCFX_E_CANCELED => Stats::add(&stats.canceled, 1),
+            _ => Stats::add(&stats.failed, 1),
+        }
+        if let Some(msg) = msg {
+            tracing::warn!(
+                peer = op.req.peer,
+                user_data = op.req.user_data,
+                status = ?status,
+                "op failed: {msg}"
+            );
+        }
+        let on_complete = &self.shared.on_complete;
+        let user_data = op.req.user_data;
+        drop(op);
+        if catch_unwind(AssertUnwindSafe(|| on_complete(user_data, status))).is_err() {
+            Stats::add(&stats.callback_panics, 1);
+            tracing::error!(user_data, "completion callback panicked; continuing");
+        }
+    }
+
+    // ---- shutdown ------------------------------------------------------------
+
+    /// Completes everything: queued and waiting ops never ran (CANCELED);
+    /// in-flight ones get until `shutdown_timeout` to finish.
+    fn shut_down(&mut self) {
+        self.now = Instant::now();
+        // The queue is closed: this drains it for good.
+        while let Some(op) = self.shared.queue.pop() {
+            let idx = self.take_slot(op);
+            self.complete(idx, Status::MCFX_E_CANCELED, None);
+        }
+        let mut results = std::mem::take(&mut self.results);
+        self.shared.connects.take_results(&mut results);
+        drop(results);
+        let peers: Vec<u64> = self.peers.peers.keys().copied().collect();
+        for peer in peers {
+            let waiting = std::mem::take(&mut self.peers.peers.get_mut(&peer).unwrap().waiting);
+            for idx in waiting {
+                self.complete(idx, Status::MCFX_E_CANCELED, None);
+            }
+        }
+        self.waiting = 0;
+        let until = self.now + self.shared.config.shutdown_timeout;
+        while !self.inflight.is_empty() && Instant::now() < until {
+            self.now = Instant::now();
+            if !self.poll_inflight() {
+                std::thread::yield_now();
+            }
+        }
+        while let Some(mut t) = self.inflight.pop() {
+            let members = std::mem::take(&mut t.members);
+            for idx in members {
+                self.complete(idx, Status::MCFX_E_CANCELED, None);
+            }
+            // The id is abandoned: FlagCX has no cancel.
+        }
+        self.zombies.clear();
+        debug_assert!(self.slots.iter().all(|s| s.op.is_none()), "an op never completed");
+    }
+}

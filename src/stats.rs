@@ -1,0 +1,87 @@
+//! Counters, readable at any time from any thread.
+//!
+//! All counters are monotonically increasing `Relaxed` atomics: each is an
+//! independent tally, nothing is published through them, and a reader only
+//! needs an eventually consistent snapshot. Hot-path updates happen once per
+//! submit call or per progress pass, not per op, where that is possible.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub submitted: AtomicU64,
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+    pub timed_out: AtomicU64,
+    pub canceled: AtomicU64,
+    pub bytes: AtomicU64,
+    pub queue_full: AtomicU64,
+    pub wakeups: AtomicU64,
+    pub connects: AtomicU64,
+    pub connect_failures: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub flagcx_transfers: AtomicU64,
+    pub callback_panics: AtomicU64,
+}
+
+/// A plain copy of [`Stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Ops accepted by submit.
+    pub submitted: u64,
+    /// Ops completed successfully.
+    pub completed: u64,
+    /// Ops completed with an error other than timeout or cancel.
+    pub failed: u64,
+    /// Ops completed with `MCFX_E_TIMEOUT`.
+    pub timed_out: u64,
+    /// Ops completed with `MCFX_E_CANCELED`.
+    pub canceled: u64,
+    /// Bytes moved by successful ops.
+    pub bytes: u64,
+    /// Submit calls refused (in part or whole) because the queue was full.
+    pub queue_full: u64,
+    /// Times a submitter had to wake the sleeping progress thread.
+    pub wakeups: u64,
+    /// Peer connections established (including reconnects).
+    pub connects: u64,
+    /// Connection attempts that failed (resolve or connect).
+    pub connect_failures: u64,
+    /// Reconnects made to refresh a peer's region list.
+    pub reconnects: u64,
+    /// FlagCX vector transfers issued.
+    pub flagcx_transfers: u64,
+    /// Completion callbacks that panicked (caught).
+    pub callback_panics: u64,
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            submitted: self.submitted.load(Relaxed),
+            completed: self.completed.load(Relaxed),
+            failed: self.failed.load(Relaxed),
+            timed_out: self.timed_out.load(Relaxed),
+            canceled: self.canceled.load(Relaxed),
+            bytes: self.bytes.load(Relaxed),
+            queue_full: self.queue_full.load(Relaxed),
+            wakeups: self.wakeups.load(Relaxed),
+            connects: self.connects.load(Relaxed),
+            connect_failures: self.connect_failures.load(Relaxed),
+            reconnects: self.reconnects.load(Relaxed),
+            flagcx_transfers: self.flagcx_transfers.load(Relaxed),
+            callback_panics: self.callback_panics.load(Relaxed),
+        }
+    }
+}
+
+impl Snapshot {
+    /// Ops accepted and not yet completed.
+    pub fn in_flight(&self) -> u64 {
+        self.submitted - (self.completed + self.failed + self.timed_out + self.canceled)
+    }
+}

@@ -1,0 +1,261 @@
+//! The transport: owns the FlagCX engine, the registry, the queue and the
+//! threads, and is what every C entry point forwards to.
+
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use flagcx_sys::Engine;
+
+use crate::config::{provider_knob, Config};
+use crate::error::{fail, Error, Result, Status};
+use crate::op::{Op, OpRequest, OpSource};
+use crate::peers::{run_connector, Connects};
+use crate::progress::Progress;
+use crate::queue::SubmitQueue;
+use crate::registry::Registry;
+use crate::stats::{Snapshot, Stats};
+
+/// Called once per accepted op, on the progress thread: `(user_data, status)`.
+pub type CompletionFn = Box<dyn Fn(u64, Status) + Send + Sync>;
+/// Maps a peer id to its `host:port` endpoint; runs on a connector thread.
+pub type ResolverFn = Box<dyn Fn(u64) -> std::result::Result<String, String> + Send + Sync>;
+
+/// State shared by the caller-facing handle and the transport's threads.
+pub struct Shared {
+    pub config: Config,
+    pub engine: Engine,
+    pub registry: Registry,
+    pub queue: SubmitQueue,
+    pub stats: Stats,
+    pub connects: Connects,
+    pub on_complete: CompletionFn,
+    pub resolver: ResolverFn,
+    /// Set by shutdown after the queue closed; the progress thread then
+    /// completes everything and exits.
+    pub stop: AtomicBool,
+    endpoint: String,
+}
+
+pub struct Transport {
+    shared: Arc<Shared>,
+    progress: Option<JoinHandle<()>>,
+    connectors: Vec<JoinHandle<()>>,
+}
+
+impl Transport {
+    /// Creates the FlagCX engine, starts its RPC server (unless
+    /// `serve_peers` is off), the progress thread and the connector threads.
+    pub fn create(
+        config: Config,
+        on_complete: CompletionFn,
+        resolver: ResolverFn,
+    ) -> Result<Transport> {
+        crate::log::init();
+        config.validate()?;
+        apply_provider_options(&config)?;
+        let engine = Engine::create().map_err(|e| {
+            Error::new(
+                Status::MCFX_E_FLAGCX,
+                format!("flagcxP2pEngineCreate failed ({e}): no usable FlagCX device?"),
+            )
+        })?;
+        if config.serve_peers {
+            engine.start_rpc_server().map_err(|e| {
+                Error::new(Status::MCFX_E_FLAGCX, format!("FlagCX RPC server: {e}"))
+            })?;
+        }
+        let endpoint = engine
+            .endpoint()
+            .map_err(|e| Error::new(Status::MCFX_E_FLAGCX, format!("FlagCX metadata: {e}")))?;
+        let shared = Arc::new(Shared {
+            registry: Registry::new(engine.clone()),
+            queue: SubmitQueue::new(config.queue_capacity),
+            stats: Stats::default(),
+            connects: Connects::default(),
+            on_complete,
+            resolver,
+            stop: AtomicBool::new(false),
+            endpoint,
+            engine,
+            config,
+        });
+        let mut transport =
+            Transport { shared: Arc::clone(&shared), progress: None, connectors: Vec::new() };
+        let progress = Progress::new(Arc::clone(&shared));
+        transport.progress = Some(spawn("mcfx-progress", move || progress.run())?);
+        for i in 0..shared.config.connect_threads {
+            let s = Arc::clone(&shared);
+            shared.connects.thread_started();
+            match spawn(&format!("mcfx-connect-{i}"), move || run_connector(s)) {
+                Ok(h) => transport.connectors.push(h),
+                Err(e) => {
+                    shared.connects.thread_exited_early();
+                    return Err(e); // Drop shuts the started threads down.
+                }
+            }
+        }
+        tracing::info!(endpoint = %shared.endpoint, "transport created");
+        Ok(transport)
+    }
+
+    /// The endpoint (`host:port`) peers use to reach this transport.
+    pub fn endpoint(&self) -> &str {
+        &self.shared.endpoint
+    }
+
+    /// Registers local memory for transfers.
+    ///
+    /// # Safety
+    /// `[addr, addr + len)` must stay valid memory until unregistered, and
+    /// may be read and written by transfers at any time until then.
+    pub unsafe fn register(&self, addr: usize, len: usize) -> Result<()> {
+        if self.shared.queue.is_closed() {
+            return fail(Status::MCFX_E_SHUTTING_DOWN, "register: transport is shutting down");
+        }
+        // SAFETY: this function's contract, passed on.
+        unsafe { self.shared.registry.register(addr, len) }
+    }
+
+    /// Unregisters the region starting at `addr` (`MCFX_E_BUSY` while ops on
+    /// it are in flight).
+    pub fn unregister(&self, addr: usize) -> Result<()> {
+        self.shared.registry.unregister(addr)
+    }
+
+    /// Queues `reqs` for transfer. Every op is checked first; on a bad op
+    /// nothing is queued. On `MCFX_E_QUEUE_FULL`, the first `*accepted` ops
+    /// were queued (and will complete) and the rest were not.
+    ///
+    /// Hot path: per op two lock-free registry lookups and one queue push; per
+    /// call one clock read, one wake check, two counter updates.
+    pub fn submit<T: OpSource>(&self, reqs: &[T], accepted: &mut usize) -> Result<()> {
+        *accepted = 0;
+        let Some(admission) = self.shared.queue.enter() else {
+            return fail(Status::MCFX_E_SHUTTING_DOWN, "submit: transport is shutting down");
+        };
+        let at = |i: usize| move |e: Error| Error::new(e.status, format!("op {i}: {}", e.message));
+        for (i, r) in reqs.iter().enumerate() {
+            let r = r.request().map_err(at(i))?;
+            validate(&r).map_err(at(i))?;
+            self.shared.registry.check(r.local, r.len as usize).map_err(at(i))?;
+        }
+        let deadline = Instant::now() + self.shared.config.op_timeout;
+        let wait = self.shared.config.submit_wait;
+        let mut result = Ok(());
+        for (i, r) in reqs.iter().enumerate() {
+            let r = r.request().expect("decoded above");
+            let region = match self.shared.registry.acquire(r.local, r.len as usize, 1) {
+                Ok(region) => region,
+                Err(e) => {
+                    // Unregistered between the check and now (a caller race).
+                    result = Err(at(i)(e));
+                    break;
+                }
+            };
+            if let Err(op) =
+                self.shared.queue.push(&admission, Op { req: r, region, deadline }, wait)
+            {
+                op.region.release(1);
+                Stats::add(&self.shared.stats.queue_full, 1);
+                result = fail(
+                    Status::MCFX_E_QUEUE_FULL,
+                    format!(
+                        "submit: queue of {} is full; {i} of {} ops queued",
+                        self.shared.config.queue_capacity,
+                        reqs.len()
+                    ),
+                );
+                break;
+            }
+            *accepted += 1;
+        }
+        if *accepted > 0 {
+            Stats::add(&self.shared.stats.submitted, *accepted as u64);
+            if self.shared.queue.notify() {
+                Stats::add(&self.shared.stats.wakeups, 1);
+            }
+        }
+        result
+    }
+
+    pub fn stats(&self) -> Snapshot {
+        self.shared.stats.snapshot()
+    }
+
+    /// Stops accepting work, completes every accepted op exactly once
+    /// (`MCFX_E_CANCELED` for those that never ran), joins the progress
+    /// thread and stops the connectors. No callback runs after it returns.
+    /// Idempotent; `Drop` calls it.
+    pub fn shutdown(&mut self) {
+        let Some(progress) = self.progress.take() else { return };
+        let shared = &self.shared;
+        shared.queue.close();
+        shared.stop.store(true, SeqCst);
+        shared.queue.notify();
+        if progress.join().is_err() {
+            tracing::error!("progress thread panicked");
+        }
+        let left = shared.connects.shutdown(shared.config.connect_timeout);
+        if left > 0 {
+            tracing::warn!(left, "connector threads still inside FlagCX connect; detaching them");
+        }
+        for h in self.connectors.drain(..) {
+            if left == 0 {
+                let _ = h.join();
+            }
+        }
+        shared.registry.clear();
+        tracing::info!(stats = ?shared.stats.snapshot(), "transport destroyed");
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn validate(r: &OpRequest) -> Result<()> {
+    if r.len == 0 {
+        return fail(Status::MCFX_E_INVALID_ARGUMENT, "zero length");
+    }
+    if r.local == 0 {
+        return fail(Status::MCFX_E_INVALID_ARGUMENT, "NULL local address");
+    }
+    if usize::try_from(r.len).ok().and_then(|l| r.local.checked_add(l)).is_none() {
+        return fail(
+            Status::MCFX_E_OVERFLOW,
+            format!("local {:#x} + length {} overflows", r.local, r.len),
+        );
+    }
+    if r.remote.checked_add(r.len).is_none() {
+        return fail(
+            Status::MCFX_E_OVERFLOW,
+            format!("remote {:#x} + length {} overflows", r.remote, r.len),
+        );
+    }
+    Ok(())
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new().name(name.to_owned()).spawn(f).map_err(|e| {
+        Error::new(Status::MCFX_E_INTERNAL, format!("cannot start thread {name}: {e}"))
+    })
+}
+
+/// Applies `provider_options` to the software provider; rejects them when the
+/// loaded FlagCX is not the provider.
+fn apply_provider_options(config: &Config) -> Result<()> {
+    for (key, value) in &config.provider_options {
+        let knob = provider_knob(key).expect("validated when parsed");
+        if !flagcx_sys::sw::set_knob(knob, *value) {
+            return fail(
+                Status::MCFX_E_BAD_CONFIG,
+                format!("provider option {key}: the loaded libflagcx is not the software provider"),
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,108 @@
+//! The progress thread's sleep/wake protocol.
+//!
+//! One consumer (the progress thread) sleeps only after announcing it; many
+//! producers wake it only when it announced. Invariant (no lost wake-up):
+//!
+//! - producer: publish work; `fence(SeqCst)`; load `state`; if `PARKED`,
+//!   CAS it to `AWAKE` and unpark the consumer.
+//! - consumer: store `PARKED`; `fence(SeqCst)`; re-check for work; sleep
+//!   until `state` is no longer `PARKED`.
+//!
+//! The two fences order each side's write before its read, so either the
+//! producer sees `PARKED` (and unparks) or the consumer sees the work (and
+//! does not sleep). `Thread::unpark` keeps a token, so an unpark that lands
+//! between the consumer's check and its `park` is not lost either. The model
+//! in `tests/loom_wake.rs` checks this under every interleaving.
+
+#[cfg(loom)]
+use loom::sync::atomic::{fence, AtomicU32, Ordering};
+#[cfg(loom)]
+use loom::thread::{self, Thread};
+#[cfg(not(loom))]
+use std::sync::atomic::{fence, AtomicU32, Ordering};
+#[cfg(not(loom))]
+use std::thread::{self, Thread};
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+const AWAKE: u32 = 0;
+const PARKED: u32 = 1;
+
+pub struct Wake {
+    state: AtomicU32,
+    consumer: OnceLock<Thread>,
+}
+
+impl Default for Wake {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Wake {
+    pub fn new() -> Wake {
+        Wake { state: AtomicU32::new(AWAKE), consumer: OnceLock::new() }
+    }
+
+    /// Names the consumer thread; call once, from it, before it first parks.
+    pub fn bind_current(&self) {
+        let _ = self.consumer.set(thread::current());
+    }
+
+    /// Producer side, after publishing work. Returns true when it had to
+    /// unpark the consumer (a wake-up syscall); false on the fast path.
+    ///
+    /// Hot path: a fence and a load; no syscall unless the consumer sleeps.
+    pub fn notify(&self) -> bool {
+        fence(Ordering::SeqCst);
+        // Relaxed: the fence above orders this load after the producer's
+        // publication; the CAS below is what synchronizes.
+        if self.state.load(Ordering::Relaxed) != PARKED {
+            return false;
+        }
+        if self.state.compare_exchange(PARKED, AWAKE, Ordering::SeqCst, Ordering::Relaxed).is_ok() {
+            if let Some(t) = self.consumer.get() {
+                t.unpark();
+            }
+            return true;
+        }
+        false
+    }
+
+    /// Consumer side: sleeps unless `has_work()` is true after announcing,
+    /// until a producer notifies or `timeout` (if any) passes.
+    pub fn park(&self, has_work: impl Fn() -> bool, timeout: Option<Duration>) {
+        self.state.store(PARKED, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if has_work() {
+            self.state.store(AWAKE, Ordering::SeqCst);
+            return;
+        }
+        match timeout {
+            None => {
+                // Acquire: pairs with the producer's SeqCst CAS.
+                while self.state.load(Ordering::Acquire) == PARKED {
+                    thread::park();
+                }
+            }
+            Some(t) => {
+                park_timeout(t);
+            }
+        }
+        self.state.store(AWAKE, Ordering::SeqCst);
+    }
+}
+
+#[cfg(not(loom))]
+fn park_timeout(t: Duration) {
+    // One bounded sleep; a spurious or early return only costs an extra pass
+    // of the progress loop.
+    thread::park_timeout(t);
+}
+
+#[cfg(loom)]
+fn park_timeout(_t: Duration) {
+    // loom has no timed park; a timed sleep never relies on a wake-up, so
+    // model it as an immediate return.
+}
