@@ -1,0 +1,285 @@
+//! Fixtures for the transport's integration tests. Everything goes through
+//! the C ABI (`mcfx_*`), as a C or C++ caller would.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::ffi::{c_char, c_void, CString};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use flagcx_sys::sw;
+use flagcx_sys::testing::AlignedBuf;
+use mooncake_flagcx::ffi::*;
+
+#[allow(unused_imports)]
+pub use flagcx_sys::pattern;
+#[allow(unused_imports)]
+pub use flagcx_sys::testing::PeerProcess;
+
+/// FlagCX registrations, provider knobs and violation counters are
+/// process-wide (and destroying an engine deregisters every region in the
+/// process), so the tests of one binary run one at a time, each from default
+/// knobs and zero violations.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    for (k, v) in [
+        (sw::Knob::LatencyNs, 0),
+        (sw::Knob::FailOp, 0),
+        (sw::Knob::HangOp, 0),
+        (sw::Knob::ConnectDelayMs, 0),
+        (sw::Knob::RefuseConnect, 0),
+        (sw::Knob::ConnectTimeoutMs, 10_000),
+    ] {
+        assert!(sw::set_knob(k, v), "tests need the software provider");
+    }
+    sw::reset_violations();
+    guard
+}
+
+pub fn assert_no_violations() {
+    let v = sw::violations().unwrap();
+    assert_eq!(v.total(), 0, "the provider saw FlagCX misuse: {v:?}");
+}
+
+/// Every completion received, per user_data.
+#[derive(Default)]
+pub struct Completions {
+    seen: Mutex<HashMap<u64, Vec<mcfx_status>>>,
+    changed: Condvar,
+}
+
+impl Completions {
+    fn record(&self, user_data: u64, status: mcfx_status) {
+        self.seen.lock().unwrap().entry(user_data).or_default().push(status);
+        self.changed.notify_all();
+    }
+
+    /// Waits until `n` distinct ops completed; panics after `limit`.
+    pub fn wait_for(&self, n: usize, limit: Duration) {
+        let until = Instant::now() + limit;
+        let mut seen = self.seen.lock().unwrap();
+        while seen.len() < n {
+            let left = until.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "only {} of {n} ops completed within {limit:?}", seen.len());
+            seen = self.changed.wait_timeout(seen, left).unwrap().0;
+        }
+    }
+
+    /// The single status of `user_data`; panics if it completed 0 or 2+ times.
+    pub fn status(&self, user_data: u64) -> mcfx_status {
+        let seen = self.seen.lock().unwrap();
+        match seen.get(&user_data).map(Vec::as_slice) {
+            Some([s]) => *s,
+            other => panic!("op {user_data} completed {other:?}"),
+        }
+    }
+
+    /// Waits for one op and returns its status.
+    pub fn wait_one(&self, user_data: u64, limit: Duration) -> mcfx_status {
+        let until = Instant::now() + limit;
+        let mut seen = self.seen.lock().unwrap();
+        while !seen.contains_key(&user_data) {
+            let left = until.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "op {user_data} did not complete within {limit:?}");
+            seen = self.changed.wait_timeout(seen, left).unwrap().0;
+        }
+        drop(seen);
+        self.status(user_data)
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// Panics unless every op completed exactly once; returns per-status counts.
+    pub fn exactly_once(&self) -> HashMap<mcfx_status, usize> {
+        let seen = self.seen.lock().unwrap();
+        let mut by_status = HashMap::new();
+        for (ud, statuses) in seen.iter() {
+            assert_eq!(statuses.len(), 1, "op {ud} completed {statuses:?}");
+            *by_status.entry(statuses[0]).or_insert(0) += 1;
+        }
+        by_status
+    }
+}
+
+/// Peer id -> endpoint, answered by the resolver callback.
+#[derive(Default)]
+pub struct Directory {
+    endpoints: Mutex<HashMap<u64, String>>,
+}
+
+impl Directory {
+    pub fn insert(&self, peer: u64, endpoint: &str) {
+        self.endpoints.lock().unwrap().insert(peer, endpoint.to_owned());
+    }
+}
+
+unsafe extern "C-unwind" fn on_complete(ctx: *mut c_void, user_data: u64, status: mcfx_status) {
+    // SAFETY: ctx is the Arc<Completions> a Node keeps alive past destroy.
+    let done = unsafe { &*(ctx as *const Completions) };
+    done.record(user_data, status);
+}
+
+unsafe extern "C-unwind" fn resolve(
+    ctx: *mut c_void,
+    peer: u64,
+    buf: *mut c_char,
+    cap: usize,
+) -> i32 {
+    // SAFETY: ctx is the Arc<Directory> a Node keeps alive past destroy.
+    let dir = unsafe { &*(ctx as *const Directory) };
+    let Some(ep) = dir.endpoints.lock().unwrap().get(&peer).cloned() else { return -1 };
+    if ep.len() >= cap {
+        return -2;
+    }
+    // SAFETY: buf is writable for cap > ep.len() bytes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(ep.as_ptr(), buf.cast::<u8>(), ep.len());
+        *buf.add(ep.len()) = 0;
+    }
+    0
+}
+
+/// A default config with this module's callbacks bound to `done` / `dir`.
+pub fn config(done: &Arc<Completions>, dir: &Arc<Directory>) -> mcfx_config {
+    let mut c = std::mem::MaybeUninit::<mcfx_config>::uninit();
+    // SAFETY: mcfx_config_init writes the whole struct.
+    let mut c = unsafe {
+        mcfx_config_init(c.as_mut_ptr());
+        c.assume_init()
+    };
+    c.on_complete = Some(on_complete);
+    c.complete_ctx = Arc::as_ptr(done) as *mut c_void;
+    c.resolve = Some(resolve);
+    c.resolve_ctx = Arc::as_ptr(dir) as *mut c_void;
+    c
+}
+
+/// One transport plus the state its callbacks use.
+pub struct Node {
+    pub t: *mut mcfx_transport,
+    pub done: Arc<Completions>,
+    pub dir: Arc<Directory>,
+    pub endpoint: String,
+    _options: Option<CString>,
+}
+
+impl Node {
+    pub fn new() -> Node {
+        Node::with(|_| {})
+    }
+
+    /// A node whose config `tweak` adjusts before create.
+    pub fn with(tweak: impl FnOnce(&mut mcfx_config)) -> Node {
+        Node::try_with(tweak).unwrap_or_else(|(st, msg)| panic!("mcfx_create: {st:?}: {msg}"))
+    }
+
+    pub fn try_with(
+        tweak: impl FnOnce(&mut mcfx_config),
+    ) -> Result<Node, (mcfx_status, String)> {
+        let done = Arc::new(Completions::default());
+        let dir = Arc::new(Directory::default());
+        let mut c = config(&done, &dir);
+        tweak(&mut c);
+        let mut t = std::ptr::null_mut();
+        // SAFETY: valid config and out pointer; callbacks' contexts outlive t.
+        let st = unsafe { mcfx_create(&c, &mut t) };
+        if st != mcfx_status::MCFX_OK {
+            return Err((st, last_error()));
+        }
+        let mut buf = [0u8; 128];
+        let mut len = 0;
+        // SAFETY: live handle, 128-byte buffer.
+        let st = unsafe { mcfx_local_endpoint(t, buf.as_mut_ptr().cast(), buf.len(), &mut len) };
+        assert_eq!(st, mcfx_status::MCFX_OK);
+        let endpoint = String::from_utf8(buf[..len].to_vec()).unwrap();
+        Ok(Node { t, done, dir, endpoint, _options: None })
+    }
+
+    /// Lets this node reach `other` as peer id `peer`.
+    pub fn knows(&self, peer: u64, other: &Node) {
+        self.dir.insert(peer, &other.endpoint);
+    }
+
+    pub fn register(&self, mem: &AlignedBuf) {
+        // SAFETY: the buffer outlives the registration in every test.
+        let st = unsafe { mcfx_register(self.t, mem.addr() as *mut c_void, mem.len()) };
+        assert_eq!(st, mcfx_status::MCFX_OK, "{}", last_error());
+    }
+
+    pub fn submit(&self, ops: &[mcfx_op]) -> (mcfx_status, usize) {
+        let mut accepted = usize::MAX;
+        // SAFETY: live handle, ops slice.
+        let st = unsafe { mcfx_submit(self.t, ops.as_ptr(), ops.len(), &mut accepted) };
+        (st, accepted)
+    }
+
+    /// Submits and asserts every op was accepted.
+    pub fn submit_ok(&self, ops: &[mcfx_op]) {
+        let (st, n) = self.submit(ops);
+        assert_eq!((st, n), (mcfx_status::MCFX_OK, ops.len()), "{}", last_error());
+    }
+
+    pub fn stats(&self) -> mcfx_stats {
+        let mut s = mcfx_stats {
+            struct_size: std::mem::size_of::<mcfx_stats>() as u32,
+            ..Default::default()
+        };
+        // SAFETY: live handle, sized struct.
+        assert_eq!(unsafe { mcfx_get_stats(self.t, &mut s) }, mcfx_status::MCFX_OK);
+        s
+    }
+
+    /// Destroys the transport now (Drop does it otherwise).
+    pub fn destroy(&mut self) -> mcfx_status {
+        let t = std::mem::replace(&mut self.t, std::ptr::null_mut());
+        // SAFETY: t is live or NULL.
+        unsafe { mcfx_destroy(t) }
+    }
+}
+
+// SAFETY: the C ABI documents every mcfx_* function as thread-safe on a live
+// handle; Node only destroys it in Drop (exclusive access).
+unsafe impl Send for Node {}
+// SAFETY: as above.
+unsafe impl Sync for Node {}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.destroy();
+    }
+}
+
+/// This thread's last error message.
+pub fn last_error() -> String {
+    let mut buf = vec![0u8; 1024];
+    // SAFETY: buf is writable for its length.
+    let n = unsafe { mcfx_last_error(buf.as_mut_ptr().cast(), buf.len()) };
+    buf.truncate(n.min(1023));
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+pub fn op(opcode: u32, local: usize, len: u64, peer: u64, remote: u64, user_data: u64) -> mcfx_op {
+    mcfx_op {
+        opcode,
+        reserved: 0,
+        local_addr: local as *mut c_void,
+        length: len,
+        peer_id: peer,
+        remote_addr: remote,
+        user_data,
+    }
+}
+
+pub fn write(local: usize, len: u64, peer: u64, remote: u64, user_data: u64) -> mcfx_op {
+    op(MCFX_OP_WRITE, local, len, peer, remote, user_data)
+}
+
+pub fn read(local: usize, len: u64, peer: u64, remote: u64, user_data: u64) -> mcfx_op {
+    op(MCFX_OP_READ, local, len, peer, remote, user_data)
+}
+
+pub const LIMIT: Duration = Duration::from_secs(30);
+pub const OK: mcfx_status = mcfx_status::MCFX_OK;

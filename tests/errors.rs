@@ -1,0 +1,279 @@
+//! Every error path: bad submits fail at once with nothing queued; failures
+//! found later complete the op with a clear status, exactly once.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use flagcx_sys::sw;
+use flagcx_sys::testing::AlignedBuf;
+use mooncake_flagcx::ffi::*;
+
+use mcfx_status::*;
+
+fn pair() -> (Node, Node) {
+    let a = Node::new();
+    let b = Node::new();
+    a.knows(1, &b);
+    (a, b)
+}
+
+#[test]
+fn bad_ops_are_rejected_at_submit_and_nothing_is_queued() {
+    let _g = serial();
+    let (a, b) = pair();
+    let src = AlignedBuf::new(8192);
+    let dst = AlignedBuf::new(8192);
+    a.register(&src);
+    b.register(&dst);
+    let good = write(src.addr(), 16, 1, dst.addr() as u64, 1);
+    let unregistered = AlignedBuf::new(64);
+    let cases: Vec<(mcfx_op, mcfx_status, &str)> = vec![
+        (write(src.addr(), 0, 1, dst.addr() as u64, 2), MCFX_E_INVALID_ARGUMENT, "zero length"),
+        (write(0, 16, 1, dst.addr() as u64, 2), MCFX_E_INVALID_ARGUMENT, "NULL local"),
+        (op(7, src.addr(), 16, 1, dst.addr() as u64, 2), MCFX_E_INVALID_ARGUMENT, "opcode"),
+        (mcfx_op { reserved: 1, ..good }, MCFX_E_INVALID_ARGUMENT, "reserved"),
+        (write(unregistered.addr(), 16, 1, 0, 2), MCFX_E_NOT_REGISTERED, "unregistered"),
+        (write(src.addr() + 8000, 400, 1, 0, 2), MCFX_E_NOT_REGISTERED, "partly registered"),
+        (write(usize::MAX - 8, 16, 1, 0, 2), MCFX_E_OVERFLOW, "local overflow"),
+        (write(src.addr(), 16, 1, u64::MAX - 8, 2), MCFX_E_OVERFLOW, "remote overflow"),
+    ];
+    for (bad, status, what) in cases {
+        // The bad op last: the good one before it must not be queued either.
+        let (st, accepted) = a.submit(&[good, bad]);
+        assert_eq!((st, accepted), (status, 0), "{what}");
+        let msg = last_error();
+        assert!(msg.contains("op 1"), "{what}: message {msg:?} should name the op");
+    }
+    let (st, _) = a.submit(&[]);
+    assert_eq!(st, OK, "an empty submit is a no-op");
+    // SAFETY: NULL ops with a non-zero count, and a NULL handle.
+    unsafe {
+        let mut n = 5;
+        assert_eq!(mcfx_submit(a.t, std::ptr::null(), 1, &mut n), MCFX_E_INVALID_ARGUMENT);
+        assert_eq!(n, 0);
+        assert_eq!(mcfx_submit(std::ptr::null_mut(), &good, 1, &mut n), MCFX_E_INVALID_ARGUMENT);
+    }
+    assert_eq!(a.stats().submitted, 0);
+}
+
+#[test]
+fn an_unknown_peer_completes_with_a_resolve_error() {
+    let _g = serial();
+    let a = Node::new();
+    let src = AlignedBuf::new(64);
+    a.register(&src);
+    a.submit_ok(&[write(src.addr(), 64, 99, 0x1000, 1)]);
+    assert_eq!(a.done.wait_one(1, LIMIT), MCFX_E_RESOLVE);
+}
+
+#[test]
+fn a_resolver_returning_garbage_gives_a_resolve_error() {
+    let _g = serial();
+    let a = Node::new();
+    let src = AlignedBuf::new(64);
+    a.register(&src);
+    for (ud, garbage) in [(1, "no-port"), (2, "host:99999"), (3, "sp ace:80"), (4, "")] {
+        a.dir.insert(ud, garbage);
+        a.submit_ok(&[write(src.addr(), 64, ud, 0x1000, ud)]);
+        assert_eq!(a.done.wait_one(ud, LIMIT), MCFX_E_RESOLVE, "{garbage:?}");
+    }
+}
+
+#[test]
+fn a_remote_range_the_peer_never_registered_fails_after_one_reconnect() {
+    let _g = serial();
+    let (a, b) = pair();
+    let src = AlignedBuf::new(4096);
+    let dst = AlignedBuf::new(4096);
+    a.register(&src);
+    b.register(&dst);
+    a.submit_ok(&[write(src.addr(), 4096, 1, dst.addr() as u64 + 1, 1)]);
+    assert_eq!(a.done.wait_one(1, LIMIT), MCFX_E_REMOTE_RANGE);
+    assert_eq!(a.stats().reconnects, 1);
+    // The peer stays usable.
+    a.submit_ok(&[write(src.addr(), 4096, 1, dst.addr() as u64, 2)]);
+    assert_eq!(a.done.wait_one(2, LIMIT), OK);
+}
+
+#[test]
+fn refused_connect_fails_waiting_ops_with_a_connect_error() {
+    let _g = serial();
+    let (a, b) = pair();
+    let src = AlignedBuf::new(64);
+    let dst = AlignedBuf::new(64);
+    a.register(&src);
+    b.register(&dst);
+    assert!(sw::set_knob(sw::Knob::RefuseConnect, 1));
+    let ops: Vec<_> = (0..10).map(|i| write(src.addr(), 64, 1, dst.addr() as u64, i)).collect();
+    a.submit_ok(&ops);
+    a.done.wait_for(10, LIMIT);
+    assert_eq!(a.done.exactly_once().get(&MCFX_E_CONNECT), Some(&10));
+    // The next op retries the connection.
+    assert!(sw::set_knob(sw::Knob::RefuseConnect, 0));
+    a.submit_ok(&[write(src.addr(), 64, 1, dst.addr() as u64, 100)]);
+    assert_eq!(a.done.wait_one(100, LIMIT), OK);
+}
+
+#[test]
+fn a_slow_peer_times_out_its_ops_without_delaying_another_peer() {
+    let _g = serial();
+    let a = Node::with(|c| c.connect_timeout_ms = 200);
+    let fast = Node::new();
+    // An endpoint that accepts TCP but never answers the handshake: an engine
+    // without an RPC server.
+    let silent = Node::with(|c| c.flags = MCFX_FLAG_NO_SERVE);
+    a.knows(1, &fast);
+    a.dir.insert(2, &silent.endpoint);
+    assert!(sw::set_knob(sw::Knob::ConnectTimeoutMs, 2000));
+    let src = AlignedBuf::new(64);
+    let dst = AlignedBuf::new(64);
+    a.register(&src);
+    fast.register(&dst);
+    let start = Instant::now();
+    a.submit_ok(&[write(src.addr(), 64, 2, 0x1000, 1)]);
+    a.submit_ok(&[write(src.addr(), 64, 1, dst.addr() as u64, 2)]);
+    assert_eq!(a.done.wait_one(2, LIMIT), OK);
+    assert!(start.elapsed() < Duration::from_millis(150), "fast peer waited {:?}", start.elapsed());
+    assert_eq!(a.done.wait_one(1, LIMIT), MCFX_E_CONNECT);
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(190) && took < Duration::from_secs(2), "{took:?}");
+}
+
+#[test]
+fn the_nth_failed_transfer_fails_exactly_that_op() {
+    let _g = serial();
+    let (a, b) = pair();
+    let src = AlignedBuf::new(64);
+    let dst = AlignedBuf::new(64);
+    a.register(&src);
+    b.register(&dst);
+    a.submit_ok(&[write(src.addr(), 64, 1, dst.addr() as u64, 0)]);
+    assert_eq!(a.done.wait_one(0, LIMIT), OK);
+    assert!(sw::set_knob(sw::Knob::FailOp, 3));
+    for ud in 1..=5 {
+        a.submit_ok(&[write(src.addr(), 64, 1, dst.addr() as u64, ud)]);
+        let want = if ud == 3 { MCFX_E_TRANSFER_FAILED } else { OK };
+        assert_eq!(a.done.wait_one(ud, LIMIT), want, "op {ud}");
+    }
+    assert_no_violations();
+}
+
+#[test]
+fn a_transfer_that_never_finishes_times_out_and_others_are_not_delayed() {
+    let _g = serial();
+    let a = Node::with(|c| c.op_timeout_ms = 300);
+    let b = Node::new();
+    a.knows(1, &b);
+    let src = AlignedBuf::new(64);
+    let dst = AlignedBuf::new(64);
+    a.register(&src);
+    b.register(&dst);
+    a.submit_ok(&[write(src.addr(), 64, 1, dst.addr() as u64, 0)]);
+    assert_eq!(a.done.wait_one(0, LIMIT), OK);
+    assert!(sw::set_knob(sw::Knob::HangOp, 1));
+    let start = Instant::now();
+    a.submit_ok(&[write(src.addr(), 64, 1, dst.addr() as u64, 1)]);
+    std::thread::sleep(Duration::from_millis(5));
+    a.submit_ok(&[write(src.addr(), 64, 1, dst.addr() as u64, 2)]);
+    assert_eq!(a.done.wait_one(2, LIMIT), OK);
+    assert!(start.elapsed() < Duration::from_millis(200), "delayed by the hung op");
+    assert_eq!(a.done.wait_one(1, LIMIT), MCFX_E_TIMEOUT);
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(290) && took < Duration::from_secs(3), "{took:?}");
+    assert_eq!(a.stats().timed_out, 1);
+    assert_no_violations();
+}
+
+#[test]
+fn a_full_queue_reports_how_many_ops_were_accepted() {
+    let _g = serial();
+    // A burst far larger than a tiny queue: the progress thread cannot drain
+    // 10 000 pushes as fast as one submit call makes them.
+    let a = Node::with(|c| c.queue_capacity = 8);
+    let b = Node::new();
+    a.knows(1, &b);
+    let src = AlignedBuf::new(64);
+    let dst = AlignedBuf::new(64);
+    a.register(&src);
+    b.register(&dst);
+    let ops: Vec<_> = (0..10_000).map(|i| write(src.addr(), 64, 1, dst.addr() as u64, i)).collect();
+    let (st, accepted) = a.submit(&ops);
+    assert_eq!(st, MCFX_E_QUEUE_FULL);
+    assert!(accepted >= 8 && accepted < ops.len(), "accepted {accepted}");
+    a.done.wait_for(accepted, LIMIT);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(a.done.count(), accepted, "only accepted ops complete");
+    assert_eq!(a.done.exactly_once().get(&OK), Some(&accepted));
+    assert!(a.stats().queue_full >= 1);
+}
+
+#[test]
+fn a_bounded_submit_wait_rides_out_a_full_queue() {
+    let _g = serial();
+    let a = Node::with(|c| {
+        c.queue_capacity = 8;
+        c.submit_wait_us = 2_000_000;
+    });
+    let b = Node::new();
+    a.knows(1, &b);
+    let src = AlignedBuf::new(64);
+    let dst = AlignedBuf::new(64);
+    a.register(&src);
+    b.register(&dst);
+    let ops: Vec<_> = (0..5_000).map(|i| write(src.addr(), 64, 1, dst.addr() as u64, i)).collect();
+    a.submit_ok(&ops);
+    a.done.wait_for(ops.len(), LIMIT);
+    assert_eq!(a.done.exactly_once().get(&OK), Some(&ops.len()));
+}
+
+#[test]
+fn registration_errors_are_reported() {
+    let _g = serial();
+    let a = Node::new();
+    let (b, b2) = (AlignedBuf::new(8192), AlignedBuf::new(64));
+    a.register(&b);
+    let p = b.addr() as *mut std::ffi::c_void;
+    // SAFETY: live handle; buffers outlive their registrations.
+    unsafe {
+        assert_eq!(mcfx_register(a.t, p, 8192), MCFX_E_ALREADY_REGISTERED);
+        assert_eq!(mcfx_register(a.t, p.add(4096), 16), MCFX_E_ALREADY_REGISTERED);
+        assert_eq!(mcfx_register(a.t, std::ptr::null_mut(), 16), MCFX_E_INVALID_ARGUMENT);
+        assert_eq!(mcfx_register(a.t, b2.addr() as _, 0), MCFX_E_INVALID_ARGUMENT);
+        assert_eq!(mcfx_register(a.t, usize::MAX as _, 16), MCFX_E_OVERFLOW);
+        assert_eq!(mcfx_register(std::ptr::null_mut(), p, 16), MCFX_E_INVALID_ARGUMENT);
+        assert_eq!(mcfx_unregister(a.t, p.add(1)), MCFX_E_NOT_FOUND);
+        assert_eq!(mcfx_unregister(a.t, p), OK);
+        assert_eq!(mcfx_unregister(a.t, p), MCFX_E_NOT_FOUND, "double unregister");
+        let regions = [
+            mcfx_region { addr: b.addr() as _, length: 4096 },
+            mcfx_region { addr: b2.addr() as _, length: 64 },
+        ];
+        assert_eq!(mcfx_register_batch(a.t, regions.as_ptr(), 2), OK);
+        let addrs = [b.addr() as *mut _, b2.addr() as *mut _];
+        assert_eq!(mcfx_unregister_batch(a.t, addrs.as_ptr(), 2), OK);
+        assert_eq!(mcfx_register_batch(a.t, std::ptr::null(), 2), MCFX_E_INVALID_ARGUMENT);
+    }
+}
+
+#[test]
+fn unregistering_memory_with_ops_in_flight_is_refused() {
+    let _g = serial();
+    let a = Node::with(|c| c.op_timeout_ms = 500);
+    let b = Node::new();
+    a.knows(1, &b);
+    let src = AlignedBuf::new(64);
+    let dst = AlignedBuf::new(64);
+    a.register(&src);
+    b.register(&dst);
+    assert!(sw::set_knob(sw::Knob::HangOp, 1));
+    a.submit_ok(&[write(src.addr(), 64, 1, dst.addr() as u64, 1)]);
+    // SAFETY: live handle.
+    let st = unsafe { mcfx_unregister(a.t, src.addr() as _) };
+    assert_eq!(st, MCFX_E_BUSY);
+    assert!(last_error().contains("in flight"), "{}", last_error());
+    assert_eq!(a.done.wait_one(1, LIMIT), MCFX_E_TIMEOUT);
+    // SAFETY: live handle.
+    assert_eq!(unsafe { mcfx_unregister(a.t, src.addr() as _) }, OK);
+}
