@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test of the project: formatting, lints, the Rust suites (flagcx-sys
-# and the transport) against the in-tree software FlagCX provider, and -- once
-# the C++ side exists -- the CMake/GoogleTest suites.
+# Runs every test of the project: formatting, lints, the generated-header
+# check, the Rust suites (flagcx-sys and the transport) against the in-tree
+# software FlagCX provider, and the loom model of the wake protocol.
 #
 # Works on a fresh Debian 12 machine with Rust: missing system packages are
 # installed with apt-get (as root, or through sudo).
@@ -13,7 +13,8 @@ log() { printf '\n== %s\n' "$*"; }
 # ---- system packages --------------------------------------------------------
 need_pkgs=()
 command -v g++ >/dev/null || need_pkgs+=(g++)
-command -v make >/dev/null || need_pkgs+=(make)
+command -v cc >/dev/null || need_pkgs+=(gcc)
+command -v git >/dev/null || need_pkgs+=(git)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   sudo_cmd=""
@@ -29,7 +30,18 @@ cargo fmt --all -- --check
 log "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+log "generated header is current"
+# The build above regenerated include/ with cbindgen.
+if [ -d .git ] && ! git diff --exit-code -- include/; then
+  echo "include/mooncake_flagcx.h is out of date: commit the regenerated header" >&2
+  exit 1
+fi
+
 log "cargo test"
 cargo test --workspace --locked
+
+log "loom model of the wake protocol"
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+  cargo test --release --locked --test loom_wake
 
 log "all tests passed"

@@ -60,7 +60,9 @@ impl SubmitQueue {
             Ok(()) => return Ok(()),
             Err(op) => op,
         };
-        if wait.is_zero() {
+        // The progress thread drains the queue, so it must never wait for
+        // room itself (a completion callback that submits runs on it).
+        if wait.is_zero() || self.wake.is_consumer() {
             return Err(op);
         }
         // The progress thread drains the queue; make sure it is awake.

@@ -7,6 +7,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use flagcx_sys::Engine;
+use parking_lot::Mutex;
 
 use crate::config::{provider_knob, Config};
 use crate::error::{fail, Error, Result, Status};
@@ -40,6 +41,11 @@ pub struct Shared {
 
 pub struct Transport {
     shared: Arc<Shared>,
+    threads: Mutex<Threads>,
+}
+
+#[derive(Default)]
+struct Threads {
     progress: Option<JoinHandle<()>>,
     connectors: Vec<JoinHandle<()>>,
 }
@@ -81,15 +87,15 @@ impl Transport {
             engine,
             config,
         });
-        let mut transport =
-            Transport { shared: Arc::clone(&shared), progress: None, connectors: Vec::new() };
+        let transport =
+            Transport { shared: Arc::clone(&shared), threads: Mutex::new(Threads::default()) };
         let progress = Progress::new(Arc::clone(&shared));
-        transport.progress = Some(spawn("mcfx-progress", move || progress.run())?);
+        transport.threads.lock().progress = Some(spawn("mcfx-progress", move || progress.run())?);
         for i in 0..shared.config.connect_threads {
             let s = Arc::clone(&shared);
             shared.connects.thread_started();
             match spawn(&format!("mcfx-connect-{i}"), move || run_connector(s)) {
-                Ok(h) => transport.connectors.push(h),
+                Ok(h) => transport.threads.lock().connectors.push(h),
                 Err(e) => {
                     shared.connects.thread_exited_early();
                     return Err(e); // Drop shuts the started threads down.
@@ -187,9 +193,11 @@ impl Transport {
     /// Stops accepting work, completes every accepted op exactly once
     /// (`MCFX_E_CANCELED` for those that never ran), joins the progress
     /// thread and stops the connectors. No callback runs after it returns.
-    /// Idempotent; `Drop` calls it.
-    pub fn shutdown(&mut self) {
-        let Some(progress) = self.progress.take() else { return };
+    /// Idempotent and callable while other threads still submit (they get
+    /// `MCFX_E_SHUTTING_DOWN`); `Drop` calls it.
+    pub fn shutdown(&self) {
+        let mut threads = self.threads.lock();
+        let Some(progress) = threads.progress.take() else { return };
         let shared = &self.shared;
         shared.queue.close();
         shared.stop.store(true, SeqCst);
@@ -201,7 +209,7 @@ impl Transport {
         if left > 0 {
             tracing::warn!(left, "connector threads still inside FlagCX connect; detaching them");
         }
-        for h in self.connectors.drain(..) {
+        for h in threads.connectors.drain(..) {
             if left == 0 {
                 let _ = h.join();
             }

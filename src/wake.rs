@@ -50,6 +50,11 @@ impl Wake {
         let _ = self.consumer.set(thread::current());
     }
 
+    /// True on the consumer thread (e.g. inside a completion callback).
+    pub fn is_consumer(&self) -> bool {
+        self.consumer.get().is_some_and(|t| t.id() == thread::current().id())
+    }
+
     /// Producer side, after publishing work. Returns true when it had to
     /// unpark the consumer (a wake-up syscall); false on the fast path.
     ///

@@ -86,7 +86,13 @@ fn a_batch_to_several_peers_is_grouped_and_lands_intact() {
         for (i, d) in dsts.iter().enumerate() {
             let off = k * LEN;
             let ud = (i * PER_PEER + k) as u64;
-            ops.push(write(src.addr() + off, LEN as u64, i as u64 + 10, (d.addr() + off) as u64, ud));
+            ops.push(write(
+                src.addr() + off,
+                LEN as u64,
+                i as u64 + 10,
+                (d.addr() + off) as u64,
+                ud,
+            ));
         }
     }
     a.submit_ok(&ops);

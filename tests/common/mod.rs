@@ -50,6 +50,11 @@ pub struct Completions {
 }
 
 impl Completions {
+    /// Records one completion (what the C callback does).
+    pub fn record_status(&self, user_data: u64, status: mcfx_status) {
+        self.record(user_data, status)
+    }
+
     fn record(&self, user_data: u64, status: mcfx_status) {
         self.seen.lock().unwrap().entry(user_data).or_default().push(status);
         self.changed.notify_all();
@@ -111,6 +116,10 @@ pub struct Directory {
 }
 
 impl Directory {
+    pub fn lookup(&self, peer: u64) -> Option<String> {
+        self.endpoints.lock().unwrap().get(&peer).cloned()
+    }
+
     pub fn insert(&self, peer: u64, endpoint: &str) {
         self.endpoints.lock().unwrap().insert(peer, endpoint.to_owned());
     }
@@ -176,9 +185,7 @@ impl Node {
         Node::try_with(tweak).unwrap_or_else(|(st, msg)| panic!("mcfx_create: {st:?}: {msg}"))
     }
 
-    pub fn try_with(
-        tweak: impl FnOnce(&mut mcfx_config),
-    ) -> Result<Node, (mcfx_status, String)> {
+    pub fn try_with(tweak: impl FnOnce(&mut mcfx_config)) -> Result<Node, (mcfx_status, String)> {
         let done = Arc::new(Completions::default());
         let dir = Arc::new(Directory::default());
         let mut c = config(&done, &dir);
