@@ -30,8 +30,11 @@ cargo fmt --all -- --check
 log "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+log "cargo build (the cdylib, which C tests link, and the header)"
+cargo build --workspace --locked
+
 log "generated header is current"
-# The build above regenerated include/ with cbindgen.
+# The builds above regenerated include/ with cbindgen.
 if [ -d .git ] && ! git diff --exit-code -- include/; then
   echo "include/mooncake_flagcx.h is out of date: commit the regenerated header" >&2
   exit 1

@@ -61,7 +61,7 @@ fn readme_c_example_builds_and_runs() {
     let lib_dir = profile_dir();
     assert!(
         lib_dir.join("libmooncake_flagcx.so").is_file(),
-        "{} has no libmooncake_flagcx.so",
+        "{} has no libmooncake_flagcx.so (cargo test does not build the cdylib: run cargo build first, as scripts/test.sh does)",
         lib_dir.display()
     );
     let exe = std::env::temp_dir().join(format!("mcfx-readme-example-{}", std::process::id()));
