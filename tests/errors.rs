@@ -12,22 +12,12 @@ use mooncake_flagcx::ffi::*;
 
 use mcfx_status::*;
 
-fn pair() -> (Node, Node) {
-    let a = Node::new();
-    let b = Node::new();
-    a.knows(1, &b);
-    (a, b)
-}
-
 #[test]
 fn bad_ops_are_rejected_at_submit_and_nothing_is_queued() {
     let _g = serial();
-    let (a, b) = pair();
-    let src = AlignedBuf::new(8192);
-    let dst = AlignedBuf::new(8192);
-    a.register(&src);
-    b.register(&dst);
-    let good = write(src.addr(), 16, 1, dst.addr() as u64, 1);
+    let p = Pair::new(8192);
+    let (a, src, dst) = (&p.a, &p.src, &p.dst);
+    let good = p.write(16, 1);
     let unregistered = AlignedBuf::new(64);
     let cases: Vec<(mcfx_op, mcfx_status, &str)> = vec![
         (write(src.addr(), 0, 1, dst.addr() as u64, 2), MCFX_E_INVALID_ARGUMENT, "zero length"),
@@ -84,59 +74,46 @@ fn a_resolver_returning_garbage_gives_a_resolve_error() {
 #[test]
 fn a_remote_range_the_peer_never_registered_fails_after_one_reconnect() {
     let _g = serial();
-    let (a, b) = pair();
-    let src = AlignedBuf::new(4096);
-    let dst = AlignedBuf::new(4096);
-    a.register(&src);
-    b.register(&dst);
-    a.submit_ok(&[write(src.addr(), 4096, 1, dst.addr() as u64 + 1, 1)]);
-    assert_eq!(a.done.wait_one(1, LIMIT), MCFX_E_REMOTE_RANGE);
-    assert_eq!(a.stats().reconnects, 1);
+    let p = Pair::new(4096);
+    p.a.submit_ok(&[write(p.src.addr(), 4096, 1, p.dst.addr() as u64 + 1, 1)]);
+    assert_eq!(p.a.done.wait_one(1, LIMIT), MCFX_E_REMOTE_RANGE);
+    assert_eq!(p.a.stats().reconnects, 1);
     // The peer stays usable.
-    a.submit_ok(&[write(src.addr(), 4096, 1, dst.addr() as u64, 2)]);
-    assert_eq!(a.done.wait_one(2, LIMIT), OK);
+    p.a.submit_ok(&[p.write(4096, 2)]);
+    assert_eq!(p.a.done.wait_one(2, LIMIT), OK);
 }
 
 #[test]
 fn refused_connect_fails_waiting_ops_with_a_connect_error() {
     let _g = serial();
-    let (a, b) = pair();
-    let src = AlignedBuf::new(64);
-    let dst = AlignedBuf::new(64);
-    a.register(&src);
-    b.register(&dst);
+    let p = Pair::new(64);
     assert!(sw::set_knob(sw::Knob::RefuseConnect, 1));
-    let ops: Vec<_> = (0..10).map(|i| write(src.addr(), 64, 1, dst.addr() as u64, i)).collect();
-    a.submit_ok(&ops);
-    a.done.wait_for(10, LIMIT);
-    assert_eq!(a.done.exactly_once().get(&MCFX_E_CONNECT), Some(&10));
+    let ops: Vec<_> = (0..10).map(|i| p.write(64, i)).collect();
+    p.a.submit_ok(&ops);
+    p.a.done.wait_for(10, LIMIT);
+    assert_eq!(p.a.done.exactly_once().get(&MCFX_E_CONNECT), Some(&10));
     // The next op retries the connection.
     assert!(sw::set_knob(sw::Knob::RefuseConnect, 0));
-    a.submit_ok(&[write(src.addr(), 64, 1, dst.addr() as u64, 100)]);
-    assert_eq!(a.done.wait_one(100, LIMIT), OK);
+    p.a.submit_ok(&[p.write(64, 100)]);
+    assert_eq!(p.a.done.wait_one(100, LIMIT), OK);
 }
 
 #[test]
 fn a_slow_peer_times_out_its_ops_without_delaying_another_peer() {
     let _g = serial();
-    let a = Node::with(|c| c.connect_timeout_ms = 200);
-    let fast = Node::new();
+    // Peer 1 (`p.b`) is the fast one.
+    let p = Pair::with(64, |c| c.connect_timeout_ms = 200);
     // An endpoint that accepts TCP but never answers the handshake: an engine
     // without an RPC server.
     let silent = Node::with(|c| c.flags = MCFX_FLAG_NO_SERVE);
-    a.knows(1, &fast);
-    a.dir.insert(2, &silent.endpoint);
+    p.a.dir.insert(2, &silent.endpoint);
     assert!(sw::set_knob(sw::Knob::ConnectTimeoutMs, 2000));
-    let src = AlignedBuf::new(64);
-    let dst = AlignedBuf::new(64);
-    a.register(&src);
-    fast.register(&dst);
     let start = Instant::now();
-    a.submit_ok(&[write(src.addr(), 64, 2, 0x1000, 1)]);
-    a.submit_ok(&[write(src.addr(), 64, 1, dst.addr() as u64, 2)]);
-    assert_eq!(a.done.wait_one(2, LIMIT), OK);
+    p.a.submit_ok(&[write(p.src.addr(), 64, 2, 0x1000, 1)]);
+    p.a.submit_ok(&[p.write(64, 2)]);
+    assert_eq!(p.a.done.wait_one(2, LIMIT), OK);
     assert!(start.elapsed() < Duration::from_millis(150), "fast peer waited {:?}", start.elapsed());
-    assert_eq!(a.done.wait_one(1, LIMIT), MCFX_E_CONNECT);
+    assert_eq!(p.a.done.wait_one(1, LIMIT), MCFX_E_CONNECT);
     let took = start.elapsed();
     assert!(took >= Duration::from_millis(190) && took < Duration::from_secs(2), "{took:?}");
 }
@@ -144,18 +121,14 @@ fn a_slow_peer_times_out_its_ops_without_delaying_another_peer() {
 #[test]
 fn the_nth_failed_transfer_fails_exactly_that_op() {
     let _g = serial();
-    let (a, b) = pair();
-    let src = AlignedBuf::new(64);
-    let dst = AlignedBuf::new(64);
-    a.register(&src);
-    b.register(&dst);
-    a.submit_ok(&[write(src.addr(), 64, 1, dst.addr() as u64, 0)]);
-    assert_eq!(a.done.wait_one(0, LIMIT), OK);
+    let p = Pair::new(64);
+    p.a.submit_ok(&[p.write(64, 0)]);
+    assert_eq!(p.a.done.wait_one(0, LIMIT), OK);
     assert!(sw::set_knob(sw::Knob::FailOp, 3));
     for ud in 1..=5 {
-        a.submit_ok(&[write(src.addr(), 64, 1, dst.addr() as u64, ud)]);
+        p.a.submit_ok(&[p.write(64, ud)]);
         let want = if ud == 3 { MCFX_E_TRANSFER_FAILED } else { OK };
-        assert_eq!(a.done.wait_one(ud, LIMIT), want, "op {ud}");
+        assert_eq!(p.a.done.wait_one(ud, LIMIT), want, "op {ud}");
     }
     assert_no_violations();
 }
@@ -163,26 +136,20 @@ fn the_nth_failed_transfer_fails_exactly_that_op() {
 #[test]
 fn a_transfer_that_never_finishes_times_out_and_others_are_not_delayed() {
     let _g = serial();
-    let a = Node::with(|c| c.op_timeout_ms = 300);
-    let b = Node::new();
-    a.knows(1, &b);
-    let src = AlignedBuf::new(64);
-    let dst = AlignedBuf::new(64);
-    a.register(&src);
-    b.register(&dst);
-    a.submit_ok(&[write(src.addr(), 64, 1, dst.addr() as u64, 0)]);
-    assert_eq!(a.done.wait_one(0, LIMIT), OK);
+    let p = Pair::with(64, |c| c.op_timeout_ms = 300);
+    p.a.submit_ok(&[p.write(64, 0)]);
+    assert_eq!(p.a.done.wait_one(0, LIMIT), OK);
     assert!(sw::set_knob(sw::Knob::HangOp, 1));
     let start = Instant::now();
-    a.submit_ok(&[write(src.addr(), 64, 1, dst.addr() as u64, 1)]);
+    p.a.submit_ok(&[p.write(64, 1)]);
     std::thread::sleep(Duration::from_millis(5));
-    a.submit_ok(&[write(src.addr(), 64, 1, dst.addr() as u64, 2)]);
-    assert_eq!(a.done.wait_one(2, LIMIT), OK);
+    p.a.submit_ok(&[p.write(64, 2)]);
+    assert_eq!(p.a.done.wait_one(2, LIMIT), OK);
     assert!(start.elapsed() < Duration::from_millis(200), "delayed by the hung op");
-    assert_eq!(a.done.wait_one(1, LIMIT), MCFX_E_TIMEOUT);
+    assert_eq!(p.a.done.wait_one(1, LIMIT), MCFX_E_TIMEOUT);
     let took = start.elapsed();
     assert!(took >= Duration::from_millis(290) && took < Duration::from_secs(3), "{took:?}");
-    assert_eq!(a.stats().timed_out, 1);
+    assert_eq!(p.a.stats().timed_out, 1);
     assert_no_violations();
 }
 
@@ -191,41 +158,29 @@ fn a_full_queue_reports_how_many_ops_were_accepted() {
     let _g = serial();
     // A burst far larger than a tiny queue: the progress thread cannot drain
     // 10 000 pushes as fast as one submit call makes them.
-    let a = Node::with(|c| c.queue_capacity = 8);
-    let b = Node::new();
-    a.knows(1, &b);
-    let src = AlignedBuf::new(64);
-    let dst = AlignedBuf::new(64);
-    a.register(&src);
-    b.register(&dst);
-    let ops: Vec<_> = (0..10_000).map(|i| write(src.addr(), 64, 1, dst.addr() as u64, i)).collect();
-    let (st, accepted) = a.submit(&ops);
+    let p = Pair::with(64, |c| c.queue_capacity = 8);
+    let ops: Vec<_> = (0..10_000).map(|i| p.write(64, i)).collect();
+    let (st, accepted) = p.a.submit(&ops);
     assert_eq!(st, MCFX_E_QUEUE_FULL);
     assert!(accepted >= 8 && accepted < ops.len(), "accepted {accepted}");
-    a.done.wait_for(accepted, LIMIT);
+    p.a.done.wait_for(accepted, LIMIT);
     std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(a.done.count(), accepted, "only accepted ops complete");
-    assert_eq!(a.done.exactly_once().get(&OK), Some(&accepted));
-    assert!(a.stats().queue_full >= 1);
+    assert_eq!(p.a.done.count(), accepted, "only accepted ops complete");
+    assert_eq!(p.a.done.exactly_once().get(&OK), Some(&accepted));
+    assert!(p.a.stats().queue_full >= 1);
 }
 
 #[test]
 fn a_bounded_submit_wait_rides_out_a_full_queue() {
     let _g = serial();
-    let a = Node::with(|c| {
+    let p = Pair::with(64, |c| {
         c.queue_capacity = 8;
         c.submit_wait_us = 2_000_000;
     });
-    let b = Node::new();
-    a.knows(1, &b);
-    let src = AlignedBuf::new(64);
-    let dst = AlignedBuf::new(64);
-    a.register(&src);
-    b.register(&dst);
-    let ops: Vec<_> = (0..5_000).map(|i| write(src.addr(), 64, 1, dst.addr() as u64, i)).collect();
-    a.submit_ok(&ops);
-    a.done.wait_for(ops.len(), LIMIT);
-    assert_eq!(a.done.exactly_once().get(&OK), Some(&ops.len()));
+    let ops: Vec<_> = (0..5_000).map(|i| p.write(64, i)).collect();
+    p.a.submit_ok(&ops);
+    p.a.done.wait_for(ops.len(), LIMIT);
+    assert_eq!(p.a.done.exactly_once().get(&OK), Some(&ops.len()));
 }
 
 #[test]
@@ -260,20 +215,14 @@ fn registration_errors_are_reported() {
 #[test]
 fn unregistering_memory_with_ops_in_flight_is_refused() {
     let _g = serial();
-    let a = Node::with(|c| c.op_timeout_ms = 500);
-    let b = Node::new();
-    a.knows(1, &b);
-    let src = AlignedBuf::new(64);
-    let dst = AlignedBuf::new(64);
-    a.register(&src);
-    b.register(&dst);
+    let p = Pair::with(64, |c| c.op_timeout_ms = 500);
     assert!(sw::set_knob(sw::Knob::HangOp, 1));
-    a.submit_ok(&[write(src.addr(), 64, 1, dst.addr() as u64, 1)]);
+    p.a.submit_ok(&[p.write(64, 1)]);
     // SAFETY: live handle.
-    let st = unsafe { mcfx_unregister(a.t, src.addr() as _) };
+    let st = unsafe { mcfx_unregister(p.a.t, p.src.addr() as _) };
     assert_eq!(st, MCFX_E_BUSY);
     assert!(last_error().contains("in flight"), "{}", last_error());
-    assert_eq!(a.done.wait_one(1, LIMIT), MCFX_E_TIMEOUT);
+    assert_eq!(p.a.done.wait_one(1, LIMIT), MCFX_E_TIMEOUT);
     // SAFETY: live handle.
-    assert_eq!(unsafe { mcfx_unregister(a.t, src.addr() as _) }, OK);
+    assert_eq!(unsafe { mcfx_unregister(p.a.t, p.src.addr() as _) }, OK);
 }

@@ -18,26 +18,20 @@ use mcfx_status::*;
 #[test]
 fn destroy_with_ops_in_flight_completes_each_exactly_once() {
     let _g = serial();
-    let mut a = Node::with(|c| {
+    let mut p = Pair::with(1 << 20, |c| {
         c.queue_capacity = 65536;
         c.shutdown_timeout_ms = 200;
     });
-    let b = Node::new();
-    a.knows(1, &b);
-    let src = AlignedBuf::new(1 << 20);
-    let dst = AlignedBuf::new(1 << 20);
-    a.register(&src);
-    b.register(&dst);
     // Slow transfers so that many are queued, waiting and in flight at once.
     assert!(sw::set_knob(sw::Knob::LatencyNs, 2_000_000));
     let ops: Vec<_> = (0..20_000)
-        .map(|i| write(src.addr() + (i % 256) * 4096, 4096, 1, dst.addr() as u64, i as u64))
+        .map(|i| write(p.src.addr() + (i % 256) * 4096, 4096, 1, p.dst.addr() as u64, i as u64))
         .collect();
-    let (st, accepted) = a.submit(&ops);
+    let (st, accepted) = p.a.submit(&ops);
     assert_eq!((st, accepted), (OK, ops.len()), "{}", last_error());
-    assert_eq!(a.destroy(), OK);
-    let by_status = a.done.exactly_once();
-    assert_eq!(a.done.count(), ops.len(), "every accepted op completed: {by_status:?}");
+    assert_eq!(p.a.destroy(), OK);
+    let by_status = p.a.done.exactly_once();
+    assert_eq!(p.a.done.count(), ops.len(), "every accepted op completed: {by_status:?}");
     assert!(by_status.get(&MCFX_E_CANCELED).copied().unwrap_or(0) > 0, "{by_status:?}");
     assert_no_violations();
 }
@@ -125,15 +119,9 @@ fn create_and_destroy_in_a_loop_leaves_nothing_behind() {
     let _g = serial();
     let threads_before = thread_count();
     for i in 0..50 {
-        let a = Node::new();
-        let b = Node::new();
-        a.knows(1, &b);
-        let src = AlignedBuf::new(64);
-        let dst = AlignedBuf::new(64);
-        a.register(&src);
-        b.register(&dst);
-        a.submit_ok(&[write(src.addr(), 64, 1, dst.addr() as u64, i)]);
-        assert_eq!(a.done.wait_one(i, LIMIT), OK);
+        let p = Pair::new(64);
+        p.a.submit_ok(&[p.write(64, i)]);
+        assert_eq!(p.a.done.wait_one(i, LIMIT), OK);
     }
     // Every transport thread (progress, connectors, FlagCX accept) is gone.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);

@@ -28,17 +28,28 @@ fn consume(wake: &wake::Wake, work: &AtomicUsize, expected: usize) {
     }
 }
 
+/// A wake bound to this (the consumer's) thread, and its work counter.
+fn bound_wake() -> (Arc<wake::Wake>, Arc<AtomicUsize>) {
+    let wake = Arc::new(wake::Wake::new());
+    let work = Arc::new(AtomicUsize::new(0));
+    wake.bind_current();
+    (wake, work)
+}
+
+/// A thread that adds one unit of work, then notifies.
+fn producer(wake: &Arc<wake::Wake>, work: &Arc<AtomicUsize>) -> loom::thread::JoinHandle<()> {
+    let (w, k) = (Arc::clone(wake), Arc::clone(work));
+    loom::thread::spawn(move || {
+        k.fetch_add(1, Relaxed);
+        w.notify();
+    })
+}
+
 #[test]
 fn one_producer_never_loses_a_wake_up() {
     loom::model(|| {
-        let wake = Arc::new(wake::Wake::new());
-        let work = Arc::new(AtomicUsize::new(0));
-        wake.bind_current();
-        let (w, k) = (Arc::clone(&wake), Arc::clone(&work));
-        let producer = loom::thread::spawn(move || {
-            k.fetch_add(1, Relaxed);
-            w.notify();
-        });
+        let (wake, work) = bound_wake();
+        let producer = producer(&wake, &work);
         consume(&wake, &work, 1);
         producer.join().unwrap();
     });
@@ -51,18 +62,8 @@ fn two_producers_never_lose_a_wake_up() {
     let mut model = loom::model::Builder::new();
     model.preemption_bound = Some(3);
     model.check(|| {
-        let wake = Arc::new(wake::Wake::new());
-        let work = Arc::new(AtomicUsize::new(0));
-        wake.bind_current();
-        let producers: Vec<_> = (0..2)
-            .map(|_| {
-                let (w, k) = (Arc::clone(&wake), Arc::clone(&work));
-                loom::thread::spawn(move || {
-                    k.fetch_add(1, Relaxed);
-                    w.notify();
-                })
-            })
-            .collect();
+        let (wake, work) = bound_wake();
+        let producers: Vec<_> = (0..2).map(|_| producer(&wake, &work)).collect();
         consume(&wake, &work, 2);
         for p in producers {
             p.join().unwrap();
@@ -73,14 +74,8 @@ fn two_producers_never_lose_a_wake_up() {
 #[test]
 fn a_consumer_that_rechecks_after_a_timed_nap_also_sees_the_work() {
     loom::model(|| {
-        let wake = Arc::new(wake::Wake::new());
-        let work = Arc::new(AtomicUsize::new(0));
-        wake.bind_current();
-        let (w, k) = (Arc::clone(&wake), Arc::clone(&work));
-        let producer = loom::thread::spawn(move || {
-            k.fetch_add(1, Relaxed);
-            w.notify();
-        });
+        let (wake, work) = bound_wake();
+        let producer = producer(&wake, &work);
         while work.load(Relaxed) == 0 {
             wake.park(|| work.load(Relaxed) > 0, Some(std::time::Duration::from_micros(1)));
             loom::thread::yield_now();

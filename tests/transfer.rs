@@ -8,60 +8,42 @@ use common::*;
 use flagcx_sys::testing::AlignedBuf;
 use mooncake_flagcx::ffi::*;
 
-/// Two transports in this process: `a` initiates, `b` is peer 1.
-fn pair() -> (Node, Node) {
-    let a = Node::new();
-    let b = Node::new();
-    a.knows(1, &b);
-    (a, b)
-}
-
 #[test]
 fn writes_and_reads_keep_data_intact_from_1b_to_16mib() {
     let _g = serial();
-    let (a, b) = pair();
     const MAX: usize = 16 << 20;
-    let mut src = AlignedBuf::new(MAX);
     let mut back = AlignedBuf::new(MAX);
-    let mut dst = AlignedBuf::new(MAX);
-    a.register(&src);
-    a.register(&back);
-    b.register(&dst);
+    let mut p = Pair::new(MAX);
+    p.a.register(&back);
     let mut ud = 0;
     for (seed, len) in [1usize, 3, 64, 4095, 4096, 65537, 1 << 20, MAX].into_iter().enumerate() {
-        pattern::fill(&mut src.bytes()[..len], seed as u64);
-        let want = pattern::checksum(&src.bytes()[..len]);
+        pattern::fill(&mut p.src.bytes()[..len], seed as u64);
+        let want = pattern::checksum(&p.src.bytes()[..len]);
         ud += 1;
-        a.submit_ok(&[write(src.addr(), len as u64, 1, dst.addr() as u64, ud)]);
-        assert_eq!(a.done.wait_one(ud, LIMIT), OK, "write {len}");
-        assert_eq!(pattern::checksum(&dst.bytes()[..len]), want, "write {len}");
+        p.a.submit_ok(&[p.write(len as u64, ud)]);
+        assert_eq!(p.a.done.wait_one(ud, LIMIT), OK, "write {len}");
+        assert_eq!(pattern::checksum(&p.dst.bytes()[..len]), want, "write {len}");
         ud += 1;
-        a.submit_ok(&[read(back.addr(), len as u64, 1, dst.addr() as u64, ud)]);
-        assert_eq!(a.done.wait_one(ud, LIMIT), OK, "read {len}");
+        p.a.submit_ok(&[read(back.addr(), len as u64, 1, p.dst.addr() as u64, ud)]);
+        assert_eq!(p.a.done.wait_one(ud, LIMIT), OK, "read {len}");
         assert_eq!(pattern::checksum(&back.bytes()[..len]), want, "read {len}");
     }
-    assert_eq!(a.stats().completed, ud);
+    assert_eq!(p.a.stats().completed, ud);
     assert_no_violations();
 }
 
 #[test]
 fn ops_longer_than_the_slice_limit_are_split_and_complete_once() {
     let _g = serial();
-    let a = Node::with(|c| c.max_slice_bytes = 4096);
-    let b = Node::new();
-    a.knows(1, &b);
     const LEN: usize = (1 << 20) + 123;
-    let mut src = AlignedBuf::new(LEN);
-    let mut dst = AlignedBuf::new(LEN);
-    a.register(&src);
-    b.register(&dst);
-    pattern::fill(src.bytes(), 77);
-    a.submit_ok(&[write(src.addr(), LEN as u64, 1, dst.addr() as u64, 1)]);
-    assert_eq!(a.done.wait_one(1, LIMIT), OK);
-    assert_eq!(dst.bytes(), src.bytes());
-    let s = a.stats();
+    let mut p = Pair::with(LEN, |c| c.max_slice_bytes = 4096);
+    pattern::fill(p.src.bytes(), 77);
+    p.a.submit_ok(&[p.write(LEN as u64, 1)]);
+    assert_eq!(p.a.done.wait_one(1, LIMIT), OK);
+    assert_eq!(p.dst.bytes(), p.src.bytes());
+    let s = p.a.stats();
     assert_eq!((s.completed, s.bytes), (1, LEN as u64));
-    a.done.exactly_once();
+    p.a.done.exactly_once();
 }
 
 #[test]
@@ -109,17 +91,13 @@ fn a_batch_to_several_peers_is_grouped_and_lands_intact() {
 #[test]
 fn eight_threads_submitting_concurrently_all_complete_intact() {
     let _g = serial();
-    let (a, b) = pair();
     const THREADS: usize = 8;
     const OPS: usize = 2000;
     const LEN: usize = 256;
-    let mut src = AlignedBuf::new(THREADS * OPS * LEN);
-    let mut dst = AlignedBuf::new(THREADS * OPS * LEN);
-    a.register(&src);
-    b.register(&dst);
-    pattern::fill(src.bytes(), 11);
-    let (s, d) = (src.addr(), dst.addr());
-    let a = Arc::new(a);
+    let mut p = Pair::new(THREADS * OPS * LEN);
+    pattern::fill(p.src.bytes(), 11);
+    let (s, d) = (p.src.addr(), p.dst.addr());
+    let a = Arc::new(p.a);
     std::thread::scope(|scope| {
         for t in 0..THREADS {
             let a = Arc::clone(&a);
@@ -140,7 +118,7 @@ fn eight_threads_submitting_concurrently_all_complete_intact() {
     });
     a.done.wait_for(THREADS * OPS, LIMIT);
     assert_eq!(a.done.exactly_once().get(&OK), Some(&(THREADS * OPS)));
-    assert_eq!(dst.bytes(), src.bytes());
+    assert_eq!(p.dst.bytes(), p.src.bytes());
     assert_no_violations();
 }
 
@@ -170,19 +148,15 @@ fn cross_process_writes_and_reads_are_intact() {
 #[test]
 fn memory_the_peer_registered_after_we_connected_is_reached_by_reconnecting() {
     let _g = serial();
-    let (a, b) = pair();
-    let mut src = AlignedBuf::new(4096);
-    let first = AlignedBuf::new(4096);
-    a.register(&src);
-    b.register(&first);
-    a.submit_ok(&[write(src.addr(), 4096, 1, first.addr() as u64, 1)]);
-    assert_eq!(a.done.wait_one(1, LIMIT), OK);
-    // Registered after the connection exists: FlagCX's snapshot lacks it.
     let mut late = AlignedBuf::new(4096);
-    b.register(&late);
-    pattern::fill(src.bytes(), 3);
-    a.submit_ok(&[write(src.addr(), 4096, 1, late.addr() as u64, 2)]);
-    assert_eq!(a.done.wait_one(2, LIMIT), OK);
-    assert_eq!(late.bytes(), src.bytes());
-    assert_eq!(a.stats().reconnects, 1);
+    let mut p = Pair::new(4096);
+    p.a.submit_ok(&[p.write(4096, 1)]);
+    assert_eq!(p.a.done.wait_one(1, LIMIT), OK);
+    // Registered after the connection exists: FlagCX's snapshot lacks it.
+    p.b.register(&late);
+    pattern::fill(p.src.bytes(), 3);
+    p.a.submit_ok(&[write(p.src.addr(), 4096, 1, late.addr() as u64, 2)]);
+    assert_eq!(p.a.done.wait_one(2, LIMIT), OK);
+    assert_eq!(late.bytes(), p.src.bytes());
+    assert_eq!(p.a.stats().reconnects, 1);
 }

@@ -55,6 +55,34 @@ impl Drop for AlignedBuf {
     }
 }
 
+/// Tests share one process-wide provider: they run one at a time under this
+/// lock, each from default knobs and zero violations. Panics unless the
+/// loaded libflagcx is the software provider.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    use crate::sw::{self, Knob};
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(sw::available(), "these tests need the in-tree software provider");
+    for (k, v) in [
+        (Knob::LatencyNs, 0),
+        (Knob::FailOp, 0),
+        (Knob::HangOp, 0),
+        (Knob::ConnectDelayMs, 0),
+        (Knob::RefuseConnect, 0),
+        (Knob::ConnectTimeoutMs, 10_000),
+    ] {
+        assert!(sw::set_knob(k, v));
+    }
+    sw::reset_violations();
+    guard
+}
+
+/// Panics when the provider recorded any misuse of the FlagCX API.
+pub fn assert_no_violations() {
+    let v = crate::sw::violations().expect("software provider");
+    assert_eq!(v.total(), 0, "the provider saw FlagCX misuse: {v:?}");
+}
+
 /// Where `flagcx-sw-peer` was built: next to the running test binary's
 /// directory (`target/<profile>/`), or `FLAGCX_SW_PEER` if set.
 pub fn peer_binary() -> PathBuf {

@@ -4,25 +4,22 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{serial, wait, Buf, Pair, LIMIT};
+use common::{serial, Pair};
 use flagcx_sys::{pattern, sw, Error, Poll};
 
 #[test]
 fn fail_op_fails_exactly_the_nth_transfer_without_moving_bytes() {
     let _g = serial();
     let pair = Pair::new();
-    let mut src = Buf::new(&pair.local, 4096);
-    let mut dst = Buf::new(&pair.remote, 4096);
-    pattern::fill(src.bytes(), 3);
-    let conn = pair.connect();
-    let desc = conn.make_desc(dst.addr() as u64, 4096).unwrap();
+    let mut link = pair.link(4096);
+    pattern::fill(link.src.bytes(), 3);
     assert!(sw::set_knob(sw::Knob::FailOp, 3));
     let results: Vec<Poll> = (0..5)
         .map(|_| {
-            dst.bytes().fill(0);
-            let id = conn.write_vector(&[src.iov(0, 4096, desc)]).unwrap();
-            let r = wait(&conn, id, LIMIT);
-            assert_eq!(dst.bytes() == src.bytes(), r == Poll::Done);
+            link.dst.bytes().fill(0);
+            let id = link.write(4096);
+            let r = link.wait(id);
+            assert_eq!(link.dst.bytes() == link.src.bytes(), r == Poll::Done);
             r
         })
         .collect();
@@ -33,17 +30,14 @@ fn fail_op_fails_exactly_the_nth_transfer_without_moving_bytes() {
 fn hang_op_never_completes_and_later_transfers_still_do() {
     let _g = serial();
     let pair = Pair::new();
-    let src = Buf::new(&pair.local, 4096);
-    let dst = Buf::new(&pair.remote, 4096);
-    let conn = pair.connect();
-    let desc = conn.make_desc(dst.addr() as u64, 4096).unwrap();
+    let link = pair.link(4096);
     assert!(sw::set_knob(sw::Knob::HangOp, 1));
-    let mut hung = conn.write_vector(&[src.iov(0, 4096, desc)]).unwrap();
-    let later = conn.write_vector(&[src.iov(0, 4096, desc)]).unwrap();
-    assert_eq!(wait(&conn, later, LIMIT), Poll::Done);
+    let mut hung = link.write(4096);
+    let later = link.write(4096);
+    assert_eq!(link.wait(later), Poll::Done);
     let until = Instant::now() + Duration::from_millis(200);
     while Instant::now() < until {
-        match conn.poll(hung) {
+        match link.conn.poll(hung) {
             Poll::Pending(id) => hung = id,
             other => panic!("hung transfer finished: {other:?}"),
         }
@@ -55,18 +49,15 @@ fn hang_op_never_completes_and_later_transfers_still_do() {
 fn injected_latency_delays_completion() {
     let _g = serial();
     let pair = Pair::new();
-    let src = Buf::new(&pair.local, 64);
-    let dst = Buf::new(&pair.remote, 64);
-    let conn = pair.connect();
-    let desc = conn.make_desc(dst.addr() as u64, 64).unwrap();
+    let link = pair.link(64);
     assert!(sw::set_knob(sw::Knob::LatencyNs, 30_000_000));
     let start = Instant::now();
-    let id = conn.write_vector(&[src.iov(0, 64, desc)]).unwrap();
-    let id = match conn.poll(id) {
+    let id = link.write(64);
+    let id = match link.conn.poll(id) {
         Poll::Pending(id) => id,
         other => panic!("done before the injected latency: {other:?}"),
     };
-    assert_eq!(wait(&conn, id, LIMIT), Poll::Done);
+    assert_eq!(link.wait(id), Poll::Done);
     assert!(start.elapsed() >= Duration::from_millis(30));
 }
 

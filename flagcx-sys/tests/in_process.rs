@@ -8,20 +8,17 @@ use flagcx_sys::{pattern, Error, Poll};
 /// Writes `len` bytes local -> remote, reads them back into a third buffer,
 /// and checks both copies.
 fn round_trip(pair: &Pair, len: usize, seed: u64) {
-    let mut src = Buf::new(&pair.local, len);
     let mut back = Buf::new(&pair.local, len);
-    let mut dst = Buf::new(&pair.remote, len);
-    pattern::fill(src.bytes(), seed);
-    let want = pattern::checksum(src.bytes());
-    let conn = pair.connect();
+    let mut link = pair.link(len);
+    pattern::fill(link.src.bytes(), seed);
+    let want = pattern::checksum(link.src.bytes());
 
-    let desc = conn.make_desc(dst.addr() as u64, len as u32).unwrap();
-    let id = conn.write_vector(&[src.iov(0, len, desc)]).unwrap();
-    assert_eq!(wait(&conn, id, LIMIT), Poll::Done);
-    assert_eq!(pattern::checksum(dst.bytes()), want, "write of {len} bytes");
+    let id = link.write(len);
+    assert_eq!(link.wait(id), Poll::Done);
+    assert_eq!(pattern::checksum(link.dst.bytes()), want, "write of {len} bytes");
 
-    let id = conn.read_vector(&[back.iov(0, len, desc)]).unwrap();
-    assert_eq!(wait(&conn, id, LIMIT), Poll::Done);
+    let id = link.conn.read_vector(&[back.iov(0, len, link.desc)]).unwrap();
+    assert_eq!(link.wait(id), Poll::Done);
     assert_eq!(pattern::checksum(back.bytes()), want, "read of {len} bytes");
 }
 
@@ -84,18 +81,15 @@ fn local_range_outside_its_region_is_rejected_at_submit() {
 fn unregistered_local_memory_is_rejected_at_submit() {
     let _g = serial();
     let pair = Pair::new();
-    let src = Buf::new(&pair.local, 4096);
-    let dst = Buf::new(&pair.remote, 4096);
-    let conn = pair.connect();
-    let desc = conn.make_desc(dst.addr() as u64, 4096).unwrap();
-    let mut iov = src.iov(0, 4096, desc);
+    let link = pair.link(4096);
+    let mut iov = link.src.iov(0, 4096, link.desc);
     iov.mr = 0xdead_beef; // an id nobody registered
-    assert_eq!(conn.write_vector(&[iov]), Err(Error::Flagcx));
-    let stale = src.mr;
-    drop(src);
-    let mut iov = dst.iov(0, 16, desc);
+    assert_eq!(link.conn.write_vector(&[iov]), Err(Error::Flagcx));
+    let stale = link.src.mr;
+    drop(link.src);
+    let mut iov = link.dst.iov(0, 16, link.desc);
     iov.mr = stale.0; // deregistered
-    assert_eq!(conn.write_vector(&[iov]), Err(Error::Flagcx));
+    assert_eq!(link.conn.write_vector(&[iov]), Err(Error::Flagcx));
 }
 
 #[test]
@@ -138,13 +132,10 @@ fn memory_registered_after_connect_needs_a_new_connection() {
 fn deregistered_remote_region_fails_transfers_that_still_hold_its_descriptor() {
     let _g = serial();
     let pair = Pair::new();
-    let src = Buf::new(&pair.local, 4096);
-    let dst = Buf::new(&pair.remote, 4096);
-    let conn = pair.connect();
-    let desc = conn.make_desc(dst.addr() as u64, 4096).unwrap();
-    pair.remote.deregister(dst.mr);
-    let id = conn.write_vector(&[src.iov(0, 4096, desc)]).unwrap();
-    assert_eq!(wait(&conn, id, LIMIT), Poll::Failed);
+    let link = pair.link(4096);
+    pair.remote.deregister(link.dst.mr);
+    let id = link.write(4096);
+    assert_eq!(link.wait(id), Poll::Failed);
 }
 
 #[test]
@@ -162,13 +153,10 @@ fn cached_connection_is_shared_per_session() {
 fn write_vector_sync_returns_after_the_bytes_landed() {
     let _g = serial();
     let pair = Pair::new();
-    let mut src = Buf::new(&pair.local, 1 << 16);
-    let mut dst = Buf::new(&pair.remote, 1 << 16);
-    pattern::fill(src.bytes(), 9);
-    let conn = pair.connect();
-    let desc = conn.make_desc(dst.addr() as u64, 1 << 16).unwrap();
-    conn.write_vector_sync(&[src.iov(0, 1 << 16, desc)]).unwrap();
-    assert_eq!(dst.bytes(), src.bytes());
+    let mut link = pair.link(1 << 16);
+    pattern::fill(link.src.bytes(), 9);
+    link.conn.write_vector_sync(&[link.src.iov(0, 1 << 16, link.desc)]).unwrap();
+    assert_eq!(link.dst.bytes(), link.src.bytes());
 }
 
 #[test]

@@ -4,7 +4,7 @@ mod common;
 
 use std::ptr;
 
-use common::{serial, Buf, Pair};
+use common::{serial, Pair};
 use flagcx_sys::{ffi, Error};
 
 #[test]
@@ -50,22 +50,19 @@ fn shim_rejects_null_handles_and_pointers() {
 fn zero_lengths_and_empty_vectors_are_rejected() {
     let _g = serial();
     let pair = Pair::new();
-    let src = Buf::new(&pair.local, 4096);
-    let dst = Buf::new(&pair.remote, 4096);
-    let conn = pair.connect();
-    let desc = conn.make_desc(dst.addr() as u64, 4096).unwrap();
-    assert_eq!(conn.write_vector(&[]), Err(Error::Invalid));
-    assert_eq!(conn.read_vector(&[]), Err(Error::Invalid));
-    assert_eq!(conn.write_vector(&[src.iov(0, 0, desc)]), Err(Error::Invalid));
-    assert_eq!(conn.make_desc(dst.addr() as u64, 0), Err(Error::Invalid));
+    let link = pair.link(4096);
+    assert_eq!(link.conn.write_vector(&[]), Err(Error::Invalid));
+    assert_eq!(link.conn.read_vector(&[]), Err(Error::Invalid));
+    assert_eq!(link.conn.write_vector(&[link.src.iov(0, 0, link.desc)]), Err(Error::Invalid));
+    assert_eq!(link.conn.make_desc(link.dst.addr() as u64, 0), Err(Error::Invalid));
     // SAFETY: a zero-length and a NULL registration, refused by the shim.
     unsafe {
-        assert_eq!(pair.local.register(src.addr(), 0), Err(Error::Invalid));
+        assert_eq!(pair.local.register(link.src.addr(), 0), Err(Error::Invalid));
         assert_eq!(pair.local.register(0, 4096), Err(Error::Invalid));
     }
-    let mut iov = src.iov(0, 16, desc);
+    let mut iov = link.src.iov(0, 16, link.desc);
     iov.local = 0;
-    assert_eq!(conn.write_vector(&[iov]), Err(Error::Invalid));
+    assert_eq!(link.conn.write_vector(&[iov]), Err(Error::Invalid));
 }
 
 #[test]

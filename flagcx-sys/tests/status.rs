@@ -4,14 +4,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{serial, wait, Buf, Pair, LIMIT};
+use common::{serial, Pair};
 use flagcx_sys::{ffi, sw, Poll};
-
-fn one_write(pair: &Pair) -> (flagcx_sys::Conn, Buf, Buf) {
-    let src = Buf::new(&pair.local, 4096);
-    let dst = Buf::new(&pair.remote, 4096);
-    (pair.connect(), src, dst)
-}
 
 fn raw_conn(conn: &flagcx_sys::Conn) -> *mut std::ffi::c_void {
     conn.as_raw()
@@ -21,13 +15,12 @@ fn raw_conn(conn: &flagcx_sys::Conn) -> *mut std::ffi::c_void {
 fn polling_each_id_until_done_records_no_violation() {
     let _g = serial();
     let pair = Pair::new();
-    let (conn, src, dst) = one_write(&pair);
-    let desc = conn.make_desc(dst.addr() as u64, 4096).unwrap();
+    let link = pair.link(4096);
     // Other tests of this binary may have left hung transfers behind.
     let outstanding = sw::transfers_outstanding().unwrap();
     for _ in 0..1000 {
-        let id = conn.write_vector(&[src.iov(0, 4096, desc)]).unwrap();
-        assert_eq!(wait(&conn, id, LIMIT), Poll::Done);
+        let id = link.write(4096);
+        assert_eq!(link.wait(id), Poll::Done);
     }
     common::assert_no_violations();
     assert_eq!(sw::transfers_outstanding(), Some(outstanding));
@@ -37,13 +30,12 @@ fn polling_each_id_until_done_records_no_violation() {
 fn polling_an_id_again_after_done_is_a_violation() {
     let _g = serial();
     let pair = Pair::new();
-    let (conn, src, dst) = one_write(&pair);
-    let desc = conn.make_desc(dst.addr() as u64, 4096).unwrap();
-    let id = conn.write_vector(&[src.iov(0, 4096, desc)]).unwrap();
+    let link = pair.link(4096);
+    let id = link.write(4096);
     let raw = id.raw();
-    assert_eq!(wait(&conn, id, LIMIT), Poll::Done);
+    assert_eq!(link.wait(id), Poll::Done);
     // SAFETY: deliberate misuse through the raw API; the provider tolerates it.
-    let again = unsafe { ffi::fxs_poll(raw_conn(&conn), raw) };
+    let again = unsafe { ffi::fxs_poll(raw_conn(&link.conn), raw) };
     assert_eq!(again, ffi::FXS_POLL_DONE, "a stale id reads as done, like FlagCX");
     assert_eq!(sw::violations().unwrap().repeated_poll, 1);
 }
@@ -52,9 +44,9 @@ fn polling_an_id_again_after_done_is_a_violation() {
 fn polling_an_unknown_id_reports_done_and_is_a_violation() {
     let _g = serial();
     let pair = Pair::new();
-    let (conn, _src, _dst) = one_write(&pair);
+    let link = pair.link(4096);
     // SAFETY: deliberate misuse; the id was never issued.
-    let r = unsafe { ffi::fxs_poll(raw_conn(&conn), 0x7777_0000_1234) };
+    let r = unsafe { ffi::fxs_poll(raw_conn(&link.conn), 0x7777_0000_1234) };
     assert_eq!(r, ffi::FXS_POLL_DONE);
     assert_eq!(sw::violations().unwrap().unknown_poll, 1);
 }
@@ -63,12 +55,11 @@ fn polling_an_unknown_id_reports_done_and_is_a_violation() {
 fn concurrent_polls_of_one_id_are_a_violation() {
     let _g = serial();
     let pair = Pair::new();
-    let (conn, src, dst) = one_write(&pair);
-    let desc = conn.make_desc(dst.addr() as u64, 4096).unwrap();
+    let link = pair.link(4096);
     // A hung transfer stays pending, so two threads can hammer its id.
     assert!(sw::set_knob(sw::Knob::HangOp, 1));
-    let id = conn.write_vector(&[src.iov(0, 4096, desc)]).unwrap();
-    let (raw_id, raw) = (id.raw(), raw_conn(&conn) as usize);
+    let id = link.write(4096);
+    let (raw_id, raw) = (id.raw(), raw_conn(&link.conn) as usize);
     drop(id); // abandoned on purpose: it never finishes
     let deadline = Instant::now() + Duration::from_secs(10);
     std::thread::scope(|s| {
@@ -89,12 +80,11 @@ fn extension_reports_a_failed_transfer_and_the_bool_call_would_not() {
     let _g = serial();
     assert!(flagcx_sys::reports_failures(), "the provider exports flagcxSwXferResult");
     let pair = Pair::new();
-    let (conn, src, dst) = one_write(&pair);
-    let desc = conn.make_desc(dst.addr() as u64, 4096).unwrap();
+    let link = pair.link(4096);
     assert!(sw::set_knob(sw::Knob::FailOp, 1));
-    let id = conn.write_vector(&[src.iov(0, 4096, desc)]).unwrap();
-    assert_eq!(wait(&conn, id, LIMIT), Poll::Failed);
-    let id = conn.write_vector(&[src.iov(0, 4096, desc)]).unwrap();
-    assert_eq!(wait(&conn, id, LIMIT), Poll::Done, "only the Nth op fails");
+    let id = link.write(4096);
+    assert_eq!(link.wait(id), Poll::Failed);
+    let id = link.write(4096);
+    assert_eq!(link.wait(id), Poll::Done, "only the Nth op fails");
     common::assert_no_violations();
 }

@@ -4,10 +4,9 @@
 
 use std::collections::HashMap;
 use std::ffi::{c_char, c_void, CString};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use flagcx_sys::sw;
 use flagcx_sys::testing::AlignedBuf;
 use mooncake_flagcx::ffi::*;
 
@@ -16,31 +15,8 @@ pub use flagcx_sys::pattern;
 #[allow(unused_imports)]
 pub use flagcx_sys::testing::PeerProcess;
 
-/// FlagCX registrations, provider knobs and violation counters are
-/// process-wide (and destroying an engine deregisters every region in the
-/// process), so the tests of one binary run one at a time, each from default
-/// knobs and zero violations.
-pub fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    for (k, v) in [
-        (sw::Knob::LatencyNs, 0),
-        (sw::Knob::FailOp, 0),
-        (sw::Knob::HangOp, 0),
-        (sw::Knob::ConnectDelayMs, 0),
-        (sw::Knob::RefuseConnect, 0),
-        (sw::Knob::ConnectTimeoutMs, 10_000),
-    ] {
-        assert!(sw::set_knob(k, v), "tests need the software provider");
-    }
-    sw::reset_violations();
-    guard
-}
-
-pub fn assert_no_violations() {
-    let v = sw::violations().unwrap();
-    assert_eq!(v.total(), 0, "the provider saw FlagCX misuse: {v:?}");
-}
+#[allow(unused_imports)]
+pub use flagcx_sys::testing::{assert_no_violations, serial};
 
 /// Every completion received, per user_data.
 #[derive(Default)]
@@ -256,6 +232,41 @@ unsafe impl Sync for Node {}
 impl Drop for Node {
     fn drop(&mut self) {
         self.destroy();
+    }
+}
+
+/// Two transports in this process: `a` initiates and knows `b` as peer 1;
+/// `src` is registered on `a`, `dst` on `b`, both `len` bytes.
+///
+/// Fields drop in declaration order: the transports are destroyed before the
+/// buffers they registered are freed.
+pub struct Pair {
+    pub a: Node,
+    pub b: Node,
+    pub src: AlignedBuf,
+    pub dst: AlignedBuf,
+}
+
+impl Pair {
+    pub fn new(len: usize) -> Pair {
+        Pair::with(len, |_| {})
+    }
+
+    /// A pair whose initiator's config `tweak_a` adjusts before create.
+    pub fn with(len: usize, tweak_a: impl FnOnce(&mut mcfx_config)) -> Pair {
+        let a = Node::with(tweak_a);
+        let b = Node::new();
+        a.knows(1, &b);
+        let src = AlignedBuf::new(len);
+        let dst = AlignedBuf::new(len);
+        a.register(&src);
+        b.register(&dst);
+        Pair { a, b, src, dst }
+    }
+
+    /// A write of the first `len` bytes of `src` to the start of `dst`.
+    pub fn write(&self, len: u64, user_data: u64) -> mcfx_op {
+        write(self.src.addr(), len, 1, self.dst.addr() as u64, user_data)
     }
 }
 

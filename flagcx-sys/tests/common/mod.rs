@@ -2,37 +2,13 @@
 #![allow(dead_code)]
 
 use std::ffi::CString;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use flagcx_sys::testing::AlignedBuf;
-use flagcx_sys::{sw, Conn, Engine, Iov, MrId, Poll, TransferId};
+use flagcx_sys::{Conn, Engine, Iov, MrId, Poll, RemoteDesc, TransferId};
 
-/// Provider knobs, op counters and violation counters are process-wide, so
-/// the tests of one binary run one at a time. Each test starts from default
-/// knobs and zero violations.
-pub fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    assert!(sw::available(), "these tests need the in-tree software provider");
-    for (k, v) in [
-        (sw::Knob::LatencyNs, 0),
-        (sw::Knob::FailOp, 0),
-        (sw::Knob::HangOp, 0),
-        (sw::Knob::ConnectDelayMs, 0),
-        (sw::Knob::RefuseConnect, 0),
-        (sw::Knob::ConnectTimeoutMs, 10_000),
-    ] {
-        assert!(sw::set_knob(k, v));
-    }
-    sw::reset_violations();
-    guard
-}
-
-pub fn assert_no_violations() {
-    let v = sw::violations().unwrap();
-    assert_eq!(v.total(), 0, "provider saw misuse: {v:?}");
-}
+#[allow(unused_imports)]
+pub use flagcx_sys::testing::{assert_no_violations, serial};
 
 /// An aligned buffer registered with an engine for its lifetime.
 pub struct Buf {
@@ -58,7 +34,7 @@ impl Buf {
         self.mem.bytes()
     }
 
-    pub fn iov(&self, off: usize, len: usize, remote: flagcx_sys::RemoteDesc) -> Iov {
+    pub fn iov(&self, off: usize, len: usize, remote: RemoteDesc) -> Iov {
         Iov::new(self.mr, self.addr() + off, len, remote)
     }
 }
@@ -91,6 +67,36 @@ impl Pair {
     pub fn connect(&self) -> Conn {
         let port = self.remote.rpc_port().unwrap();
         self.local.connect(c"127.0.0.1", 0, port).expect("connect")
+    }
+
+    /// `src` on the local engine and `dst` on the remote one, `len` bytes
+    /// each, then a fresh connection and a descriptor for all of `dst`.
+    pub fn link(&self, len: usize) -> Link {
+        let src = Buf::new(&self.local, len);
+        let dst = Buf::new(&self.remote, len);
+        let conn = self.connect();
+        let desc = conn.make_desc(dst.addr() as u64, len as u32).unwrap();
+        Link { conn, desc, src, dst }
+    }
+}
+
+/// What `Pair::link` sets up. The connection drops before the buffers.
+pub struct Link {
+    pub conn: Conn,
+    pub desc: RemoteDesc,
+    pub src: Buf,
+    pub dst: Buf,
+}
+
+impl Link {
+    /// Starts a write of the first `len` bytes of `src` to `dst`.
+    pub fn write(&self, len: usize) -> TransferId {
+        self.conn.write_vector(&[self.src.iov(0, len, self.desc)]).unwrap()
+    }
+
+    /// Polls `id` on this link's connection until it finishes.
+    pub fn wait(&self, id: TransferId) -> Poll {
+        wait(&self.conn, id, LIMIT)
     }
 }
 
