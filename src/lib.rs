@@ -10,7 +10,7 @@
 //! - [`ffi`]: the C exports (thin; one panic/error guard)
 //! - [`transport`]: create/submit/destroy, the handle's state
 //! - [`queue`] + [`wake`]: the submission queue and the sleep/wake protocol
-//! - [`progress`]: the progress thread
+//! - [`progress`]: the progress thread; [`group`]: its grouping/splitting
 //! - [`peers`]: resolver + connector threads, per-peer state
 //! - [`registry`]: registered local memory (lock-free lookups)
 //! - [`config`], [`error`], [`stats`], [`op`], [`log`]
@@ -18,6 +18,7 @@
 pub mod config;
 pub mod error;
 pub mod ffi;
+pub mod group;
 pub mod log;
 pub mod op;
 pub mod peers;

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use flagcx_sys::{Conn, Iov, Poll, TransferId};
 
 use crate::error::Status;
+use crate::group::{pieces, Groups};
 use crate::op::{Op, Opcode};
 use crate::peers::{ConnectKind, ConnectResult, PeerTable};
 use crate::stats::Stats;
@@ -63,21 +64,12 @@ struct Transfer {
     deadline: Option<Instant>,
 }
 
-/// Ops of one (peer, opcode) gathered in this pass.
-struct Group {
-    peer: u64,
-    opcode: Opcode,
-    conn: Arc<Conn>,
-    slots: Vec<u32>,
-}
-
 pub struct Progress {
     shared: Arc<Shared>,
     slots: Vec<Slot>,
     free: Vec<u32>,
     peers: PeerTable,
-    groups: Vec<Group>,
-    live_groups: usize,
+    groups: Groups<Arc<Conn>>,
     inflight: Vec<Transfer>,
     spare: Vec<Transfer>,
     zombies: Vec<(Arc<Conn>, Option<TransferId>)>,
@@ -98,8 +90,7 @@ impl Progress {
             slots: Vec::with_capacity(cap),
             free: Vec::with_capacity(cap),
             peers: PeerTable::default(),
-            groups: Vec::new(),
-            live_groups: 0,
+            groups: Groups::default(),
             inflight: Vec::with_capacity(64),
             spare: Vec::with_capacity(64),
             zombies: Vec::new(),
@@ -213,8 +204,7 @@ impl Progress {
         let peer = self.peers.entry(peer_id, &self.shared.connects);
         match (&peer.conn, peer.connecting) {
             (Some(conn), false) => {
-                let conn = Arc::clone(conn);
-                self.add_to_group(peer_id, opcode, conn, idx);
+                self.groups.add(peer_id, opcode, || Arc::clone(conn), idx);
             }
             _ => {
                 peer.waiting.push(idx);
@@ -222,24 +212,6 @@ impl Progress {
                 self.slots[idx as usize].waiting_since = self.now;
             }
         }
-    }
-
-    fn add_to_group(&mut self, peer: u64, opcode: Opcode, conn: Arc<Conn>, idx: u32) {
-        let live = &mut self.groups[..self.live_groups];
-        if let Some(g) = live.iter_mut().find(|g| g.peer == peer && g.opcode == opcode) {
-            g.slots.push(idx);
-            return;
-        }
-        if self.live_groups == self.groups.len() {
-            self.groups.push(Group { peer, opcode, conn, slots: Vec::new() });
-        } else {
-            let g = &mut self.groups[self.live_groups];
-            g.peer = peer;
-            g.opcode = opcode;
-            g.conn = conn;
-        }
-        self.groups[self.live_groups].slots.push(idx);
-        self.live_groups += 1;
     }
 
     // ---- 2. connector results ----------------------------------------------
@@ -290,11 +262,10 @@ impl Progress {
     // ---- 3. groups -> FlagCX vector calls ------------------------------------
 
     fn flush_groups(&mut self) {
-        for g in 0..self.live_groups {
-            let mut slots = std::mem::take(&mut self.groups[g].slots);
-            let (peer, opcode) = (self.groups[g].peer, self.groups[g].opcode);
-            let conn = Arc::clone(&self.groups[g].conn);
-            for &idx in &slots {
+        for g in 0..self.groups.len() {
+            let (peer, opcode, conn, members) = self.groups.take(g);
+            let conn = Arc::clone(conn);
+            for &idx in &members {
                 if !self.add_iovs(&conn, peer, idx) {
                     continue;
                 }
@@ -306,10 +277,9 @@ impl Progress {
             if !self.members.is_empty() {
                 self.submit(&conn, opcode);
             }
-            slots.clear();
-            self.groups[g].slots = slots;
+            self.groups.restore(g, members);
         }
-        self.live_groups = 0;
+        self.groups.clear();
     }
 
     /// Appends the op's entries (one per `max_slice_bytes` piece). On a
@@ -320,9 +290,7 @@ impl Progress {
         let first = self.iovs.len();
         let op = self.slots[idx as usize].op.as_ref().expect("live slot");
         let (mr, local, len, remote) = (op.region.mr, op.req.local, op.req.len, op.req.remote);
-        let mut off = 0u64;
-        while off < len {
-            let piece = (len - off).min(max);
+        for (off, piece) in pieces(len, max) {
             match conn.make_desc(remote + off, piece as u32) {
                 Ok(desc) => {
                     self.iovs.push(Iov::new(mr, local + off as usize, piece as usize, desc))
@@ -333,7 +301,6 @@ impl Progress {
                     return false;
                 }
             }
-            off += piece;
         }
         true
     }

@@ -1,0 +1,157 @@
+//! Grouping of one progress pass's ops by (peer, opcode), and splitting of an
+//! op into FlagCX-sized pieces. Pure bookkeeping, kept apart from the
+//! progress loop so it can be property-tested.
+//!
+//! Invariants: every added op index lands in exactly one group; a group's
+//! indices keep their arrival order; groups and their vectors are reused
+//! across passes (no allocation once they reached their high-water marks).
+
+use crate::op::Opcode;
+
+/// The ops of one (peer, opcode) in this pass, plus what they share (`P`: the
+/// peer's connection in the progress loop).
+pub struct Group<P> {
+    pub peer: u64,
+    pub opcode: Opcode,
+    pub shared: P,
+    pub members: Vec<u32>,
+}
+
+/// Reusable groups; `len` of them are live in the current pass.
+pub struct Groups<P> {
+    groups: Vec<Group<P>>,
+    live: usize,
+}
+
+impl<P> Default for Groups<P> {
+    fn default() -> Self {
+        Groups { groups: Vec::new(), live: 0 }
+    }
+}
+
+impl<P> Groups<P> {
+    /// Files op `idx` under (peer, opcode); `shared` is evaluated only when
+    /// the group is new in this pass. Groups are few per pass (peers x 2), so
+    /// a linear search beats hashing.
+    pub fn add(&mut self, peer: u64, opcode: Opcode, shared: impl FnOnce() -> P, idx: u32) {
+        let live = &mut self.groups[..self.live];
+        if let Some(g) = live.iter_mut().find(|g| g.peer == peer && g.opcode == opcode) {
+            g.members.push(idx);
+            return;
+        }
+        if self.live == self.groups.len() {
+            self.groups.push(Group { peer, opcode, shared: shared(), members: Vec::new() });
+        } else {
+            let g = &mut self.groups[self.live];
+            g.peer = peer;
+            g.opcode = opcode;
+            g.shared = shared();
+        }
+        self.groups[self.live].members.push(idx);
+        self.live += 1;
+    }
+
+    /// Live groups in this pass.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Takes group `i`'s members out (to iterate while mutating the caller);
+    /// hand the vector back with [`Groups::restore`].
+    pub fn take(&mut self, i: usize) -> (u64, Opcode, &P, Vec<u32>) {
+        let g = &mut self.groups[i];
+        (g.peer, g.opcode, &g.shared, std::mem::take(&mut g.members))
+    }
+
+    pub fn restore(&mut self, i: usize, mut members: Vec<u32>) {
+        members.clear();
+        self.groups[i].members = members;
+    }
+
+    /// Ends the pass: every group becomes reusable (their vectors keep their
+    /// capacity).
+    pub fn clear(&mut self) {
+        for g in &mut self.groups[..self.live] {
+            g.members.clear();
+        }
+        self.live = 0;
+    }
+}
+
+/// Cuts `[0, len)` into consecutive pieces of at most `max` bytes:
+/// `(offset, length)` pairs covering the range exactly once.
+pub fn pieces(len: u64, max: u64) -> impl Iterator<Item = (u64, u64)> {
+    debug_assert!(max > 0, "max piece length must be positive");
+    let max = max.max(1);
+    (0..len.div_ceil(max)).map(move |i| {
+        let off = i * max;
+        (off, (len - off).min(max))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    fn opcode(b: bool) -> Opcode {
+        if b {
+            Opcode::Write
+        } else {
+            Opcode::Read
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn every_op_lands_in_exactly_one_group_in_arrival_order(
+            passes in prop::collection::vec(
+                prop::collection::vec((0u64..6, any::<bool>()), 0..200), 1..4)
+        ) {
+            let mut groups: Groups<u64> = Groups::default();
+            for ops in passes {
+                for (i, (peer, w)) in ops.iter().enumerate() {
+                    groups.add(*peer, opcode(*w), || *peer * 10, i as u32);
+                }
+                let mut seen = vec![0u32; ops.len()];
+                let mut keys = HashMap::new();
+                for g in 0..groups.len() {
+                    let (peer, op, shared, members) = groups.take(g);
+                    prop_assert_eq!(*shared, peer * 10);
+                    prop_assert!(keys.insert((peer, op), ()).is_none(), "two groups for one key");
+                    prop_assert!(members.windows(2).all(|w| w[0] < w[1]), "order lost");
+                    for &m in &members {
+                        let (p, w) = ops[m as usize];
+                        prop_assert_eq!((p, opcode(w)), (peer, op));
+                        seen[m as usize] += 1;
+                    }
+                    groups.restore(g, members);
+                }
+                prop_assert!(seen.iter().all(|&n| n == 1));
+                groups.clear();
+                prop_assert!(groups.is_empty());
+            }
+        }
+
+        #[test]
+        fn pieces_cover_the_range_exactly_within_the_limit(
+            len in 0u64..(1 << 40), max in 1u64..(1 << 33)
+        ) {
+            let mut next = 0;
+            let mut count = 0u64;
+            for (off, piece) in pieces(len, max) {
+                prop_assert_eq!(off, next);
+                prop_assert!(piece > 0 && piece <= max);
+                next += piece;
+                count += 1;
+            }
+            prop_assert_eq!(next, len);
+            prop_assert_eq!(count, len.div_ceil(max));
+        }
+    }
+}
