@@ -48,8 +48,8 @@ enum mcfx_status
  {
   // Success.
   MCFX_OK = 0,
-  // A required pointer is NULL, a length is zero, an opcode or flag is
-  // unknown, or an endpoint buffer is missing.
+  // A required pointer is NULL, a length is zero, an opcode is unknown or a
+  // reserved field is not zero.
   MCFX_E_INVALID_ARGUMENT = 1,
   // The config struct is too small, names another ABI version, or holds an
   // out-of-range value.
@@ -118,7 +118,8 @@ typedef int32_t (*mcfx_resolve_fn)(void *ctx, uint64_t peer_id, char *buf, size_
 // Transport configuration. Start from `mcfx_config_init`, which sets
 // `struct_size` and `abi_version`; zero in a numeric field means "default".
 // Fields are only ever appended: a caller built against an older header
-// passes a smaller `struct_size` and gets defaults for the newer fields.
+// passes a smaller `struct_size` and gets defaults for the newer fields. The
+// smallest accepted `struct_size` covers the fields up to `resolve_ctx`.
 typedef struct mcfx_config {
   // `sizeof(mcfx_config)` as the caller compiled it.
   uint32_t struct_size;
@@ -186,7 +187,8 @@ typedef struct mcfx_op {
   uint64_t user_data;
 } mcfx_op;
 
-// Counters (see `mcfx_get_stats`). Set `struct_size` before the call.
+// Counters (see `mcfx_get_stats`). Set `struct_size` before the call (at
+// least 8: the size and reserved words).
 typedef struct mcfx_stats {
   uint32_t struct_size;
   uint32_t reserved;
@@ -216,7 +218,7 @@ typedef struct mcfx_api_v1 {
   const char *(*impl_name)(void);
   const char *(*strerror)(int32_t status);
   size_t (*last_error)(char *buf, size_t cap);
-  void (*config_init)(struct mcfx_config *config);
+  void (*config_init)(struct mcfx_config *config, size_t size);
   mcfx_status (*create)(const struct mcfx_config *config, struct mcfx_transport **out);
   mcfx_status (*destroy)(struct mcfx_transport *transport);
   mcfx_status (*local_endpoint)(const struct mcfx_transport *transport,
@@ -262,12 +264,15 @@ const char *mcfx_strerror(int32_t status);
 // `buf` must be writable for `cap` bytes.
 size_t mcfx_last_error(char *buf, size_t cap);
 
-// Fills `config` with defaults and sets its `struct_size` and
-// `abi_version`. NULL is ignored. Thread-safe.
+// Fills the first `size` bytes of `*config` (pass `sizeof(mcfx_config)` as
+// the caller compiled it) with defaults, and sets `struct_size` to the part
+// written and `abi_version`. A caller built against an older, smaller header
+// is never written past its struct. NULL, or `size` below 8, is ignored.
+// Thread-safe.
 //
 // # Safety
-// `config` must be NULL or point to a writable `mcfx_config`.
-void mcfx_config_init(struct mcfx_config *config);
+// `config` must be NULL or point to `size` writable bytes.
+void mcfx_config_init(struct mcfx_config *config, size_t size);
 
 // Creates a transport: a FlagCX engine, its RPC server, the progress thread
 // and the connector threads. On success `*out` holds a handle to free with

@@ -15,8 +15,8 @@ use std::fmt;
 pub enum mcfx_status {
     /// Success.
     MCFX_OK = 0,
-    /// A required pointer is NULL, a length is zero, an opcode or flag is
-    /// unknown, or an endpoint buffer is missing.
+    /// A required pointer is NULL, a length is zero, an opcode is unknown or a
+    /// reserved field is not zero.
     MCFX_E_INVALID_ARGUMENT = 1,
     /// The config struct is too small, names another ABI version, or holds an
     /// out-of-range value.

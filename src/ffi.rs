@@ -63,7 +63,8 @@ pub type mcfx_resolve_fn = Option<
 /// Transport configuration. Start from `mcfx_config_init`, which sets
 /// `struct_size` and `abi_version`; zero in a numeric field means "default".
 /// Fields are only ever appended: a caller built against an older header
-/// passes a smaller `struct_size` and gets defaults for the newer fields.
+/// passes a smaller `struct_size` and gets defaults for the newer fields. The
+/// smallest accepted `struct_size` covers the fields up to `resolve_ctx`.
 #[repr(C)]
 pub struct mcfx_config {
     /// `sizeof(mcfx_config)` as the caller compiled it.
@@ -139,7 +140,8 @@ pub struct mcfx_region {
     pub length: usize,
 }
 
-/// Counters (see `mcfx_get_stats`). Set `struct_size` before the call.
+/// Counters (see `mcfx_get_stats`). Set `struct_size` before the call (at
+/// least 8: the size and reserved words).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct mcfx_stats {
@@ -172,7 +174,7 @@ pub struct mcfx_api_v1 {
     pub impl_name: unsafe extern "C" fn() -> *const c_char,
     pub strerror: unsafe extern "C" fn(status: i32) -> *const c_char,
     pub last_error: unsafe extern "C" fn(buf: *mut c_char, cap: usize) -> usize,
-    pub config_init: unsafe extern "C" fn(config: *mut mcfx_config),
+    pub config_init: unsafe extern "C" fn(config: *mut mcfx_config, size: usize),
     pub create: unsafe extern "C" fn(
         config: *const mcfx_config,
         out: *mut *mut mcfx_transport,
@@ -319,14 +321,17 @@ pub unsafe extern "C" fn mcfx_last_error(buf: *mut c_char, cap: usize) -> usize 
     .unwrap_or(0)
 }
 
-/// Fills `config` with defaults and sets its `struct_size` and
-/// `abi_version`. NULL is ignored. Thread-safe.
+/// Fills the first `size` bytes of `*config` (pass `sizeof(mcfx_config)` as
+/// the caller compiled it) with defaults, and sets `struct_size` to the part
+/// written and `abi_version`. A caller built against an older, smaller header
+/// is never written past its struct. NULL, or `size` below 8, is ignored.
+/// Thread-safe.
 ///
 /// # Safety
-/// `config` must be NULL or point to a writable `mcfx_config`.
+/// `config` must be NULL or point to `size` writable bytes.
 #[no_mangle]
-pub unsafe extern "C" fn mcfx_config_init(config: *mut mcfx_config) {
-    if config.is_null() {
+pub unsafe extern "C" fn mcfx_config_init(config: *mut mcfx_config, size: usize) {
+    if config.is_null() || size < 8 {
         return;
     }
     let init = mcfx_config {
@@ -348,8 +353,12 @@ pub unsafe extern "C" fn mcfx_config_init(config: *mut mcfx_config) {
         flags: 0,
         provider_options: ptr::null(),
     };
-    // SAFETY: checked non-NULL; the caller provides a writable struct.
-    unsafe { config.write(init) }
+    let n = size.min(std::mem::size_of::<mcfx_config>());
+    let init = mcfx_config { struct_size: n as u32, ..init };
+    // SAFETY: checked non-NULL; the caller made `size` >= n bytes writable.
+    unsafe {
+        ptr::copy_nonoverlapping((&init as *const mcfx_config).cast::<u8>(), config.cast::<u8>(), n)
+    }
 }
 
 /// Creates a transport: a FlagCX engine, its RPC server, the progress thread

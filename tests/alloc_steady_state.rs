@@ -74,7 +74,7 @@ fn create(ctx: *mut c_void) -> *mut mcfx_transport {
     let mut c = std::mem::MaybeUninit::<mcfx_config>::uninit();
     // SAFETY: init writes the whole struct; then a valid config goes to create.
     unsafe {
-        mcfx_config_init(c.as_mut_ptr());
+        mcfx_config_init(c.as_mut_ptr(), std::mem::size_of::<mcfx_config>());
         let mut c = c.assume_init();
         c.on_complete = Some(count);
         c.resolve = Some(resolve);

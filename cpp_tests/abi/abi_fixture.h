@@ -129,7 +129,7 @@ class Node {
 public:
   explicit Node(const mcfx_api_v1 *api, void (*tweak)(mcfx_config *) = nullptr) : api_(api) {
     mcfx_config cfg;
-    api_->config_init(&cfg);
+    api_->config_init(&cfg, sizeof cfg);
     cfg.on_complete = on_complete;
     cfg.complete_ctx = &done;
     cfg.resolve = resolve;

@@ -24,7 +24,7 @@ static int32_t resolve(void *ctx, uint64_t peer_id, char *buf, size_t cap) {
 
 static mcfx_transport *create(void) {
   mcfx_config cfg;
-  mcfx_config_init(&cfg);
+  mcfx_config_init(&cfg, sizeof cfg);
   cfg.on_complete = on_complete;
   cfg.resolve = resolve;
   mcfx_transport *t = NULL;

@@ -132,7 +132,7 @@ pub fn config(done: &Arc<Completions>, dir: &Arc<Directory>) -> mcfx_config {
     let mut c = std::mem::MaybeUninit::<mcfx_config>::uninit();
     // SAFETY: mcfx_config_init writes the whole struct.
     let mut c = unsafe {
-        mcfx_config_init(c.as_mut_ptr());
+        mcfx_config_init(c.as_mut_ptr(), std::mem::size_of::<mcfx_config>());
         c.assume_init()
     };
     c.on_complete = Some(on_complete);

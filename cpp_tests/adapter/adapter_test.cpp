@@ -1,0 +1,674 @@
+// Tests of mooncake::FlagCxTransport (the Mooncake adapter) built on the
+// minimal Mooncake declarations (mooncake_min/).
+//
+// End to end against the real plugin (MCFX_TEST_PLUGIN_PATH, the Rust
+// cdylib over the software FlagCX provider): two transports in this process,
+// each installed as its own segment, with TransferMetadata objects sharing
+// one in-process store, as two engines share a metadata server. Plugin
+// loading and the submit edge cases use the fake plugins (fake_plugin.cpp).
+//
+// FlagCX registration is process-wide and destroying one FlagCX engine
+// deregisters every region in the process, so each test destroys its
+// transports together at its end. Every wait is bounded (kWaitLimit).
+#include <dlfcn.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "error.h"
+#include "mooncake_flagcx.h"
+#include "transfer_metadata.h"
+#include "transport/flagcx_transport/flagcx_transport.h"
+#include "transport/transport.h"
+
+namespace mooncake {
+
+// The engine's side of Transport (its install and memory methods are
+// private, for the engine: TransferEngineImpl is a friend of Transport).
+class TransferEngineImpl {
+   public:
+    static int install(Transport &t, const std::string &name,
+                       std::shared_ptr<TransferMetadata> meta) {
+        std::string server_name = name;
+        return t.install(server_name, std::move(meta), nullptr);
+    }
+    static int registerMemory(Transport &t, void *addr, size_t length) {
+        return t.registerLocalMemory(addr, length, "cpu:0", true);
+    }
+    static int unregisterMemory(Transport &t, void *addr) {
+        return t.unregisterLocalMemory(addr);
+    }
+    static int registerBatch(Transport &t,
+                             const std::vector<Transport::BufferEntry> &list) {
+        return t.registerLocalMemoryBatch(list, "cpu:0");
+    }
+    static int unregisterBatch(Transport &t, const std::vector<void *> &list) {
+        return t.unregisterLocalMemoryBatch(list);
+    }
+    static std::string name(const Transport &t) { return t.getName(); }
+};
+
+namespace {
+
+using Engine = TransferEngineImpl;
+using Request = Transport::TransferRequest;
+using StatusEnum = Transport::TransferStatusEnum;
+using BatchID = Transport::BatchID;
+
+constexpr auto kWaitLimit = std::chrono::seconds(60);
+
+// Sets (or, with nullptr, unsets) an environment variable for one scope.
+class ScopedEnv {
+   public:
+    ScopedEnv(const char *name, const char *value) : name_(name) {
+        if (const char *old = std::getenv(name)) old_ = old, had_ = true;
+        if (value)
+            setenv(name, value, 1);
+        else
+            unsetenv(name);
+    }
+    ~ScopedEnv() {
+        if (had_)
+            setenv(name_.c_str(), old_.c_str(), 1);
+        else
+            unsetenv(name_.c_str());
+    }
+    ScopedEnv(const ScopedEnv &) = delete;
+    ScopedEnv &operator=(const ScopedEnv &) = delete;
+
+   private:
+    std::string name_, old_;
+    bool had_ = false;
+};
+
+// Page-aligned memory filled with a pattern.
+class Buffer {
+   public:
+    explicit Buffer(size_t size, uint8_t seed = 0) : size_(size) {
+        data_ = static_cast<uint8_t *>(std::aligned_alloc(4096, size));
+        for (size_t i = 0; i < size; ++i)
+            data_[i] = static_cast<uint8_t>(seed + i * 7 + (i >> 12));
+    }
+    ~Buffer() { std::free(data_); }
+    Buffer(const Buffer &) = delete;
+    Buffer &operator=(const Buffer &) = delete;
+
+    uint8_t *data() const { return data_; }
+    size_t size() const { return size_; }
+    uint64_t addr(size_t offset = 0) const {
+        return reinterpret_cast<uint64_t>(data_ + offset);
+    }
+    bool sameAs(const Buffer &other, size_t offset, size_t len) const {
+        return std::memcmp(data_ + offset, other.data_ + offset, len) == 0;
+    }
+
+   private:
+    uint8_t *data_;
+    size_t size_;
+};
+
+Request makeRequest(Request::OpCode opcode, void *source, uint64_t target_id,
+                    uint64_t target_addr, size_t length) {
+    Request r{};
+    r.opcode = opcode;
+    r.source = source;
+    r.target_id = target_id;
+    r.target_offset = target_addr;
+    r.length = length;
+    return r;
+}
+
+// What MultiTransport::submitTransfer does: a batch with one task per
+// request, handed to the transport with submitTransferTask.
+BatchID submitTasks(Transport &t, const std::vector<Request> &requests,
+                    Status *status = nullptr) {
+    const BatchID id = t.allocateBatchID(requests.size());
+    auto &batch = Transport::toBatchDesc(id);
+    batch.task_list.resize(requests.size());
+    std::vector<Transport::TransferTask *> tasks;
+    for (size_t i = 0; i < requests.size(); ++i) {
+        auto &task = batch.task_list[i];
+        task.batch_id = id;
+        task.transport_ = &t;
+        task.request = &requests[i];
+        tasks.push_back(&task);
+    }
+    Status s = t.submitTransferTask(tasks);
+    if (status) *status = s;
+    return id;
+}
+
+Transport::TransferStatus statusOf(Transport &t, BatchID id, size_t task) {
+    Transport::TransferStatus s{StatusEnum::INVALID, 0};
+    EXPECT_TRUE(t.getTransferStatus(id, task, s).ok());
+    return s;
+}
+
+// Polls every task until it leaves WAITING (or kWaitLimit passes); returns
+// the final states.
+std::vector<Transport::TransferStatus> waitAll(Transport &t, BatchID id) {
+    const size_t n = Transport::toBatchDesc(id).task_list.size();
+    std::vector<Transport::TransferStatus> out(n, {StatusEnum::WAITING, 0});
+    const auto deadline = std::chrono::steady_clock::now() + kWaitLimit;
+    for (size_t i = 0; i < n; ++i) {
+        for (;;) {
+            out[i] = statusOf(t, id, i);
+            if (out[i].s != StatusEnum::WAITING) break;
+            if (std::chrono::steady_clock::now() > deadline) {
+                ADD_FAILURE() << "task " << i << " still waiting after "
+                              << kWaitLimit.count() << " s";
+                return out;
+            }
+            std::this_thread::sleep_for(std::chrono::microseconds(100));
+        }
+    }
+    return out;
+}
+
+// ---- End to end, real plugin -------------------------------------------------
+
+// Two transports, "seg_a" and "seg_b", whose TransferMetadata objects share
+// one store. Tests call start() (optionally with software-provider knobs).
+class AdapterEndToEnd : public ::testing::Test {
+   protected:
+    void start(const char *provider_options = nullptr) {
+        ScopedEnv plugin("MC_FLAGCX_PLUGIN", MCFX_TEST_PLUGIN_PATH);
+        ScopedEnv options("MC_FLAGCX_PROVIDER_OPTIONS", provider_options);
+        conn_ = std::string("adapter-test/") +
+                ::testing::UnitTest::GetInstance()->current_test_info()->name();
+        meta_a_ = std::make_shared<TransferMetadata>(conn_);
+        meta_b_ = std::make_shared<TransferMetadata>(conn_);
+        a_ = std::make_unique<FlagCxTransport>();
+        b_ = std::make_unique<FlagCxTransport>();
+        ASSERT_EQ(Engine::install(*a_, "seg_a", meta_a_), 0);
+        ASSERT_EQ(Engine::install(*b_, "seg_b", meta_b_), 0);
+        seg_b_ = meta_a_->getSegmentID("seg_b");
+        ASSERT_NE(seg_b_, static_cast<uint64_t>(-1));
+    }
+
+    // Destroys both transports (together: see the file comment).
+    void stop() {
+        a_.reset();
+        b_.reset();
+    }
+
+    void TearDown() override { stop(); }
+
+    void registerOn(Transport &t, const Buffer &buf) {
+        ASSERT_EQ(Engine::registerMemory(t, buf.data(), buf.size()), 0);
+    }
+
+    std::string conn_;
+    std::shared_ptr<TransferMetadata> meta_a_, meta_b_;
+    std::unique_ptr<FlagCxTransport> a_, b_;
+    uint64_t seg_b_ = 0;
+};
+
+TEST_F(AdapterEndToEnd, WriteThenReadMovesTheBytes) {
+    start();
+    constexpr size_t kSize = 1 << 20, kTasks = 16, kChunk = kSize / kTasks;
+    Buffer src(kSize, 1), back(kSize, 2), dst(kSize, 3);
+    registerOn(*a_, src);
+    registerOn(*a_, back);
+    registerOn(*b_, dst);
+
+    std::vector<Request> writes;
+    for (size_t i = 0; i < kTasks; ++i)
+        writes.push_back(makeRequest(Request::WRITE, src.data() + i * kChunk,
+                                     seg_b_, dst.addr(i * kChunk), kChunk));
+    Status submitted;
+    BatchID wb = submitTasks(*a_, writes, &submitted);
+    ASSERT_TRUE(submitted.ok()) << submitted.ToString();
+    for (const auto &s : waitAll(*a_, wb)) {
+        EXPECT_EQ(s.s, StatusEnum::COMPLETED);
+        EXPECT_EQ(s.transferred_bytes, kChunk);
+    }
+    EXPECT_TRUE(src.sameAs(dst, 0, kSize));
+    EXPECT_TRUE(a_->freeBatchID(wb).ok());
+
+    std::vector<Request> reads;
+    for (size_t i = 0; i < kTasks; ++i)
+        reads.push_back(makeRequest(Request::READ, back.data() + i * kChunk,
+                                    seg_b_, dst.addr(i * kChunk), kChunk));
+    BatchID rb = submitTasks(*a_, reads);
+    for (const auto &s : waitAll(*a_, rb)) EXPECT_EQ(s.s, StatusEnum::COMPLETED);
+    EXPECT_TRUE(back.sameAs(src, 0, kSize));
+    EXPECT_TRUE(a_->freeBatchID(rb).ok());
+}
+
+TEST_F(AdapterEndToEnd, SubmitTransferAppendsTasksToTheBatch) {
+    start();
+    Buffer src(8192, 1), dst(8192, 2);
+    registerOn(*a_, src);
+    registerOn(*b_, dst);
+    const BatchID id = a_->allocateBatchID(2);
+    std::vector<Request> first{
+        makeRequest(Request::WRITE, src.data(), seg_b_, dst.addr(), 4096)};
+    std::vector<Request> second{makeRequest(
+        Request::WRITE, src.data() + 4096, seg_b_, dst.addr(4096), 4096)};
+    ASSERT_TRUE(a_->submitTransfer(id, first).ok());
+    ASSERT_TRUE(a_->submitTransfer(id, second).ok());
+    EXPECT_TRUE(a_->submitTransfer(id, first).IsTooManyRequests());
+    auto states = waitAll(*a_, id);
+    ASSERT_EQ(states.size(), 2u);
+    for (const auto &s : states) EXPECT_EQ(s.s, StatusEnum::COMPLETED);
+    EXPECT_TRUE(src.sameAs(dst, 0, 8192));
+    EXPECT_TRUE(a_->freeBatchID(id).ok());
+}
+
+TEST_F(AdapterEndToEnd, UnregisteredRemoteRangeFailsOnlyThatTask) {
+    start();
+    Buffer src(8192, 1), dst(4096, 2), unregistered(4096, 3);
+    registerOn(*a_, src);
+    registerOn(*b_, dst);
+    std::vector<Request> requests{
+        makeRequest(Request::WRITE, src.data(), seg_b_, unregistered.addr(),
+                    4096),
+        makeRequest(Request::WRITE, src.data() + 4096, seg_b_, dst.addr(),
+                    4096)};
+    const BatchID id = submitTasks(*a_, requests);
+    auto states = waitAll(*a_, id);
+    EXPECT_EQ(states[0].s, StatusEnum::FAILED);
+    EXPECT_EQ(states[0].transferred_bytes, 0u);
+    EXPECT_EQ(states[1].s, StatusEnum::COMPLETED);
+    EXPECT_EQ(std::memcmp(src.data() + 4096, dst.data(), 4096), 0);
+    EXPECT_TRUE(a_->freeBatchID(id).ok());
+}
+
+TEST_F(AdapterEndToEnd, UnregisteredLocalBufferFailsOnlyThatTaskAtSubmit) {
+    start();
+    Buffer src(8192, 1), dst(8192, 2), stray(4096, 3);
+    registerOn(*a_, src);
+    registerOn(*b_, dst);
+    // The plugin rejects a whole submit with one bad op; the adapter must
+    // resubmit the good ones.
+    std::vector<Request> requests{
+        makeRequest(Request::WRITE, src.data(), seg_b_, dst.addr(), 4096),
+        makeRequest(Request::WRITE, stray.data(), seg_b_, dst.addr(4096),
+                    4096),
+        makeRequest(Request::WRITE, src.data() + 4096, seg_b_, dst.addr(4096),
+                    4096)};
+    const BatchID id = submitTasks(*a_, requests);
+    // Failed at submit: already finished, without waiting.
+    EXPECT_EQ(statusOf(*a_, id, 1).s, StatusEnum::FAILED);
+    EXPECT_TRUE(Transport::toBatchDesc(id).task_list[1].is_finished);
+    auto states = waitAll(*a_, id);
+    EXPECT_EQ(states[0].s, StatusEnum::COMPLETED);
+    EXPECT_EQ(states[1].s, StatusEnum::FAILED);
+    EXPECT_EQ(states[2].s, StatusEnum::COMPLETED);
+    EXPECT_TRUE(src.sameAs(dst, 0, 8192));
+    EXPECT_TRUE(a_->freeBatchID(id).ok());
+}
+
+TEST_F(AdapterEndToEnd, UnknownSegmentFails) {
+    start();
+    Buffer src(4096, 1);
+    registerOn(*a_, src);
+    std::vector<Request> requests{
+        makeRequest(Request::WRITE, src.data(), 4242, 0x10000, 4096)};
+    const BatchID id = submitTasks(*a_, requests);
+    EXPECT_EQ(waitAll(*a_, id)[0].s, StatusEnum::FAILED);
+    EXPECT_TRUE(a_->freeBatchID(id).ok());
+}
+
+TEST_F(AdapterEndToEnd, ResolverExceptionFailsTheOpNotTheProcess) {
+    start();
+    Buffer src(4096, 1), dst(4096, 2);
+    registerOn(*a_, src);
+    registerOn(*b_, dst);
+    // The first op to seg_b makes the plugin resolve it; the metadata
+    // lookup throws inside the resolver callback.
+    mooncake::testing::setSegmentReadThrows(conn_, "seg_b", true);
+    std::vector<Request> requests{
+        makeRequest(Request::WRITE, src.data(), seg_b_, dst.addr(), 4096)};
+    const BatchID id = submitTasks(*a_, requests);
+    EXPECT_EQ(waitAll(*a_, id)[0].s, StatusEnum::FAILED);
+    mooncake::testing::setSegmentReadThrows(conn_, "seg_b", false);
+    EXPECT_TRUE(a_->freeBatchID(id).ok());
+}
+
+TEST_F(AdapterEndToEnd, ZeroLengthRequestCompletesAtOnce) {
+    start();
+    Buffer src(4096, 1);
+    registerOn(*a_, src);
+    std::vector<Request> requests{
+        makeRequest(Request::WRITE, src.data(), seg_b_, 0x10000, 0)};
+    const BatchID id = submitTasks(*a_, requests);
+    const auto s = statusOf(*a_, id, 0);
+    EXPECT_EQ(s.s, StatusEnum::COMPLETED);
+    EXPECT_EQ(s.transferred_bytes, 0u);
+    EXPECT_TRUE(a_->freeBatchID(id).ok());
+}
+
+TEST_F(AdapterEndToEnd, TaskNeverSubmittedReportsFailedAndFinished) {
+    start();
+    // MultiTransport can assign a task to this transport and then stop
+    // before submitting it: it must not read as COMPLETED, and the batch
+    // must still be freeable.
+    const BatchID id = a_->allocateBatchID(1);
+    auto &batch = Transport::toBatchDesc(id);
+    batch.task_list.resize(1);
+    batch.task_list[0].transport_ = a_.get();
+    EXPECT_EQ(statusOf(*a_, id, 0).s, StatusEnum::FAILED);
+    Transport::TransferStatus s{};
+    EXPECT_TRUE(a_->getTransferStatus(id, 1, s).IsInvalidArgument());
+    EXPECT_TRUE(a_->freeBatchID(id).ok());
+}
+
+TEST_F(AdapterEndToEnd, PublishesSegmentAndBuffers) {
+    start();
+    EXPECT_EQ(Engine::name(*a_), "flagcx");
+    auto desc = meta_a_->getSegmentDesc("seg_b");
+    ASSERT_TRUE(desc);
+    EXPECT_EQ(desc->name, "seg_b");
+    EXPECT_EQ(desc->protocol, "flagcx");
+    EXPECT_NE(desc->rdma_server_name.find(':'), std::string::npos)
+        << desc->rdma_server_name;
+    EXPECT_TRUE(desc->buffers.empty());
+
+    Buffer one(4096), two(8192), three(4096);
+    registerOn(*b_, one);
+    ASSERT_EQ(Engine::registerBatch(*b_, {{two.data(), two.size()},
+                                          {three.data(), three.size()}}),
+              0);
+    desc = meta_a_->getSegmentDesc("seg_b");
+    ASSERT_EQ(desc->buffers.size(), 3u);
+    EXPECT_EQ(desc->buffers[0].name, "seg_b");
+    EXPECT_EQ(desc->buffers[0].addr, one.addr());
+    EXPECT_EQ(desc->buffers[0].length, one.size());
+    EXPECT_EQ(desc->buffers[1].addr, two.addr());
+    EXPECT_EQ(desc->buffers[2].length, three.size());
+
+    EXPECT_EQ(Engine::unregisterMemory(*b_, one.data()), 0);
+    EXPECT_EQ(Engine::unregisterBatch(*b_, {two.data(), three.data()}), 0);
+    EXPECT_TRUE(meta_a_->getSegmentDesc("seg_b")->buffers.empty());
+    EXPECT_NE(Engine::unregisterMemory(*b_, one.data()), 0);
+
+    stop();
+    EXPECT_FALSE(meta_a_->getSegmentDesc("seg_a"));
+    EXPECT_FALSE(meta_a_->getSegmentDesc("seg_b"));
+}
+
+TEST_F(AdapterEndToEnd, OverlappingRegistrationIsRefusedAndNotPublished) {
+    start();
+    Buffer buf(8192);
+    registerOn(*b_, buf);
+    EXPECT_EQ(Engine::registerMemory(*b_, buf.data() + 4096, 4096),
+              ERR_ADDRESS_OVERLAPPED);
+    EXPECT_EQ(meta_a_->getSegmentDesc("seg_b")->buffers.size(), 1u);
+}
+
+// Resets the software provider's process-wide latency knob after a test
+// that raised it (knobs are applied when a transport is created). Call
+// only with no other transport alive: destroying one deregisters every
+// region in the process.
+void resetProviderLatency() {
+    void *lib = dlopen(MCFX_TEST_PLUGIN_PATH, RTLD_NOW | RTLD_NOLOAD);
+    ASSERT_NE(lib, nullptr);
+    auto get = reinterpret_cast<const mcfx_api_v1 *(*)()>(
+        dlsym(lib, "mcfx_get_api_v1"));
+    ASSERT_NE(get, nullptr);
+    const mcfx_api_v1 *api = get();
+    mcfx_config config;
+    api->config_init(&config, sizeof config);
+    config.on_complete = [](void *, uint64_t, mcfx_status) {};
+    config.resolve = [](void *, uint64_t, char *, size_t) -> int32_t {
+        return 1;
+    };
+    config.flags = MCFX_FLAG_NO_SERVE;
+    config.provider_options = "latency_ns=0";
+    mcfx_transport *t = nullptr;
+    ASSERT_EQ(api->create(&config, &t), MCFX_OK);
+    api->destroy(t);
+    dlclose(lib);
+}
+
+TEST_F(AdapterEndToEnd, GetTransferStatusNeverBlocks) {
+    start("latency_ns=300000000");  // every transfer takes 300 ms
+    Buffer src(4096, 1), dst(4096, 2);
+    registerOn(*a_, src);
+    registerOn(*b_, dst);
+    std::vector<Request> requests{
+        makeRequest(Request::WRITE, src.data(), seg_b_, dst.addr(), 4096)};
+    const BatchID id = submitTasks(*a_, requests);
+    size_t waiting = 0;
+    auto slowest = std::chrono::nanoseconds(0);
+    const auto deadline = std::chrono::steady_clock::now() + kWaitLimit;
+    Transport::TransferStatus s{StatusEnum::WAITING, 0};
+    while (s.s == StatusEnum::WAITING &&
+           std::chrono::steady_clock::now() < deadline) {
+        const auto t0 = std::chrono::steady_clock::now();
+        s = statusOf(*a_, id, 0);
+        slowest = std::max(slowest, std::chrono::steady_clock::now() - t0);
+        if (s.s == StatusEnum::WAITING) ++waiting;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    EXPECT_EQ(s.s, StatusEnum::COMPLETED);
+    EXPECT_GT(waiting, 10u);  // it was polled while the transfer ran
+    // A status call only reads counters: far below the 300 ms transfer.
+    EXPECT_LT(slowest, std::chrono::milliseconds(100));
+    EXPECT_TRUE(a_->freeBatchID(id).ok());
+    stop();
+    resetProviderLatency();
+}
+
+TEST_F(AdapterEndToEnd, UnregisterWaitsForOpsInFlight) {
+    start("latency_ns=200000000");
+    Buffer src(4096, 1), dst(4096, 2);
+    registerOn(*a_, src);
+    registerOn(*b_, dst);
+    std::vector<Request> requests{
+        makeRequest(Request::WRITE, src.data(), seg_b_, dst.addr(), 4096)};
+    const BatchID id = submitTasks(*a_, requests);
+    // The plugin reports the region busy while the op runs; unregister
+    // waits for it instead of failing or pulling the memory from under it.
+    EXPECT_EQ(Engine::unregisterMemory(*a_, src.data()), 0);
+    EXPECT_EQ(waitAll(*a_, id)[0].s, StatusEnum::COMPLETED);
+    EXPECT_TRUE(src.sameAs(dst, 0, 4096));
+    EXPECT_TRUE(a_->freeBatchID(id).ok());
+    stop();
+    resetProviderLatency();
+}
+
+TEST_F(AdapterEndToEnd, DestroyMarksEveryOutstandingSlice) {
+    {
+        // Ops still inside FlagCX get 100 ms after destroy begins.
+        ScopedEnv grace("MC_FLAGCX_SHUTDOWN_TIMEOUT_MS", "100");
+        start("latency_ns=1000000000");  // every transfer takes 1 s
+    }
+    Buffer src(16384, 1), dst(16384, 2);
+    registerOn(*a_, src);
+    registerOn(*b_, dst);
+    // Connect first, so the ops below reach FlagCX before the destroy.
+    std::vector<Request> warm_up{
+        makeRequest(Request::WRITE, src.data(), seg_b_, dst.addr(), 4096)};
+    const BatchID warm = submitTasks(*a_, warm_up);
+    ASSERT_EQ(waitAll(*a_, warm)[0].s, StatusEnum::COMPLETED);
+    EXPECT_TRUE(a_->freeBatchID(warm).ok());
+
+    std::vector<Request> requests;
+    for (size_t i = 0; i < 4; ++i)
+        requests.push_back(makeRequest(Request::WRITE, src.data() + i * 4096,
+                                       seg_b_, dst.addr(i * 4096), 4096));
+    const BatchID id = a_->allocateBatchID(requests.size());
+    ASSERT_TRUE(a_->submitTransfer(id, requests).ok());
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    EXPECT_EQ(statusOf(*a_, id, 0).s, StatusEnum::WAITING);
+    stop();  // destroy: every accepted op completes, canceled ones failed
+    FlagCxTransport other;  // reads the batch after the others are gone
+    for (size_t i = 0; i < requests.size(); ++i) {
+        EXPECT_EQ(statusOf(other, id, i).s, StatusEnum::FAILED) << i;
+        EXPECT_EQ(Transport::toBatchDesc(id).task_list[i].slice_count, 1u);
+    }
+    EXPECT_TRUE(other.freeBatchID(id).ok());
+    resetProviderLatency();
+}
+
+// ---- Plugin loading ----------------------------------------------------------
+
+class AdapterPluginLoading : public ::testing::Test {
+   protected:
+    // Installs a fresh transport with MC_FLAGCX_PLUGIN=`plugin` (unset if
+    // null); returns install's result and what it logged.
+    int install(const char *plugin, std::string &log) {
+        ScopedEnv env("MC_FLAGCX_PLUGIN", plugin);
+        auto meta = std::make_shared<TransferMetadata>(
+            std::string("adapter-loading/") +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+        transport_ = std::make_unique<FlagCxTransport>();
+        ::testing::internal::CaptureStderr();
+        const int rc = Engine::install(*transport_, "seg", meta);
+        log = ::testing::internal::GetCapturedStderr();
+        meta_ = meta;
+        return rc;
+    }
+    void TearDown() override { transport_.reset(); }
+
+    std::shared_ptr<TransferMetadata> meta_;
+    std::unique_ptr<FlagCxTransport> transport_;
+};
+
+TEST_F(AdapterPluginLoading, MissingPluginFailsInstallWithItsPath) {
+    std::string log;
+    EXPECT_LT(install("/nonexistent/libmooncake_flagcx.so", log), 0);
+    EXPECT_NE(log.find("/nonexistent/libmooncake_flagcx.so"),
+              std::string::npos)
+        << log;
+    EXPECT_NE(log.find("MC_FLAGCX_PLUGIN"), std::string::npos) << log;
+    EXPECT_FALSE(meta_->getSegmentDesc("seg"));  // nothing published
+
+    // The transport stays usable as an object: calls fail cleanly.
+    Buffer buf(4096);
+    EXPECT_NE(Engine::registerMemory(*transport_, buf.data(), buf.size()), 0);
+    std::vector<Request> requests{
+        makeRequest(Request::WRITE, buf.data(), 1, 0x10000, 4096)};
+    Status submitted;
+    const BatchID id = submitTasks(*transport_, requests, &submitted);
+    EXPECT_FALSE(submitted.ok());
+    EXPECT_EQ(statusOf(*transport_, id, 0).s, StatusEnum::FAILED);
+    EXPECT_TRUE(transport_->freeBatchID(id).ok());
+}
+
+TEST_F(AdapterPluginLoading, WrongAbiVersionIsRejected) {
+    std::string log;
+    EXPECT_LT(install(MCFX_TEST_FAKE_BAD_ABI, log), 0);
+    EXPECT_NE(log.find("ABI version 2"), std::string::npos) << log;
+}
+
+TEST_F(AdapterPluginLoading, ShortFunctionTableIsRejected) {
+    std::string log;
+    EXPECT_LT(install(MCFX_TEST_FAKE_SHORT_TABLE, log), 0);
+    EXPECT_NE(log.find("function table has"), std::string::npos) << log;
+}
+
+TEST_F(AdapterPluginLoading, LibraryWithoutEntryPointIsRejected) {
+    std::string log;
+    EXPECT_LT(install(MCFX_TEST_FAKE_NO_ENTRY, log), 0);
+    EXPECT_NE(log.find("mcfx_get_api_v1"), std::string::npos) << log;
+}
+
+TEST_F(AdapterPluginLoading, MalformedKnobFailsInstall) {
+    ScopedEnv knob("MC_FLAGCX_OP_TIMEOUT_MS", "30s");
+    std::string log;
+    EXPECT_LT(install(MCFX_TEST_PLUGIN_PATH, log), 0);
+    EXPECT_NE(log.find("MC_FLAGCX_OP_TIMEOUT_MS"), std::string::npos) << log;
+}
+
+TEST_F(AdapterPluginLoading, DefaultIsThePluginNextToTheAdapterLibrary) {
+    // The build puts libmooncake_flagcx.so (a link to the real plugin) next
+    // to the adapter's shared library.
+    std::string log;
+    ASSERT_EQ(install(nullptr, log), 0) << log;
+    EXPECT_NE(log.find("next to"), std::string::npos) << log;
+    auto desc = meta_->getSegmentDesc("seg");
+    ASSERT_TRUE(desc);
+    EXPECT_FALSE(desc->rdma_server_name.empty());
+}
+
+// ---- Submit edge cases, fake plugin ------------------------------------------
+
+// One transport over the fake plugin, which accepts at most two ops per
+// submit and completes ops only when told to.
+class AdapterFakePlugin : public ::testing::Test {
+   protected:
+    void SetUp() override {
+        ScopedEnv env("MC_FLAGCX_PLUGIN", MCFX_TEST_FAKE_PLUGIN);
+        meta_ = std::make_shared<TransferMetadata>("adapter-fake");
+        transport_ = std::make_unique<FlagCxTransport>();
+        ASSERT_EQ(Engine::install(*transport_, "seg_fake", meta_), 0);
+        void *lib = dlopen(MCFX_TEST_FAKE_PLUGIN, RTLD_NOW | RTLD_NOLOAD);
+        ASSERT_NE(lib, nullptr);
+        complete_ = reinterpret_cast<size_t (*)(int32_t)>(
+            dlsym(lib, "fake_mcfx_complete_pending"));
+        ASSERT_NE(complete_, nullptr);
+        dlclose(lib);  // the adapter keeps its own reference
+    }
+    void TearDown() override { transport_.reset(); }
+
+    BatchID submit(size_t n) {
+        requests_.clear();
+        for (size_t i = 0; i < n; ++i)
+            requests_.push_back(makeRequest(Request::WRITE, buf_.data(), 7,
+                                            0x10000 + i * 64, 64));
+        return submitTasks(*transport_, requests_);
+    }
+
+    Buffer buf_{4096};
+    std::vector<Request> requests_;
+    std::shared_ptr<TransferMetadata> meta_;
+    std::unique_ptr<FlagCxTransport> transport_;
+    size_t (*complete_)(int32_t) = nullptr;
+};
+
+TEST_F(AdapterFakePlugin, OpsBeyondTheAcceptedCountFailAtOnce) {
+    const BatchID id = submit(5);
+    EXPECT_EQ(statusOf(*transport_, id, 0).s, StatusEnum::WAITING);
+    EXPECT_EQ(statusOf(*transport_, id, 1).s, StatusEnum::WAITING);
+    for (size_t i = 2; i < 5; ++i)
+        EXPECT_EQ(statusOf(*transport_, id, i).s, StatusEnum::FAILED) << i;
+    EXPECT_EQ(complete_(MCFX_OK), 2u);
+    EXPECT_EQ(statusOf(*transport_, id, 0).s, StatusEnum::COMPLETED);
+    EXPECT_EQ(statusOf(*transport_, id, 1).s, StatusEnum::COMPLETED);
+    EXPECT_EQ(statusOf(*transport_, id, 1).transferred_bytes, 64u);
+    EXPECT_TRUE(transport_->freeBatchID(id).ok());
+}
+
+TEST_F(AdapterFakePlugin, AnyErrorStatusMarksTheSliceFailed) {
+    const BatchID first = submit(2);
+    EXPECT_EQ(complete_(MCFX_E_TIMEOUT), 2u);
+    for (size_t i = 0; i < 2; ++i)
+        EXPECT_EQ(statusOf(*transport_, first, i).s, StatusEnum::FAILED);
+    const BatchID second = submit(1);
+    EXPECT_EQ(complete_(12345), 1u);  // a code this adapter does not know
+    EXPECT_EQ(statusOf(*transport_, second, 0).s, StatusEnum::FAILED);
+    EXPECT_TRUE(transport_->freeBatchID(first).ok());
+    EXPECT_TRUE(transport_->freeBatchID(second).ok());
+}
+
+TEST_F(AdapterFakePlugin, BatchIsBusyUntilEveryTaskFinished) {
+    const BatchID id = submit(1);
+    EXPECT_EQ(statusOf(*transport_, id, 0).s, StatusEnum::WAITING);
+    EXPECT_FALSE(transport_->freeBatchID(id).ok());
+    EXPECT_EQ(complete_(MCFX_OK), 1u);
+    EXPECT_EQ(statusOf(*transport_, id, 0).s, StatusEnum::COMPLETED);
+    EXPECT_TRUE(transport_->freeBatchID(id).ok());
+}
+
+TEST_F(AdapterFakePlugin, DestroyFailsPendingSlices) {
+    const BatchID id = submit(2);
+    transport_.reset();  // the plugin cancels both ops
+    FlagCxTransport reader;
+    EXPECT_EQ(statusOf(reader, id, 0).s, StatusEnum::FAILED);
+    EXPECT_EQ(statusOf(reader, id, 1).s, StatusEnum::FAILED);
+    EXPECT_TRUE(reader.freeBatchID(id).ok());
+}
+
+}  // namespace
+}  // namespace mooncake

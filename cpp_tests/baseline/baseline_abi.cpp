@@ -1,0 +1,445 @@
+// The mcfx_* C ABI of the baseline transport: the same exports, signatures
+// and call-level contract as the Rust cdylib (include/mooncake_flagcx.h), so
+// the two are interchangeable under LD_PRELOAD. Every export is thin: it
+// checks pointers, converts the config, and runs the body in Guard(), which
+// records the message of a failed call and turns any C++ exception into
+// MCFX_E_INTERNAL (nothing unwinds into C).
+
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cstddef>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include "baseline_transport.h"
+// Only for the knob numbers of `provider_options` (a test-harness setting of
+// the ABI, applied through dlsym so this library also loads against real
+// FlagCX). The transport never uses the provider's failure-aware status
+// extension: upstream only had FlagCX's bool status call.
+#include "flagcx_sw.h"
+
+using mcfx_baseline::Fail;
+using mcfx_baseline::Format;
+using mcfx_baseline::Options;
+using mcfx_baseline::Result;
+
+namespace {
+
+// ---- last error and the guard -------------------------------------------------
+
+thread_local std::string t_last_error;
+
+void SetLastError(const char *function, const char *prefix,
+                  const char *message) noexcept {
+  try {
+    t_last_error.assign(function);
+    t_last_error += ": ";
+    t_last_error += prefix;
+    t_last_error += message;
+  } catch (...) {
+    // Out of memory while reporting an error: keep whatever is there.
+  }
+}
+
+template <typename Body>
+mcfx_status Guard(const char *function, Body &&body) noexcept {
+  try {
+    Result r = body();
+    if (r.ok()) return MCFX_OK;
+    SetLastError(function, "", r.message.c_str());
+    return r.status;
+  } catch (const std::exception &e) {
+    SetLastError(function, "internal error: ", e.what());
+  } catch (...) {
+    SetLastError(function, "internal error: ", "unknown C++ exception");
+  }
+  return MCFX_E_INTERNAL;
+}
+
+// Live handles, so destroying one twice is reported instead of freeing twice.
+// Intentionally never freed: mcfx_destroy may run from static destructors.
+std::mutex g_live_mu;
+std::unordered_set<const mcfx_transport *> &Live() {
+  static auto *live = new std::unordered_set<const mcfx_transport *>();
+  return *live;
+}
+
+// ---- config ---------------------------------------------------------------------
+
+// Everything up to `resolve_ctx` must be present (as in the Rust library).
+constexpr size_t kMinConfigSize = offsetof(mcfx_config, queue_capacity);
+constexpr uint32_t kMaxQueueCapacity = 1u << 20;
+constexpr uint64_t kMaxSliceBytes = UINT32_MAX;
+constexpr uint32_t kMaxConnectThreads = 64;
+
+// Copies a caller's config of any (sufficient) size into a zero-filled one.
+Result ReadConfig(const mcfx_config *config, mcfx_config *out) {
+  if (config == nullptr) return Fail(MCFX_E_INVALID_ARGUMENT, "NULL config");
+  uint32_t header[2];
+  std::memcpy(header, config, sizeof header); // struct_size, abi_version
+  const size_t size = header[0];
+  const uint32_t version = header[1];
+  if (version != MCFX_ABI_VERSION)
+    return Fail(MCFX_E_BAD_CONFIG,
+                Format("config abi_version %u, this library implements %d",
+                       version, MCFX_ABI_VERSION));
+  if (size < kMinConfigSize)
+    return Fail(MCFX_E_BAD_CONFIG,
+                Format("config struct_size %zu is below the minimum %zu (use "
+                       "mcfx_config_init)",
+                       size, kMinConfigSize));
+  std::memset(out, 0, sizeof *out);
+  std::memcpy(out, config, std::min(size, sizeof *out));
+  return {};
+}
+
+struct ProviderOption {
+  int knob;
+  uint64_t value;
+};
+
+std::string Trim(const std::string &s) {
+  size_t b = 0, e = s.size();
+  while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
+  while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
+  return s.substr(b, e - b);
+}
+
+// `key=value` pairs separated by ',' or ';', keys case-insensitive: the same
+// grammar the Rust library accepts.
+Result ParseProviderOptions(const char *text,
+                            std::vector<ProviderOption> *out) {
+  static const struct {
+    const char *key;
+    int knob;
+  } kKnobs[] = {
+      {"latency_ns", FLAGCX_SW_KNOB_LATENCY_NS},
+      {"fail_op", FLAGCX_SW_KNOB_FAIL_OP},
+      {"hang_op", FLAGCX_SW_KNOB_HANG_OP},
+      {"connect_delay_ms", FLAGCX_SW_KNOB_CONNECT_DELAY_MS},
+      {"refuse_connect", FLAGCX_SW_KNOB_REFUSE_CONNECT},
+      {"connect_timeout_ms", FLAGCX_SW_KNOB_CONNECT_TIMEOUT_MS},
+  };
+  const std::string all(text);
+  size_t start = 0;
+  while (start <= all.size()) {
+    size_t end = all.find_first_of(",;", start);
+    if (end == std::string::npos) end = all.size();
+    const std::string item = Trim(all.substr(start, end - start));
+    start = end + 1;
+    if (item.empty()) continue;
+    const size_t eq = item.find('=');
+    if (eq == std::string::npos)
+      return Fail(MCFX_E_BAD_CONFIG,
+                  Format("provider option \"%s\" is not key=value",
+                         item.c_str()));
+    std::string key = Trim(item.substr(0, eq));
+    for (char &c : key) c = char(std::tolower(static_cast<unsigned char>(c)));
+    const auto known =
+        std::find_if(std::begin(kKnobs), std::end(kKnobs),
+                     [&](const auto &k) { return key == k.key; });
+    if (known == std::end(kKnobs))
+      return Fail(MCFX_E_BAD_CONFIG,
+                  Format("unknown provider option \"%s\"", key.c_str()));
+    const std::string value = Trim(item.substr(eq + 1));
+    const char *digits = value.c_str() + (value.rfind('+', 0) == 0 ? 1 : 0);
+    char *stop = nullptr;
+    errno = 0;
+    const unsigned long long v = std::strtoull(digits, &stop, 10);
+    if (*digits < '0' || *digits > '9' || *stop != '\0' || errno == ERANGE)
+      return Fail(MCFX_E_BAD_CONFIG,
+                  Format("provider option %s: \"%s\" is not a number",
+                         key.c_str(), value.c_str()));
+    out->push_back(ProviderOption{known->knob, uint64_t(v)});
+  }
+  return {};
+}
+
+Result ApplyProviderOptions(const std::vector<ProviderOption> &options) {
+  if (options.empty()) return {};
+  using SetKnobFn = decltype(&flagcxSwSetKnob);
+  auto set_knob = reinterpret_cast<SetKnobFn>(
+      dlsym(RTLD_DEFAULT, "flagcxSwSetKnob"));
+  if (set_knob == nullptr)
+    return Fail(MCFX_E_BAD_CONFIG, "provider_options: the loaded libflagcx is "
+                                   "not the software provider");
+  for (const ProviderOption &o : options) {
+    if (set_knob(o.knob, o.value) != 0)
+      return Fail(MCFX_E_BAD_CONFIG,
+                  Format("provider option %d rejected by the provider", o.knob));
+  }
+  return {};
+}
+
+// Checks the fields the Rust library checks (same statuses), then keeps what
+// the baseline uses. Queue, batching, slicing, connector and shutdown
+// settings belong to the Rust design; upstream had none of them.
+Result ConvertConfig(const mcfx_config &c, Options *o,
+                     std::vector<ProviderOption> *provider_options) {
+  if (c.on_complete == nullptr)
+    return Fail(MCFX_E_INVALID_ARGUMENT, "config.on_complete is NULL");
+  if (c.resolve == nullptr)
+    return Fail(MCFX_E_INVALID_ARGUMENT, "config.resolve is NULL");
+  if ((c.flags & ~uint32_t(MCFX_FLAG_NO_SERVE)) != 0)
+    return Fail(MCFX_E_BAD_CONFIG,
+                Format("unknown config flags %#x", unsigned(c.flags)));
+  if (c.provider_options != nullptr) {
+    Result r = ParseProviderOptions(c.provider_options, provider_options);
+    if (!r.ok()) return r;
+  }
+  if (c.queue_capacity > kMaxQueueCapacity)
+    return Fail(MCFX_E_BAD_CONFIG,
+                Format("queue_capacity %u is outside 1..=%u", c.queue_capacity,
+                       kMaxQueueCapacity));
+  if (c.max_slice_bytes > kMaxSliceBytes)
+    return Fail(MCFX_E_BAD_CONFIG,
+                Format("max_slice_bytes %llu is outside 1..=%llu (FlagCX "
+                       "descriptors carry a 32-bit size)",
+                       (unsigned long long)c.max_slice_bytes,
+                       (unsigned long long)kMaxSliceBytes));
+  if (c.connect_threads > kMaxConnectThreads)
+    return Fail(MCFX_E_BAD_CONFIG,
+                Format("connect_threads %u is outside 1..=%u",
+                       c.connect_threads, kMaxConnectThreads));
+  o->on_complete = c.on_complete;
+  o->complete_ctx = c.complete_ctx;
+  o->resolve = c.resolve;
+  o->resolve_ctx = c.resolve_ctx;
+  // upstream: a fixed 30 s deadline; op_timeout_ms overrides it when set.
+  o->op_timeout = std::chrono::milliseconds(
+      c.op_timeout_ms != 0 ? c.op_timeout_ms : 30000);
+  o->serve_peers = (c.flags & MCFX_FLAG_NO_SERVE) == 0;
+  return {};
+}
+
+Result InvalidIfNull(const void *p, const char *what) {
+  if (p == nullptr) return Fail(MCFX_E_INVALID_ARGUMENT, what);
+  return {};
+}
+
+#define MCFX_TRY(expr)                                                         \
+  do {                                                                         \
+    Result mcfx_try_result_ = (expr);                                          \
+    if (!mcfx_try_result_.ok()) return mcfx_try_result_;                      \
+  } while (0)
+
+// Prefixes a batch element's index to its error message.
+Result AtIndex(const char *what, size_t i, Result r) {
+  if (!r.ok()) r.message = Format("%s %zu: ", what, i) + r.message;
+  return r;
+}
+
+} // namespace
+
+// ---- exports ---------------------------------------------------------------------
+
+uint32_t mcfx_abi_version(void) { return MCFX_ABI_VERSION; }
+
+const char *mcfx_impl_name(void) { return "cpp"; }
+
+const char *mcfx_strerror(int32_t status) {
+  switch (status) {
+  case MCFX_OK: return "success";
+  case MCFX_E_INVALID_ARGUMENT: return "invalid argument";
+  case MCFX_E_BAD_CONFIG: return "invalid transport configuration";
+  case MCFX_E_NOT_REGISTERED: return "local memory is not registered";
+  case MCFX_E_OVERFLOW: return "address plus length overflows";
+  case MCFX_E_QUEUE_FULL: return "submission queue is full";
+  case MCFX_E_SHUTTING_DOWN: return "transport is shutting down";
+  case MCFX_E_BUSY: return "region has operations in flight";
+  case MCFX_E_ALREADY_REGISTERED: return "memory is already registered";
+  case MCFX_E_NOT_FOUND: return "no region is registered at this address";
+  case MCFX_E_BUFFER_TOO_SMALL: return "buffer too small";
+  case MCFX_E_FLAGCX: return "FlagCX call failed";
+  case MCFX_E_RESOLVE: return "peer could not be resolved";
+  case MCFX_E_CONNECT: return "could not connect to peer";
+  case MCFX_E_REMOTE_RANGE: return "remote range is not registered by the peer";
+  case MCFX_E_TRANSFER_FAILED: return "transfer failed";
+  case MCFX_E_TIMEOUT: return "operation timed out";
+  case MCFX_E_CANCELED: return "operation canceled";
+  case MCFX_E_PANIC: return "internal panic (bug)";
+  case MCFX_E_INTERNAL: return "internal error";
+  default: return "unknown status code";
+  }
+}
+
+size_t mcfx_last_error(char *buf, size_t cap) {
+  const std::string &message = t_last_error;
+  if (buf != nullptr && cap > 0) {
+    const size_t n = std::min(message.size(), cap - 1);
+    std::memcpy(buf, message.data(), n);
+    buf[n] = '\0';
+  }
+  return message.size();
+}
+
+void mcfx_config_init(struct mcfx_config *config, size_t size) {
+  // Writes no more than the caller's struct, as the Rust library does.
+  if (config == nullptr || size < 8) return;
+  mcfx_config init;
+  std::memset(&init, 0, sizeof init);
+  const size_t n = size < sizeof init ? size : sizeof init;
+  init.struct_size = static_cast<uint32_t>(n);
+  init.abi_version = MCFX_ABI_VERSION;
+  std::memcpy(config, &init, n);
+}
+
+mcfx_status mcfx_create(const struct mcfx_config *config,
+                        struct mcfx_transport **out) {
+  return Guard("mcfx_create", [&]() -> Result {
+    MCFX_TRY(InvalidIfNull(out, "NULL out pointer"));
+    *out = nullptr;
+    mcfx_config c;
+    MCFX_TRY(ReadConfig(config, &c));
+    Options options;
+    std::vector<ProviderOption> provider_options;
+    MCFX_TRY(ConvertConfig(c, &options, &provider_options));
+    MCFX_TRY(ApplyProviderOptions(provider_options));
+    auto handle = std::make_unique<mcfx_transport>();
+    MCFX_TRY(handle->impl.Init(options));
+    {
+      std::lock_guard<std::mutex> lk(g_live_mu);
+      Live().insert(handle.get());
+    }
+    *out = handle.release();
+    return {};
+  });
+}
+
+mcfx_status mcfx_destroy(struct mcfx_transport *transport) {
+  if (transport == nullptr) return MCFX_OK;
+  return Guard("mcfx_destroy", [&]() -> Result {
+    {
+      std::lock_guard<std::mutex> lk(g_live_mu);
+      if (Live().erase(transport) == 0)
+        return Fail(MCFX_E_INVALID_ARGUMENT,
+                    "not a live transport (destroyed twice?)");
+    }
+    delete transport; // ~Transport runs the upstream teardown
+    return {};
+  });
+}
+
+mcfx_status mcfx_local_endpoint(const struct mcfx_transport *transport,
+                                char *buf, size_t cap, size_t *len) {
+  return Guard("mcfx_local_endpoint", [&]() -> Result {
+    MCFX_TRY(InvalidIfNull(transport, "NULL transport"));
+    if (len == nullptr || (buf == nullptr && cap > 0))
+      return Fail(MCFX_E_INVALID_ARGUMENT, "NULL buffer or length pointer");
+    const std::string &ep = transport->impl.endpoint();
+    *len = ep.size();
+    if (ep.size() >= cap)
+      return Fail(MCFX_E_BUFFER_TOO_SMALL,
+                  Format("endpoint needs %zu bytes, buffer has %zu",
+                         ep.size() + 1, cap));
+    std::memcpy(buf, ep.c_str(), ep.size() + 1);
+    return {};
+  });
+}
+
+mcfx_status mcfx_register(struct mcfx_transport *transport, void *addr,
+                          size_t length) {
+  return Guard("mcfx_register", [&]() -> Result {
+    MCFX_TRY(InvalidIfNull(transport, "NULL transport"));
+    return transport->impl.Register(addr, length);
+  });
+}
+
+mcfx_status mcfx_unregister(struct mcfx_transport *transport, void *addr) {
+  return Guard("mcfx_unregister", [&]() -> Result {
+    MCFX_TRY(InvalidIfNull(transport, "NULL transport"));
+    return transport->impl.Unregister(addr);
+  });
+}
+
+mcfx_status mcfx_register_batch(struct mcfx_transport *transport,
+                                const struct mcfx_region *regions,
+                                size_t count) {
+  // upstream registerLocalMemoryBatch(): registerLocalMemory() per buffer.
+  return Guard("mcfx_register_batch", [&]() -> Result {
+    MCFX_TRY(InvalidIfNull(transport, "NULL transport"));
+    if (count > 0)
+      MCFX_TRY(InvalidIfNull(regions, "NULL array with a non-zero count"));
+    for (size_t i = 0; i < count; ++i)
+      MCFX_TRY(AtIndex("region", i,
+                       transport->impl.Register(regions[i].addr,
+                                                regions[i].length)));
+    return {};
+  });
+}
+
+mcfx_status mcfx_unregister_batch(struct mcfx_transport *transport,
+                                  void *const *addrs, size_t count) {
+  return Guard("mcfx_unregister_batch", [&]() -> Result {
+    MCFX_TRY(InvalidIfNull(transport, "NULL transport"));
+    if (count > 0)
+      MCFX_TRY(InvalidIfNull(addrs, "NULL array with a non-zero count"));
+    for (size_t i = 0; i < count; ++i)
+      MCFX_TRY(AtIndex("region", i, transport->impl.Unregister(addrs[i])));
+    return {};
+  });
+}
+
+mcfx_status mcfx_submit(struct mcfx_transport *transport,
+                        const struct mcfx_op *ops, size_t count,
+                        size_t *accepted) {
+  size_t n = 0;
+  const mcfx_status status = Guard("mcfx_submit", [&]() -> Result {
+    MCFX_TRY(InvalidIfNull(transport, "NULL transport"));
+    if (count > 0)
+      MCFX_TRY(InvalidIfNull(ops, "NULL array with a non-zero count"));
+    return transport->impl.Submit(ops, count, &n);
+  });
+  if (accepted != nullptr) *accepted = n;
+  return status;
+}
+
+mcfx_status mcfx_get_stats(const struct mcfx_transport *transport,
+                           struct mcfx_stats *out) {
+  return Guard("mcfx_get_stats", [&]() -> Result {
+    MCFX_TRY(InvalidIfNull(transport, "NULL transport"));
+    MCFX_TRY(InvalidIfNull(out, "NULL stats pointer"));
+    uint32_t size;
+    std::memcpy(&size, out, sizeof size); // struct_size is the first field
+    if (size < 8)
+      return Fail(MCFX_E_INVALID_ARGUMENT, "stats struct_size is not set");
+    mcfx_stats full;
+    transport->impl.Snapshot(&full);
+    const size_t n = std::min<size_t>(size, sizeof full);
+    full.struct_size = uint32_t(n);
+    std::memcpy(out, &full, n); // the caller asked for `size` bytes
+    return {};
+  });
+}
+
+namespace {
+const mcfx_api_v1 kApiV1 = {
+    MCFX_ABI_VERSION,
+    sizeof(mcfx_api_v1),
+    mcfx_impl_name,
+    mcfx_strerror,
+    mcfx_last_error,
+    mcfx_config_init,
+    mcfx_create,
+    mcfx_destroy,
+    mcfx_local_endpoint,
+    mcfx_register,
+    mcfx_unregister,
+    mcfx_register_batch,
+    mcfx_unregister_batch,
+    mcfx_submit,
+    mcfx_get_stats,
+};
+} // namespace
+
+const struct mcfx_api_v1 *mcfx_get_api_v1(void) { return &kApiV1; }
