@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the project: formatting, lints, the generated-header
 # check, the Rust suites (flagcx-sys and the transport) against the in-tree
-# software FlagCX provider, and the loom model of the wake protocol.
+# software FlagCX provider, the loom model of the wake protocol, a short soak,
+# and the C++ suites (C ABI, baseline, Mooncake adapter) with CTest, plain and
+# under AddressSanitizer + UBSan.
 #
 # Works on a fresh Debian 12 machine with Rust: missing system packages are
 # installed with apt-get (as root, or through sudo).
@@ -15,6 +17,8 @@ need_pkgs=()
 command -v g++ >/dev/null || need_pkgs+=(g++)
 command -v cc >/dev/null || need_pkgs+=(gcc)
 command -v git >/dev/null || need_pkgs+=(git)
+command -v cmake >/dev/null || need_pkgs+=(cmake)
+[ -f /usr/include/gtest/gtest.h ] || need_pkgs+=(libgtest-dev)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   sudo_cmd=""
@@ -46,5 +50,19 @@ cargo test --workspace --locked
 log "loom model of the wake protocol"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
   cargo test --release --locked --test loom_wake
+
+log "soak (short; scripts/soak.sh runs 1 000 000 ops by default)"
+SOAK_OPS=${SOAK_OPS:-20000} scripts/soak.sh
+
+jobs=$(nproc)
+log "C++ suites (CTest)"
+cmake -S . -B build/test -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build/test -j"$jobs"
+ctest --test-dir build/test --output-on-failure -j"$jobs"
+
+log "C++ suites under AddressSanitizer + UBSan"
+cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DMCFX_SANITIZE=ON >/dev/null
+cmake --build build/asan -j"$jobs"
+ctest --test-dir build/asan --output-on-failure -j"$jobs"
 
 log "all tests passed"
