@@ -1,9 +1,6 @@
 //! Operations: what a caller submits and what travels through the queue.
 
-use std::sync::Arc;
-use std::time::Instant;
-
-use crate::registry::Region;
+use crate::registry::RegionRef;
 
 /// Direction of a transfer, from the local side's point of view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -41,11 +38,12 @@ impl OpSource for OpRequest {
     }
 }
 
-/// An accepted op: the request, the region it holds and its deadline.
-/// Moved by value through the queue (no allocation per op).
+/// An accepted op: the request and the region it holds. Moved by value
+/// through the queue (no allocation per op). Its deadline is stamped when the
+/// progress thread takes it (that thread reads the clock once per pass
+/// anyway; the caller's submit stays free of clock reads).
 #[derive(Debug)]
 pub struct Op {
     pub req: OpRequest,
-    pub region: Arc<Region>,
-    pub deadline: Instant,
+    pub region: RegionRef,
 }

@@ -53,6 +53,10 @@ struct Slot {
     refreshed: bool,
     /// When it started waiting for a connection.
     waiting_since: Instant,
+    /// When it fails with MCFX_E_TIMEOUT: `op_timeout` after it first had to
+    /// wait (for a connection, or for FlagCX). Stamped lazily, so an op that
+    /// finishes in the pass that submitted it costs no clock read.
+    deadline: Option<Instant>,
 }
 
 /// One FlagCX vector call in flight.
@@ -79,7 +83,10 @@ pub struct Progress {
     results: Vec<ConnectResult>,
     waiting: usize,
     next_wait_scan: Instant,
-    now: Instant,
+    /// This pass's clock reading, taken on first use (see `now`).
+    clock: Option<Instant>,
+    /// Placeholder time for fields not yet stamped.
+    epoch: Instant,
 }
 
 impl Progress {
@@ -100,7 +107,8 @@ impl Progress {
             results: Vec::new(),
             waiting: 0,
             next_wait_scan: now,
-            now,
+            clock: None,
+            epoch: now,
             shared,
         }
     }
@@ -109,16 +117,24 @@ impl Progress {
     pub fn run(mut self) {
         self.shared.queue.wake().bind_current();
         let mut idle_since: Option<Instant> = None;
+        let mut idle_spins = 0u32;
         let mut nap = Duration::from_micros(20);
         while !self.shared.stop.load(SeqCst) {
             if self.pass() {
                 idle_since = None;
+                idle_spins = 0;
                 nap = Duration::from_micros(20);
                 continue;
             }
-            let since = *idle_since.get_or_insert(self.now);
-            if self.now.duration_since(since) < self.shared.config.spin_grace {
+            // Idle: look at the clock only every 64 spins, keeping the
+            // empty loop (and so the time to notice new work) short.
+            idle_spins = idle_spins.wrapping_add(1);
+            if idle_spins % 64 != 0 {
                 std::hint::spin_loop();
+                continue;
+            }
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < self.shared.config.spin_grace {
                 continue;
             }
             self.sleep(&mut nap);
@@ -126,16 +142,23 @@ impl Progress {
         self.shut_down();
     }
 
+    /// The time, read at most once per pass and only when something needs
+    /// it (a deadline, a wait): the common op, submitted and finished within
+    /// one pass, costs no clock read.
+    fn now(&mut self) -> Instant {
+        *self.clock.get_or_insert_with(Instant::now)
+    }
+
     /// One pass; true when anything moved.
     fn pass(&mut self) -> bool {
-        self.now = Instant::now();
+        self.clock = None;
         let mut moved = self.drain_queue();
         moved |= self.apply_connects();
         self.flush_groups();
         moved |= self.poll_inflight();
-        if self.waiting > 0 && self.now >= self.next_wait_scan {
+        if self.waiting > 0 && self.now() >= self.next_wait_scan {
             self.expire_waiting();
-            self.next_wait_scan = self.now + WAIT_SCAN_PERIOD;
+            self.next_wait_scan = self.now() + WAIT_SCAN_PERIOD;
         }
         if !self.zombies.is_empty() {
             self.poll_zombies();
@@ -178,7 +201,8 @@ impl Progress {
     }
 
     fn take_slot(&mut self, op: Op) -> u32 {
-        let slot = Slot { op: Some(op), refreshed: false, waiting_since: self.now };
+        let slot =
+            Slot { op: Some(op), refreshed: false, waiting_since: self.epoch, deadline: None };
         match self.free.pop() {
             Some(i) => {
                 self.slots[i as usize] = slot;
@@ -209,9 +233,18 @@ impl Progress {
             _ => {
                 peer.waiting.push(idx);
                 self.waiting += 1;
-                self.slots[idx as usize].waiting_since = self.now;
+                self.park_stamp(idx);
             }
         }
+    }
+
+    /// Stamps an op that starts waiting for a connection.
+    fn park_stamp(&mut self, idx: u32) {
+        let now = self.now();
+        let timeout = self.shared.config.op_timeout;
+        let slot = &mut self.slots[idx as usize];
+        slot.waiting_since = now;
+        slot.deadline.get_or_insert(now + timeout);
     }
 
     // ---- 2. connector results ----------------------------------------------
@@ -318,7 +351,7 @@ impl Progress {
         // FlagCX knows only the regions the peer had when we connected:
         // reconnect once to see newer ones, then retry.
         slot.refreshed = true;
-        slot.waiting_since = self.now;
+        self.park_stamp(idx);
         let peer = self.peers.entry(peer_id, &self.shared.connects);
         if !peer.connecting {
             peer.connecting = true;
@@ -339,7 +372,8 @@ impl Progress {
             Ok(id) => {
                 Stats::add(&self.shared.stats.flagcx_transfers, 1);
                 let mut t = self.spare.pop().unwrap_or_default();
-                let deadline = members.iter().map(|&m| self.op(m).deadline).min();
+                let deadline =
+                    members.iter().filter_map(|&m| self.slots[m as usize].deadline).min();
                 t.conn = Some(Arc::clone(conn));
                 t.id = Some(id);
                 t.deadline = deadline;
@@ -364,18 +398,21 @@ impl Progress {
         let mut i = 0;
         while i < self.inflight.len() {
             let t = &mut self.inflight[i];
-            let conn = t.conn.as_ref().expect("in-flight transfer has a conn");
             let id = t.id.take().expect("in-flight transfer has an id");
-            let status = match conn.poll(id) {
-                Poll::Pending(id) if t.deadline.is_some_and(|d| self.now >= d) => {
-                    let conn = Arc::clone(conn);
+            let poll = t.conn.as_ref().expect("in-flight transfer has a conn").poll(id);
+            let status = match poll {
+                Poll::Pending(id) => {
+                    let now = self.now();
+                    let timeout = self.shared.config.op_timeout;
+                    let t = &mut self.inflight[i];
+                    if now < *t.deadline.get_or_insert(now + timeout) {
+                        t.id = Some(id);
+                        i += 1;
+                        continue;
+                    }
+                    let conn = Arc::clone(t.conn.as_ref().expect("in-flight transfer has a conn"));
                     self.bury(conn, id);
                     Status::MCFX_E_TIMEOUT
-                }
-                Poll::Pending(id) => {
-                    t.id = Some(id);
-                    i += 1;
-                    continue;
                 }
                 Poll::Done => Status::MCFX_OK,
                 Poll::Failed => Status::MCFX_E_TRANSFER_FAILED,
@@ -442,14 +479,14 @@ impl Progress {
 
     fn expire_waiting(&mut self) {
         let connect_timeout = self.shared.config.connect_timeout;
-        let now = self.now;
+        let now = self.now();
         let mut expired = std::mem::take(&mut self.scratch);
         for peer in self.peers.peers.values_mut() {
             let slots = &self.slots;
             peer.waiting.retain(|&idx| {
                 let s = &slots[idx as usize];
-                let op = s.op.as_ref().expect("live slot");
-                let late = now >= op.deadline || now >= s.waiting_since + connect_timeout;
+                let late = s.deadline.is_some_and(|d| now >= d)
+                    || now >= s.waiting_since + connect_timeout;
                 if late {
                     expired.push(idx);
                 }
@@ -458,11 +495,8 @@ impl Progress {
         }
         self.waiting -= expired.len();
         for &idx in &expired {
-            let (peer, deadline) = {
-                let op = self.op(idx);
-                (op.req.peer, op.deadline)
-            };
-            if now >= deadline {
+            let (peer, deadline) = (self.op(idx).req.peer, self.slots[idx as usize].deadline);
+            if deadline.is_some_and(|d| now >= d) {
                 self.complete(
                     idx,
                     Status::MCFX_E_TIMEOUT,
@@ -486,7 +520,7 @@ impl Progress {
     fn complete(&mut self, idx: u32, status: Status, msg: Option<&str>) {
         let op = self.slots[idx as usize].op.take().expect("op completed twice");
         self.free.push(idx);
-        op.region.release(1);
+        self.shared.registry.release(op.region);
         let stats = &self.shared.stats;
         match status {
             Status::MCFX_OK => {
@@ -507,7 +541,6 @@ impl Progress {
         }
         let on_complete = &self.shared.on_complete;
         let user_data = op.req.user_data;
-        drop(op);
         if catch_unwind(AssertUnwindSafe(|| on_complete(user_data, status))).is_err() {
             Stats::add(&stats.callback_panics, 1);
             tracing::error!(user_data, "completion callback panicked; continuing");
@@ -519,7 +552,7 @@ impl Progress {
     /// Completes everything: queued and waiting ops never ran (CANCELED);
     /// in-flight ones get until `shutdown_timeout` to finish.
     fn shut_down(&mut self) {
-        self.now = Instant::now();
+        self.clock = None;
         // The queue is closed: this drains it for good.
         while let Some(op) = self.shared.queue.pop() {
             let idx = self.take_slot(op);
@@ -536,9 +569,9 @@ impl Progress {
             }
         }
         self.waiting = 0;
-        let until = self.now + self.shared.config.shutdown_timeout;
+        let until = self.now() + self.shared.config.shutdown_timeout;
         while !self.inflight.is_empty() && Instant::now() < until {
-            self.now = Instant::now();
+            self.clock = None;
             if !self.poll_inflight() {
                 std::thread::yield_now();
             }
