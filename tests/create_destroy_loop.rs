@@ -1,0 +1,31 @@
+//! Create/destroy in a loop leaves no thread behind. Alone in its binary:
+//! it counts the process's threads, and libtest starts threads for the other
+//! tests of a binary while they wait for the serial lock.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn create_and_destroy_in_a_loop_leaves_nothing_behind() {
+    let _g = serial();
+    let threads_before = thread_count();
+    for i in 0..50 {
+        let p = Pair::new(64);
+        p.a.submit_ok(&[p.write(64, i)]);
+        assert_eq!(p.a.done.wait_one(i, LIMIT), OK);
+    }
+    // Every transport thread (progress, connectors, FlagCX accept) is gone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while thread_count() > threads_before && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(thread_count(), threads_before);
+    assert_no_violations();
+}
+
+fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
