@@ -28,7 +28,7 @@ use flagcx_sys::{Engine, MrId};
 const CHUNK: usize = 256;
 const CHUNKS: usize = 256;
 /// Regions one transport can have registered at once.
-pub const MAX_REGIONS: usize = CHUNK * CHUNKS;
+pub(crate) const MAX_REGIONS: usize = CHUNK * CHUNKS;
 
 /// 128-byte alignment: one writer per line pair (adjacent-line prefetch).
 #[repr(align(128))]

@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use flagcx_sys::sw;
@@ -112,4 +112,78 @@ fn destroy_of_null_is_a_no_op_and_a_second_destroy_is_an_error() {
     // no transport was created since).
     assert_eq!(unsafe { mcfx_destroy(t) }, MCFX_E_INVALID_ARGUMENT);
     assert!(last_error().contains("destroyed"), "{}", last_error());
+}
+
+#[test]
+fn destroy_while_four_threads_submit_with_ten_thousand_ops_in_flight() {
+    let _g = serial();
+    let done = Arc::new(Completions::default());
+    let dir = Arc::new(Directory::default());
+    let b = Node::new();
+    dir.insert(1, &b.endpoint);
+    let (d, r) = (Arc::clone(&done), Arc::clone(&dir));
+    let config = Config { queue_capacity: 1 << 16, ..Config::default() };
+    let t = Transport::create(
+        config,
+        Box::new(move |ud, st| d.record_status(ud, st)),
+        Box::new(move |peer| r.lookup(peer).ok_or_else(|| "unknown".into())),
+    )
+    .unwrap();
+    let src = AlignedBuf::new(4096);
+    let dst = AlignedBuf::new(4096);
+    // SAFETY: both buffers outlive the transports.
+    unsafe { t.register(src.addr(), 4096) }.unwrap();
+    b.register(&dst);
+    // Slow transfers: ops pile up in FlagCX, the peer list and the queue.
+    assert!(flagcx_sys::sw::set_knob(flagcx_sys::sw::Knob::LatencyNs, 50_000_000));
+    let accepted = AtomicUsize::new(0);
+    let refused = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for th in 0..4u64 {
+            let (t, accepted, refused) = (&t, &accepted, &refused);
+            let (sa, da) = (src.addr(), dst.addr() as u64);
+            s.spawn(move || {
+                let mut batch = Vec::with_capacity(64);
+                for i in 0..100_000u64 {
+                    batch.clear();
+                    for k in 0..64 {
+                        batch.push(OpRequest {
+                            opcode: Opcode::Write,
+                            local: sa,
+                            len: 64,
+                            peer: 1,
+                            remote: da,
+                            user_data: th << 40 | i << 6 | k,
+                        });
+                    }
+                    let mut n = 0;
+                    let r = t.submit(&batch, &mut n);
+                    accepted.fetch_add(n, SeqCst);
+                    match r {
+                        Ok(()) => {}
+                        Err(e) if e.status == MCFX_E_QUEUE_FULL => std::thread::yield_now(),
+                        Err(e) if e.status == MCFX_E_SHUTTING_DOWN => {
+                            refused.fetch_add(1, SeqCst);
+                            return;
+                        }
+                        Err(e) => panic!("submit: {e}"),
+                    }
+                }
+            });
+        }
+        let until = Instant::now() + Duration::from_secs(20);
+        while t.stats().in_flight() < 10_000 {
+            assert!(Instant::now() < until, "never reached 10 000 ops in flight");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let in_flight = t.stats().in_flight();
+        t.shutdown();
+        let after = done.count();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(done.count(), after, "a callback ran after shutdown returned");
+        assert!(in_flight >= 10_000, "{in_flight}");
+    });
+    assert_eq!(refused.load(SeqCst), 4, "every submitter was refused after shutdown");
+    done.exactly_once();
+    assert_eq!(done.count(), accepted.load(SeqCst), "one completion per accepted op");
 }
