@@ -18,6 +18,7 @@ command -v g++ >/dev/null || need_pkgs+=(g++)
 command -v cc >/dev/null || need_pkgs+=(gcc)
 command -v git >/dev/null || need_pkgs+=(git)
 command -v cmake >/dev/null || need_pkgs+=(cmake)
+command -v valgrind >/dev/null || need_pkgs+=(valgrind)
 [ -f /usr/include/gtest/gtest.h ] || need_pkgs+=(libgtest-dev)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
@@ -50,6 +51,9 @@ cargo test --workspace --locked
 log "loom model of the wake protocol"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
   cargo test --release --locked --test loom_wake
+
+log "leak check: 1000 create/destroy rounds under valgrind"
+scripts/leak_check.sh
 
 log "soak (short; scripts/soak.sh runs 1 000 000 ops by default)"
 SOAK_OPS=${SOAK_OPS:-20000} scripts/soak.sh
