@@ -58,6 +58,22 @@ scripts/leak_check.sh
 log "soak (short; scripts/soak.sh runs 1 000 000 ops by default)"
 SOAK_OPS=${SOAK_OPS:-20000} scripts/soak.sh
 
+log "fuzz: register/unregister/submit through the C ABI (${FUZZ_SECONDS:-30} s)"
+# cargo fuzz needs nightly compiler features; this machine has only stable
+# Rust, so RUSTC_BOOTSTRAP=1 enables them for the fuzz build alone.
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked -q ||
+  echo "cargo-fuzz could not be installed: fuzz run skipped"
+if command -v cargo-fuzz >/dev/null; then
+  mkdir -p target
+  if ! (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none c_abi -- \
+    -max_total_time="${FUZZ_SECONDS:-30}" -rss_limit_mb=4096 >../target/fuzz.log 2>&1); then
+    tail -n 80 target/fuzz.log
+    echo "fuzz: the c_abi target failed (reproducer in fuzz/artifacts/c_abi/)" >&2
+    exit 1
+  fi
+  grep -E "^Done [0-9]+ runs" target/fuzz.log
+fi
+
 jobs=$(nproc)
 log "C++ suites (CTest)"
 cmake -S . -B build/test -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
