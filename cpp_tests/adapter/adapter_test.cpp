@@ -243,6 +243,40 @@ TEST_F(AdapterEndToEnd, WriteThenReadMovesTheBytes) {
     EXPECT_TRUE(a_->freeBatchID(rb).ok());
 }
 
+TEST_F(AdapterEndToEnd, ThrowingCompletionsDoNotStopOtherCompletions) {
+    start();
+    constexpr size_t kTasks = 16, kChunk = 4096;
+    Buffer src(kTasks * kChunk, 1), dst(kTasks * kChunk, 3);
+    registerOn(*a_, src);
+    registerOn(*b_, dst);
+    // The first three completions throw inside Slice::markSuccess, on the
+    // plugin's progress thread; the adapter's noexcept trampoline must
+    // swallow them and the thread must go on completing the rest.
+    mooncake::testing::throwOnNextMarkSuccess(3);
+    std::vector<Request> writes;
+    for (size_t i = 0; i < kTasks; ++i)
+        writes.push_back(makeRequest(Request::WRITE, src.data() + i * kChunk,
+                                     seg_b_, dst.addr(i * kChunk), kChunk));
+    BatchID id = submitTasks(*a_, writes);
+    const auto deadline = std::chrono::steady_clock::now() + kWaitLimit;
+    size_t completed = 0;
+    while (std::chrono::steady_clock::now() < deadline) {
+        completed = 0;
+        for (size_t i = 0; i < kTasks; ++i)
+            completed += statusOf(*a_, id, i).s == StatusEnum::COMPLETED;
+        if (completed == kTasks - 3) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    // The three whose completion threw stay unreported (Mooncake's slice
+    // timeout reports them); every other one completed.
+    EXPECT_EQ(completed, kTasks - 3);
+    // The progress thread is alive: a new batch completes normally.
+    std::vector<Request> again = {makeRequest(
+        Request::WRITE, src.data(), seg_b_, dst.addr(0), kChunk)};
+    for (const auto &s : waitAll(*a_, submitTasks(*a_, again)))
+        EXPECT_EQ(s.s, StatusEnum::COMPLETED);
+}
+
 TEST_F(AdapterEndToEnd, SubmitTransferAppendsTasksToTheBatch) {
     start();
     Buffer src(8192, 1), dst(8192, 2);

@@ -3,7 +3,22 @@
 
 #include "error.h"
 
+#include <atomic>
+
 namespace mooncake {
+
+namespace testing {
+namespace {
+std::atomic<int> g_mark_success_throws{0};
+}
+void throwOnNextMarkSuccess(int n) { g_mark_success_throws.store(n); }
+bool takeMarkSuccessThrow() {
+    int n = g_mark_success_throws.load();
+    while (n > 0 && !g_mark_success_throws.compare_exchange_weak(n, n - 1)) {
+    }
+    return n > 0;
+}
+}  // namespace testing
 
 Transport::ThreadLocalSliceCache &Transport::getSliceCache() {
     thread_local ThreadLocalSliceCache cache;

@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,14 @@
 #include "transfer_metadata.h"
 
 namespace mooncake {
+
+namespace testing {
+// Test hook of the minimal declarations only (real Mooncake has no such
+// thing): the next `n` Slice::markSuccess calls throw std::runtime_error
+// before touching any counter.
+void throwOnNextMarkSuccess(int n);
+bool takeMarkSuccessThrow();
+}  // namespace testing
 
 class TransferMetadata;
 
@@ -97,6 +106,8 @@ class Transport {
 
         // Adds the slice's bytes and a success to its task's counters.
         void markSuccess() {
+            if (testing::takeMarkSuccessThrow())
+                throw std::runtime_error("test hook: markSuccess throws");
             status = Slice::SUCCESS;
             __atomic_fetch_add(&task->transferred_bytes, length,
                                __ATOMIC_RELAXED);
