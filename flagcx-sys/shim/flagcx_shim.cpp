@@ -84,6 +84,23 @@ XferResultFn xfer_result_fn() {
   return fn;
 }
 
+// Checks, fills the thread's scratch vectors and runs one FlagCX vector
+// call (`call` passes the named vectors, so it compiles against every
+// FlagCX signature variant).
+template <typename Call>
+fxs_status vector_call(void *conn, const fxs_iov *iovs, int n, uint64_t *id_out,
+                       Call call) {
+  if (!iovs_ok(conn, iovs, n) || id_out == nullptr) return FXS_INVALID;
+  return guarded([&] {
+    IovScratch &s = scratch();
+    s.fill(iovs, n);
+    uint64_t id = 0;
+    if (call(as_conn(conn), s, n, &id) != 0) return FXS_FLAGCX;
+    *id_out = id;
+    return FXS_OK;
+  });
+}
+
 } // namespace
 
 extern "C" {
@@ -225,31 +242,19 @@ fxs_status fxs_make_desc(void *conn, uint64_t remote_addr, uint32_t len,
 
 fxs_status fxs_write_vector(void *conn, const fxs_iov *iovs, int n,
                             uint64_t *id_out) {
-  if (!iovs_ok(conn, iovs, n) || id_out == nullptr) return FXS_INVALID;
-  return guarded([&] {
-    IovScratch &s = scratch();
-    s.fill(iovs, n);
-    uint64_t id = 0;
-    if (flagcxP2pEngineWriteVector(as_conn(conn), s.mrs, s.locals, s.sizes,
-                                   s.descs, n, &id) != 0)
-      return FXS_FLAGCX;
-    *id_out = id;
-    return FXS_OK;
+  return vector_call(conn, iovs, n, id_out, [](FlagcxP2pConn *c, IovScratch &s,
+                                               int count, uint64_t *id) {
+    return flagcxP2pEngineWriteVector(c, s.mrs, s.locals, s.sizes, s.descs,
+                                      count, id);
   });
 }
 
 fxs_status fxs_read_vector(void *conn, const fxs_iov *iovs, int n,
                            uint64_t *id_out) {
-  if (!iovs_ok(conn, iovs, n) || id_out == nullptr) return FXS_INVALID;
-  return guarded([&] {
-    IovScratch &s = scratch();
-    s.fill(iovs, n);
-    uint64_t id = 0;
-    if (flagcxP2pEngineReadVector(as_conn(conn), s.mrs, s.locals, s.sizes,
-                                  s.descs, n, &id) != 0)
-      return FXS_FLAGCX;
-    *id_out = id;
-    return FXS_OK;
+  return vector_call(conn, iovs, n, id_out, [](FlagcxP2pConn *c, IovScratch &s,
+                                               int count, uint64_t *id) {
+    return flagcxP2pEngineReadVector(c, s.mrs, s.locals, s.sizes, s.descs,
+                                     count, id);
   });
 }
 
