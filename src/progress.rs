@@ -383,7 +383,7 @@ impl Progress {
         let mut members = std::mem::take(&mut self.members);
         match result {
             Ok(id) => {
-                Stats::add(&self.shared.stats.flagcx_transfers, 1);
+                Stats::bump(&self.shared.stats.flagcx_transfers, 1);
                 let mut t = self.spare.pop().unwrap_or_default();
                 let deadline =
                     members.iter().filter_map(|&m| self.slots[m as usize].deadline).min();
@@ -533,29 +533,27 @@ impl Progress {
     fn complete(&mut self, idx: u32, status: Status, msg: Option<&str>) {
         let op = self.slots[idx as usize].op.take().expect("op completed twice");
         self.free.push(idx);
+        // Released before the callback, so the callback may unregister.
         self.shared.registry.release(op.region);
+        let (user_data, len) = (op.req.user_data, op.req.len);
+        if let Some(msg) = msg {
+            tracing::warn!(peer = op.req.peer, user_data, status = ?status, "op failed: {msg}");
+        }
+        let on_complete = &self.shared.on_complete;
+        let panicked = catch_unwind(AssertUnwindSafe(|| on_complete(user_data, status))).is_err();
+        // Counted after the callback: it is what the caller waits for.
         let stats = &self.shared.stats;
         match status {
             Status::MCFX_OK => {
-                Stats::add(&stats.completed, 1);
-                Stats::add(&stats.bytes, op.req.len);
+                Stats::bump(&stats.completed, 1);
+                Stats::bump(&stats.bytes, len);
             }
-            Status::MCFX_E_TIMEOUT => Stats::add(&stats.timed_out, 1),
-            Status::MCFX_E_CANCELED => Stats::add(&stats.canceled, 1),
-            _ => Stats::add(&stats.failed, 1),
+            Status::MCFX_E_TIMEOUT => Stats::bump(&stats.timed_out, 1),
+            Status::MCFX_E_CANCELED => Stats::bump(&stats.canceled, 1),
+            _ => Stats::bump(&stats.failed, 1),
         }
-        if let Some(msg) = msg {
-            tracing::warn!(
-                peer = op.req.peer,
-                user_data = op.req.user_data,
-                status = ?status,
-                "op failed: {msg}"
-            );
-        }
-        let on_complete = &self.shared.on_complete;
-        let user_data = op.req.user_data;
-        if catch_unwind(AssertUnwindSafe(|| on_complete(user_data, status))).is_err() {
-            Stats::add(&stats.callback_panics, 1);
+        if panicked {
+            Stats::bump(&stats.callback_panics, 1);
             tracing::error!(user_data, "completion callback panicked; continuing");
         }
     }

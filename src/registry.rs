@@ -7,16 +7,19 @@
 //! - regions never overlap;
 //! - each region owns a counter slot (`Counters`) for the transport's whole
 //!   life; an op holds its region's slot index ([`RegionRef`]), not a
-//!   reference count. Submitters bump `acquired`, the progress thread bumps
-//!   `released`; they sit on separate cache lines, so a steady stream of ops
-//!   never bounces a line between the two sides. In flight = acquired -
-//!   released (both monotonic, never reset, also across slot reuse);
+//!   reference count. Submitters bump `acquired` (and take it back for an op
+//!   they could not queue), the progress thread alone bumps `released`; they
+//!   sit on separate cache lines, so a steady stream of ops never bounces a
+//!   line between the two sides. In flight = acquired - released (never
+//!   reset, also across slot reuse);
 //! - a region is removed only while no op holds it: submit bumps `acquired`
 //!   and then checks `closing`; unregister sets `closing` and then reads
 //!   `released` before `acquired` (all SeqCst), so either the submit sees
 //!   `closing` and backs out, or unregister counts the op and refuses.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::Release, Ordering::SeqCst,
+};
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
@@ -227,15 +230,24 @@ impl Registry {
         let counters = self.counters(region.slot);
         counters.acquired.0.fetch_add(1, SeqCst);
         if counters.closing.load(SeqCst) || counters.owner.load(SeqCst) != region.mr.0 {
-            self.release(RegionRef { slot: region.slot, mr: region.mr });
+            self.unacquire(RegionRef { slot: region.slot, mr: region.mr });
             return Err(not_registered(addr, len));
         }
         Ok(RegionRef { slot: region.slot, mr: region.mr })
     }
 
-    /// Gives back an op's hold (the progress thread, once the op completed).
+    /// Gives back the hold of a completed op. Progress thread only: it is
+    /// the one writer of `released`, so a plain store does (no locked
+    /// instruction on the completion path). Release ordering suffices: a
+    /// reader that sees an older value only overestimates what is in flight.
     pub fn release(&self, r: RegionRef) {
-        self.counters(r.slot).released.0.fetch_add(1, SeqCst);
+        let released = &self.counters(r.slot).released.0;
+        released.store(released.load(Relaxed).wrapping_add(1), Release);
+    }
+
+    /// Takes back a hold whose op was never queued (caller threads).
+    pub fn unacquire(&self, r: RegionRef) {
+        self.counters(r.slot).acquired.0.fetch_sub(1, SeqCst);
     }
 
     /// Ops holding the region that starts at `addr` (None: not registered).

@@ -92,8 +92,15 @@ pub struct Snapshot {
 }
 
 impl Stats {
+    /// For counters several threads write.
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
+    }
+
+    /// For counters only the progress thread writes: a plain load and store
+    /// (no locked instruction on the completion path).
+    pub fn bump(counter: &AtomicU64, n: u64) {
+        counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
     }
 
     pub fn snapshot(&self) -> Snapshot {

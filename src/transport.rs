@@ -163,7 +163,7 @@ impl Transport {
                 }
             };
             if let Err(op) = self.shared.queue.push(&admission, Op { req: r, region }, wait) {
-                self.shared.registry.release(op.region);
+                self.shared.registry.unacquire(op.region);
                 Stats::add(&self.shared.stats.queue_full, 1);
                 result = fail(
                     Status::MCFX_E_QUEUE_FULL,
