@@ -18,6 +18,7 @@ command -v g++ >/dev/null || need_pkgs+=(g++)
 command -v cc >/dev/null || need_pkgs+=(gcc)
 command -v git >/dev/null || need_pkgs+=(git)
 command -v cmake >/dev/null || need_pkgs+=(cmake)
+command -v make >/dev/null || need_pkgs+=(make)
 command -v valgrind >/dev/null || need_pkgs+=(valgrind)
 [ -f /usr/include/gtest/gtest.h ] || need_pkgs+=(libgtest-dev)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
