@@ -15,6 +15,40 @@ use mooncake_flagcx::{Config, OpRequest, Opcode, Transport};
 
 use mcfx_status::*;
 
+/// A transport driven through the Rust API (a C handle must not be touched
+/// once mcfx_destroy returned, so only the Rust API can race shutdown), with
+/// peer 1 = `b` and a 4 KiB buffer registered on each side. Fields drop in
+/// order: transports before the buffers they registered.
+struct RustSide {
+    t: Transport,
+    _b: Node,
+    done: Arc<Completions>,
+    src: AlignedBuf,
+    dst: AlignedBuf,
+}
+
+impl RustSide {
+    fn new(config: Config) -> RustSide {
+        let done = Arc::new(Completions::default());
+        let dir = Arc::new(Directory::default());
+        let b = Node::new();
+        dir.insert(1, &b.endpoint);
+        let d = Arc::clone(&done);
+        let t = Transport::create(
+            config,
+            Box::new(move |ud, st| d.record_status(ud, st)),
+            Box::new(move |peer| dir.lookup(peer).ok_or_else(|| "unknown".into())),
+        )
+        .unwrap();
+        let src = AlignedBuf::new(4096);
+        let dst = AlignedBuf::new(4096);
+        // SAFETY: both buffers outlive the transports (field order).
+        unsafe { t.register(src.addr(), 4096) }.unwrap();
+        b.register(&dst);
+        RustSide { t, _b: b, done, src, dst }
+    }
+}
+
 #[test]
 fn destroy_with_ops_in_flight_completes_each_exactly_once() {
     let _g = serial();
@@ -39,24 +73,7 @@ fn destroy_with_ops_in_flight_completes_each_exactly_once() {
 #[test]
 fn submits_racing_shutdown_are_either_completed_once_or_refused() {
     let _g = serial();
-    // The Rust API, because a C handle must not be touched once mcfx_destroy
-    // returned, so C callers cannot race it safely beyond the call itself.
-    let done = Arc::new(Completions::default());
-    let dir = Arc::new(Directory::default());
-    let b = Node::new();
-    dir.insert(1, &b.endpoint);
-    let (d, r) = (Arc::clone(&done), Arc::clone(&dir));
-    let t = Transport::create(
-        Config::default(),
-        Box::new(move |ud, st| d.record_status(ud, st)),
-        Box::new(move |peer| r.lookup(peer).ok_or_else(|| "unknown".into())),
-    )
-    .unwrap();
-    let src = AlignedBuf::new(4096);
-    let dst = AlignedBuf::new(4096);
-    // SAFETY: both buffers outlive the transports.
-    unsafe { t.register(src.addr(), 4096) }.unwrap();
-    b.register(&dst);
+    let RustSide { t, done, src, dst, .. } = &RustSide::new(Config::default());
     let accepted = AtomicUsize::new(0);
     let refused = AtomicUsize::new(0);
     std::thread::scope(|s| {
@@ -117,23 +134,8 @@ fn destroy_of_null_is_a_no_op_and_a_second_destroy_is_an_error() {
 #[test]
 fn destroy_while_four_threads_submit_with_ten_thousand_ops_in_flight() {
     let _g = serial();
-    let done = Arc::new(Completions::default());
-    let dir = Arc::new(Directory::default());
-    let b = Node::new();
-    dir.insert(1, &b.endpoint);
-    let (d, r) = (Arc::clone(&done), Arc::clone(&dir));
-    let config = Config { queue_capacity: 1 << 16, ..Config::default() };
-    let t = Transport::create(
-        config,
-        Box::new(move |ud, st| d.record_status(ud, st)),
-        Box::new(move |peer| r.lookup(peer).ok_or_else(|| "unknown".into())),
-    )
-    .unwrap();
-    let src = AlignedBuf::new(4096);
-    let dst = AlignedBuf::new(4096);
-    // SAFETY: both buffers outlive the transports.
-    unsafe { t.register(src.addr(), 4096) }.unwrap();
-    b.register(&dst);
+    let RustSide { t, done, src, dst, .. } =
+        &RustSide::new(Config { queue_capacity: 1 << 16, ..Config::default() });
     // Slow transfers: ops pile up in FlagCX, the peer list and the queue.
     assert!(flagcx_sys::sw::set_knob(flagcx_sys::sw::Knob::LatencyNs, 50_000_000));
     let accepted = AtomicUsize::new(0);
