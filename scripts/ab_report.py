@@ -2,8 +2,9 @@
 """Aggregates the A/B benchmark's JSON lines into a table, report.json and a plot.
 
 Per (scenario, implementation) every metric is the median over rounds. Ratios
-are Rust / C++ from the same run; their spread is the min..max of the per-round
-ratios (round k's rust against round k's cpp).
+are from the same run; their spread is the min..max of the per-round ratios
+(round k's rust against round k's cpp or raw). The machine's cross-core round
+trip is the median over every benchmark process of the run.
 """
 import argparse
 import json
@@ -14,9 +15,15 @@ import sys
 from collections import defaultdict
 
 IMPLS = ["cpp", "rust", "raw"]
-SCENARIOS = ["single_64b", "single_4k", "single_64k", "single_1m", "single_4k_wire2us",
-             "batch64_4k", "threads4_4k", "peers4_4k", "xproc_4k", "bw_256m", "idle_cpu"]
-METRICS = ["p50_ns", "p99_ns", "p999_ns", "ops_per_s", "bytes_per_s", "cpu_pct"]
+COPY_SCENARIOS = ["single_64b", "single_4k", "single_64k", "single_1m", "single_4k_wire2us",
+                  "batch64_4k", "threads4_4k", "peers4_4k", "xproc_4k", "bw_256m"]
+NIC_SCENARIOS = ["nic_single_4k", "nic_batch64_4k", "nic_batch64_64k", "nic_window4x64_4k",
+                 "nic_peers16_4k", "nic_threads4_4k"]
+SCENARIOS = COPY_SCENARIOS + NIC_SCENARIOS + ["idle_cpu"]
+METRICS = ["p50_ns", "p99_ns", "p999_ns", "ops_per_s", "bytes_per_s", "cpu_pct",
+           "link_utilization", "cpu_ns_per_op", "nic_gbps"]
+# Copy-bound scenarios: the copy, not the transport, sets their latency.
+COPY_BOUND = ("single_1m", "bw_256m")
 
 
 def load(path):
@@ -31,15 +38,21 @@ def load(path):
 
 
 def median(rows, metric):
-    vals = [r[metric] for r in rows if metric in r]
+    vals = [r[metric] for r in rows if r.get(metric) is not None]
     return statistics.median(vals) if vals else None
 
 
 def per_round_ratio(rows, scen, metric, num="rust", den="cpp"):
     a = {r["round"]: r.get(metric) for r in rows.get((scen, num), [])}
     b = {r["round"]: r.get(metric) for r in rows.get((scen, den), [])}
-    ratios = [a[k] / b[k] for k in a if k in b and a[k] and b[k]]
-    return ratios
+    return [a[k] / b[k] for k in a if k in b and a[k] and b[k]]
+
+
+def summary(ratios):
+    """{median, min, max} of per-round ratios, or None."""
+    if not ratios:
+        return None
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
 
 
 def fmt_ns(ns):
@@ -54,11 +67,20 @@ def fmt_rate(x):
     return f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.1f}k" if x >= 1e3 else f"{x:.1f}"
 
 
-def ratio_text(rows, scen, metric):
-    rs = per_round_ratio(rows, scen, metric)
-    if not rs:
+def fmt_ratio(s):
+    if s is None:
         return "-"
-    return f"{statistics.median(rs):.2f}x [{min(rs):.2f}..{max(rs):.2f}]"
+    return f"{s['median']:.2f}x [{s['min']:.2f}..{s['max']:.2f}]"
+
+
+def thread_names(rows):
+    """Kinds of threads counted in cpu_ns_per_op, over every row."""
+    names = set()
+    for rs in rows:
+        for r in rs:
+            for t in r.get("cpu_threads") or []:
+                names.add(t["name"])
+    return sorted(names)
 
 
 def main():
@@ -71,12 +93,18 @@ def main():
     if not rows:
         sys.exit("ab_report: no results in " + args.runs)
     scenarios = [s for s in SCENARIOS if any((s, i) in rows for i in IMPLS)]
+    rt_vals = [r["round_trip_ns"] for i in IMPLS for r in rows.get(("round_trip", i), [])
+               if r.get("round_trip_ns")]
+    round_trip = statistics.median(rt_vals) if rt_vals else None
 
+    # ---- the table: medians over rounds ----------------------------------------
     results = []
+    n_rounds = max(len(v) for k, v in rows.items() if k[0] != "round_trip")
     print()
-    print(f"A/B benchmark, commit {args.commit}: medians over "
-          f"{max(len(v) for v in rows.values())} rounds (software FlagCX provider)")
-    hdr = f"{'scenario':<18} {'impl':<5} {'p50':>9} {'p99':>9} {'p99.9':>9} {'ops/s':>9} {'GB/s':>7}"
+    print(f"A/B benchmark, commit {args.commit}: medians over {n_rounds} rounds "
+          f"(software FlagCX provider; nic_*: modeled NIC, 200 Gb/s, 2 us)")
+    hdr = (f"{'scenario':<18} {'impl':<5} {'p50':>9} {'p99':>9} {'p99.9':>9} {'ops/s':>9} "
+           f"{'GB/s':>7} {'cpu/op':>8} {'link':>6}")
     print(hdr)
     print("-" * len(hdr))
     for s in scenarios:
@@ -85,45 +113,113 @@ def main():
             if not rs:
                 continue
             m = {k: median(rs, k) for k in METRICS}
-            results.append({"scenario": s, "impl": i, "rounds": len(rs),
-                            **{k: v for k, v in m.items() if v is not None}})
+            res = {"scenario": s, "impl": i, "rounds": len(rs),
+                   **{k: v for k, v in m.items() if v is not None}}
+            if s != "idle_cpu":
+                # Present in every result; null where they do not apply (copy
+                # mode for the link, raw for the transport threads' CPU).
+                res["link_utilization"] = m["link_utilization"]
+                res["cpu_ns_per_op"] = m["cpu_ns_per_op"]
+            results.append(res)
             if s == "idle_cpu":
                 print(f"{s:<18} {i:<5} {'cpu ' + format(m['cpu_pct'], '.2f') + '% of a core':>39}")
                 continue
             gbs = f"{m['bytes_per_s'] / 1e9:.2f}" if m["bytes_per_s"] else "-"
+            cpu = fmt_ns(m["cpu_ns_per_op"])
+            link = f"{100 * m['link_utilization']:.1f}%" if m["link_utilization"] is not None else "-"
             print(f"{s:<18} {i:<5} {fmt_ns(m['p50_ns']):>9} {fmt_ns(m['p99_ns']):>9} "
-                  f"{fmt_ns(m['p999_ns']):>9} {fmt_rate(m['ops_per_s']):>9} {gbs:>7}")
+                  f"{fmt_ns(m['p999_ns']):>9} {fmt_rate(m['ops_per_s']):>9} {gbs:>7} "
+                  f"{cpu:>8} {link:>6}")
+    names = thread_names(v for k, v in rows.items() if k[1] != "raw")
+    print("cpu/op: CPU time of the transport's threads per op (counted: "
+          + (", ".join(names) if names else "none") + "); link: achieved / modeled bandwidth")
 
+    # ---- ratios: Rust / C++ and Rust / raw, per round ----------------------------
     print()
-    print("Rust / C++ (median of per-round ratios [min..max]; lower latency and higher ops/s are better)")
-    print(f"{'scenario':<18} {'p50':>22} {'p99':>22} {'ops/s':>22}   rust-raw p50")
+    print("Rust / C++ and Rust / raw (median of per-round ratios [min..max]; lower latency "
+          "and cpu/op, higher ops/s are better)")
+    print(f"{'scenario':<18} {'p50':>20} {'p99':>20} {'ops/s':>22} {'cpu/op':>20} "
+          f"{'ops/s rust/raw':>20}")
     ratios = {}
     for s in scenarios:
         if s == "idle_cpu":
             continue
-        rust_p50 = median(rows.get((s, "rust"), []), "p50_ns")
+        spread = {m: summary(per_round_ratio(rows, s, m))
+                  for m in ["p50_ns", "p99_ns", "p999_ns", "ops_per_s", "cpu_ns_per_op"]}
+        vs_raw = {m: summary(per_round_ratio(rows, s, m, den="raw"))
+                  for m in ["p50_ns", "ops_per_s"]}
+        entry = {m: (v["median"] if v else None) for m, v in spread.items()}
+        entry["spread"] = {m: ([v["min"], v["max"]] if v else None) for m, v in spread.items()}
+        entry["rust_over_raw"] = {m: (v["median"] if v else None) for m, v in vs_raw.items()}
+        entry["rust_over_raw_spread"] = {m: ([v["min"], v["max"]] if v else None)
+                                         for m, v in vs_raw.items()}
+        lu = {i: median(rows.get((s, i), []), "link_utilization") for i in IMPLS}
+        entry["link_utilization"] = {i: v for i, v in lu.items() if v is not None} or None
         raw_p50 = median(rows.get((s, "raw"), []), "p50_ns")
-        delta = f"{(rust_p50 - raw_p50) / 1000:+.2f}us" if rust_p50 and raw_p50 else "-"
-        ratios[s] = {m: statistics.median(per_round_ratio(rows, s, m)) if per_round_ratio(rows, s, m) else None
-                     for m in ["p50_ns", "p99_ns", "p999_ns", "ops_per_s"]}
-        if rust_p50 and raw_p50:
-            ratios[s]["rust_minus_raw_p50_ns"] = rust_p50 - raw_p50
-            raw_bw = median(rows.get((s, "raw"), []), "bytes_per_s")
-            rust_bw = median(rows.get((s, "rust"), []), "bytes_per_s")
-            if raw_bw:
-                ratios[s]["rust_bw_vs_raw"] = rust_bw / raw_bw
-                if s in ("bw_256m", "single_1m"):
-                    delta += f"  (bandwidth {100 * rust_bw / raw_bw:.1f}% of raw)"
-        print(f"{s:<18} {ratio_text(rows, s, 'p50_ns'):>22} {ratio_text(rows, s, 'p99_ns'):>22} "
-              f"{ratio_text(rows, s, 'ops_per_s'):>22}   {delta}")
+        for impl in ("rust", "cpp"):
+            p50 = median(rows.get((s, impl), []), "p50_ns")
+            if p50 and raw_p50:
+                entry[f"{impl}_minus_raw_p50_ns"] = p50 - raw_p50
+                if round_trip:
+                    entry[f"{impl}_minus_raw_p50_round_trips"] = (p50 - raw_p50) / round_trip
+        raw_bw = median(rows.get((s, "raw"), []), "bytes_per_s")
+        rust_bw = median(rows.get((s, "rust"), []), "bytes_per_s")
+        if raw_bw and rust_bw:
+            entry["rust_bw_vs_raw"] = rust_bw / raw_bw
+        ratios[s] = entry
+        print(f"{s:<18} {fmt_ratio(spread['p50_ns']):>20} {fmt_ratio(spread['p99_ns']):>20} "
+              f"{fmt_ratio(spread['ops_per_s']):>22} {fmt_ratio(spread['cpu_ns_per_op']):>20} "
+              f"{fmt_ratio(vs_raw['ops_per_s']):>20}")
+
+    # ---- overhead over raw, in round trips ----------------------------------------
+    print()
+    rt_text = (f"{round_trip:.0f} ns (p50, median of {len(rt_vals)} processes)"
+               if round_trip else "not measured (fewer than 2 CPUs)")
+    print(f"Overhead over raw at p50 (medians); cross-core round trip of this machine: {rt_text}")
+    print(f"{'scenario':<18} {'rust-raw':>10} {'x rt':>7} {'cpp-raw':>10} {'x rt':>7}   notes")
+    for s, e in ratios.items():
+        if "rust_minus_raw_p50_ns" not in e:
+            continue
+        note = ""
+        if s in COPY_BOUND and "rust_bw_vs_raw" in e:
+            note = f"bandwidth {100 * e['rust_bw_vs_raw']:.1f}% of raw"
+        lu = e.get("link_utilization") or {}
+        if lu:
+            note = "link " + ", ".join(f"{i} {100 * v:.1f}%" for i, v in lu.items())
+
+        def delta(impl):
+            d = e.get(f"{impl}_minus_raw_p50_ns")
+            x = e.get(f"{impl}_minus_raw_p50_round_trips")
+            return (f"{d / 1000:+.2f}us" if d is not None else "-",
+                    f"{x:.1f}x" if x is not None else "-")
+        rd, rx = delta("rust")
+        cd, cx = delta("cpp")
+        print(f"{s:<18} {rd:>10} {rx:>7} {cd:>10} {cx:>7}   {note}")
+
+    # ---- targets (issue 10, and issue 7's that still hold) --------------------------
+    targets = check_targets(rows, ratios, round_trip)
+    print()
+    print("Targets (issue 10; issue 7's still hold), from this run:")
+    for t in targets:
+        status = {True: "PASS", False: "FAIL", None: "n/a "}[t["pass"]]
+        print(f"  {status}  {t['target']:<58} {t['value']}")
+    n_pass = sum(1 for t in targets if t["pass"] is True)
+    n_fail = sum(1 for t in targets if t["pass"] is False)
+    print(f"  {n_pass} pass, {n_fail} fail, {len(targets) - n_pass - n_fail} not checked here")
 
     os.makedirs(args.out, exist_ok=True)
     report = {
         "commit": args.commit,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "processor": platform.processor() or platform.machine()},
+                    "processor": platform.processor() or platform.machine(),
+                    "cpu_model": cpu_model()},
+        "round_trip_ns": round_trip,
+        "round_trip_samples_ns": rt_vals,
+        "nic_model": {"gbps": 200, "latency_ns": 2000},
+        "cpu_threads_counted": names,
         "results": results,
         "ratios_rust_over_cpp": ratios,
+        "targets": targets,
     }
     path = os.path.join(args.out, "report.json")
     with open(path, "w") as f:
@@ -132,35 +228,145 @@ def main():
     print(f"\nreport: {path}\nplot:   {png}")
 
 
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def check_targets(rows, ratios, round_trip):
+    """Each target: {target, value, pass} with pass True/False, or None when
+    this run cannot tell (scenario missing, or not measured by the bench)."""
+    out = []
+
+    def add(target, value, ok):
+        out.append({"target": target, "value": value, "pass": ok})
+
+    def ratio(s, key, sub="median"):
+        e = ratios.get(s) or {}
+        return e.get(key)
+
+    def at_least(v, lim):
+        return None if v is None else v >= lim
+
+    def at_most(v, lim):
+        return None if v is None else v <= lim
+
+    def x(v):
+        return "-" if v is None else f"{v:.2f}x"
+
+    # On the model.
+    lu = median(rows.get(("nic_batch64_64k", "rust"), []), "link_utilization")
+    add("model: nic_batch64_64k Rust link utilization >= 95%",
+        "-" if lu is None else f"{100 * lu:.1f}%", at_least(lu, 0.95))
+    v = ratio("nic_batch64_4k", "ops_per_s")
+    add("model: nic_batch64_4k Rust/C++ ops/s >= 2x", x(v), at_least(v, 2.0))
+    v = (ratios.get("nic_batch64_4k") or {}).get("rust_over_raw", {}).get("ops_per_s")
+    add("model: nic_batch64_4k Rust/raw ops/s >= 0.6x", x(v), at_least(v, 0.6))
+    for s in NIC_SCENARIOS:
+        v = ratio(s, "cpu_ns_per_op")
+        add(f"model: {s} cpu/op Rust/C++ <= 0.5x", x(v), at_most(v, 0.5))
+
+    # Copy mode.
+    for s in ("single_4k", "xproc_4k"):
+        d = ratio(s, "rust_minus_raw_p50_ns")
+        if d is None or not round_trip:
+            add(f"copy: {s} Rust-raw p50 <= 2 round trips", "-", None)
+        else:
+            add(f"copy: {s} Rust-raw p50 <= 2 round trips",
+                f"{d:+.0f} ns = {d / round_trip:.2f} x {round_trip:.0f} ns", d <= 2 * round_trip)
+    v = ratio("batch64_4k", "ops_per_s")
+    add("copy: batch64_4k Rust/C++ ops/s >= 1.5x", x(v), at_least(v, 1.5))
+    worst, worst_s = None, None
+    for s in COPY_SCENARIOS:
+        if s in COPY_BOUND:
+            continue
+        rs = per_round_ratio(rows, s, "p50_ns")
+        if rs and (worst is None or max(rs) > worst):
+            worst, worst_s = max(rs), s
+    add("copy: no round of any scenario (but single_1m, bw_256m) has Rust p50 > C++",
+        "-" if worst is None else f"worst round {worst:.2f}x ({worst_s})",
+        None if worst is None else worst <= 1.0)
+
+    # Issue 7.
+    v = ratio("single_4k", "p50_ns")
+    add("issue 7: single_4k p50 Rust/C++ <= 0.3x", x(v), at_most(v, 0.3))
+    v = ratio("single_4k", "p99_ns")
+    add("issue 7: single_4k p99 Rust/C++ <= 0.2x", x(v), at_most(v, 0.2))
+    v = ratio("single_4k_wire2us", "p50_ns")
+    add("issue 7: single_4k_wire2us p50 Rust/C++ <= 0.5x", x(v), at_most(v, 0.5))
+    v = ratio("threads4_4k", "ops_per_s")
+    add("issue 7: threads4_4k Rust/C++ ops/s >= 3x", x(v), at_least(v, 3.0))
+    d = ratio("single_4k", "rust_minus_raw_p50_ns")
+    add("issue 7: single_4k Rust-raw p50 <= 0.5 us",
+        "-" if d is None else f"{d / 1000:+.2f}us", at_most(d, 500))
+    for s in ("single_1m", "bw_256m"):
+        v = ratio(s, "rust_bw_vs_raw")
+        add(f"issue 7: {s} Rust bandwidth >= 95% of raw",
+            "-" if v is None else f"{100 * v:.1f}%", at_least(v, 0.95))
+    add("issue 7: zero heap allocations per op", "not measured by ab.sh: "
+        "tests/alloc_steady_state.rs (scripts/test.sh)", None)
+    v = median(rows.get(("idle_cpu", "rust"), []), "cpu_pct")
+    add("issue 7: idle Rust transport < 1% of a core",
+        "-" if v is None else f"{v:.2f}% (whole process)", at_most(v, 1.0))
+    return out
+
+
 def plot(rows, scenarios, args):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     lat_scen = [s for s in scenarios if s != "idle_cpu"]
-    fig, axes = plt.subplots(2, 1, figsize=(12, 9))
+    nic_scen = [s for s in lat_scen if s in NIC_SCENARIOS]
+    fig = plt.figure(figsize=(15, 13))
+    grid = fig.add_gridspec(3, 2, height_ratios=[1, 1, 0.9])
+    ax_lat = fig.add_subplot(grid[0, :])
+    ax_ops = fig.add_subplot(grid[1, :])
+    ax_cpu = fig.add_subplot(grid[2, 0])
+    ax_link = fig.add_subplot(grid[2, 1])
     width = 0.27
     colors = {"cpp": "#c0504d", "rust": "#4f81bd", "raw": "#9bbb59"}
-    for ax, metric, title in [(axes[0], "p50_ns", "p50 latency per op (us, log scale; lower is better)"),
-                              (axes[1], "ops_per_s", "throughput (ops/s, log scale; higher is better)")]:
-        for k, impl in enumerate(IMPLS):
+
+    def bars(ax, scen, metric, scale, impls, title, log):
+        for k, impl in enumerate(impls):
             xs, ys = [], []
-            for j, s in enumerate(lat_scen):
+            for j, s in enumerate(scen):
                 v = median(rows.get((s, impl), []), metric)
                 if v:
-                    xs.append(j + (k - 1) * width)
-                    ys.append(v / 1000 if metric == "p50_ns" else v)
+                    xs.append(j + (k - (len(impls) - 1) / 2) * width)
+                    ys.append(v * scale)
             ax.bar(xs, ys, width, label=impl, color=colors[impl])
-        ax.set_xticks(range(len(lat_scen)))
-        ax.set_xticklabels(lat_scen, rotation=20, ha="right")
-        ax.set_yscale("log")
+        ax.set_xticks(range(len(scen)))
+        ax.set_xticklabels(scen, rotation=20, ha="right")
+        if log:
+            ax.set_yscale("log")
         ax.set_title(title)
         ax.grid(axis="y", which="both", alpha=0.3)
         ax.legend()
+
+    bars(ax_lat, lat_scen, "p50_ns", 1e-3, IMPLS,
+         "p50 latency per op (us, log scale; lower is better)", True)
+    bars(ax_ops, lat_scen, "ops_per_s", 1, IMPLS,
+         "throughput (ops/s, log scale; higher is better; nic_*: modeled 200 Gb/s NIC)", True)
+    bars(ax_cpu, lat_scen, "cpu_ns_per_op", 1, ["cpp", "rust"],
+         "CPU of the transport's threads per op (ns, log; lower is better)", True)
+    if nic_scen:
+        bars(ax_link, nic_scen, "link_utilization", 100, IMPLS,
+             "modeled link utilization (%; higher is better)", False)
+        ax_link.set_ylim(0, 105)
+        ax_link.axhline(95, color="gray", linestyle="--", linewidth=1)
+    else:
+        ax_link.set_axis_off()
     fig.suptitle(f"mooncake-flagcx A/B: Rust vs C++ baseline vs raw FlagCX (commit {args.commit})")
     fig.tight_layout()
     path = os.path.join(args.out, "ab.png")
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=90)
     return path
 
 
