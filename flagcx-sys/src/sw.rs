@@ -24,6 +24,18 @@ pub enum Knob {
     RefuseConnect = 4,
     /// `FLAGCX_SW_CONNECT_TIMEOUT_MS`: handshake socket timeout.
     ConnectTimeoutMs = 5,
+    /// `FLAGCX_SW_NIC_GBPS`: non-zero turns on the modeled NIC, a link of this
+    /// many Gb/s (10^9 bit/s) per local engine; 0 (default) is copy mode.
+    ///
+    /// In NIC mode transfers move **no bytes**: ranges and keys are checked
+    /// as in copy mode (bad accesses still fail), and a good transfer reports
+    /// done when the engine's link, shared FIFO by all its transfers, would
+    /// have delivered it. For throughput benchmarks only; correctness tests
+    /// stay in copy mode.
+    NicGbps = 6,
+    /// `FLAGCX_SW_NIC_LATENCY_NS`: NIC mode only, added to every transfer's
+    /// completion after its last bit left the link (default 0).
+    NicLatencyNs = 7,
 }
 
 /// Misuse the provider caught (all zero in a correct program).

@@ -56,7 +56,7 @@ impl Drop for AlignedBuf {
 }
 
 /// Tests share one process-wide provider: they run one at a time under this
-/// lock, each from default knobs and zero violations. Panics unless the
+/// lock, each from default knobs (copy mode) and zero violations. Panics unless the
 /// loaded libflagcx is the software provider.
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     use crate::sw::{self, Knob};
@@ -70,6 +70,8 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
         (Knob::ConnectDelayMs, 0),
         (Knob::RefuseConnect, 0),
         (Knob::ConnectTimeoutMs, 10_000),
+        (Knob::NicGbps, 0),
+        (Knob::NicLatencyNs, 0),
     ] {
         assert!(sw::set_knob(k, v));
     }

@@ -18,7 +18,7 @@ typedef struct FlagcxP2pConn FlagcxP2pConn;
 
 enum flagcx_sw_xfer_result {
   FLAGCX_SW_XFER_PENDING = 0, // not finished; poll again later
-  FLAGCX_SW_XFER_DONE = 1,    // finished, every byte moved
+  FLAGCX_SW_XFER_DONE = 1,    // finished, every byte moved (NIC mode: none)
   FLAGCX_SW_XFER_FAILED = 2,  // finished, at least one part failed
 };
 
@@ -58,7 +58,28 @@ enum flagcx_sw_knob {
   FLAGCX_SW_KNOB_REFUSE_CONNECT = 4,
   // FLAGCX_SW_CONNECT_TIMEOUT_MS: handshake socket timeout (default 10000).
   FLAGCX_SW_KNOB_CONNECT_TIMEOUT_MS = 5,
-  FLAGCX_SW_KNOB_COUNT = 6,
+  // FLAGCX_SW_NIC_GBPS: non-zero turns on the modeled NIC, a link of this
+  // many gigabits per second (10^9 bit/s) per local engine. 0 (the default)
+  // is copy mode, where bytes really move.
+  //
+  // In NIC mode a transfer moves NO bytes: the remote memory is not written
+  // (nor the local memory, for a read). Everything else is as in copy mode:
+  // local and remote ranges and keys are checked at submit and a bad access
+  // fails the transfer; FAIL_OP / HANG_OP still apply. A good transfer
+  // reports done when the link would have finished it: the transfers of one
+  // engine (over all its connections) share its link in submit order,
+  //   start   = max(now, link free),  link free = start + bytes * 8 / Gbps ns,
+  //   done at = link free + NIC_LATENCY_NS  (and never before LATENCY_NS).
+  // Submitting costs about what posting a work request costs (no copy, no
+  // system call). A cross-process peer's liveness is checked at most once a
+  // millisecond per connection: transfers submitted after its death was seen
+  // fail; those submitted in the millisecond before may report done. For
+  // throughput benchmarks only: every correctness test runs in copy mode.
+  FLAGCX_SW_KNOB_NIC_GBPS = 6,
+  // FLAGCX_SW_NIC_LATENCY_NS: in NIC mode, added to every transfer's
+  // completion time after its last bit left the link. Default 0.
+  FLAGCX_SW_KNOB_NIC_LATENCY_NS = 7,
+  FLAGCX_SW_KNOB_COUNT = 8,
 };
 
 // Returns 0, or -1 for an unknown knob. Setting FAIL_OP or HANG_OP counts N

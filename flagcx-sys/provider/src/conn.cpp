@@ -7,10 +7,14 @@
 // - The cache mutex is never held across a handshake; when two threads race
 //   on one session, the first inserted connection wins and the other is freed.
 // - Failed handshakes are not cached, so the next GetConn retries.
+// - Every connection shares its engine's link (NIC mode) and, for a peer in
+//   another process, holds a pidfd of it (when the kernel has pidfd_open),
+//   closed with the connection.
 
 #include <netdb.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -52,7 +56,8 @@ bool connectOne(const addrinfo *ai, uint64_t deadlineNs, Fd *out) {
 
 // TCP connect (each resolved address in turn), then hello both ways, all
 // within CONNECT_TIMEOUT_MS.
-Conn *handshake(const std::string &host, const std::string &port) {
+Conn *handshake(Link *link, const std::string &host,
+                const std::string &port) {
   uint64_t delayMs = knob(FLAGCX_SW_KNOB_CONNECT_DELAY_MS);
   if (delayMs != 0)
     std::this_thread::sleep_for(std::chrono::milliseconds(delayMs));
@@ -78,6 +83,11 @@ Conn *handshake(const std::string &host, const std::string &port) {
       !recvHello(s.fd, deadline, nullptr, &conn->peerPid, &conn->regions))
     return nullptr;
   conn->sameProcess = conn->peerPid == getpid();
+  conn->link = linkRetain(link);
+#ifdef SYS_pidfd_open
+  if (!conn->sameProcess)
+    conn->peerPidFd = int(syscall(SYS_pidfd_open, conn->peerPid, 0));
+#endif
   std::sort(conn->regions.begin(), conn->regions.end(),
             [](const Region &a, const Region &b) { return a.base < b.base; });
   return conn.release();
@@ -99,17 +109,23 @@ std::string stripBrackets(const std::string &host) {
 }
 
 // "host:port" or "[v6]:port" -> a connection, or null.
-Conn *connectSession(const std::string &session) {
+Conn *connectSession(Link *link,
+                     const std::string &session) {
   size_t colon = session.rfind(':');
   if (colon == std::string::npos || colon == 0) return nullptr;
   std::string host = session.substr(0, colon);
   std::string port = session.substr(colon + 1);
   if (host.front() == '[' && host.back() != ']') return nullptr;
   if (!validPort(port)) return nullptr;
-  return handshake(stripBrackets(host), port);
+  return handshake(link, stripBrackets(host), port);
 }
 
 } // namespace
+
+Conn::~Conn() {
+  if (peerPidFd >= 0) close(peerPidFd);
+  linkRelease(link);
+}
 
 const Region *findRegion(const std::vector<Region> &regions, uint64_t addr,
                          uint64_t len, uint32_t rkey) {
@@ -142,7 +158,7 @@ FLAGCX_SW_API FlagcxP2pConn *flagcxP2pEngineGetConn(FlagcxP2pEngine *h,
       auto it = engine->cache.find(key);
       if (it != engine->cache.end()) return handle(it->second);
     }
-    std::unique_ptr<Conn> fresh(connectSession(key));
+    std::unique_ptr<Conn> fresh(connectSession(engine->link, key));
     if (!fresh) return nullptr;
     std::lock_guard<std::mutex> lock(engine->cacheMu);
     auto ins = engine->cache.emplace(key, fresh.get());
@@ -166,7 +182,7 @@ FLAGCX_SW_API FlagcxP2pConn *flagcxP2pEngineConnect(FlagcxP2pEngine *engine,
       return nullptr;
     char port[8];
     std::snprintf(port, sizeof port, "%d", remotePort);
-    return handle(handshake(stripBrackets(ipAddr), port));
+    return handle(handshake(impl(engine)->link, stripBrackets(ipAddr), port));
   } catch (...) {
     return nullptr;
   }

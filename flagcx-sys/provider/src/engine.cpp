@@ -20,6 +20,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <new>
 
 #include "internal.h"
 
@@ -93,6 +94,12 @@ FLAGCX_SW_API FlagcxP2pEngine *flagcxP2pEngineCreate() {
       delete e;
       return nullptr;
     }
+    e->link = new (std::nothrow) Link(nowNs());
+    if (e->link == nullptr) {
+      close(e->listenFd);
+      delete e;
+      return nullptr;
+    }
     return handle(e);
   } catch (...) {
     return nullptr;
@@ -163,6 +170,7 @@ FLAGCX_SW_API void flagcxP2pEngineDestroy(FlagcxP2pEngine *h) {
       engine->cache.clear();
     }
     regClear(); // real FlagCX drops every MR of the process here
+    linkRelease(engine->link); // connections made by Connect keep theirs
     delete engine;
   } catch (...) {
   }

@@ -44,14 +44,48 @@ inline bool contains(uint64_t base, uint64_t size, uint64_t addr,
   return addr >= base && len <= size && addr - base <= size - len;
 }
 
+// The modeled NIC's link of one engine (NIC_GBPS mode): the time its last
+// booked bit leaves, in ticks of 1/kLinkTicksPerNs ns counted from epochNs
+// (fine enough that small transfers on a fast link are not rounded to whole
+// nanoseconds; 2^64 ticks are 9 years). Owned jointly by the engine and every
+// connection it made (a reference count, not std::shared_ptr, whose
+// instances would land in the dynamic symbol table), so a connection that
+// outlives its engine still has one.
+constexpr uint64_t kLinkTicksPerNs = 64;
+struct Link {
+  explicit Link(uint64_t epoch) : epochNs(epoch) {}
+  const uint64_t epochNs;
+  std::atomic<uint32_t> refs{1}; // the creator's reference
+  // Its own cache line: submitting threads CAS it, nothing else lives there.
+  alignas(64) std::atomic<uint64_t> freeAtTicks{0};
+};
+inline Link *linkRetain(Link *l) {
+  // Relaxed: taking a reference from one we already hold publishes nothing.
+  if (l != nullptr) l->refs.fetch_add(1, std::memory_order_relaxed);
+  return l;
+}
+inline void linkRelease(Link *l) {
+  if (l != nullptr && l->refs.fetch_sub(1) == 1) delete l;
+}
+
 // The objects behind the API's opaque handles. They live in this hidden
 // namespace (the public handle types stay incomplete) so that neither they
 // nor the std templates instantiated over them leak into the dynamic symbol
 // table.
 struct Conn {
+  Conn() = default;
+  Conn(const Conn &) = delete;
+  Conn &operator=(const Conn &) = delete;
+  ~Conn();
   pid_t peerPid = 0;
   bool sameProcess = false; // memcpy instead of process_vm_{read,write}v
   std::vector<Region> regions; // peer snapshot, sorted by base
+  Link *link = nullptr;        // the local engine's (NIC mode); a reference
+  // NIC mode, cross-process: how a dead peer is noticed without
+  // process_vm_*v (see peerAlive in transfer.cpp).
+  int peerPidFd = -1; // pidfd of the peer; -1: fall back to kill(pid, 0)
+  std::atomic<uint64_t> nextLivenessCheckNs{0};
+  std::atomic<bool> peerGone{false}; // sticky
 };
 
 struct Engine {
@@ -63,6 +97,7 @@ struct Engine {
   std::atomic<bool> stopFlag{false};
   std::mutex cacheMu;
   std::unordered_map<std::string, Conn *> cache;
+  Link *link = nullptr; // a reference; set by Create, released by Destroy
 };
 
 inline Conn *impl(FlagcxP2pConn *c) { return reinterpret_cast<Conn *>(c); }

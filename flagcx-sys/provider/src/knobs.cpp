@@ -22,8 +22,9 @@ const char *const kEnvNames[FLAGCX_SW_KNOB_COUNT] = {
     "FLAGCX_SW_LATENCY_NS",       "FLAGCX_SW_FAIL_OP",
     "FLAGCX_SW_HANG_OP",          "FLAGCX_SW_CONNECT_DELAY_MS",
     "FLAGCX_SW_REFUSE_CONNECT",   "FLAGCX_SW_CONNECT_TIMEOUT_MS",
+    "FLAGCX_SW_NIC_GBPS",         "FLAGCX_SW_NIC_LATENCY_NS",
 };
-const uint64_t kDefaults[FLAGCX_SW_KNOB_COUNT] = {0, 0, 0, 0, 0, 10000};
+const uint64_t kDefaults[FLAGCX_SW_KNOB_COUNT] = {0, 0, 0, 0, 0, 10000, 0, 0};
 
 const char *const kViolationNames[FLAGCX_SW_VIOLATION_KINDS] = {
     "REPEATED_POLL", "CONCURRENT_POLL", "UNKNOWN_POLL"};

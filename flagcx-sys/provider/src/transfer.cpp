@@ -7,6 +7,11 @@
 // - Bytes move synchronously in the submitting thread; a task only records
 //   when the transfer may report done (LATENCY_NS), and whether it failed
 //   or hangs. There is no provider thread.
+// - NIC mode (NIC_GBPS != 0) moves no bytes at all: the same checks as copy
+//   mode decide success, then the transfer books its length on the local
+//   engine's link (one lock-free CAS) and reports done when the link would
+//   have delivered it. Its submit path makes no system call except the
+//   peer liveness check, at most once per millisecond per connection.
 // - Task ids are (generation << 32) | slot index. A slot's generation grows
 //   on every reuse starting at 1, so an id is never 0 and a stale id never
 //   matches a live one.
@@ -25,8 +30,11 @@
 //   hence re-keyed) MR fails the op. Cross-process we cannot see the peer's
 //   registry: an MR it dropped after our connect is still written if the
 //   memory is mapped, and fails (EFAULT) if it is not.
-// - FAIL_OP / HANG_OP transfers move no bytes.
+// - FAIL_OP / HANG_OP transfers move no bytes. They, and transfers that fail
+//   a check, do not use the modeled link.
 
+#include <poll.h>
+#include <signal.h>
 #include <sys/uio.h>
 
 #include <algorithm>
@@ -45,6 +53,7 @@ constexpr uint32_t kMaxChunks = 4096; // 16M live ids at most
 constexpr size_t kCheckBatch = 64;    // iovs checked per registry lock
 constexpr size_t kVmBatch = 256;      // iovecs per process_vm_* call
 constexpr size_t kMaxPiece = size_t(1) << 30;
+constexpr uint64_t kLivenessPeriodNs = 1000000; // NIC mode: 1 check per ms
 
 std::atomic<uint64_t> g_outstanding{0};
 
@@ -177,6 +186,80 @@ bool moveBytes(bool write, const Conn &c,
   return true;
 }
 
+inline uint64_t satAdd(uint64_t a, uint64_t b) {
+  return b > UINT64_MAX - a ? UINT64_MAX : a + b;
+}
+
+// NIC mode, cross-process: no process_vm_*v call tells us the peer died, so
+// look at it directly, at most once per kLivenessPeriodNs per connection
+// (one thread wins the CAS and checks; the others go on). A pidfd reports a
+// peer that exited even while it is an unreaped zombie and cannot be fooled
+// by pid reuse; without one, kill(pid, 0) is the fallback. Once seen dead, a
+// peer stays dead.
+bool peerAlive(Conn &c, uint64_t now) {
+  // Relaxed (all three): independent flags/times; a stale read only delays
+  // the check or the verdict by one period, it orders no other data.
+  if (c.peerGone.load(std::memory_order_relaxed)) return false;
+  uint64_t next = c.nextLivenessCheckNs.load(std::memory_order_relaxed);
+  if (now < next ||
+      !c.nextLivenessCheckNs.compare_exchange_strong(
+          next, satAdd(now, kLivenessPeriodNs), std::memory_order_relaxed))
+    return true;
+  bool gone;
+  if (c.peerPidFd >= 0) {
+    pollfd p{c.peerPidFd, POLLIN, 0};
+    gone = poll(&p, 1, 0) > 0; // readable (or POLLERR/POLLHUP) once it exited
+  } else {
+    gone = kill(c.peerPid, 0) != 0 && errno == ESRCH;
+  }
+  if (gone) c.peerGone.store(true, std::memory_order_relaxed);
+  return !gone;
+}
+
+// Books `bytes` on the link at `now` (FIFO with everything booked before on
+// this engine) and returns when its last bit has left, in steady-clock ns.
+uint64_t linkBook(Link &l, uint64_t bytes, uint64_t gbps, uint64_t now) {
+  // bytes * 8 bits / gbps = ns; in ticks, rounded up so the model is never
+  // faster than the link. 64-bit math unless the product would overflow.
+  uint64_t dur;
+  constexpr uint64_t kBitTicks = 8 * kLinkTicksPerNs;
+  if (bytes <= (UINT64_MAX - gbps) / kBitTicks) {
+    dur = (bytes * kBitTicks + gbps - 1) / gbps;
+  } else {
+    unsigned __int128 d =
+        ((unsigned __int128)bytes * kBitTicks + gbps - 1) / gbps;
+    dur = d > UINT64_MAX ? UINT64_MAX : uint64_t(d);
+  }
+  uint64_t since = now > l.epochNs ? now - l.epochNs : 0;
+  uint64_t nowTicks = since > UINT64_MAX / kLinkTicksPerNs
+                          ? UINT64_MAX
+                          : since * kLinkTicksPerNs;
+  // Relaxed: the value is a time, not a guard for other data; the CAS alone
+  // makes bookings from concurrent submitters line up one after another.
+  uint64_t cur = l.freeAtTicks.load(std::memory_order_relaxed);
+  uint64_t end;
+  do {
+    end = satAdd(std::max(cur, nowTicks), dur);
+  } while (!l.freeAtTicks.compare_exchange_weak(
+      cur, end, std::memory_order_relaxed, std::memory_order_relaxed));
+  uint64_t endNs = end / kLinkTicksPerNs + (end % kLinkTicksPerNs != 0);
+  return satAdd(l.epochNs, endNs);
+}
+
+// NIC mode: the checks of copy mode, then a booking instead of the copy.
+// Returns the completion time, or 0 when the transfer fails.
+uint64_t nicTransfer(Conn &c, const std::vector<size_t> &sizes,
+                     const std::vector<FlagcxP2pRdmaDesc> &descs, size_t n,
+                     uint64_t gbps, uint64_t now) {
+  if (!checkRemote(c, sizes, descs, n)) return 0;
+  if (!c.sameProcess && !peerAlive(c, now)) return 0;
+  if (c.link == nullptr) return 0; // every handshake sets it; defensive
+  uint64_t bytes = 0;
+  for (size_t i = 0; i < n; ++i) bytes = satAdd(bytes, sizes[i]);
+  return satAdd(linkBook(*c.link, bytes, gbps, now),
+                knob(FLAGCX_SW_KNOB_NIC_LATENCY_NS));
+}
+
 bool validArgs(Conn *conn, const std::vector<FlagcxP2pMr> &mrs,
                const std::vector<void *> &locals,
                const std::vector<size_t> &sizes,
@@ -216,10 +299,22 @@ int submit(bool write, Conn *conn, const std::vector<FlagcxP2pMr> &mrs,
   uint64_t seq = issuedCounter().fetch_add(1) + 1;
   s.failed = false;
   s.hang = false;
+  uint64_t gbps = knob(FLAGCX_SW_KNOB_NIC_GBPS);
+  uint64_t latency = knob(FLAGCX_SW_KNOB_LATENCY_NS);
+  uint64_t now = 0;   // read only when needed
+  uint64_t ready = 0; // 0 = ready at once
   if (faultSelected(FLAGCX_SW_KNOB_FAIL_OP, seq)) {
     s.failed = true;
   } else if (faultSelected(FLAGCX_SW_KNOB_HANG_OP, seq)) {
     s.hang = true;
+  } else if (gbps != 0) {
+    now = nowNs();
+    try {
+      ready = nicTransfer(*conn, sizes, descs, size_t(numIovs), gbps, now);
+    } catch (...) {
+      ready = 0; // as in copy mode: report the failure, don't leak the id
+    }
+    s.failed = ready == 0;
   } else {
     try {
       s.failed = !moveBytes(write, *conn, locals, sizes, descs, size_t(numIovs));
@@ -227,8 +322,11 @@ int submit(bool write, Conn *conn, const std::vector<FlagcxP2pMr> &mrs,
       s.failed = true; // the id is already counted: report, don't leak it
     }
   }
-  uint64_t latency = knob(FLAGCX_SW_KNOB_LATENCY_NS);
-  s.readyNs = latency == 0 ? 0 : nsFromNow(latency);
+  if (latency != 0) {
+    if (now == 0) now = nowNs();
+    ready = std::max(ready, satAdd(now, latency));
+  }
+  s.readyNs = ready;
   uint32_t gen = s.lastGeneration.load() + 1;
   if (gen == 0) gen = 1; // ids are never 0, even after 2^32 reuses
   s.lastGeneration.store(gen);
