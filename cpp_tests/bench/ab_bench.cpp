@@ -208,6 +208,8 @@ std::string thread_name(pid_t tid) {
   }
   std::string n(name);
   while (!n.empty() && (n.back() == '\n' || n.back() == ' ')) n.pop_back();
+  for (char &c : n) // printed inside a JSON string
+    if (c == '"' || c == '\\' || static_cast<unsigned char>(c) < 0x20) c = '_';
   // A thread nobody named carries the name of the thread that created it.
   if (n.empty() || n == "mcfx_ab_bench") return "unnamed";
   // mcfx-connect-3 -> mcfx-connect-N: one entry per kind of thread.
@@ -329,18 +331,14 @@ void set_latency_ns(uint64_t ns) {
   if (SetKnob set = knob_setter()) set(FLAGCX_SW_KNOB_LATENCY_NS, ns);
 }
 
-// flagcx_sw.h's FLAGCX_SW_KNOB_NIC_GBPS and FLAGCX_SW_KNOB_NIC_LATENCY_NS.
-constexpr int kKnobNicGbps = 6;
-constexpr int kKnobNicLatencyNs = 7;
-
 // The modeled NIC (0 Gb/s: off, copy mode). nic_* scenarios mean nothing
 // without it, so a FlagCX without the knobs (real FlagCX, an older provider)
 // stops the run.
 void set_nic(uint64_t gbps, uint64_t latency_ns) {
   SetKnob set = knob_setter();
   if (!set) die("nic scenarios need the software provider's modeled NIC (no flagcxSwSetKnob)");
-  if (set(kKnobNicGbps, gbps) != 0 ||
-      set(kKnobNicLatencyNs, latency_ns) != 0)
+  if (set(FLAGCX_SW_KNOB_NIC_GBPS, gbps) != 0 ||
+      set(FLAGCX_SW_KNOB_NIC_LATENCY_NS, latency_ns) != 0)
     die("the loaded FlagCX provider has no modeled NIC (knobs NIC_GBPS/NIC_LATENCY_NS refused)");
 }
 
@@ -783,7 +781,7 @@ std::vector<Workload> workloads(bool quick) {
   Workload nb = nic("nic_batch64_4k", 4096, 64 * 1000, 64 * 20);
   nb.window = nb.batch = 64;
   v.push_back(nb);
-  Workload nb64 = nic("nic_batch64_64k", 65536, 64 * 250, 64 * 10);
+  Workload nb64 = nic("nic_batch64_64k", 65536, 64 * 500, 64 * 10);
   nb64.window = nb64.batch = 64;
   v.push_back(nb64);
   Workload nw = nic("nic_window4x64_4k", 4096, 64 * 2000, 64 * 40);
