@@ -5,10 +5,12 @@
 # One benchmark binary (linked against the C++ baseline) runs alternately as
 # itself (cpp), with LD_PRELOAD of the Rust cdylib (rust), and in raw mode
 # (FlagCX called directly on the submitting thread: the floor), AB_ROUNDS
-# rounds each (default 5), rotating the order every round. Prints the table
-# and writes target/ab/report.json and target/ab/ab.png.
+# rounds each (default 5), rotating the order every round; nic_* scenarios
+# run on the software provider's modeled NIC. Prints the table, the ratios,
+# the overheads in cross-core round trips and the targets' PASS/FAIL, and
+# writes target/ab/report.json and target/ab/ab.png.
 #
-#   AB_QUICK=1   short run (under 2 minutes), same output
+#   AB_QUICK=1   short run (2-3 minutes), same output
 #   AB_ROUNDS=N  rounds per implementation (default 5)
 #
 # Works on a fresh Debian 12 machine with Rust: installs cmake, g++,
