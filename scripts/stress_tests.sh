@@ -27,18 +27,31 @@ mkdir -p "$logs"
 
 log() { printf '\n== %s\n' "$*"; }
 
+# Job control: every background job below (hog process, suite) gets its own
+# process group, so one kill reaches a suite's children too, and the script
+# waits on them with `wait`, which a signal interrupts (a foreground command
+# would hold the traps back until it ended).
+set -m
 hog_pids=()
-stop_hog() {
+suite_pid=
+stop_jobs() { # pids...
   local pid
-  for pid in "${hog_pids[@]}"; do
-    kill "$pid" 2>/dev/null || true
+  for pid in "$@"; do
+    kill -TERM -- "-$pid" 2>/dev/null || true
   done
-  for pid in "${hog_pids[@]}"; do
+  for pid in "$@"; do
     wait "$pid" 2>/dev/null || true
   done
+}
+stop_hog() {
+  stop_jobs "${hog_pids[@]}"
   hog_pids=()
 }
-trap stop_hog EXIT
+cleanup() {
+  [ -z "$suite_pid" ] || stop_jobs "$suite_pid"
+  stop_hog
+}
+trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -66,8 +79,12 @@ failures=()
 run_suite() { # name log command...
   local name=$1 out=$2
   shift 2
-  local start=$SECONDS
-  if "$@" >"$out" 2>&1; then
+  local start=$SECONDS rc=0
+  "$@" >"$out" 2>&1 &
+  suite_pid=$!
+  wait "$suite_pid" || rc=$?
+  suite_pid=
+  if [ "$rc" -eq 0 ]; then
     echo "   $name: passed ($((SECONDS - start)) s)"
   else
     echo "   $name: FAILED ($((SECONDS - start)) s), log $out; its tail:"
