@@ -539,9 +539,13 @@ impl Progress {
         if let Some(msg) = msg {
             tracing::warn!(peer = op.req.peer, user_data, status = ?status, "op failed: {msg}");
         }
-        let on_complete = &self.shared.on_complete;
-        let panicked = catch_unwind(AssertUnwindSafe(|| on_complete(user_data, status))).is_err();
-        // Counted after the callback: it is what the caller waits for.
+        // Counted before the callback, so whoever has seen the completion sees
+        // it counted: these Relaxed stores are sequenced before the callback,
+        // the callback hands the completion to a waiting thread through some
+        // synchronization of its own (a Release store it Acquires, a mutex, a
+        // condvar), and by coherence the reader's load then returns this store
+        // or a later one (happens-before carries over to the counter line).
+        // Only `callback_panics` depends on the callback's outcome.
         let stats = &self.shared.stats;
         match status {
             Status::MCFX_OK => {
@@ -552,6 +556,8 @@ impl Progress {
             Status::MCFX_E_CANCELED => Stats::bump(&stats.canceled, 1),
             _ => Stats::bump(&stats.failed, 1),
         }
+        let on_complete = &self.shared.on_complete;
+        let panicked = catch_unwind(AssertUnwindSafe(|| on_complete(user_data, status))).is_err();
         if panicked {
             Stats::bump(&stats.callback_panics, 1);
             tracing::error!(user_data, "completion callback panicked; continuing");

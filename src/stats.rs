@@ -4,6 +4,10 @@
 //! independent tally, nothing is published through them, and a reader only
 //! needs an eventually consistent snapshot. Hot-path updates happen once per
 //! submit call or per progress pass, not per op, where that is possible.
+//!
+//! One promise holds beyond that: an op's completion counters are stored
+//! before its callback runs (`Progress::complete`), so a thread that has seen
+//! the completion (synchronized with the callback) reads them counted.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 

@@ -1,12 +1,15 @@
 //! Completion callbacks: a panicking one cannot stop the progress thread or
-//! skip completions; one that submits new ops works.
+//! skip completions; one that submits new ops works; whoever has seen a
+//! completion sees it counted in the stats.
 
 mod common;
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::time::Duration;
 
 use common::*;
+use flagcx_sys::sw;
 use flagcx_sys::testing::AlignedBuf;
 use mooncake_flagcx::ffi::*;
 
@@ -36,8 +39,10 @@ fn a_panicking_callback_does_not_stop_the_progress_thread() {
     for ud in 0..100 {
         pair.a.submit_ok(&[pair.write(64, ud)]);
     }
+    // Both: ops need not complete in submission order, and a panic is
+    // counted after its callback returned.
     let until = std::time::Instant::now() + LIMIT;
-    while pair.a.stats().callback_panics < 50 {
+    while p.calls.load(SeqCst) < 100 || pair.a.stats().callback_panics < 50 {
         assert!(std::time::Instant::now() < until, "only {} callbacks", p.calls.load(SeqCst));
         std::thread::yield_now();
     }
@@ -98,4 +103,44 @@ fn a_callback_can_submit_new_ops() {
         std::thread::yield_now();
     }
     assert_eq!(a.stats().completed, 101);
+}
+
+/// Records the completion, then keeps the progress thread inside the callback
+/// for a while, so a waiter that has seen the completion reads the stats while
+/// the callback still runs: counters bumped after the callback are then
+/// missing. The sleep only widens that window; nothing waits on it, and the
+/// assertions below hold for every schedule once counting precedes the
+/// callback.
+unsafe extern "C-unwind" fn record_then_linger(ctx: *mut c_void, user_data: u64, st: mcfx_status) {
+    // SAFETY: ctx is the Completions below, alive until destroy returned.
+    let done = unsafe { &*(ctx as *const Completions) };
+    done.record_status(user_data, st);
+    std::thread::sleep(Duration::from_millis(20));
+}
+
+#[test]
+fn a_completion_is_counted_in_the_stats_before_anyone_sees_it() {
+    use mcfx_status::*;
+    let _g = serial();
+    let done = Completions::default();
+    // Declared after `done`: dropped (destroyed) first.
+    let p = Pair::with(64, |c| {
+        c.on_complete = Some(record_then_linger);
+        c.complete_ctx = &done as *const Completions as *mut c_void;
+        c.op_timeout_ms = 300;
+    });
+    for ud in 0..5 {
+        p.a.submit_ok(&[p.write(64, ud)]);
+        assert_eq!(done.wait_one(ud, LIMIT), MCFX_OK);
+        let s = p.a.stats();
+        assert_eq!((s.completed, s.bytes), (ud + 1, 64 * (ud + 1)), "op {ud} seen, not counted");
+    }
+    assert!(sw::set_knob(sw::Knob::FailOp, 1));
+    p.a.submit_ok(&[p.write(64, 10)]);
+    assert_eq!(done.wait_one(10, LIMIT), MCFX_E_TRANSFER_FAILED);
+    assert_eq!(p.a.stats().failed, 1, "failed op seen, not counted");
+    assert!(sw::set_knob(sw::Knob::HangOp, 1));
+    p.a.submit_ok(&[p.write(64, 11)]);
+    assert_eq!(done.wait_one(11, LIMIT), MCFX_E_TIMEOUT);
+    assert_eq!(p.a.stats().timed_out, 1, "timed-out op seen, not counted");
 }

@@ -15,6 +15,20 @@ fn profile_dir() -> PathBuf {
     exe.parent().unwrap().parent().unwrap().to_path_buf()
 }
 
+/// The directory of the cdylib this test run built. `cargo test` compiles the
+/// library once with all its crate types, the cdylib included, into
+/// target/<profile>/deps/ (the directory of this test binary), and rebuilds it
+/// whenever the library changes; only `cargo build` copies it up to
+/// target/<profile>/. So deps/ comes first: it is never stale and exists on a
+/// fresh clone after `cargo test` alone. target/<profile>/ is the fallback for
+/// a test binary run some other way.
+fn cdylib_dir() -> PathBuf {
+    let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
+    let dirs = [deps, profile_dir()];
+    let found = dirs.iter().find(|d| d.join("libmooncake_flagcx.so").is_file());
+    found.unwrap_or_else(|| panic!("no libmooncake_flagcx.so in {dirs:?}: run cargo build")).clone()
+}
+
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     let text =
@@ -58,12 +72,7 @@ fn readme_quotes_the_c_example_verbatim() {
 
 #[test]
 fn readme_c_example_builds_and_runs() {
-    let lib_dir = profile_dir();
-    assert!(
-        lib_dir.join("libmooncake_flagcx.so").is_file(),
-        "{} has no libmooncake_flagcx.so (cargo test does not build the cdylib: run cargo build first, as scripts/test.sh does)",
-        lib_dir.display()
-    );
+    let lib_dir = cdylib_dir();
     let exe = std::env::temp_dir().join(format!("mcfx-readme-example-{}", std::process::id()));
     run(Command::new("cc")
         .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-I"])

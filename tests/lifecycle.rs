@@ -56,8 +56,10 @@ fn destroy_with_ops_in_flight_completes_each_exactly_once() {
         c.queue_capacity = 65536;
         c.shutdown_timeout_ms = 200;
     });
-    // Slow transfers so that many are queued, waiting and in flight at once.
-    assert!(sw::set_knob(sw::Knob::LatencyNs, 2_000_000));
+    // Slow transfers so that many are queued, waiting and in flight at once:
+    // 1 s each, so that none can finish before destroy cancels them (200 ms
+    // after it starts) even if this thread stalls after submitting.
+    assert!(sw::set_knob(sw::Knob::LatencyNs, 1_000_000_000));
     let ops: Vec<_> = (0..20_000)
         .map(|i| write(p.src.addr() + (i % 256) * 4096, 4096, 1, p.dst.addr() as u64, i as u64))
         .collect();
@@ -81,7 +83,10 @@ fn submits_racing_shutdown_are_either_completed_once_or_refused() {
             let (t, accepted, refused) = (&t, &accepted, &refused);
             let (sa, da) = (src.addr(), dst.addr() as u64);
             s.spawn(move || {
-                for i in 0..1_000_000u64 {
+                // Until refused: shutdown always comes (bounded by LIMIT).
+                let until = Instant::now() + LIMIT;
+                for i in 0..u64::MAX {
+                    assert!(i % 1024 != 0 || Instant::now() < until, "never refused");
                     let req = OpRequest {
                         opcode: Opcode::Write,
                         local: sa,
@@ -105,7 +110,7 @@ fn submits_racing_shutdown_are_either_completed_once_or_refused() {
                 }
             });
         }
-        std::thread::sleep(Duration::from_millis(50));
+        wait_until(|| done.count() >= 1000, "submitters never got 1000 ops through");
         t.shutdown();
         let after = done.count();
         std::thread::sleep(Duration::from_millis(20));
@@ -146,7 +151,10 @@ fn destroy_while_four_threads_submit_with_ten_thousand_ops_in_flight() {
             let (sa, da) = (src.addr(), dst.addr() as u64);
             s.spawn(move || {
                 let mut batch = Vec::with_capacity(64);
-                for i in 0..100_000u64 {
+                // Until refused: shutdown always comes (bounded by LIMIT).
+                let until = Instant::now() + LIMIT;
+                for i in 0..u64::MAX {
+                    assert!(i % 1024 != 0 || Instant::now() < until, "never refused");
                     batch.clear();
                     for k in 0..64 {
                         batch.push(OpRequest {
@@ -173,11 +181,7 @@ fn destroy_while_four_threads_submit_with_ten_thousand_ops_in_flight() {
                 }
             });
         }
-        let until = Instant::now() + Duration::from_secs(20);
-        while t.stats().in_flight() < 10_000 {
-            assert!(Instant::now() < until, "never reached 10 000 ops in flight");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_until(|| t.stats().in_flight() >= 10_000, "never reached 10 000 ops in flight");
         let in_flight = t.stats().in_flight();
         t.shutdown();
         let after = done.count();

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::*;
 use flagcx_sys::testing::AlignedBuf;
 
@@ -28,12 +26,9 @@ fn a_peer_killed_mid_stream_fails_its_ops_and_other_peers_keep_completing() {
 
     // Steady traffic to both peers; the process dies half way.
     let mut ud = 0u64;
-    let mut killed_at = None;
-    let start = Instant::now();
     while ud < 4000 {
         if ud == 2000 {
             dying.kill();
-            killed_at = Some(Instant::now());
         }
         let ops = [
             write(src.addr(), 4096, 1, dying.addr, ud),
@@ -43,8 +38,6 @@ fn a_peer_killed_mid_stream_fails_its_ops_and_other_peers_keep_completing() {
         a.done.wait_for(ud as usize + 2, LIMIT);
         ud += 2;
     }
-    assert!(start.elapsed() < Duration::from_secs(30));
-    let killed_at = killed_at.unwrap();
     let by_status = a.done.exactly_once();
     assert_eq!(a.done.count(), 4000, "every op completed: {by_status:?}");
     for ud in (0..4000).step_by(2) {
@@ -59,7 +52,9 @@ fn a_peer_killed_mid_stream_fails_its_ops_and_other_peers_keep_completing() {
             );
         }
     }
-    // Failing was fast: no op waited for its 2 s deadline.
-    assert!(killed_at.elapsed() < Duration::from_secs(10));
+    // Failing was fast: no op waited for its 2 s deadline. Counted, not
+    // timed: at most the one op in flight at the kill may time out.
+    let timed_out = by_status.get(&MCFX_E_TIMEOUT).copied().unwrap_or(0);
+    assert!(timed_out <= 1, "{timed_out} ops to the dead peer waited for their deadline");
     assert_no_violations();
 }

@@ -472,29 +472,26 @@ void resetProviderLatency() {
 }
 
 TEST_F(AdapterEndToEnd, GetTransferStatusNeverBlocks) {
-    start("latency_ns=300000000");  // every transfer takes 300 ms
+    start("latency_ns=1000000000");  // every transfer takes 1 s
     Buffer src(4096, 1), dst(4096, 2);
     registerOn(*a_, src);
     registerOn(*b_, dst);
     std::vector<Request> requests{
         makeRequest(Request::WRITE, src.data(), seg_b_, dst.addr(), 4096)};
     const BatchID id = submitTasks(*a_, requests);
+    // A status call that waited for the transfer would never answer
+    // WAITING. No wall-clock bound: a loaded machine may stall any call.
     size_t waiting = 0;
-    auto slowest = std::chrono::nanoseconds(0);
     const auto deadline = std::chrono::steady_clock::now() + kWaitLimit;
     Transport::TransferStatus s{StatusEnum::WAITING, 0};
     while (s.s == StatusEnum::WAITING &&
            std::chrono::steady_clock::now() < deadline) {
-        const auto t0 = std::chrono::steady_clock::now();
         s = statusOf(*a_, id, 0);
-        slowest = std::max(slowest, std::chrono::steady_clock::now() - t0);
         if (s.s == StatusEnum::WAITING) ++waiting;
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
     EXPECT_EQ(s.s, StatusEnum::COMPLETED);
-    EXPECT_GT(waiting, 10u);  // it was polled while the transfer ran
-    // A status call only reads counters: far below the 300 ms transfer.
-    EXPECT_LT(slowest, std::chrono::milliseconds(100));
+    EXPECT_GE(waiting, 1u);  // it answered while the transfer ran
     EXPECT_TRUE(a_->freeBatchID(id).ok());
     stop();
     resetProviderLatency();
@@ -540,7 +537,8 @@ TEST_F(AdapterEndToEnd, DestroyMarksEveryOutstandingSlice) {
                                        seg_b_, dst.addr(i * 4096), 4096));
     const BatchID id = a_->allocateBatchID(requests.size());
     ASSERT_TRUE(a_->submitTransfer(id, requests).ok());
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    // Queued or inside FlagCX by now: either way outstanding (1 s transfers)
+    // and failed by the destroy below; no sleep to pick one.
     EXPECT_EQ(statusOf(*a_, id, 0).s, StatusEnum::WAITING);
     stop();  // destroy: every accepted op completes, canceled ones failed
     FlagCxTransport other;  // reads the batch after the others are gone

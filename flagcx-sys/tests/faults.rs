@@ -51,12 +51,10 @@ fn injected_latency_delays_completion() {
     let pair = Pair::new();
     let link = pair.link(64);
     assert!(sw::set_knob(sw::Knob::LatencyNs, 30_000_000));
+    // A lower bound only: a first poll right after the write could find the
+    // transfer already done if this thread stalled for 30 ms in between.
     let start = Instant::now();
     let id = link.write(64);
-    let id = match link.conn.poll(id) {
-        Poll::Pending(id) => id,
-        other => panic!("done before the injected latency: {other:?}"),
-    };
     assert_eq!(link.wait(id), Poll::Done);
     assert!(start.elapsed() >= Duration::from_millis(30));
 }
@@ -66,9 +64,12 @@ fn refused_connect_fails_at_once() {
     let _g = serial();
     let pair = Pair::new();
     assert!(sw::set_knob(sw::Knob::RefuseConnect, 1));
+    // "At once": long before the 20 s handshake timeout (it takes
+    // milliseconds; the bound leaves a loaded machine 10 s).
+    assert!(sw::set_knob(sw::Knob::ConnectTimeoutMs, 20_000));
     let start = Instant::now();
     assert_eq!(pair.local.get_conn(&pair.session()).err(), Some(Error::Flagcx));
-    assert!(start.elapsed() < Duration::from_secs(2));
+    assert!(start.elapsed() < Duration::from_secs(10));
     assert!(sw::set_knob(sw::Knob::RefuseConnect, 0));
     assert!(pair.local.get_conn(&pair.session()).is_ok(), "a failed GetConn is retried");
 }

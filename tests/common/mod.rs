@@ -301,3 +301,14 @@ pub fn read(local: usize, len: u64, peer: u64, remote: u64, user_data: u64) -> m
 
 pub const LIMIT: Duration = Duration::from_secs(30);
 pub const OK: mcfx_status = mcfx_status::MCFX_OK;
+
+/// Polls `cond` until it holds; panics with `what` after [`LIMIT`]. For
+/// conditions no callback reports (counters, thread counts), instead of a
+/// sleep.
+pub fn wait_until(mut cond: impl FnMut() -> bool, what: &str) {
+    let until = Instant::now() + LIMIT;
+    while !cond() {
+        assert!(Instant::now() < until, "{what} (waited {LIMIT:?})");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
