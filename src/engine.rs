@@ -12,6 +12,9 @@
 //!   [`EngineRef`]s and the engine is dropped (FlagCX engine destroyed) under
 //!   the `CURRENT` lock when the count reaches zero, so a transport created
 //!   concurrently never sees an engine that is about to go;
+//!   (A FlagCX connection keeps the FlagCX engine alive; transports drop
+//!   their connections before their engine hold, so the engine is not
+//!   destroyed later, outside the lock, after a new one was created.)
 //! - a base is registered with FlagCX for the longest length any of its
 //!   owners registered (FlagCX keeps one registration per base); it is
 //!   registered again when that longest length changes, and deregistered

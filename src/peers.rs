@@ -97,7 +97,14 @@ impl Connects {
     /// blocking connect and reports how many were left running (they hold
     /// their own references and exit when the connect returns).
     pub fn shutdown(&self, limit: Duration) -> usize {
-        self.stop.store(true, SeqCst);
+        {
+            // Under the requests lock: a connector that checked `stop` under
+            // it and is about to wait cannot miss this wake-up (without the
+            // lock it could, and then sat in wait forever: destroy detached
+            // it after connect_timeout, with the engine it held).
+            let _requests = self.requests.lock();
+            self.stop.store(true, SeqCst);
+        }
         self.requested.notify_all();
         // A resolver call may be running (the caller's code, which may use
         // its context until destroy returns): wait for it, without limit,

@@ -23,12 +23,13 @@ pub type CompletionFn = Box<dyn Fn(u64, Status) + Send + Sync>;
 pub type ResolverFn = Box<dyn Fn(u64) -> std::result::Result<String, String> + Send + Sync>;
 
 /// State shared by the caller-facing handle and the transport's threads.
+///
+/// Fields drop in declaration order: `connects` (which may hold FlagCX
+/// connections) before `registry` and `engine` (the holds on the process
+/// engine), so the FlagCX engine is destroyed under the engine lock when
+/// this is the last transport (see `engine`).
 pub struct Shared {
     pub config: Config,
-    /// The process's FlagCX engine (shared with the process's other
-    /// transports).
-    pub engine: Arc<EngineRef>,
-    pub registry: Registry,
     pub queue: SubmitQueue,
     pub stats: Stats,
     pub connects: Connects,
@@ -39,6 +40,10 @@ pub struct Shared {
     pub stop: AtomicBool,
     /// None when the transport does not serve peers.
     endpoint: Option<String>,
+    pub registry: Registry,
+    /// The process's FlagCX engine (shared with the process's other
+    /// transports).
+    pub engine: Arc<EngineRef>,
 }
 
 pub struct Transport {
