@@ -21,7 +21,7 @@ fn main() {
             Box::new(|_| Err("no peers".into())),
         )
         .expect("create target");
-        let endpoint = target.endpoint().to_owned();
+        let endpoint = target.endpoint().expect("serves peers").to_owned();
         let (tx, rx) = mpsc::sync_channel(1);
         let init = Transport::create(
             Config { connect_threads: 1, ..Config::default() },

@@ -135,7 +135,7 @@ fn main() {
         let buf = AlignedBuf::new(MAX * SLOTS_PER_PEER);
         // SAFETY: the buffer outlives every transport (dropped last).
         unsafe { t.register(buf.addr(), buf.len()) }.expect("register target");
-        endpoints.lock().unwrap().push(t.endpoint().to_owned());
+        endpoints.lock().unwrap().push(t.endpoint().expect("serves peers").to_owned());
         let peer = endpoints.lock().unwrap().len() as u64 - 1;
         for s in 0..SLOTS_PER_PEER {
             lanes.push((peer, (buf.addr() + s * MAX) as u64));

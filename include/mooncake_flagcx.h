@@ -9,8 +9,9 @@
  * dlopen users: dlsym "mcfx_get_api_v1" and check abi_version/struct_size.
  *
  * Thread safety: every function may be called from any thread at any time,
- * except that a handle must not be used after mcfx_destroy returned, and
- * mcfx_destroy must not be called from a callback. On failure a function
+ * except that a handle must not be used after mcfx_destroy returned;
+ * mcfx_destroy from the transport's own callback returns MCFX_E_IN_CALLBACK.
+ * Nothing is printed unless MCFX_LOG is set. On failure a function
  * returns a non-zero mcfx_status; mcfx_last_error gives this thread's message.
  *
  * Failure reporting: with the software provider a failed transfer completes
@@ -90,6 +91,13 @@ enum mcfx_status
   MCFX_E_PANIC = 18,
   // Any other internal failure (e.g. a thread could not be started).
   MCFX_E_INTERNAL = 19,
+  // The call is not allowed from inside one of the transport's own
+  // callbacks (e.g. `mcfx_destroy` from its completion or resolver
+  // callback); nothing was changed.
+  MCFX_E_IN_CALLBACK = 20,
+  // The transport does not serve peers (created with
+  // `MCFX_FLAG_NO_SERVE`), so it has no endpoint to give out.
+  MCFX_E_NOT_SERVING = 21,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -117,6 +125,7 @@ typedef int32_t (*mcfx_resolve_fn)(void *ctx, uint64_t peer_id, char *buf, size_
 
 // Transport configuration. Start from `mcfx_config_init`, which sets
 // `struct_size` and `abi_version`; zero in a numeric field means "default".
+// A value above a field's documented maximum is `MCFX_E_BAD_CONFIG`.
 // Fields are only ever appended: a caller built against an older header
 // passes a smaller `struct_size` and gets defaults for the newer fields. The
 // smallest accepted `struct_size` covers the fields up to `resolve_ctx`.
@@ -136,30 +145,34 @@ typedef struct mcfx_config {
   // Submission queue slots (default 4096, at most 1048576).
   uint32_t queue_capacity;
   // Microseconds a submit waits for queue space before
-  // `MCFX_E_QUEUE_FULL` (default 0: fail at once).
+  // `MCFX_E_QUEUE_FULL` (default 0: fail at once; at most 10000000).
   uint32_t submit_wait_us;
-  // Per-op deadline from submit, in ms (default 30000).
+  // Per-op deadline from submit, in ms (default 30000, at most 3600000).
   uint32_t op_timeout_ms;
-  // How long an op waits for its peer's connection, in ms (default 10000).
+  // How long an op waits for its peer's connection, in ms (default 10000,
+  // at most 600000).
   uint32_t connect_timeout_ms;
   // Microseconds the idle progress thread spins before parking
-  // (default 50).
+  // (default 50, at most 10000).
   uint32_t spin_grace_us;
-  // Ops taken from the queue per progress pass (default 256).
+  // Ops taken from the queue per progress pass (default 256, at most
+  // 65536).
   uint32_t max_batch;
   // Longest piece of one op per FlagCX entry, in bytes (default 1 GiB,
   // at most 4 GiB - 1). Longer ops are split and complete once.
   uint64_t max_slice_bytes;
-  // Threads that resolve and connect peers (default 4).
+  // Threads that resolve and connect peers (default 4, at most 64).
   uint32_t connect_threads;
-  // On destroy, ms that in-flight ops may take to finish (default 1000).
+  // On destroy, ms that in-flight ops may take to finish (default 1000,
+  // at most 60000).
   uint32_t shutdown_timeout_ms;
   // `MCFX_FLAG_*` bits.
   uint32_t flags;
   // NULL, or software-provider knobs as `key=value` pairs separated by `,`
   // (`latency_ns`, `fail_op`, `hang_op`, `connect_delay_ms`,
-  // `refuse_connect`, `connect_timeout_ms`); `MCFX_E_BAD_CONFIG` when the
-  // loaded FlagCX is not the software provider.
+  // `refuse_connect`, `connect_timeout_ms`; at most 4096 bytes);
+  // `MCFX_E_BAD_CONFIG` when the loaded FlagCX is not the software
+  // provider.
   const char *provider_options;
 } mcfx_config;
 
@@ -280,12 +293,13 @@ void mcfx_config_init(struct mcfx_config *config, size_t size);
 //
 // Errors: `MCFX_E_INVALID_ARGUMENT` (NULL config/out or missing callback),
 // `MCFX_E_BAD_CONFIG` (struct_size too small, other ABI version, values out
-// of range), `MCFX_E_FLAGCX` (no engine: e.g. no RDMA device with real
-// FlagCX), `MCFX_E_INTERNAL` (threads).
+// of range: see each field's maximum), `MCFX_E_FLAGCX` (no engine: e.g. no
+// RDMA device with real FlagCX), `MCFX_E_INTERNAL` (threads, or memory for
+// the queue and op slots could not be allocated; the host is never aborted).
 //
-// Note: FlagCX registrations are process-wide, and destroying a FlagCX
-// engine deregisters every region in the process. Destroy the transports of
-// one process together.
+// The transports of one process share one FlagCX engine (FlagCX
+// registration is process-wide); they are otherwise independent and may be
+// created and destroyed in any order.
 //
 // # Safety
 // `config` must point to `config->struct_size` readable bytes; `out` must be
@@ -296,11 +310,29 @@ mcfx_status mcfx_create(const struct mcfx_config *config, struct mcfx_transport 
 // Destroys a transport: stops accepting submits (concurrent submits get
 // `MCFX_E_SHUTTING_DOWN`), delivers exactly one completion to every accepted
 // op (`MCFX_E_CANCELED` for ops that never ran or did not finish within
-// `shutdown_timeout_ms`), joins the progress thread, deregisters all memory
-// and frees the handle. No callback runs after it returns. NULL is a no-op
-// (`MCFX_OK`); a handle that was already destroyed gives
-// `MCFX_E_INVALID_ARGUMENT` (unless its memory was reused by a newer
-// transport: do not rely on it). Do not call it from a callback.
+// `shutdown_timeout_ms`), joins the progress thread, unregisters the
+// transport's memory and frees the handle. No callback runs after it
+// returns. NULL is a no-op (`MCFX_OK`); a handle that was already destroyed
+// gives `MCFX_E_INVALID_ARGUMENT` (unless its memory was reused by a newer
+// transport: do not rely on it).
+//
+// Called from one of this transport's own callbacks (completion or
+// resolver), it returns `MCFX_E_IN_CALLBACK` and changes nothing: destroy
+// it from another thread. Destroying another transport from a callback is
+// allowed.
+//
+// Blocking: destroy waits for a resolver call that is running to return
+// (the callback may use its context until destroy returns, so it cannot be
+// abandoned), logging a warning while it waits; a resolver that blocks
+// forever blocks destroy forever. Ops waiting for that peer fail
+// `MCFX_E_CONNECT` at `connect_timeout_ms` regardless. A FlagCX connect
+// still running after `connect_timeout_ms` is detached (it calls nothing
+// of the caller's).
+//
+// Other transports of the process are not affected: they share the
+// process's FlagCX engine, which goes with the last transport, and memory
+// registered by several transports stays registered until the last of
+// them unregisters it.
 //
 // # Safety
 // `transport` must be NULL or a handle from `mcfx_create`.
@@ -309,7 +341,11 @@ mcfx_status mcfx_destroy(struct mcfx_transport *transport);
 // Copies the transport's endpoint (`host:port`, what peers' resolvers must
 // return for it) into `buf` with a NUL and stores its length (without the
 // NUL) in `*len`. `MCFX_E_BUFFER_TOO_SMALL` when it does not fit (`*len`
-// still tells the length). Thread-safe.
+// still tells the length); `MCFX_E_NOT_SERVING` (nothing written) for a
+// transport created with `MCFX_FLAG_NO_SERVE`, which peers cannot connect
+// to. The transports of one process share one FlagCX engine, so they report
+// the same endpoint: a peer reaches every region registered in the process
+// through it. Thread-safe.
 //
 // # Safety
 // `buf` must be writable for `cap` bytes; `len` must be writable.
@@ -328,8 +364,10 @@ mcfx_status mcfx_local_endpoint(const struct mcfx_transport *transport,
 // transport destroyed); transfers and peers may read and write it meanwhile.
 mcfx_status mcfx_register(struct mcfx_transport *transport, void *addr, size_t length);
 
-// Unregisters the region that starts at `addr`. Errors: `MCFX_E_NOT_FOUND`,
-// `MCFX_E_BUSY` (ops on it are in flight; nothing changed). Thread-safe.
+// Unregisters the region that starts at `addr`. Errors:
+// `MCFX_E_INVALID_ARGUMENT` (NULL `addr`), `MCFX_E_NOT_FOUND`, `MCFX_E_BUSY`
+// (ops on it are in flight; nothing changed). Memory another transport of
+// the process also registered stays registered for that one. Thread-safe.
 //
 // # Safety
 // `transport` must be a live handle.
@@ -345,7 +383,8 @@ mcfx_status mcfx_register_batch(struct mcfx_transport *transport,
                                 const struct mcfx_region *regions,
                                 size_t count);
 
-// Unregisters `count` regions in order; stops at the first failure.
+// Unregisters `count` regions in order; stops at the first failure (a NULL
+// entry is `MCFX_E_INVALID_ARGUMENT`; the message names the index).
 // Thread-safe.
 //
 // # Safety
@@ -369,8 +408,9 @@ mcfx_status mcfx_submit(struct mcfx_transport *transport,
                         size_t count,
                         size_t *accepted);
 
-// Copies the counters into `*out`; set `out->struct_size` first (fields
-// past it are not written). Thread-safe.
+// Copies the counters into `*out`; set `out->struct_size` first (at least
+// 8). Only whole fields are written: a field that `struct_size` ends inside
+// is not, and `struct_size` is set to the bytes written. Thread-safe.
 //
 // # Safety
 // `out` must point to `out->struct_size` writable bytes.

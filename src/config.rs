@@ -51,6 +51,20 @@ pub const DEFAULT_MAX_SLICE_BYTES: u64 = 1 << 30;
 pub const DEFAULT_CONNECT_THREADS: usize = 4;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
 
+// Maxima of the numeric settings (documented in the C header): a value
+// beyond one is MCFX_E_BAD_CONFIG. They keep every allocation and every wait
+// the caller sizes bounded.
+pub const MAX_SUBMIT_WAIT: Duration = Duration::from_secs(10);
+pub const MAX_OP_TIMEOUT: Duration = Duration::from_secs(3600);
+pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(600);
+/// The idle progress thread spins at most this long before parking.
+pub const MAX_SPIN_GRACE: Duration = Duration::from_millis(10);
+pub const MAX_MAX_BATCH: usize = 65536;
+pub const MAX_CONNECT_THREADS: usize = 64;
+pub const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest `provider_options` string, in bytes.
+pub const MAX_PROVIDER_OPTIONS_LEN: usize = 4096;
+
 impl Default for Config {
     fn default() -> Config {
         Config {
@@ -79,8 +93,8 @@ impl Config {
                 self.queue_capacity
             ));
         }
-        if self.max_batch == 0 {
-            return bad("max_batch must be at least 1".into());
+        if self.max_batch == 0 || self.max_batch > MAX_MAX_BATCH {
+            return bad(format!("max_batch {} is outside 1..={MAX_MAX_BATCH}", self.max_batch));
         }
         if self.max_slice_bytes == 0 || self.max_slice_bytes > flagcx_sys::MAX_DESC_LEN {
             return bad(format!(
@@ -89,11 +103,25 @@ impl Config {
                 flagcx_sys::MAX_DESC_LEN
             ));
         }
-        if self.connect_threads == 0 || self.connect_threads > 64 {
-            return bad(format!("connect_threads {} is outside 1..=64", self.connect_threads));
+        if self.connect_threads == 0 || self.connect_threads > MAX_CONNECT_THREADS {
+            return bad(format!(
+                "connect_threads {} is outside 1..={MAX_CONNECT_THREADS}",
+                self.connect_threads
+            ));
         }
         if self.op_timeout.is_zero() || self.connect_timeout.is_zero() {
             return bad("timeouts must be positive".into());
+        }
+        for (name, value, max) in [
+            ("submit_wait", self.submit_wait, MAX_SUBMIT_WAIT),
+            ("op_timeout", self.op_timeout, MAX_OP_TIMEOUT),
+            ("connect_timeout", self.connect_timeout, MAX_CONNECT_TIMEOUT),
+            ("spin_grace", self.spin_grace, MAX_SPIN_GRACE),
+            ("shutdown_timeout", self.shutdown_timeout, MAX_SHUTDOWN_TIMEOUT),
+        ] {
+            if value > max {
+                return bad(format!("{name} {value:?} is above its maximum {max:?}"));
+            }
         }
         Ok(())
     }
@@ -103,6 +131,12 @@ impl Config {
 /// `;`, keys as in the provider's environment variables without the
 /// `FLAGCX_SW_` prefix, case-insensitive (`latency_ns=2000,fail_op=3`).
 pub fn parse_provider_options(text: &str) -> Result<Vec<(String, u64)>> {
+    if text.len() > MAX_PROVIDER_OPTIONS_LEN {
+        return fail(
+            Status::MCFX_E_BAD_CONFIG,
+            format!("provider_options is {} bytes, at most {MAX_PROVIDER_OPTIONS_LEN}", text.len()),
+        );
+    }
     let mut out = Vec::new();
     for item in text.split([',', ';']).map(str::trim).filter(|s| !s.is_empty()) {
         let Some((key, value)) = item.split_once('=') else {
@@ -156,9 +190,34 @@ mod tests {
             Config { max_slice_bytes: 1 << 32, ..Config::default() },
             Config { connect_threads: 0, ..Config::default() },
             Config { max_batch: 0, ..Config::default() },
+            Config { max_batch: MAX_MAX_BATCH + 1, ..Config::default() },
+            Config { spin_grace: MAX_SPIN_GRACE + Duration::from_nanos(1), ..Config::default() },
+            Config { submit_wait: MAX_SUBMIT_WAIT * 2, ..Config::default() },
+            Config { op_timeout: MAX_OP_TIMEOUT * 2, ..Config::default() },
+            Config { connect_timeout: MAX_CONNECT_TIMEOUT * 2, ..Config::default() },
+            Config { shutdown_timeout: MAX_SHUTDOWN_TIMEOUT * 2, ..Config::default() },
+            Config { connect_threads: MAX_CONNECT_THREADS + 1, ..Config::default() },
         ] {
             assert_eq!(c.validate().unwrap_err().status, Status::MCFX_E_BAD_CONFIG);
         }
+    }
+
+    #[test]
+    fn every_maximum_itself_is_valid() {
+        Config {
+            queue_capacity: MAX_QUEUE_CAPACITY,
+            submit_wait: MAX_SUBMIT_WAIT,
+            op_timeout: MAX_OP_TIMEOUT,
+            connect_timeout: MAX_CONNECT_TIMEOUT,
+            spin_grace: MAX_SPIN_GRACE,
+            max_batch: MAX_MAX_BATCH,
+            max_slice_bytes: flagcx_sys::MAX_DESC_LEN,
+            connect_threads: MAX_CONNECT_THREADS,
+            shutdown_timeout: MAX_SHUTDOWN_TIMEOUT,
+            ..Config::default()
+        }
+        .validate()
+        .unwrap();
     }
 
     #[test]

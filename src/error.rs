@@ -57,13 +57,20 @@ pub enum mcfx_status {
     MCFX_E_PANIC = 18,
     /// Any other internal failure (e.g. a thread could not be started).
     MCFX_E_INTERNAL = 19,
+    /// The call is not allowed from inside one of the transport's own
+    /// callbacks (e.g. `mcfx_destroy` from its completion or resolver
+    /// callback); nothing was changed.
+    MCFX_E_IN_CALLBACK = 20,
+    /// The transport does not serve peers (created with
+    /// `MCFX_FLAG_NO_SERVE`), so it has no endpoint to give out.
+    MCFX_E_NOT_SERVING = 21,
 }
 
 pub use mcfx_status as Status;
 
 impl Status {
     /// Every status, for tables and tests.
-    pub const ALL: [Status; 20] = [
+    pub const ALL: [Status; 22] = [
         Status::MCFX_OK,
         Status::MCFX_E_INVALID_ARGUMENT,
         Status::MCFX_E_BAD_CONFIG,
@@ -84,6 +91,8 @@ impl Status {
         Status::MCFX_E_CANCELED,
         Status::MCFX_E_PANIC,
         Status::MCFX_E_INTERNAL,
+        Status::MCFX_E_IN_CALLBACK,
+        Status::MCFX_E_NOT_SERVING,
     ];
 
     pub fn from_i32(v: i32) -> Option<Status> {
@@ -113,6 +122,8 @@ impl Status {
             Status::MCFX_E_CANCELED => c"operation canceled",
             Status::MCFX_E_PANIC => c"internal panic (bug)",
             Status::MCFX_E_INTERNAL => c"internal error",
+            Status::MCFX_E_IN_CALLBACK => c"not allowed from the transport's own callback",
+            Status::MCFX_E_NOT_SERVING => c"transport does not serve peers (MCFX_FLAG_NO_SERVE)",
         }
     }
 

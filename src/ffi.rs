@@ -62,6 +62,7 @@ pub type mcfx_resolve_fn = Option<
 
 /// Transport configuration. Start from `mcfx_config_init`, which sets
 /// `struct_size` and `abi_version`; zero in a numeric field means "default".
+/// A value above a field's documented maximum is `MCFX_E_BAD_CONFIG`.
 /// Fields are only ever appended: a caller built against an older header
 /// passes a smaller `struct_size` and gets defaults for the newer fields. The
 /// smallest accepted `struct_size` covers the fields up to `resolve_ctx`.
@@ -82,30 +83,34 @@ pub struct mcfx_config {
     /// Submission queue slots (default 4096, at most 1048576).
     pub queue_capacity: u32,
     /// Microseconds a submit waits for queue space before
-    /// `MCFX_E_QUEUE_FULL` (default 0: fail at once).
+    /// `MCFX_E_QUEUE_FULL` (default 0: fail at once; at most 10000000).
     pub submit_wait_us: u32,
-    /// Per-op deadline from submit, in ms (default 30000).
+    /// Per-op deadline from submit, in ms (default 30000, at most 3600000).
     pub op_timeout_ms: u32,
-    /// How long an op waits for its peer's connection, in ms (default 10000).
+    /// How long an op waits for its peer's connection, in ms (default 10000,
+    /// at most 600000).
     pub connect_timeout_ms: u32,
     /// Microseconds the idle progress thread spins before parking
-    /// (default 50).
+    /// (default 50, at most 10000).
     pub spin_grace_us: u32,
-    /// Ops taken from the queue per progress pass (default 256).
+    /// Ops taken from the queue per progress pass (default 256, at most
+    /// 65536).
     pub max_batch: u32,
     /// Longest piece of one op per FlagCX entry, in bytes (default 1 GiB,
     /// at most 4 GiB - 1). Longer ops are split and complete once.
     pub max_slice_bytes: u64,
-    /// Threads that resolve and connect peers (default 4).
+    /// Threads that resolve and connect peers (default 4, at most 64).
     pub connect_threads: u32,
-    /// On destroy, ms that in-flight ops may take to finish (default 1000).
+    /// On destroy, ms that in-flight ops may take to finish (default 1000,
+    /// at most 60000).
     pub shutdown_timeout_ms: u32,
     /// `MCFX_FLAG_*` bits.
     pub flags: u32,
     /// NULL, or software-provider knobs as `key=value` pairs separated by `,`
     /// (`latency_ns`, `fail_op`, `hang_op`, `connect_delay_ms`,
-    /// `refuse_connect`, `connect_timeout_ms`); `MCFX_E_BAD_CONFIG` when the
-    /// loaded FlagCX is not the software provider.
+    /// `refuse_connect`, `connect_timeout_ms`; at most 4096 bytes);
+    /// `MCFX_E_BAD_CONFIG` when the loaded FlagCX is not the software
+    /// provider.
     pub provider_options: *const c_char,
 }
 
@@ -230,6 +235,7 @@ fn set_last_error(message: &str) {
 /// Runs an export's body: a failure becomes its status (its message kept for
 /// `mcfx_last_error`), a panic becomes `MCFX_E_PANIC`. Nothing unwinds into C.
 fn guard(name: &str, body: impl FnOnce() -> Result<()>) -> mcfx_status {
+    let _inside = crate::log::InExport::enter();
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(())) => mcfx_status::MCFX_OK,
         Ok(Err(e)) => {
@@ -367,12 +373,13 @@ pub unsafe extern "C" fn mcfx_config_init(config: *mut mcfx_config, size: usize)
 ///
 /// Errors: `MCFX_E_INVALID_ARGUMENT` (NULL config/out or missing callback),
 /// `MCFX_E_BAD_CONFIG` (struct_size too small, other ABI version, values out
-/// of range), `MCFX_E_FLAGCX` (no engine: e.g. no RDMA device with real
-/// FlagCX), `MCFX_E_INTERNAL` (threads).
+/// of range: see each field's maximum), `MCFX_E_FLAGCX` (no engine: e.g. no
+/// RDMA device with real FlagCX), `MCFX_E_INTERNAL` (threads, or memory for
+/// the queue and op slots could not be allocated; the host is never aborted).
 ///
-/// Note: FlagCX registrations are process-wide, and destroying a FlagCX
-/// engine deregisters every region in the process. Destroy the transports of
-/// one process together.
+/// The transports of one process share one FlagCX engine (FlagCX
+/// registration is process-wide); they are otherwise independent and may be
+/// created and destroyed in any order.
 ///
 /// # Safety
 /// `config` must point to `config->struct_size` readable bytes; `out` must be
@@ -384,6 +391,7 @@ pub unsafe extern "C" fn mcfx_create(
     out: *mut *mut mcfx_transport,
 ) -> mcfx_status {
     guard("mcfx_create", || {
+        crate::log::init();
         if out.is_null() {
             return invalid("NULL out pointer");
         }
@@ -404,11 +412,29 @@ pub unsafe extern "C" fn mcfx_create(
 /// Destroys a transport: stops accepting submits (concurrent submits get
 /// `MCFX_E_SHUTTING_DOWN`), delivers exactly one completion to every accepted
 /// op (`MCFX_E_CANCELED` for ops that never ran or did not finish within
-/// `shutdown_timeout_ms`), joins the progress thread, deregisters all memory
-/// and frees the handle. No callback runs after it returns. NULL is a no-op
-/// (`MCFX_OK`); a handle that was already destroyed gives
-/// `MCFX_E_INVALID_ARGUMENT` (unless its memory was reused by a newer
-/// transport: do not rely on it). Do not call it from a callback.
+/// `shutdown_timeout_ms`), joins the progress thread, unregisters the
+/// transport's memory and frees the handle. No callback runs after it
+/// returns. NULL is a no-op (`MCFX_OK`); a handle that was already destroyed
+/// gives `MCFX_E_INVALID_ARGUMENT` (unless its memory was reused by a newer
+/// transport: do not rely on it).
+///
+/// Called from one of this transport's own callbacks (completion or
+/// resolver), it returns `MCFX_E_IN_CALLBACK` and changes nothing: destroy
+/// it from another thread. Destroying another transport from a callback is
+/// allowed.
+///
+/// Blocking: destroy waits for a resolver call that is running to return
+/// (the callback may use its context until destroy returns, so it cannot be
+/// abandoned), logging a warning while it waits; a resolver that blocks
+/// forever blocks destroy forever. Ops waiting for that peer fail
+/// `MCFX_E_CONNECT` at `connect_timeout_ms` regardless. A FlagCX connect
+/// still running after `connect_timeout_ms` is detached (it calls nothing
+/// of the caller's).
+///
+/// Other transports of the process are not affected: they share the
+/// process's FlagCX engine, which goes with the last transport, and memory
+/// registered by several transports stays registered until the last of
+/// them unregisters it.
 ///
 /// # Safety
 /// `transport` must be NULL or a handle from `mcfx_create`.
@@ -418,9 +444,19 @@ pub unsafe extern "C" fn mcfx_destroy(transport: *mut mcfx_transport) -> mcfx_st
         return mcfx_status::MCFX_OK;
     }
     guard("mcfx_destroy", || {
-        let known = live().as_mut().is_some_and(|set| set.remove(&(transport as usize)));
-        if !known {
-            return invalid("not a live transport (destroyed twice?)");
+        {
+            let mut live = live();
+            let Some(set) = live.as_mut().filter(|set| set.contains(&(transport as usize))) else {
+                return invalid("not a live transport (destroyed twice?)");
+            };
+            // SAFETY: the handle is live (in the set, which we hold locked).
+            if unsafe { &(*transport).inner }.on_own_thread() {
+                return fail(
+                    Status::MCFX_E_IN_CALLBACK,
+                    "called from one of the transport's own callbacks; nothing was changed",
+                );
+            }
+            set.remove(&(transport as usize));
         }
         // SAFETY: the handle was live (came from Box::into_raw in
         // mcfx_create) and is now removed from the live set: freed once.
@@ -432,7 +468,11 @@ pub unsafe extern "C" fn mcfx_destroy(transport: *mut mcfx_transport) -> mcfx_st
 /// Copies the transport's endpoint (`host:port`, what peers' resolvers must
 /// return for it) into `buf` with a NUL and stores its length (without the
 /// NUL) in `*len`. `MCFX_E_BUFFER_TOO_SMALL` when it does not fit (`*len`
-/// still tells the length). Thread-safe.
+/// still tells the length); `MCFX_E_NOT_SERVING` (nothing written) for a
+/// transport created with `MCFX_FLAG_NO_SERVE`, which peers cannot connect
+/// to. The transports of one process share one FlagCX engine, so they report
+/// the same endpoint: a peer reaches every region registered in the process
+/// through it. Thread-safe.
 ///
 /// # Safety
 /// `buf` must be writable for `cap` bytes; `len` must be writable.
@@ -448,7 +488,13 @@ pub unsafe extern "C" fn mcfx_local_endpoint(
         if len.is_null() || (buf.is_null() && cap > 0) {
             return invalid("NULL buffer or length pointer");
         }
-        let ep = t.endpoint().as_bytes();
+        let Some(ep) = t.endpoint() else {
+            return fail(
+                Status::MCFX_E_NOT_SERVING,
+                "the transport was created with MCFX_FLAG_NO_SERVE: peers cannot connect to it",
+            );
+        };
+        let ep = ep.as_bytes();
         // SAFETY: len checked non-NULL.
         unsafe { len.write(ep.len()) };
         if ep.len() >= cap {
@@ -487,8 +533,10 @@ pub unsafe extern "C" fn mcfx_register(
     })
 }
 
-/// Unregisters the region that starts at `addr`. Errors: `MCFX_E_NOT_FOUND`,
-/// `MCFX_E_BUSY` (ops on it are in flight; nothing changed). Thread-safe.
+/// Unregisters the region that starts at `addr`. Errors:
+/// `MCFX_E_INVALID_ARGUMENT` (NULL `addr`), `MCFX_E_NOT_FOUND`, `MCFX_E_BUSY`
+/// (ops on it are in flight; nothing changed). Memory another transport of
+/// the process also registered stays registered for that one. Thread-safe.
 ///
 /// # Safety
 /// `transport` must be a live handle.
@@ -497,7 +545,13 @@ pub unsafe extern "C" fn mcfx_unregister(
     transport: *mut mcfx_transport,
     addr: *mut c_void,
 ) -> mcfx_status {
-    guard("mcfx_unregister", || live_transport(transport)?.unregister(addr as usize))
+    guard("mcfx_unregister", || {
+        let t = live_transport(transport)?;
+        if addr.is_null() {
+            return invalid("NULL address");
+        }
+        t.unregister(addr as usize)
+    })
 }
 
 /// Registers `count` regions in order; stops at the first failure (the
@@ -524,7 +578,8 @@ pub unsafe extern "C" fn mcfx_register_batch(
     })
 }
 
-/// Unregisters `count` regions in order; stops at the first failure.
+/// Unregisters `count` regions in order; stops at the first failure (a NULL
+/// entry is `MCFX_E_INVALID_ARGUMENT`; the message names the index).
 /// Thread-safe.
 ///
 /// # Safety
@@ -539,6 +594,9 @@ pub unsafe extern "C" fn mcfx_unregister_batch(
         let t = live_transport(transport)?;
         // SAFETY: the caller provides count entries (checked non-NULL).
         for (i, a) in unsafe { slice(addrs, count)? }.iter().enumerate() {
+            if a.is_null() {
+                return invalid(&format!("region {i}: NULL address"));
+            }
             t.unregister(*a as usize)
                 .map_err(|e| Error::new(e.status, format!("region {i}: {}", e.message)))?;
         }
@@ -576,8 +634,9 @@ pub unsafe extern "C" fn mcfx_submit(
     status
 }
 
-/// Copies the counters into `*out`; set `out->struct_size` first (fields
-/// past it are not written). Thread-safe.
+/// Copies the counters into `*out`; set `out->struct_size` first (at least
+/// 8). Only whole fields are written: a field that `struct_size` ends inside
+/// is not, and `struct_size` is set to the bytes written. Thread-safe.
 ///
 /// # Safety
 /// `out` must point to `out->struct_size` writable bytes.
@@ -596,9 +655,11 @@ pub unsafe extern "C" fn mcfx_get_stats(
         if size < 8 {
             return fail(Status::MCFX_E_INVALID_ARGUMENT, "stats struct_size is not set");
         }
+        // Whole fields only: every field after the first two u32 is a u64.
+        let n = size.min(std::mem::size_of::<mcfx_stats>()) / 8 * 8;
         let s = t.stats();
         let full = mcfx_stats {
-            struct_size: size.min(std::mem::size_of::<mcfx_stats>()) as u32,
+            struct_size: n as u32,
             reserved: 0,
             submitted: s.submitted,
             completed: s.completed,
@@ -615,8 +676,7 @@ pub unsafe extern "C" fn mcfx_get_stats(
             callback_panics: s.callback_panics,
             in_flight: s.in_flight(),
         };
-        let n = size.min(std::mem::size_of::<mcfx_stats>());
-        // SAFETY: the caller made `size` bytes writable; we write at most n.
+        // SAFETY: the caller made `size` bytes writable; we write n <= size.
         unsafe {
             ptr::copy_nonoverlapping((&full as *const mcfx_stats).cast::<u8>(), out.cast::<u8>(), n)
         };

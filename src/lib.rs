@@ -16,6 +16,7 @@
 //! - [`config`], [`error`], [`stats`], [`op`], [`log`]
 
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod ffi;
 pub mod group;

@@ -25,6 +25,10 @@ use crate::stats::Stats;
 use crate::transport::Shared;
 use flagcx_sys::Conn;
 
+/// How long destroy waits for a running resolver call before it logs a
+/// warning (it keeps waiting).
+const RESOLVER_WARN_AFTER: Duration = Duration::from_millis(100);
+
 /// Why a connection is wanted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnectKind {
@@ -93,9 +97,29 @@ impl Connects {
     /// blocking connect and reports how many were left running (they hold
     /// their own references and exit when the connect returns).
     pub fn shutdown(&self, limit: Duration) -> usize {
-        self.stop.store(true, SeqCst);
+        {
+            // Under the requests lock: a connector that checked `stop` under
+            // it and is about to wait cannot miss this wake-up (without the
+            // lock it could, and then sat in wait forever: destroy detached
+            // it after connect_timeout, with the engine it held).
+            let _requests = self.requests.lock();
+            self.stop.store(true, SeqCst);
+        }
         self.requested.notify_all();
-        drop(self.resolver_gate.write());
+        // A resolver call may be running (the caller's code, which may use
+        // its context until destroy returns): wait for it, without limit,
+        // and say so.
+        let gate = match self.resolver_gate.try_write_for(RESOLVER_WARN_AFTER) {
+            Some(gate) => gate,
+            None => {
+                tracing::warn!(
+                    "destroy is waiting for a resolver call to return (it may block; \
+                     destroy cannot return while the caller's callback runs)"
+                );
+                self.resolver_gate.write()
+            }
+        };
+        drop(gate);
         let until = Instant::now() + limit;
         let mut running = self.running.lock();
         while *running > 0 {
@@ -165,7 +189,7 @@ fn connect(shared: &Shared, peer: u64) -> Result<Conn, Error> {
     let (host, port) = parse_endpoint(&endpoint)
         .map_err(|why| Error::new(Status::MCFX_E_RESOLVE, format!("peer {peer}: {why}")))?;
     tracing::debug!(peer, %endpoint, "connecting");
-    shared.engine.connect(&host, 0, port).map_err(|e| {
+    shared.engine.engine.connect(&host, 0, port).map_err(|e| {
         Error::new(
             Status::MCFX_E_CONNECT,
             format!("peer {peer} at {endpoint}: FlagCX connect: {e}"),
@@ -211,6 +235,9 @@ pub struct Peer {
     pub connecting: bool,
     /// Ops (slot indices) waiting for `connecting` to finish.
     pub waiting: Vec<u32>,
+    /// When the last refresh reconnect finished (see `REFRESH_INTERVAL` in
+    /// `progress`).
+    pub refreshed_at: Option<std::time::Instant>,
 }
 
 /// Hashes a peer id with one multiply: ids are chosen by the caller, not by
@@ -245,7 +272,7 @@ impl PeerTable {
     pub fn entry(&mut self, peer: u64, connects: &Connects) -> &mut Peer {
         self.peers.entry(peer).or_insert_with(|| {
             connects.request(peer, ConnectKind::First);
-            Peer { conn: None, connecting: true, waiting: Vec::new() }
+            Peer { conn: None, connecting: true, waiting: Vec::new(), refreshed_at: None }
         })
     }
 

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use flagcx_sys::{Conn, Iov, Poll, TransferId};
 
-use crate::error::Status;
+use crate::error::{fail, Result, Status};
 use crate::group::{pieces, Groups};
 use crate::op::{Op, Opcode};
 use crate::peers::{ConnectKind, ConnectResult, PeerTable};
@@ -45,12 +45,20 @@ const MAX_INFLIGHT_NAP: Duration = Duration::from_millis(1);
 /// Timed-out transfers are still polled (so FlagCX can recycle their ids) up
 /// to this many; beyond it they are abandoned.
 const MAX_ZOMBIES: usize = 4096;
+/// At most one refresh reconnect per peer per interval: a remote-range miss
+/// (or a failed transfer) within this time after a refresh finished is
+/// judged against that fresh connection at once, without reconnecting.
+pub const REFRESH_INTERVAL: Duration = Duration::from_millis(100);
 
 struct Slot {
     op: Option<Op>,
     /// Set once the op waited for a refresh reconnect; a second descriptor
     /// failure then fails it.
     refreshed: bool,
+    /// Its FlagCX transfer failed; it waits for a fresh connection that
+    /// tells whether its remote range is still registered
+    /// (`MCFX_E_REMOTE_RANGE`) or not the cause (`MCFX_E_TRANSFER_FAILED`).
+    failed_transfer: bool,
     /// When it started waiting for a connection.
     waiting_since: Instant,
     /// When it fails with MCFX_E_TIMEOUT: `op_timeout` after it first had to
@@ -90,12 +98,18 @@ pub struct Progress {
 }
 
 impl Progress {
-    pub fn new(shared: Arc<Shared>) -> Progress {
+    /// `MCFX_E_INTERNAL` when the op slots (sized by the caller's
+    /// `queue_capacity` and `max_batch`) cannot be allocated.
+    pub fn new(shared: Arc<Shared>) -> Result<Progress> {
         let cap = shared.config.queue_capacity + shared.config.max_batch;
         let now = Instant::now();
-        Progress {
-            slots: Vec::with_capacity(cap),
-            free: Vec::with_capacity(cap),
+        let (mut slots, mut free) = (Vec::new(), Vec::new());
+        if slots.try_reserve_exact(cap).is_err() || free.try_reserve_exact(cap).is_err() {
+            return fail(Status::MCFX_E_INTERNAL, format!("no memory for {cap} op slots"));
+        }
+        Ok(Progress {
+            slots,
+            free,
             peers: PeerTable::default(),
             groups: Groups::default(),
             inflight: Vec::with_capacity(64),
@@ -110,7 +124,7 @@ impl Progress {
             clock: None,
             epoch: now,
             shared,
-        }
+        })
     }
 
     /// The thread body; returns after shutdown, once every op completed.
@@ -214,8 +228,13 @@ impl Progress {
     }
 
     fn take_slot(&mut self, op: Op) -> u32 {
-        let slot =
-            Slot { op: Some(op), refreshed: false, waiting_since: self.epoch, deadline: None };
+        let slot = Slot {
+            op: Some(op),
+            refreshed: false,
+            failed_transfer: false,
+            waiting_since: self.epoch,
+            deadline: None,
+        };
         match self.free.pop() {
             Some(i) => {
                 self.slots[i as usize] = slot;
@@ -274,35 +293,93 @@ impl Progress {
     }
 
     fn apply_connect(&mut self, r: ConnectResult) {
+        // Every path below puts the scratch vector back (no early return
+        // between taking and restoring it).
         let mut waiting = std::mem::take(&mut self.scratch);
+        let refresh = r.kind == ConnectKind::Refresh;
+        let now = if refresh { Some(self.now()) } else { None };
         match r.outcome {
             Ok(conn) => {
-                let Some(peer) = self.peers.peers.get_mut(&r.peer) else { return };
-                peer.conn = Some(Arc::new(conn));
-                peer.connecting = false;
-                waiting.append(&mut peer.waiting);
+                let conn = Arc::new(conn);
+                if let Some(peer) = self.peers.peers.get_mut(&r.peer) {
+                    peer.conn = Some(Arc::clone(&conn));
+                    peer.connecting = false;
+                    if now.is_some() {
+                        peer.refreshed_at = now;
+                    }
+                    waiting.append(&mut peer.waiting);
+                }
                 self.waiting -= waiting.len();
                 for &idx in &waiting {
-                    self.route(idx);
+                    if self.slots[idx as usize].failed_transfer {
+                        self.judge_failed(idx, &conn);
+                    } else {
+                        self.route(idx);
+                    }
                 }
             }
             Err(e) => {
-                let Some(mut peer) = self.peers.peers.remove(&r.peer) else { return };
-                waiting.append(&mut peer.waiting);
-                self.waiting -= waiting.len();
-                if r.kind == ConnectKind::Refresh {
-                    // Keep the old connection: only the newer regions were
-                    // unreachable, and the ops that needed them fail below.
-                    peer.connecting = false;
-                    self.peers.peers.insert(r.peer, peer);
+                if let Some(mut peer) = self.peers.peers.remove(&r.peer) {
+                    waiting.append(&mut peer.waiting);
+                    if refresh {
+                        // Keep the old connection: only the newer regions
+                        // were unreachable, and the ops that needed them
+                        // fail below.
+                        peer.connecting = false;
+                        peer.refreshed_at = now;
+                        self.peers.peers.insert(r.peer, peer);
+                    }
                 }
+                self.waiting -= waiting.len();
                 for &idx in &waiting {
-                    self.complete(idx, e.status, Some(&e.message));
+                    if self.slots[idx as usize].failed_transfer {
+                        let msg = format!("FlagCX reported the transfer failed ({})", e.message);
+                        self.complete(idx, Status::MCFX_E_TRANSFER_FAILED, Some(&msg));
+                    } else {
+                        self.complete(idx, e.status, Some(&e.message));
+                    }
                 }
             }
         }
         waiting.clear();
         self.scratch = waiting;
+    }
+
+    /// Completes an op whose transfer failed: `MCFX_E_REMOTE_RANGE` when
+    /// `conn` (made after the failure) no longer describes its remote range
+    /// (the peer unregistered it: the same status a later op gets from its
+    /// descriptor lookup), else `MCFX_E_TRANSFER_FAILED`.
+    fn judge_failed(&mut self, idx: u32, conn: &Conn) {
+        let max = self.shared.config.max_slice_bytes;
+        let op = self.op(idx);
+        let (peer, remote, len) = (op.req.peer, op.req.remote, op.req.len);
+        let gone = pieces(len, max)
+            .find(|&(off, piece)| conn.make_desc(remote + off, piece as u32).is_err());
+        match gone {
+            Some((off, piece)) => {
+                let msg = format!(
+                    "peer {peer}: remote range [{:#x}, +{piece}) is no longer in any region the \
+                     peer registered (the transfer failed)",
+                    remote + off
+                );
+                self.complete(idx, Status::MCFX_E_REMOTE_RANGE, Some(&msg));
+            }
+            None => self.complete(
+                idx,
+                Status::MCFX_E_TRANSFER_FAILED,
+                Some("FlagCX reported the transfer failed"),
+            ),
+        }
+    }
+
+    /// Whether `peer` had a refresh finish within `REFRESH_INTERVAL`.
+    fn refreshed_recently(&mut self, peer_id: u64) -> bool {
+        let now = self.now();
+        self.peers
+            .peers
+            .get(&peer_id)
+            .and_then(|p| p.refreshed_at)
+            .is_some_and(|at| now < at + REFRESH_INTERVAL)
     }
 
     // ---- 3. groups -> FlagCX vector calls ------------------------------------
@@ -352,18 +429,20 @@ impl Progress {
     }
 
     fn remote_range_miss(&mut self, peer_id: u64, idx: u32, addr: u64, len: u64) {
-        let slot = &mut self.slots[idx as usize];
-        if slot.refreshed {
+        let connecting = self.peers.peers.get(&peer_id).is_some_and(|p| p.connecting);
+        if self.slots[idx as usize].refreshed || (!connecting && self.refreshed_recently(peer_id)) {
             let msg = format!(
                 "peer {peer_id}: remote range [{addr:#x}, +{len}) is not in any region the peer \
-                 registered (checked again after reconnecting)"
+                 registered (as of a reconnect at most {} ms old)",
+                REFRESH_INTERVAL.as_millis()
             );
             self.complete(idx, Status::MCFX_E_REMOTE_RANGE, Some(&msg));
             return;
         }
         // FlagCX knows only the regions the peer had when we connected:
-        // reconnect once to see newer ones, then retry.
-        slot.refreshed = true;
+        // reconnect once to see newer ones (at most once per peer per
+        // REFRESH_INTERVAL; ops missing meanwhile share it), then retry.
+        self.slots[idx as usize].refreshed = true;
         self.park_stamp(idx);
         let peer = self.peers.entry(peer_id, &self.shared.connects);
         if !peer.connecting {
@@ -447,16 +526,7 @@ impl Progress {
             _ => Some("FlagCX reported the transfer failed"),
         };
         if status == Status::MCFX_E_TRANSFER_FAILED {
-            // The connection may be dead (peer restarted or gone): the next op
-            // to this peer reconnects instead of reusing it.
-            if let Some(&m) = t.members.first() {
-                let peer = self.op(m).req.peer;
-                if let Some(p) = self.peers.peers.get(&peer) {
-                    if !p.connecting && p.waiting.is_empty() {
-                        self.peers.peers.remove(&peer);
-                    }
-                }
-            }
+            self.failed_transfer(&mut t);
         }
         for &m in &t.members {
             self.complete(m, status, msg);
@@ -465,6 +535,42 @@ impl Progress {
         t.conn = None;
         t.deadline = None;
         self.spare.push(t);
+    }
+
+    /// A failed transfer's ops wait for a fresh connection to the peer,
+    /// which tells whether their remote ranges are still registered (see
+    /// `judge_failed`); within `REFRESH_INTERVAL` of the last refresh they
+    /// are judged against the current connection at once. A refresh also
+    /// replaces a connection that may be dead (peer restarted or gone).
+    /// Empties `t.members`.
+    fn failed_transfer(&mut self, t: &mut Transfer) {
+        let Some(&first) = t.members.first() else { return };
+        let peer_id = self.op(first).req.peer;
+        let recent = self.refreshed_recently(peer_id);
+        let members = std::mem::take(&mut t.members);
+        for &m in &members {
+            let peer = self.peers.entry(peer_id, &self.shared.connects);
+            match (&peer.conn, peer.connecting) {
+                (Some(conn), false) if recent => {
+                    let conn = Arc::clone(conn);
+                    self.judge_failed(m, &conn);
+                }
+                _ => {
+                    if !peer.connecting {
+                        peer.connecting = true;
+                        self.shared.connects.request(peer_id, ConnectKind::Refresh);
+                    }
+                    peer.waiting.push(m);
+                    self.waiting += 1;
+                    let slot = &mut self.slots[m as usize];
+                    slot.failed_transfer = true;
+                    slot.refreshed = true;
+                    self.park_stamp(m);
+                }
+            }
+        }
+        t.members = members;
+        t.members.clear();
     }
 
     /// Keeps polling a timed-out transfer (its ops already completed) so
@@ -602,5 +708,40 @@ impl Progress {
         }
         self.zombies.clear();
         debug_assert!(self.slots.iter().all(|s| s.op.is_none()), "an op never completed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+    use crate::peers::parse_endpoint;
+
+    /// A connect result for a peer the table no longer has (or never had),
+    /// and every other path, must put the scratch vector back: otherwise
+    /// the next pass allocates again.
+    #[test]
+    fn apply_connect_puts_its_scratch_vector_back_on_every_path() {
+        let shared = crate::transport::test_shared(crate::Config::default());
+        let (host, port) = parse_endpoint(shared.endpoint_for_test()).unwrap();
+        let mut p = Progress::new(Arc::clone(&shared)).unwrap();
+        let failed = || Err(Error::new(Status::MCFX_E_CONNECT, "refused"));
+        let connected = || Ok(shared.engine.engine.connect(&host, 0, port).unwrap());
+        for (peer, kind, outcome) in [
+            (99, ConnectKind::First, connected()),
+            (99, ConnectKind::Refresh, connected()),
+            (99, ConnectKind::First, failed()),
+            (99, ConnectKind::Refresh, failed()),
+        ] {
+            p.scratch = Vec::with_capacity(64);
+            let ok = outcome.is_ok();
+            p.apply_connect(ConnectResult { peer, kind, outcome });
+            assert!(p.scratch.capacity() >= 64, "{kind:?} ok={ok}: scratch not put back");
+        }
+        // And for a known peer.
+        p.peers.entry(7, &shared.connects);
+        p.scratch = Vec::with_capacity(64);
+        p.apply_connect(ConnectResult { peer: 7, kind: ConnectKind::First, outcome: connected() });
+        assert!(p.scratch.capacity() >= 64);
     }
 }

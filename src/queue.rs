@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 
+use crate::error::{fail, Status};
 use crate::op::Op;
 use crate::wake::Wake;
 
@@ -36,13 +37,25 @@ impl Drop for Admission<'_> {
 }
 
 impl SubmitQueue {
-    pub fn new(capacity: usize) -> SubmitQueue {
-        SubmitQueue {
+    /// A queue of `capacity` slots; `MCFX_E_INTERNAL` when the memory for
+    /// them cannot be had (the ring itself cannot report a failed
+    /// allocation, so the same size is reserved and freed first: the host is
+    /// not aborted for a capacity the system cannot give).
+    pub fn new(capacity: usize) -> crate::error::Result<SubmitQueue> {
+        let mut probe: Vec<Op> = Vec::new();
+        if probe.try_reserve_exact(capacity.saturating_mul(2)).is_err() {
+            return fail(
+                Status::MCFX_E_INTERNAL,
+                format!("no memory for a queue of {capacity} slots"),
+            );
+        }
+        drop(probe);
+        Ok(SubmitQueue {
             ops: ArrayQueue::new(capacity),
             wake: Wake::new(),
             accepting: AtomicBool::new(true),
             submitters: AtomicUsize::new(0),
-        }
+        })
     }
 
     /// Admits a submitter, or `None` once the queue is closing.

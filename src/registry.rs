@@ -15,7 +15,13 @@
 //! - a region is removed only while no op holds it: submit bumps `acquired`
 //!   and then checks `closing`; unregister sets `closing` and then reads
 //!   `released` before `acquired` (all SeqCst), so either the submit sees
-//!   `closing` and backs out, or unregister counts the op and refuses.
+//!   `closing` and backs out, or unregister counts the op and refuses;
+//! - a slot's `generation` names the registration using it; generations come
+//!   from a counter of this table, never from FlagCX (whose ids may be
+//!   reused), so a submitter holding a table from before the slot was reused
+//!   cannot take a hold on the new owner's behalf;
+//! - FlagCX registration is process-wide: the table registers through the
+//!   process engine ([`crate::engine`]), which counts owners per base.
 
 use std::sync::atomic::{
     AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::Release, Ordering::SeqCst,
@@ -25,8 +31,9 @@ use std::sync::{Arc, OnceLock};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
+use crate::engine::EngineRef;
 use crate::error::{fail, Error, Result, Status};
-use flagcx_sys::{Engine, MrId};
+use flagcx_sys::MrId;
 
 const CHUNK: usize = 256;
 const CHUNKS: usize = 256;
@@ -44,10 +51,9 @@ struct Counters {
     acquired: Padded<AtomicU64>,
     released: Padded<AtomicU64>,
     closing: AtomicBool,
-    /// The FlagCX id of the region using this slot, so a submitter holding a
-    /// table from before the slot was reused cannot take a hold on the new
-    /// owner's behalf.
-    owner: AtomicU64,
+    /// The generation of the registration using this slot (see the module
+    /// invariants).
+    generation: AtomicU64,
 }
 
 impl Counters {
@@ -74,6 +80,7 @@ struct Region {
     len: usize,
     mr: MrId,
     slot: u32,
+    generation: u64,
 }
 
 impl Region {
@@ -85,7 +92,7 @@ impl Region {
 type Table = Vec<Arc<Region>>;
 
 pub struct Registry {
-    engine: Engine,
+    engine: Arc<EngineRef>,
     table: ArcSwap<Table>,
     /// Counter slots in chunks created on demand and kept until the
     /// transport goes (stable addresses, no unsafe).
@@ -98,10 +105,12 @@ pub struct Registry {
 struct Slots {
     free: Vec<u32>,
     next: u32,
+    /// The last generation handed out.
+    generation: u64,
 }
 
 impl Registry {
-    pub fn new(engine: Engine) -> Registry {
+    pub fn new(engine: Arc<EngineRef>) -> Registry {
         Registry {
             engine,
             table: ArcSwap::from_pointee(Vec::new()),
@@ -140,39 +149,43 @@ impl Registry {
                 ),
             );
         }
-        let slot = match slots.free.pop() {
-            Some(s) => s,
-            None if (slots.next as usize) < MAX_REGIONS => {
-                slots.next += 1;
-                slots.next - 1
-            }
-            None => {
-                return fail(
-                    Status::MCFX_E_INTERNAL,
-                    format!("register: more than {MAX_REGIONS} regions registered"),
-                )
-            }
-        };
+        if slots.free.is_empty() && slots.next as usize >= MAX_REGIONS {
+            return fail(
+                Status::MCFX_E_INTERNAL,
+                format!("register: more than {MAX_REGIONS} regions registered"),
+            );
+        }
         // SAFETY: this function's own contract, passed on unchanged.
-        let mr = match unsafe { self.engine.register(addr, len) } {
+        let mr = match unsafe { self.engine.register(self.engine.owner, addr, len) } {
             Ok(mr) => mr,
             Err(e) => {
-                slots.free.push(slot);
                 return fail(
                     Status::MCFX_E_FLAGCX,
                     format!("FlagCX refused to register [{addr:#x}, +{len}): {e}"),
                 );
             }
         };
-        let counters = self.counters(slot);
-        counters.owner.store(mr.0, SeqCst);
-        counters.closing.store(false, SeqCst);
-        let mut next: Table = table.iter().cloned().collect();
-        let at = next.partition_point(|r| r.base < addr);
-        next.insert(at, Arc::new(Region { base: addr, len, mr, slot }));
-        self.table.store(Arc::new(next));
+        self.install(&mut slots, &table, addr, len, mr);
         tracing::debug!(addr, len, mr = mr.0, "registered region");
         Ok(())
+    }
+
+    /// Puts a registered region into a free slot and a new table (under the
+    /// writer lock; the caller checked there is a slot).
+    fn install(&self, slots: &mut Slots, table: &Table, addr: usize, len: usize, mr: MrId) {
+        let slot = slots.free.pop().unwrap_or_else(|| {
+            slots.next += 1;
+            slots.next - 1
+        });
+        slots.generation += 1;
+        let generation = slots.generation;
+        let counters = self.counters(slot);
+        counters.generation.store(generation, SeqCst);
+        counters.closing.store(false, SeqCst);
+        let mut next: Table = table.to_vec();
+        let at = next.partition_point(|r| r.base < addr);
+        next.insert(at, Arc::new(Region { base: addr, len, mr, slot, generation }));
+        self.table.store(Arc::new(next));
     }
 
     /// Unregisters the region starting at `addr`; fails with `MCFX_E_BUSY`
@@ -200,7 +213,7 @@ impl Registry {
         let mut next = (*table).clone();
         let region = next.remove(pos);
         self.table.store(Arc::new(next));
-        self.engine.deregister(region.mr);
+        self.engine.deregister(self.engine.owner, region.base);
         slots.free.push(region.slot);
         tracing::debug!(addr, "unregistered region");
         Ok(())
@@ -223,13 +236,18 @@ impl Registry {
     /// Hot path: one lock-free table load, a binary search, an atomic add on
     /// a line only submitters write, one load.
     pub fn acquire(&self, addr: usize, len: usize) -> Result<RegionRef> {
-        let table = self.table.load();
-        let Some(region) = find(&table, addr, len) else {
+        self.acquire_in(&self.table.load(), addr, len)
+    }
+
+    /// [`Registry::acquire`] in a given table (possibly an older one).
+    #[inline]
+    fn acquire_in(&self, table: &Table, addr: usize, len: usize) -> Result<RegionRef> {
+        let Some(region) = find(table, addr, len) else {
             return Err(not_registered(addr, len));
         };
         let counters = self.counters(region.slot);
         counters.acquired.0.fetch_add(1, SeqCst);
-        if counters.closing.load(SeqCst) || counters.owner.load(SeqCst) != region.mr.0 {
+        if counters.closing.load(SeqCst) || counters.generation.load(SeqCst) != region.generation {
             self.unacquire(RegionRef { slot: region.slot, mr: region.mr });
             return Err(not_registered(addr, len));
         }
@@ -262,7 +280,7 @@ impl Registry {
         let _w = self.write.lock();
         let table = self.table.swap(Arc::new(Vec::new()));
         for r in table.iter() {
-            self.engine.deregister(r.mr);
+            self.engine.deregister(self.engine.owner, r.base);
         }
     }
 
@@ -286,4 +304,43 @@ fn not_registered(addr: usize, len: usize) -> Error {
         Status::MCFX_E_NOT_REGISTERED,
         format!("local range [{addr:#x}, +{len}) is not inside one registered region"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// FlagCX may hand out an id again once it was deregistered; the table's
+    /// ownership check must not rely on it not doing so.
+    #[test]
+    fn a_stale_table_cannot_take_a_hold_on_a_reused_slot_whatever_flagcx_ids_are() {
+        let reg = Registry::new(Arc::new(EngineRef::acquire().unwrap()));
+        let (a, b) = (0x10_0000usize, 0x20_0000usize);
+        let install = |addr| {
+            let mut slots = reg.write.lock();
+            let table = reg.table.load_full();
+            // The same FlagCX id both times, as a provider reusing ids gives.
+            reg.install(&mut slots, &table, addr, 4096, MrId(7));
+        };
+        install(a);
+        let stale = reg.table.load_full();
+        assert!(reg.acquire_in(&stale, a, 64).is_ok(), "the live region");
+        reg.release(reg.acquire_in(&stale, a, 64).unwrap());
+        {
+            // Unregister a (no FlagCX call: the region was never in FlagCX).
+            let mut slots = reg.write.lock();
+            let mut next = (*reg.table.load_full()).clone();
+            let region = next.remove(0);
+            reg.table.store(Arc::new(next));
+            slots.free.push(region.slot);
+        }
+        install(b);
+        assert_eq!(reg.table.load()[0].slot, stale[0].slot, "the slot was reused");
+        assert_eq!(
+            reg.acquire_in(&stale, a, 64).unwrap_err().status,
+            Status::MCFX_E_NOT_REGISTERED,
+            "a hold through the stale table would count against b's registration"
+        );
+        assert!(reg.acquire(b, 64).is_ok());
+    }
 }

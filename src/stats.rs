@@ -107,13 +107,26 @@ impl Stats {
         counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
     }
 
+    /// Takes back part of an `add` (ops counted but not queued).
+    pub fn sub(counter: &AtomicU64, n: u64) {
+        counter.fetch_sub(n, Relaxed);
+    }
+
     pub fn snapshot(&self) -> Snapshot {
+        // Completions first, then submitted: an op is counted submitted
+        // before it can complete, so this order never shows more completed
+        // than submitted (in_flight also saturates at zero).
+        let completed = self.completed.load(Relaxed);
+        let failed = self.failed.load(Relaxed);
+        let timed_out = self.timed_out.load(Relaxed);
+        let canceled = self.canceled.load(Relaxed);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
         Snapshot {
             submitted: self.submitted.load(Relaxed),
-            completed: self.completed.load(Relaxed),
-            failed: self.failed.load(Relaxed),
-            timed_out: self.timed_out.load(Relaxed),
-            canceled: self.canceled.load(Relaxed),
+            completed,
+            failed,
+            timed_out,
+            canceled,
             bytes: self.bytes.load(Relaxed),
             queue_full: self.queue_full.load(Relaxed),
             wakeups: self.wakeups.load(Relaxed),
@@ -129,6 +142,7 @@ impl Stats {
 impl Snapshot {
     /// Ops accepted and not yet completed.
     pub fn in_flight(&self) -> u64 {
-        self.submitted - (self.completed + self.failed + self.timed_out + self.canceled)
+        let done = self.completed + self.failed + self.timed_out + self.canceled;
+        self.submitted.saturating_sub(done)
     }
 }

@@ -1,14 +1,14 @@
-//! The transport: owns the FlagCX engine, the registry, the queue and the
-//! threads, and is what every C entry point forwards to.
+//! The transport: holds the process's FlagCX engine, owns the registry, the
+//! queue and the threads, and is what every C entry point forwards to.
 
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, ThreadId};
 
-use flagcx_sys::Engine;
 use parking_lot::Mutex;
 
 use crate::config::{provider_knob, Config};
+use crate::engine::EngineRef;
 use crate::error::{fail, Error, Result, Status};
 use crate::op::{Op, OpRequest, OpSource};
 use crate::peers::{run_connector, Connects};
@@ -23,10 +23,13 @@ pub type CompletionFn = Box<dyn Fn(u64, Status) + Send + Sync>;
 pub type ResolverFn = Box<dyn Fn(u64) -> std::result::Result<String, String> + Send + Sync>;
 
 /// State shared by the caller-facing handle and the transport's threads.
+///
+/// Fields drop in declaration order: `connects` (which may hold FlagCX
+/// connections) before `registry` and `engine` (the holds on the process
+/// engine), so the FlagCX engine is destroyed under the engine lock when
+/// this is the last transport (see `engine`).
 pub struct Shared {
     pub config: Config,
-    pub engine: Engine,
-    pub registry: Registry,
     pub queue: SubmitQueue,
     pub stats: Stats,
     pub connects: Connects,
@@ -35,12 +38,21 @@ pub struct Shared {
     /// Set by shutdown after the queue closed; the progress thread then
     /// completes everything and exits.
     pub stop: AtomicBool,
-    endpoint: String,
+    /// None when the transport does not serve peers.
+    endpoint: Option<String>,
+    pub registry: Registry,
+    /// The process's FlagCX engine (shared with the process's other
+    /// transports).
+    pub engine: Arc<EngineRef>,
 }
 
 pub struct Transport {
     shared: Arc<Shared>,
     threads: Mutex<Threads>,
+    /// The ids of the transport's threads: the only threads its callbacks
+    /// run on (apart from `threads`, so reading them never waits for a
+    /// shutdown in progress).
+    thread_ids: Mutex<Vec<ThreadId>>,
 }
 
 #[derive(Default)]
@@ -50,8 +62,10 @@ struct Threads {
 }
 
 impl Transport {
-    /// Creates the FlagCX engine, starts its RPC server (unless
-    /// `serve_peers` is off), the progress thread and the connector threads.
+    /// Takes the process's FlagCX engine (creating it for the first
+    /// transport), starts its RPC server (unless `serve_peers` is off and no
+    /// other transport started it), the progress thread and the connector
+    /// threads.
     pub fn create(
         config: Config,
         on_complete: CompletionFn,
@@ -60,23 +74,26 @@ impl Transport {
         crate::log::init();
         config.validate()?;
         apply_provider_options(&config)?;
-        let engine = Engine::create().map_err(|e| {
+        let engine = Arc::new(EngineRef::acquire().map_err(|e| {
             Error::new(
                 Status::MCFX_E_FLAGCX,
                 format!("flagcxP2pEngineCreate failed ({e}): no usable FlagCX device?"),
             )
-        })?;
-        if config.serve_peers {
-            engine.start_rpc_server().map_err(|e| {
-                Error::new(Status::MCFX_E_FLAGCX, format!("FlagCX RPC server: {e}"))
-            })?;
-        }
-        let endpoint = engine
-            .endpoint()
-            .map_err(|e| Error::new(Status::MCFX_E_FLAGCX, format!("FlagCX metadata: {e}")))?;
+        })?);
+        let endpoint =
+            if config.serve_peers {
+                engine.serve().map_err(|e| {
+                    Error::new(Status::MCFX_E_FLAGCX, format!("FlagCX RPC server: {e}"))
+                })?;
+                Some(engine.engine.endpoint().map_err(|e| {
+                    Error::new(Status::MCFX_E_FLAGCX, format!("FlagCX metadata: {e}"))
+                })?)
+            } else {
+                None
+            };
         let shared = Arc::new(Shared {
-            registry: Registry::new(engine.clone()),
-            queue: SubmitQueue::new(config.queue_capacity),
+            registry: Registry::new(Arc::clone(&engine)),
+            queue: SubmitQueue::new(config.queue_capacity)?,
             stats: Stats::default(),
             connects: Connects::default(),
             on_complete,
@@ -86,28 +103,44 @@ impl Transport {
             engine,
             config,
         });
-        let transport =
-            Transport { shared: Arc::clone(&shared), threads: Mutex::new(Threads::default()) };
-        let progress = Progress::new(Arc::clone(&shared));
-        transport.threads.lock().progress = Some(spawn("mcfx-progress", move || progress.run())?);
+        let transport = Transport {
+            shared: Arc::clone(&shared),
+            threads: Mutex::new(Threads::default()),
+            thread_ids: Mutex::new(Vec::new()),
+        };
+        let progress = Progress::new(Arc::clone(&shared))?;
+        let h = spawn("mcfx-progress", move || progress.run())?;
+        transport.thread_ids.lock().push(h.thread().id());
+        transport.threads.lock().progress = Some(h);
         for i in 0..shared.config.connect_threads {
             let s = Arc::clone(&shared);
             shared.connects.thread_started();
             match spawn(&format!("mcfx-connect-{i}"), move || run_connector(s)) {
-                Ok(h) => transport.threads.lock().connectors.push(h),
+                Ok(h) => {
+                    transport.thread_ids.lock().push(h.thread().id());
+                    transport.threads.lock().connectors.push(h);
+                }
                 Err(e) => {
                     shared.connects.thread_exited_early();
                     return Err(e); // Drop shuts the started threads down.
                 }
             }
         }
-        tracing::info!(endpoint = %shared.endpoint, "transport created");
+        tracing::info!(endpoint = ?shared.endpoint, "transport created");
         Ok(transport)
     }
 
-    /// The endpoint (`host:port`) peers use to reach this transport.
-    pub fn endpoint(&self) -> &str {
-        &self.shared.endpoint
+    /// The endpoint (`host:port`) peers use to reach this transport; None
+    /// when it does not serve peers.
+    pub fn endpoint(&self) -> Option<&str> {
+        self.shared.endpoint.as_deref()
+    }
+
+    /// Whether the calling thread is one of this transport's own (so the
+    /// caller is inside one of its callbacks).
+    pub fn on_own_thread(&self) -> bool {
+        let me = std::thread::current().id();
+        self.thread_ids.lock().contains(&me)
     }
 
     /// Registers local memory for transfers.
@@ -151,6 +184,9 @@ impl Transport {
             }
         }
         let wait = self.shared.config.submit_wait;
+        // Counted before any op is published (the progress thread may
+        // complete it at once); the ops not queued are taken back below.
+        Stats::add(&self.shared.stats.submitted, reqs.len() as u64);
         let mut result = Ok(());
         for (i, r) in reqs.iter().enumerate() {
             let r = r.request().expect("decoded above");
@@ -177,11 +213,11 @@ impl Transport {
             }
             *accepted += 1;
         }
-        if *accepted > 0 {
-            Stats::add(&self.shared.stats.submitted, *accepted as u64);
-            if self.shared.queue.notify() {
-                Stats::add(&self.shared.stats.wakeups, 1);
-            }
+        if *accepted < reqs.len() {
+            Stats::sub(&self.shared.stats.submitted, (reqs.len() - *accepted) as u64);
+        }
+        if *accepted > 0 && self.shared.queue.notify() {
+            Stats::add(&self.shared.stats.wakeups, 1);
         }
         result
     }
@@ -266,4 +302,31 @@ fn apply_provider_options(config: &Config) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+impl Shared {
+    pub(crate) fn endpoint_for_test(&self) -> &str {
+        self.endpoint.as_deref().expect("serving")
+    }
+}
+
+/// A transport's shared state without its threads, for unit tests of the
+/// progress loop.
+#[cfg(test)]
+pub(crate) fn test_shared(config: Config) -> Arc<Shared> {
+    let engine = Arc::new(EngineRef::acquire().expect("FlagCX engine"));
+    engine.serve().expect("RPC server");
+    Arc::new(Shared {
+        registry: Registry::new(Arc::clone(&engine)),
+        queue: SubmitQueue::new(config.queue_capacity).unwrap(),
+        stats: Stats::default(),
+        connects: Connects::default(),
+        on_complete: Box::new(|_, _| {}),
+        resolver: Box::new(|_| Err("no peers".into())),
+        stop: AtomicBool::new(false),
+        endpoint: Some(engine.engine.endpoint().unwrap()),
+        engine,
+        config,
+    })
 }

@@ -114,6 +114,76 @@ fn every_export_rejects_every_bad_input_with_its_documented_status() {
             MCFX_E_BAD_CONFIG,
             cfg(|c| c.provider_options = c"warp=9".as_ptr()),
         ),
+        // Every numeric field has a documented maximum (issue 11, item 1):
+        // beyond it, BAD_CONFIG, never an abort of the host.
+        row(
+            "mcfx_create",
+            "max_batch UINT32_MAX",
+            MCFX_E_BAD_CONFIG,
+            cfg(|c| c.max_batch = u32::MAX),
+        ),
+        row(
+            "mcfx_create",
+            "max_batch 300 000 000",
+            MCFX_E_BAD_CONFIG,
+            cfg(|c| c.max_batch = 300_000_000),
+        ),
+        row(
+            "mcfx_create",
+            "spin_grace_us UINT32_MAX",
+            MCFX_E_BAD_CONFIG,
+            cfg(|c| c.spin_grace_us = u32::MAX),
+        ),
+        row(
+            "mcfx_create",
+            "submit_wait_us UINT32_MAX",
+            MCFX_E_BAD_CONFIG,
+            cfg(|c| c.submit_wait_us = u32::MAX),
+        ),
+        row(
+            "mcfx_create",
+            "op_timeout_ms UINT32_MAX",
+            MCFX_E_BAD_CONFIG,
+            cfg(|c| c.op_timeout_ms = u32::MAX),
+        ),
+        row(
+            "mcfx_create",
+            "connect_timeout_ms UINT32_MAX",
+            MCFX_E_BAD_CONFIG,
+            cfg(|c| c.connect_timeout_ms = u32::MAX),
+        ),
+        row(
+            "mcfx_create",
+            "shutdown_timeout_ms UINT32_MAX",
+            MCFX_E_BAD_CONFIG,
+            cfg(|c| c.shutdown_timeout_ms = u32::MAX),
+        ),
+        row(
+            "mcfx_create",
+            "connect_threads UINT32_MAX",
+            MCFX_E_BAD_CONFIG,
+            cfg(|c| c.connect_threads = u32::MAX),
+        ),
+        row(
+            "mcfx_create",
+            "queue_capacity UINT32_MAX",
+            MCFX_E_BAD_CONFIG,
+            cfg(|c| c.queue_capacity = u32::MAX),
+        ),
+        row(
+            "mcfx_create",
+            "max_slice_bytes UINT64_MAX",
+            MCFX_E_BAD_CONFIG,
+            cfg(|c| c.max_slice_bytes = u64::MAX),
+        ),
+        row("mcfx_create", "provider_options of 1 MiB", MCFX_E_BAD_CONFIG, move || {
+            let long = std::ffi::CString::new(vec![b'x'; 1 << 20]).unwrap();
+            let mut c = config(&p.a.done, &p.a.dir);
+            c.provider_options = long.as_ptr();
+            let mut out = null_mut();
+            // SAFETY: a valid config with a NUL-terminated string.
+            unsafe { mcfx_create(&c, &mut out) }
+        }),
         row("mcfx_local_endpoint", "NULL handle", MCFX_E_INVALID_ARGUMENT, || unsafe {
             mcfx_local_endpoint(null(), null_mut(), 0, &mut 0)
         }),
@@ -129,6 +199,25 @@ fn every_export_rejects_every_bad_input_with_its_documented_status() {
         row("mcfx_local_endpoint", "buffer too small", MCFX_E_BUFFER_TOO_SMALL, move || unsafe {
             mcfx_local_endpoint(t as *const _, [0 as c_char; 4].as_mut_ptr(), 4, &mut 0)
         }),
+        row(
+            "mcfx_local_endpoint",
+            "a transport made with MCFX_FLAG_NO_SERVE",
+            MCFX_E_NOT_SERVING,
+            move || {
+                let mut c = config(&p.a.done, &p.a.dir);
+                c.flags = MCFX_FLAG_NO_SERVE;
+                let mut q = null_mut();
+                let mut buf = [0 as c_char; 64];
+                let mut len = 0;
+                // SAFETY: valid config; q is live until destroyed below.
+                unsafe {
+                    assert_eq!(mcfx_create(&c, &mut q), OK);
+                    let st = mcfx_local_endpoint(q, buf.as_mut_ptr(), buf.len(), &mut len);
+                    assert_eq!(mcfx_destroy(q), OK); // keeps the message
+                    st
+                }
+            },
+        ),
         row("mcfx_register", "NULL handle", MCFX_E_INVALID_ARGUMENT, move || unsafe {
             mcfx_register(null_mut(), other.addr() as _, 64)
         }),
@@ -146,6 +235,9 @@ fn every_export_rejects_every_bad_input_with_its_documented_status() {
         }),
         row("mcfx_unregister", "NULL handle", MCFX_E_INVALID_ARGUMENT, move || unsafe {
             mcfx_unregister(null_mut(), src as _)
+        }),
+        row("mcfx_unregister", "NULL address", MCFX_E_INVALID_ARGUMENT, move || unsafe {
+            mcfx_unregister(t as *mut _, null_mut())
         }),
         row("mcfx_unregister", "never registered", MCFX_E_NOT_FOUND, move || unsafe {
             mcfx_unregister(t as *mut _, other.addr() as _)
@@ -173,6 +265,10 @@ fn every_export_rejects_every_bad_input_with_its_documented_status() {
         }),
         row("mcfx_unregister_batch", "NULL array", MCFX_E_INVALID_ARGUMENT, move || unsafe {
             mcfx_unregister_batch(t as *mut _, null(), 1)
+        }),
+        row("mcfx_unregister_batch", "a NULL entry", MCFX_E_INVALID_ARGUMENT, move || unsafe {
+            let a = [null_mut::<c_void>()];
+            mcfx_unregister_batch(t as *mut _, a.as_ptr(), 1)
         }),
         row("mcfx_unregister_batch", "an unknown entry", MCFX_E_NOT_FOUND, move || unsafe {
             let a = [other.addr() as *mut c_void];

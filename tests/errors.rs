@@ -107,10 +107,9 @@ fn a_slow_peer_times_out_its_ops_without_delaying_another_peer() {
     // must not be what failed the slow op (the transport's 1 s deadline does,
     // seconds earlier).
     let p = Pair::with(64, |c| c.connect_timeout_ms = 1000);
-    // An endpoint that accepts TCP but never answers the handshake: an engine
-    // without an RPC server.
-    let silent = Node::with(|c| c.flags = MCFX_FLAG_NO_SERVE);
-    p.a.dir.insert(2, &silent.endpoint);
+    // An endpoint that accepts TCP but never answers the handshake.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    p.a.dir.insert(2, &silent.local_addr().unwrap().to_string());
     assert!(sw::set_knob(sw::Knob::ConnectTimeoutMs, 5000));
     let start = Instant::now();
     p.a.submit_ok(&[write(p.src.addr(), 64, 2, 0x1000, 1)]);

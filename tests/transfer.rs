@@ -10,7 +10,6 @@ use mooncake_flagcx::ffi::*;
 
 #[test]
 fn writes_and_reads_keep_data_intact_from_1b_to_16mib() {
-    let _g = serial();
     const MAX: usize = 16 << 20;
     let mut back = AlignedBuf::new(MAX);
     let mut p = Pair::new(MAX);
@@ -34,7 +33,6 @@ fn writes_and_reads_keep_data_intact_from_1b_to_16mib() {
 
 #[test]
 fn ops_longer_than_the_slice_limit_are_split_and_complete_once() {
-    let _g = serial();
     const LEN: usize = (1 << 20) + 123;
     let mut p = Pair::with(LEN, |c| c.max_slice_bytes = 4096);
     pattern::fill(p.src.bytes(), 77);
@@ -48,7 +46,6 @@ fn ops_longer_than_the_slice_limit_are_split_and_complete_once() {
 
 #[test]
 fn a_batch_to_several_peers_is_grouped_and_lands_intact() {
-    let _g = serial();
     let a = Node::new();
     let peers: Vec<Node> = (0..3).map(|_| Node::new()).collect();
     const LEN: usize = 4096;
@@ -90,7 +87,6 @@ fn a_batch_to_several_peers_is_grouped_and_lands_intact() {
 
 #[test]
 fn eight_threads_submitting_concurrently_all_complete_intact() {
-    let _g = serial();
     const THREADS: usize = 8;
     const OPS: usize = 2000;
     const LEN: usize = 256;
@@ -124,7 +120,6 @@ fn eight_threads_submitting_concurrently_all_complete_intact() {
 
 #[test]
 fn cross_process_writes_and_reads_are_intact() {
-    let _g = serial();
     let mut peer = PeerProcess::spawn(4 << 20);
     let a = Node::new();
     a.dir.insert(7, &peer.endpoint);
@@ -147,7 +142,6 @@ fn cross_process_writes_and_reads_are_intact() {
 
 #[test]
 fn memory_the_peer_registered_after_we_connected_is_reached_by_reconnecting() {
-    let _g = serial();
     let mut late = AlignedBuf::new(4096);
     let mut p = Pair::new(4096);
     p.a.submit_ok(&[p.write(4096, 1)]);

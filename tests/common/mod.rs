@@ -176,8 +176,12 @@ impl Node {
         let mut len = 0;
         // SAFETY: live handle, 128-byte buffer.
         let st = unsafe { mcfx_local_endpoint(t, buf.as_mut_ptr().cast(), buf.len(), &mut len) };
-        assert_eq!(st, mcfx_status::MCFX_OK);
-        let endpoint = String::from_utf8(buf[..len].to_vec()).unwrap();
+        // A transport made with MCFX_FLAG_NO_SERVE has no endpoint.
+        let serves = c.flags & MCFX_FLAG_NO_SERVE == 0;
+        let want = if serves { mcfx_status::MCFX_OK } else { mcfx_status::MCFX_E_NOT_SERVING };
+        assert_eq!(st, want);
+        let endpoint =
+            if serves { String::from_utf8(buf[..len].to_vec()).unwrap() } else { String::new() };
         Ok(Node { t, done, dir, endpoint, _options: None })
     }
 
