@@ -27,7 +27,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-// Version of the C ABI this library implements.
+// Newest version of the C ABI this library implements. `mcfx_create`
+// accepts a config of any version from 1 up to this one; the v1 table
+// (`mcfx_get_api_v1`) always reports 1.
 #define MCFX_ABI_VERSION 1
 
 // `mcfx_op.opcode`: read remote memory into local memory.
@@ -99,6 +101,26 @@ typedef int32_t mcfx_status;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
+// Severity of a message passed to `mcfx_config.log`.
+enum mcfx_log_level
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  MCFX_LOG_ERROR = 1,
+  MCFX_LOG_WARN = 2,
+  MCFX_LOG_INFO = 3,
+  MCFX_LOG_DEBUG = 4,
+  MCFX_LOG_TRACE = 5,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum mcfx_log_level mcfx_log_level;
+#else
+typedef int32_t mcfx_log_level;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
 // An opaque transport handle.
 typedef struct mcfx_transport mcfx_transport;
 
@@ -115,11 +137,23 @@ typedef void (*mcfx_complete_fn)(void *ctx, uint64_t user_data, mcfx_status stat
 // metadata server), which delays only that peer.
 typedef int32_t (*mcfx_resolve_fn)(void *ctx, uint64_t peer_id, char *buf, size_t cap);
 
-// Transport configuration. Start from `mcfx_config_init`, which sets
-// `struct_size` and `abi_version`; zero in a numeric field means "default".
-// Fields are only ever appended: a caller built against an older header
-// passes a smaller `struct_size` and gets defaults for the newer fields. The
-// smallest accepted `struct_size` covers the fields up to `resolve_ctx`.
+// Log callback: `level` is the message's severity, `message` a
+// NUL-terminated line valid only during the call. Called from any thread
+// (the transport's threads and those calling into the library), possibly
+// concurrently; never after `mcfx_destroy` of its transport returned. Keep
+// it short, do not call into this library from it, and do not unwind out
+// of it (a C++ callback must not throw).
+typedef void (*mcfx_log_fn)(void *ctx, mcfx_log_level level, const char *message);
+
+// Transport configuration. Start from `mcfx_config_init`, which writes
+// `struct_size`, `abi_version` and every default, then set the callbacks.
+// Zero in a numeric field also means "default" (except `submit_wait_us`,
+// whose default is 0). Fields are only ever appended: a caller built against
+// an older header passes a smaller `struct_size` and gets defaults for the
+// newer fields. The smallest accepted `struct_size` covers the fields up to
+// `resolve_ctx`; `abi_version` may be any version from 1 to
+// `MCFX_ABI_VERSION`. The layout has no padding (pinned by compile-time
+// asserts of every offset).
 typedef struct mcfx_config {
   // `sizeof(mcfx_config)` as the caller compiled it.
   uint32_t struct_size;
@@ -156,11 +190,15 @@ typedef struct mcfx_config {
   uint32_t shutdown_timeout_ms;
   // `MCFX_FLAG_*` bits.
   uint32_t flags;
-  // NULL, or software-provider knobs as `key=value` pairs separated by `,`
-  // (`latency_ns`, `fail_op`, `hang_op`, `connect_delay_ms`,
-  // `refuse_connect`, `connect_timeout_ms`); `MCFX_E_BAD_CONFIG` when the
-  // loaded FlagCX is not the software provider.
-  const char *provider_options;
+  // The most verbose `mcfx_log_level` passed to `log` (default, and 0:
+  // `MCFX_LOG_WARN`; at most `MCFX_LOG_TRACE`).
+  uint32_t log_level;
+  // NULL (no callback: the library logs only to stderr, and only when
+  // `MCFX_LOG` is set), or the host's logger. It receives this transport's
+  // messages, and those of no transport in particular.
+  mcfx_log_fn log;
+  // Passed to `log` untouched.
+  void *log_ctx;
 } mcfx_config;
 
 // One region for `mcfx_register_batch`.
@@ -211,7 +249,7 @@ typedef struct mcfx_stats {
 
 // Version 1 of the function table (see `mcfx_get_api_v1`).
 typedef struct mcfx_api_v1 {
-  // `MCFX_ABI_VERSION` of the library.
+  // Always 1: this table's version (newer tables get their own export).
   uint32_t abi_version;
   // `sizeof(mcfx_api_v1)` of the library; entries are only appended.
   uint32_t struct_size;
@@ -265,10 +303,11 @@ const char *mcfx_strerror(int32_t status);
 size_t mcfx_last_error(char *buf, size_t cap);
 
 // Fills the first `size` bytes of `*config` (pass `sizeof(mcfx_config)` as
-// the caller compiled it) with defaults, and sets `struct_size` to the part
-// written and `abi_version`. A caller built against an older, smaller header
-// is never written past its struct. NULL, or `size` below 8, is ignored.
-// Thread-safe.
+// the caller compiled it) with the defaults: `struct_size` (the part
+// written), `abi_version`, every numeric default (queue_capacity 4096,
+// op_timeout_ms 30000, ...), NULL callbacks, flags 0. A caller built against
+// an older, smaller header is never written past its struct. NULL, or `size`
+// below 8, is ignored. Thread-safe.
 //
 // # Safety
 // `config` must be NULL or point to `size` writable bytes.
@@ -279,9 +318,9 @@ void mcfx_config_init(struct mcfx_config *config, size_t size);
 // `mcfx_destroy`. Thread-safe.
 //
 // Errors: `MCFX_E_INVALID_ARGUMENT` (NULL config/out or missing callback),
-// `MCFX_E_BAD_CONFIG` (struct_size too small, other ABI version, values out
-// of range), `MCFX_E_FLAGCX` (no engine: e.g. no RDMA device with real
-// FlagCX), `MCFX_E_INTERNAL` (threads).
+// `MCFX_E_BAD_CONFIG` (struct_size too small, abi_version 0 or above
+// `MCFX_ABI_VERSION`, values out of range), `MCFX_E_FLAGCX` (no engine: e.g.
+// no RDMA device with real FlagCX), `MCFX_E_INTERNAL` (threads).
 //
 // Note: FlagCX registrations are process-wide, and destroying a FlagCX
 // engine deregisters every region in the process. Destroy the transports of
@@ -377,8 +416,9 @@ mcfx_status mcfx_submit(struct mcfx_transport *transport,
 mcfx_status mcfx_get_stats(const struct mcfx_transport *transport, struct mcfx_stats *out);
 
 // The version-1 function table, for `dlopen` + `dlsym("mcfx_get_api_v1")`
-// users. Check `abi_version == 1` and `struct_size >= sizeof(mcfx_api_v1)`
-// before using it. Static; never NULL; thread-safe.
+// users. Check `abi_version == 1` (always, also in libraries of a later ABI
+// version) and `struct_size >= sizeof(mcfx_api_v1)` before using it.
+// Static; never NULL; thread-safe.
 const struct mcfx_api_v1 *mcfx_get_api_v1(void);
 
 #ifdef __cplusplus

@@ -34,8 +34,6 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Start FlagCX's RPC server so peers can connect to this transport.
     pub serve_peers: bool,
-    /// Software-provider knobs, `key=value` pairs (see `provider_options`).
-    pub provider_options: Vec<(String, u64)>,
 }
 
 pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
@@ -64,7 +62,6 @@ impl Default for Config {
             connect_threads: DEFAULT_CONNECT_THREADS,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             serve_peers: true,
-            provider_options: Vec::new(),
         }
     }
 }
@@ -99,47 +96,6 @@ impl Config {
     }
 }
 
-/// Parses software-provider options: `key=value` pairs separated by `,` or
-/// `;`, keys as in the provider's environment variables without the
-/// `FLAGCX_SW_` prefix, case-insensitive (`latency_ns=2000,fail_op=3`).
-pub fn parse_provider_options(text: &str) -> Result<Vec<(String, u64)>> {
-    let mut out = Vec::new();
-    for item in text.split([',', ';']).map(str::trim).filter(|s| !s.is_empty()) {
-        let Some((key, value)) = item.split_once('=') else {
-            return fail(
-                Status::MCFX_E_BAD_CONFIG,
-                format!("provider option {item:?} is not key=value"),
-            );
-        };
-        let key = key.trim().to_ascii_lowercase();
-        if provider_knob(&key).is_none() {
-            return fail(Status::MCFX_E_BAD_CONFIG, format!("unknown provider option {key:?}"));
-        }
-        let Ok(value) = value.trim().parse::<u64>() else {
-            return fail(
-                Status::MCFX_E_BAD_CONFIG,
-                format!("provider option {key}: {value:?} is not a number"),
-            );
-        };
-        out.push((key, value));
-    }
-    Ok(out)
-}
-
-/// The provider knob a lower-case option name sets.
-pub fn provider_knob(key: &str) -> Option<flagcx_sys::sw::Knob> {
-    use flagcx_sys::sw::Knob;
-    Some(match key {
-        "latency_ns" => Knob::LatencyNs,
-        "fail_op" => Knob::FailOp,
-        "hang_op" => Knob::HangOp,
-        "connect_delay_ms" => Knob::ConnectDelayMs,
-        "refuse_connect" => Knob::RefuseConnect,
-        "connect_timeout_ms" => Knob::ConnectTimeoutMs,
-        _ => return None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,17 +115,5 @@ mod tests {
         ] {
             assert_eq!(c.validate().unwrap_err().status, Status::MCFX_E_BAD_CONFIG);
         }
-    }
-
-    #[test]
-    fn provider_options_parse_and_reject_garbage() {
-        assert_eq!(
-            parse_provider_options("latency_ns=2000; FAIL_OP = 3").unwrap(),
-            vec![("latency_ns".to_string(), 2000), ("fail_op".to_string(), 3)]
-        );
-        assert!(parse_provider_options("").unwrap().is_empty());
-        assert!(parse_provider_options("speed=9").is_err());
-        assert!(parse_provider_options("latency_ns").is_err());
-        assert!(parse_provider_options("latency_ns=fast").is_err());
     }
 }

@@ -3,22 +3,15 @@
 //! `MCFX_LOG` takes a `tracing-subscriber` filter (`warn`, `debug`,
 //! `mooncake_flagcx=trace`, ...). Unset, the library installs nothing and
 //! stays silent; if the host process already installed a global subscriber,
-//! events go there and `MCFX_LOG` is ignored.
-
-use std::sync::Once;
+//! events go there and `MCFX_LOG` is ignored. The host's own logger gets the
+//! events through `mcfx_config.log` instead (see `host_log`).
 
 pub const ENV: &str = "MCFX_LOG";
 
-/// Installs a stderr subscriber once per process when `MCFX_LOG` is set.
+/// Installs the process's subscriber (see `host_log::install`) when
+/// `MCFX_LOG` is set.
 pub fn init() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let Ok(filter) = std::env::var(ENV) else { return };
-        let filter = tracing_subscriber::EnvFilter::new(filter);
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_thread_names(true)
-            .try_init();
-    });
+    if std::env::var_os(ENV).is_some() {
+        crate::host_log::install();
+    }
 }
