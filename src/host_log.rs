@@ -208,11 +208,13 @@ struct HostLayer;
 
 impl<S: Subscriber> Layer<S> for HostLayer {
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
-        if IN_CALLBACK.with(Cell::get) {
+        // try_with: an event from a thread-local destructor at thread exit
+        // finds these gone, and is dropped.
+        if IN_CALLBACK.try_with(Cell::get).unwrap_or(true) {
             return;
         }
         let level = number(event.metadata().level());
-        let route = ROUTE.with(|r| r.borrow().clone());
+        let Ok(route) = ROUTE.try_with(|r| r.borrow().clone()) else { return };
         let sinks = match route {
             Route::Transport(None) => return,
             Route::Transport(Some(sink)) => vec![sink],

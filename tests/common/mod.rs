@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::ffi::{c_char, c_void, CString};
+use std::ffi::{c_char, c_void};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -148,7 +148,6 @@ pub struct Node {
     pub done: Arc<Completions>,
     pub dir: Arc<Directory>,
     pub endpoint: String,
-    _options: Option<CString>,
 }
 
 impl Node {
@@ -178,7 +177,7 @@ impl Node {
         let st = unsafe { mcfx_local_endpoint(t, buf.as_mut_ptr().cast(), buf.len(), &mut len) };
         assert_eq!(st, mcfx_status::MCFX_OK);
         let endpoint = String::from_utf8(buf[..len].to_vec()).unwrap();
-        Ok(Node { t, done, dir, endpoint, _options: None })
+        Ok(Node { t, done, dir, endpoint })
     }
 
     /// Lets this node reach `other` as peer id `peer`.
