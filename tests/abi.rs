@@ -242,6 +242,22 @@ fn the_log_callback_gets_its_transports_failed_op_warning_and_nothing_after_dest
 }
 
 #[test]
+fn an_event_of_no_transport_reaches_every_callback() {
+    let _g = serial();
+    let (one, two) = (Arc::new(Logged::default()), Arc::new(Logged::default()));
+    let a = Node::with(with_log(&one, mcfx_log_level::MCFX_LOG_WARN));
+    let b = Node::with(with_log(&two, mcfx_log_level::MCFX_LOG_WARN));
+    // This thread is in no transport's scope (not inside an mcfx_* call).
+    tracing::warn!(marker = 4242, "an event of the process");
+    tracing::debug!("below every callback's level");
+    for logged in [&one, &two] {
+        assert_eq!(logged.wait_for("marker=4242"), Some(mcfx_log_level::MCFX_LOG_WARN));
+        assert!(!logged.contains("below every"));
+    }
+    drop((a, b));
+}
+
+#[test]
 fn the_log_level_selects_what_the_callback_gets() {
     let _g = serial();
     let errors_only = Arc::new(Logged::default());
