@@ -110,13 +110,15 @@ pub struct Scope(Option<Route>);
 impl Scope {
     /// Routes this thread's events to `sink` (none: to nowhere) until the
     /// scope ends.
+    #[inline(never)]
     pub fn enter(sink: Option<&Arc<Sink>>) -> Scope {
         let previous = ROUTE.with(|r| r.replace(Route::Transport(sink.cloned())));
         Scope(Some(previous))
     }
 
-    /// As [`Scope::enter`], but free (one relaxed load) while no callback is
-    /// registered anywhere: for the exports on the hot path.
+    /// As [`Scope::enter`], but free (one relaxed load, inlined) while no
+    /// callback is registered anywhere: for the exports on the hot path.
+    #[inline]
     pub fn enter_if_any(sink: Option<&Arc<Sink>>) -> Scope {
         if MAX_LEVEL.load(Relaxed) == 0 {
             return Scope(None);
@@ -126,11 +128,17 @@ impl Scope {
 }
 
 impl Drop for Scope {
+    #[inline]
     fn drop(&mut self) {
         if let Some(previous) = self.0.take() {
-            ROUTE.with(|r| *r.borrow_mut() = previous);
+            restore(previous);
         }
     }
+}
+
+#[inline(never)]
+fn restore(previous: Route) {
+    ROUTE.with(|r| *r.borrow_mut() = previous);
 }
 
 /// This thread's route, for a thread it starts (see [`Inherited::enter`]).
