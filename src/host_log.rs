@@ -19,7 +19,7 @@
 use std::cell::{Cell, RefCell};
 use std::ffi::CString;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Once};
 
 use parking_lot::RwLock;
@@ -46,6 +46,9 @@ pub struct Sink {
     /// False once closed. Held for reading during every call of `f`, so
     /// [`close`] (taking it for writing) returns only after the last call.
     open: RwLock<bool>,
+    /// Set by [`close`] before it waits; a call checks it under `open`.
+    /// SeqCst: read and written next to the lock, never on a hot path.
+    closed: AtomicBool,
 }
 
 /// Open sinks, for events with no transport context.
@@ -76,7 +79,12 @@ thread_local! {
 /// Registers a callback for levels up to `level` (`ERROR..=TRACE`) and
 /// installs the subscriber if this is the first need of one.
 pub fn register(level: u32, f: LogFn) -> Arc<Sink> {
-    let sink = Arc::new(Sink { f, level: level.clamp(ERROR, TRACE), open: RwLock::new(true) });
+    let sink = Arc::new(Sink {
+        f,
+        level: level.clamp(ERROR, TRACE),
+        open: RwLock::new(true),
+        closed: AtomicBool::new(false),
+    });
     install();
     let mut sinks = SINKS.write();
     sinks.push(Arc::clone(&sink));
@@ -85,14 +93,20 @@ pub fn register(level: u32, f: LogFn) -> Arc<Sink> {
 }
 
 /// Closes a sink: waits for a call of its callback in progress, and none
-/// starts afterwards (threads that still hold it see it closed).
+/// starts afterwards (threads that still hold it see it closed). Called from
+/// inside a log callback (which the ABI forbids: mcfx_destroy from the
+/// host's logger), it does not wait, rather than deadlock on the lock its own
+/// thread holds.
 pub fn close(sink: &Arc<Sink>) {
     {
         let mut sinks = SINKS.write();
         sinks.retain(|s| !Arc::ptr_eq(s, sink));
         update_max_level(&sinks);
     }
-    *sink.open.write() = false;
+    sink.closed.store(true, SeqCst);
+    if !IN_CALLBACK.try_with(Cell::get).unwrap_or(false) {
+        *sink.open.write() = false;
+    }
 }
 
 fn update_max_level(sinks: &[Arc<Sink>]) {
@@ -233,7 +247,7 @@ impl<S: Subscriber> Layer<S> for HostLayer {
         for sink in sinks.iter().filter(|s| level <= s.level) {
             let text = message.get_or_insert_with(|| format_event(event));
             let open = sink.open.read();
-            if *open {
+            if *open && !sink.closed.load(SeqCst) {
                 IN_CALLBACK.with(|c| c.set(true));
                 // A panicking callback must not unwind through tracing.
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
