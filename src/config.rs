@@ -34,8 +34,6 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Start FlagCX's RPC server so peers can connect to this transport.
     pub serve_peers: bool,
-    /// Software-provider knobs, `key=value` pairs (see `provider_options`).
-    pub provider_options: Vec<(String, u64)>,
 }
 
 pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
@@ -62,8 +60,6 @@ pub const MAX_SPIN_GRACE: Duration = Duration::from_millis(10);
 pub const MAX_MAX_BATCH: usize = 65536;
 pub const MAX_CONNECT_THREADS: usize = 64;
 pub const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
-/// Longest `provider_options` string, in bytes.
-pub const MAX_PROVIDER_OPTIONS_LEN: usize = 4096;
 
 impl Default for Config {
     fn default() -> Config {
@@ -78,7 +74,6 @@ impl Default for Config {
             connect_threads: DEFAULT_CONNECT_THREADS,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             serve_peers: true,
-            provider_options: Vec::new(),
         }
     }
 }
@@ -127,53 +122,6 @@ impl Config {
     }
 }
 
-/// Parses software-provider options: `key=value` pairs separated by `,` or
-/// `;`, keys as in the provider's environment variables without the
-/// `FLAGCX_SW_` prefix, case-insensitive (`latency_ns=2000,fail_op=3`).
-pub fn parse_provider_options(text: &str) -> Result<Vec<(String, u64)>> {
-    if text.len() > MAX_PROVIDER_OPTIONS_LEN {
-        return fail(
-            Status::MCFX_E_BAD_CONFIG,
-            format!("provider_options is {} bytes, at most {MAX_PROVIDER_OPTIONS_LEN}", text.len()),
-        );
-    }
-    let mut out = Vec::new();
-    for item in text.split([',', ';']).map(str::trim).filter(|s| !s.is_empty()) {
-        let Some((key, value)) = item.split_once('=') else {
-            return fail(
-                Status::MCFX_E_BAD_CONFIG,
-                format!("provider option {item:?} is not key=value"),
-            );
-        };
-        let key = key.trim().to_ascii_lowercase();
-        if provider_knob(&key).is_none() {
-            return fail(Status::MCFX_E_BAD_CONFIG, format!("unknown provider option {key:?}"));
-        }
-        let Ok(value) = value.trim().parse::<u64>() else {
-            return fail(
-                Status::MCFX_E_BAD_CONFIG,
-                format!("provider option {key}: {value:?} is not a number"),
-            );
-        };
-        out.push((key, value));
-    }
-    Ok(out)
-}
-
-/// The provider knob a lower-case option name sets.
-pub fn provider_knob(key: &str) -> Option<flagcx_sys::sw::Knob> {
-    use flagcx_sys::sw::Knob;
-    Some(match key {
-        "latency_ns" => Knob::LatencyNs,
-        "fail_op" => Knob::FailOp,
-        "hang_op" => Knob::HangOp,
-        "connect_delay_ms" => Knob::ConnectDelayMs,
-        "refuse_connect" => Knob::RefuseConnect,
-        "connect_timeout_ms" => Knob::ConnectTimeoutMs,
-        _ => return None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,17 +166,5 @@ mod tests {
         }
         .validate()
         .unwrap();
-    }
-
-    #[test]
-    fn provider_options_parse_and_reject_garbage() {
-        assert_eq!(
-            parse_provider_options("latency_ns=2000; FAIL_OP = 3").unwrap(),
-            vec![("latency_ns".to_string(), 2000), ("fail_op".to_string(), 3)]
-        );
-        assert!(parse_provider_options("").unwrap().is_empty());
-        assert!(parse_provider_options("speed=9").is_err());
-        assert!(parse_provider_options("latency_ns").is_err());
-        assert!(parse_provider_options("latency_ns=fast").is_err());
     }
 }

@@ -9,20 +9,24 @@
 
 use std::cell::RefCell;
 use std::collections::HashSet;
-use std::ffi::{c_char, c_void, CStr};
+use std::ffi::{c_char, c_void};
+use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::config::{parse_provider_options, Config};
+use crate::config::Config;
 use crate::error::{fail, Error, Result, Status};
+use crate::host_log::{self, Scope, Sink};
 use crate::op::{OpRequest, OpSource, Opcode};
 use crate::transport::Transport;
 
 pub use crate::error::mcfx_status;
 
-/// Version of the C ABI this library implements.
+/// Newest version of the C ABI this library implements. `mcfx_create`
+/// accepts a config of any version from 1 up to this one; the v1 table
+/// (`mcfx_get_api_v1`) always reports 1.
 pub const MCFX_ABI_VERSION: u32 = 1;
 
 /// `mcfx_op.opcode`: read remote memory into local memory.
@@ -34,9 +38,36 @@ pub const MCFX_OP_WRITE: u32 = 1;
 /// initiates; peers cannot connect to it).
 pub const MCFX_FLAG_NO_SERVE: u32 = 1;
 
+/// Severity of a message passed to `mcfx_config.log`.
+#[repr(i32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum mcfx_log_level {
+    MCFX_LOG_ERROR = 1,
+    MCFX_LOG_WARN = 2,
+    MCFX_LOG_INFO = 3,
+    MCFX_LOG_DEBUG = 4,
+    MCFX_LOG_TRACE = 5,
+}
+
 /// An opaque transport handle.
 pub struct mcfx_transport {
-    inner: Transport,
+    /// Dropped by this handle's `Drop`, inside its log scope.
+    inner: ManuallyDrop<Transport>,
+    /// The host's log callback, if the config had one.
+    log: Option<Arc<Sink>>,
+}
+
+impl Drop for mcfx_transport {
+    fn drop(&mut self) {
+        // Shutdown's events go to this transport's callback, which is closed
+        // before mcfx_destroy returns (detached threads see it closed).
+        let _scope = Scope::enter(self.log.as_ref());
+        // SAFETY: dropped exactly once, here; `inner` is not used afterwards.
+        unsafe { ManuallyDrop::drop(&mut self.inner) };
+        if let Some(sink) = &self.log {
+            host_log::close(sink);
+        }
+    }
 }
 
 /// Completion callback: `status` is `MCFX_OK` or the op's error. Runs on the
@@ -60,12 +91,26 @@ pub type mcfx_resolve_fn = Option<
     ) -> i32,
 >;
 
-/// Transport configuration. Start from `mcfx_config_init`, which sets
-/// `struct_size` and `abi_version`; zero in a numeric field means "default".
-/// A value above a field's documented maximum is `MCFX_E_BAD_CONFIG`.
-/// Fields are only ever appended: a caller built against an older header
-/// passes a smaller `struct_size` and gets defaults for the newer fields. The
-/// smallest accepted `struct_size` covers the fields up to `resolve_ctx`.
+/// Log callback: `level` is the message's severity, `message` a
+/// NUL-terminated line valid only during the call. Called from any thread
+/// (the transport's threads and those calling into the library), possibly
+/// concurrently; never after `mcfx_destroy` of its transport returned. Keep
+/// it short, do not call into this library from it, and do not unwind out
+/// of it (a C++ callback must not throw).
+pub type mcfx_log_fn = Option<
+    unsafe extern "C-unwind" fn(ctx: *mut c_void, level: mcfx_log_level, message: *const c_char),
+>;
+
+/// Transport configuration. Start from `mcfx_config_init`, which writes
+/// `struct_size`, `abi_version` and every default, then set the callbacks.
+/// Zero in a numeric field also means "default" (except `submit_wait_us`,
+/// whose default is 0). A value above a field's documented maximum is
+/// `MCFX_E_BAD_CONFIG`. Fields are only ever appended: a caller built against
+/// an older header passes a smaller `struct_size` and gets defaults for the
+/// newer fields. The smallest accepted `struct_size` covers the fields up to
+/// `resolve_ctx`; `abi_version` may be any version from 1 to
+/// `MCFX_ABI_VERSION`. The layout has no padding (pinned by compile-time
+/// asserts of every offset).
 #[repr(C)]
 pub struct mcfx_config {
     /// `sizeof(mcfx_config)` as the caller compiled it.
@@ -106,12 +151,15 @@ pub struct mcfx_config {
     pub shutdown_timeout_ms: u32,
     /// `MCFX_FLAG_*` bits.
     pub flags: u32,
-    /// NULL, or software-provider knobs as `key=value` pairs separated by `,`
-    /// (`latency_ns`, `fail_op`, `hang_op`, `connect_delay_ms`,
-    /// `refuse_connect`, `connect_timeout_ms`; at most 4096 bytes);
-    /// `MCFX_E_BAD_CONFIG` when the loaded FlagCX is not the software
-    /// provider.
-    pub provider_options: *const c_char,
+    /// The most verbose `mcfx_log_level` passed to `log` (default, and 0:
+    /// `MCFX_LOG_WARN`; at most `MCFX_LOG_TRACE`).
+    pub log_level: u32,
+    /// NULL (no callback: the library logs only to stderr, and only when
+    /// `MCFX_LOG` is set), or the host's logger. It receives this transport's
+    /// messages, and those of no transport in particular.
+    pub log: mcfx_log_fn,
+    /// Passed to `log` untouched.
+    pub log_ctx: *mut c_void,
 }
 
 /// The fields every caller must pass (everything up to `resolve_ctx`).
@@ -172,7 +220,7 @@ pub struct mcfx_stats {
 /// Version 1 of the function table (see `mcfx_get_api_v1`).
 #[repr(C)]
 pub struct mcfx_api_v1 {
-    /// `MCFX_ABI_VERSION` of the library.
+    /// Always 1: this table's version (newer tables get their own export).
     pub abi_version: u32,
     /// `sizeof(mcfx_api_v1)` of the library; entries are only appended.
     pub struct_size: u32,
@@ -266,12 +314,26 @@ fn live() -> std::sync::MutexGuard<'static, Option<HashSet<usize>>> {
     LIVE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A live transport borrowed by an export; while it lives, the thread's
+/// log events go to the transport's log callback.
+struct Live<'a> {
+    transport: &'a Transport,
+    _log: Scope,
+}
+
+impl std::ops::Deref for Live<'_> {
+    type Target = Transport;
+    fn deref(&self) -> &Transport {
+        self.transport
+    }
+}
+
 /// Borrows the transport behind a handle the caller vouches is live.
-fn live_transport<'a>(t: *const mcfx_transport) -> Result<&'a Transport> {
+fn live_transport<'a>(t: *const mcfx_transport) -> Result<Live<'a>> {
     // SAFETY: non-NULL handles come from mcfx_create and, by the documented
     // contract, are not used after mcfx_destroy returned.
     match unsafe { t.as_ref() } {
-        Some(t) => Ok(&t.inner),
+        Some(t) => Ok(Live { transport: &t.inner, _log: Scope::enter_if_any(t.log.as_ref()) }),
         None => invalid("NULL transport"),
     }
 }
@@ -328,10 +390,11 @@ pub unsafe extern "C" fn mcfx_last_error(buf: *mut c_char, cap: usize) -> usize 
 }
 
 /// Fills the first `size` bytes of `*config` (pass `sizeof(mcfx_config)` as
-/// the caller compiled it) with defaults, and sets `struct_size` to the part
-/// written and `abi_version`. A caller built against an older, smaller header
-/// is never written past its struct. NULL, or `size` below 8, is ignored.
-/// Thread-safe.
+/// the caller compiled it) with the defaults: `struct_size` (the part
+/// written), `abi_version`, every numeric default (queue_capacity 4096,
+/// op_timeout_ms 30000, ...), NULL callbacks, flags 0. A caller built against
+/// an older, smaller header is never written past its struct. NULL, or `size`
+/// below 8, is ignored. Thread-safe.
 ///
 /// # Safety
 /// `config` must be NULL or point to `size` writable bytes.
@@ -340,30 +403,39 @@ pub unsafe extern "C" fn mcfx_config_init(config: *mut mcfx_config, size: usize)
     if config.is_null() || size < 8 {
         return;
     }
-    let init = mcfx_config {
+    let n = size.min(std::mem::size_of::<mcfx_config>());
+    let init = mcfx_config { struct_size: n as u32, ..default_config() };
+    // SAFETY: checked non-NULL; the caller made `size` >= n bytes writable;
+    // mcfx_config has no padding, so every byte copied is initialized.
+    unsafe {
+        ptr::copy_nonoverlapping((&init as *const mcfx_config).cast::<u8>(), config.cast::<u8>(), n)
+    }
+}
+
+/// The defaults as the C struct carries them (from `Config::default()`).
+fn default_config() -> mcfx_config {
+    let d = Config::default();
+    let clamp = |v: u128| u32::try_from(v).unwrap_or(u32::MAX);
+    mcfx_config {
         struct_size: std::mem::size_of::<mcfx_config>() as u32,
         abi_version: MCFX_ABI_VERSION,
         on_complete: None,
         complete_ctx: ptr::null_mut(),
         resolve: None,
         resolve_ctx: ptr::null_mut(),
-        queue_capacity: 0,
-        submit_wait_us: 0,
-        op_timeout_ms: 0,
-        connect_timeout_ms: 0,
-        spin_grace_us: 0,
-        max_batch: 0,
-        max_slice_bytes: 0,
-        connect_threads: 0,
-        shutdown_timeout_ms: 0,
-        flags: 0,
-        provider_options: ptr::null(),
-    };
-    let n = size.min(std::mem::size_of::<mcfx_config>());
-    let init = mcfx_config { struct_size: n as u32, ..init };
-    // SAFETY: checked non-NULL; the caller made `size` >= n bytes writable.
-    unsafe {
-        ptr::copy_nonoverlapping((&init as *const mcfx_config).cast::<u8>(), config.cast::<u8>(), n)
+        queue_capacity: d.queue_capacity as u32,
+        submit_wait_us: clamp(d.submit_wait.as_micros()),
+        op_timeout_ms: clamp(d.op_timeout.as_millis()),
+        connect_timeout_ms: clamp(d.connect_timeout.as_millis()),
+        spin_grace_us: clamp(d.spin_grace.as_micros()),
+        max_batch: d.max_batch as u32,
+        max_slice_bytes: d.max_slice_bytes,
+        connect_threads: d.connect_threads as u32,
+        shutdown_timeout_ms: clamp(d.shutdown_timeout.as_millis()),
+        flags: if d.serve_peers { 0 } else { MCFX_FLAG_NO_SERVE },
+        log_level: mcfx_log_level::MCFX_LOG_WARN as u32,
+        log: None,
+        log_ctx: ptr::null_mut(),
     }
 }
 
@@ -372,10 +444,11 @@ pub unsafe extern "C" fn mcfx_config_init(config: *mut mcfx_config, size: usize)
 /// `mcfx_destroy`. Thread-safe.
 ///
 /// Errors: `MCFX_E_INVALID_ARGUMENT` (NULL config/out or missing callback),
-/// `MCFX_E_BAD_CONFIG` (struct_size too small, other ABI version, values out
-/// of range: see each field's maximum), `MCFX_E_FLAGCX` (no engine: e.g. no
-/// RDMA device with real FlagCX), `MCFX_E_INTERNAL` (threads, or memory for
-/// the queue and op slots could not be allocated; the host is never aborted).
+/// `MCFX_E_BAD_CONFIG` (struct_size too small, abi_version 0 or above
+/// `MCFX_ABI_VERSION`, values out of range: see each field's maximum),
+/// `MCFX_E_FLAGCX` (no engine: e.g. no RDMA device with real FlagCX),
+/// `MCFX_E_INTERNAL` (threads, or memory for the queue and op slots could not
+/// be allocated; the host is never aborted).
 ///
 /// The transports of one process share one FlagCX engine (FlagCX
 /// registration is process-wide); they are otherwise independent and may be
@@ -400,8 +473,23 @@ pub unsafe extern "C" fn mcfx_create(
         // SAFETY: the caller vouches config->struct_size bytes are readable.
         let c = unsafe { read_config(config)? };
         let (config, on_complete, resolver) = convert_config(&c)?;
-        let inner = Transport::create(config, on_complete, resolver)?;
-        let handle = Box::into_raw(Box::new(mcfx_transport { inner }));
+        let log = convert_log(&c)?.map(|(level, f)| host_log::register(level, f));
+        // Creation's events, and the new threads' (they inherit the route),
+        // go to this transport's callback only.
+        let scope = Scope::enter(log.as_ref());
+        let inner = match Transport::create(config, on_complete, resolver) {
+            Ok(inner) => inner,
+            Err(e) => {
+                drop(scope);
+                if let Some(sink) = &log {
+                    host_log::close(sink);
+                }
+                return Err(e);
+            }
+        };
+        drop(scope);
+        let handle =
+            Box::into_raw(Box::new(mcfx_transport { inner: ManuallyDrop::new(inner), log }));
         live().get_or_insert_with(HashSet::new).insert(handle as usize);
         // SAFETY: as above.
         unsafe { out.write(handle) };
@@ -685,7 +773,9 @@ pub unsafe extern "C" fn mcfx_get_stats(
 }
 
 static API_V1: mcfx_api_v1 = mcfx_api_v1 {
-    abi_version: MCFX_ABI_VERSION,
+    // The table's own version, not MCFX_ABI_VERSION: it stays 1 when the
+    // library moves on.
+    abi_version: 1,
     struct_size: std::mem::size_of::<mcfx_api_v1>() as u32,
     impl_name: impl_name_entry,
     strerror: strerror_entry,
@@ -711,8 +801,9 @@ unsafe extern "C" fn strerror_entry(status: i32) -> *const c_char {
 }
 
 /// The version-1 function table, for `dlopen` + `dlsym("mcfx_get_api_v1")`
-/// users. Check `abi_version == 1` and `struct_size >= sizeof(mcfx_api_v1)`
-/// before using it. Static; never NULL; thread-safe.
+/// users. Check `abi_version == 1` (always, also in libraries of a later ABI
+/// version) and `struct_size >= sizeof(mcfx_api_v1)` before using it.
+/// Static; never NULL; thread-safe.
 #[no_mangle]
 pub extern "C" fn mcfx_get_api_v1() -> *const mcfx_api_v1 {
     &API_V1
@@ -743,10 +834,10 @@ unsafe fn read_config(config: *const mcfx_config) -> Result<mcfx_config> {
     }
     // SAFETY: the first 8 bytes (struct_size, abi_version) are always present.
     let (size, version) = unsafe { ((*config).struct_size as usize, (*config).abi_version) };
-    if version != MCFX_ABI_VERSION {
+    if !(1..=MCFX_ABI_VERSION).contains(&version) {
         return fail(
             Status::MCFX_E_BAD_CONFIG,
-            format!("config abi_version {version}, this library implements {MCFX_ABI_VERSION}"),
+            format!("config abi_version {version}, this library accepts 1..={MCFX_ABI_VERSION}"),
         );
     }
     if size < MIN_CONFIG_SIZE {
@@ -794,16 +885,6 @@ fn convert_config(c: &mcfx_config) -> Result<Converted> {
             unit(u64::from(v))
         }
     };
-    let provider_options = if c.provider_options.is_null() {
-        Vec::new()
-    } else {
-        // SAFETY: a non-NULL provider_options is a NUL-terminated string.
-        let text = unsafe { CStr::from_ptr(c.provider_options) };
-        let Ok(text) = text.to_str() else {
-            return fail(Status::MCFX_E_BAD_CONFIG, "provider_options is not UTF-8");
-        };
-        parse_provider_options(text)?
-    };
     let config = Config {
         queue_capacity: if c.queue_capacity == 0 {
             d.queue_capacity
@@ -823,7 +904,6 @@ fn convert_config(c: &mcfx_config) -> Result<Converted> {
         },
         shutdown_timeout: or(c.shutdown_timeout_ms, d.shutdown_timeout, Duration::from_millis),
         serve_peers: c.flags & MCFX_FLAG_NO_SERVE == 0,
-        provider_options,
     };
     let complete_ctx = Ctx(c.complete_ctx);
     let resolve_ctx = Ctx(c.resolve_ctx);
@@ -853,6 +933,37 @@ fn convert_config(c: &mcfx_config) -> Result<Converted> {
             .map_err(|_| "the resolver callback wrote a non-UTF-8 endpoint".into())
     });
     Ok((config, on_complete, resolver))
+}
+
+/// The log callback and its level, if the config has one.
+fn convert_log(c: &mcfx_config) -> Result<Option<(u32, host_log::LogFn)>> {
+    let level = match c.log_level {
+        0 => host_log::WARN,
+        l if l <= host_log::TRACE => l,
+        l => {
+            return fail(
+                Status::MCFX_E_BAD_CONFIG,
+                format!("log_level {l} is outside 1..={}", host_log::TRACE),
+            )
+        }
+    };
+    let Some(log) = c.log else { return Ok(None) };
+    let ctx = Ctx(c.log_ctx);
+    let f = Box::new(move |level: u32, message: &std::ffi::CStr| {
+        let ctx = ctx;
+        let level = match level {
+            host_log::ERROR => mcfx_log_level::MCFX_LOG_ERROR,
+            host_log::WARN => mcfx_log_level::MCFX_LOG_WARN,
+            host_log::INFO => mcfx_log_level::MCFX_LOG_INFO,
+            host_log::DEBUG => mcfx_log_level::MCFX_LOG_DEBUG,
+            _ => mcfx_log_level::MCFX_LOG_TRACE,
+        };
+        // SAFETY: the caller's callback and context, valid until destroy
+        // returns (mcfx_create's contract; host_log never calls a closed
+        // sink); the message is NUL-terminated and outlives the call.
+        unsafe { log(ctx.0, level, message.as_ptr()) }
+    });
+    Ok(Some((level, f)))
 }
 
 /// Decodes a C op in place (no copy into a buffer).

@@ -13,13 +13,16 @@
 //! - [`progress`]: the progress thread; [`group`]: its grouping/splitting
 //! - [`peers`]: resolver + connector threads, per-peer state
 //! - [`registry`]: registered local memory (lock-free lookups)
+//! - `host_log`: log events to the host's log callback
 //! - [`config`], [`error`], [`stats`], [`op`], [`log`]
 
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod ffi;
+mod ffi_layout;
 pub mod group;
+mod host_log;
 pub mod log;
 pub mod op;
 pub mod peers;

@@ -3,7 +3,8 @@
 //! `MCFX_LOG` takes a `tracing-subscriber` filter (`warn`, `debug`,
 //! `mooncake_flagcx=trace`, ...). Unset, the library installs nothing and
 //! stays silent; if the host process already installed a global subscriber,
-//! events go there and `MCFX_LOG` is ignored.
+//! events go there and `MCFX_LOG` is ignored. The host's own logger gets the
+//! events through `mcfx_config.log` instead (see `host_log`).
 //!
 //! Panics: the library catches every panic of its own (and of Rust
 //! callbacks) and turns it into a status or a counter. So that the default
@@ -49,8 +50,8 @@ fn ours() -> bool {
         || std::thread::current().name().is_some_and(|n| n.starts_with(THREAD_PREFIX))
 }
 
-/// Installs a stderr subscriber once per process when `MCFX_LOG` is set, and
-/// the panic hook (see the module doc).
+/// Installs the process's subscriber (see `host_log::install`) when
+/// `MCFX_LOG` is set, and the panic hook (see the module doc).
 pub fn init() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -63,12 +64,8 @@ pub fn init() {
                 previous(info);
             }
         }));
-        let Ok(filter) = std::env::var(ENV) else { return };
-        let filter = tracing_subscriber::EnvFilter::new(filter);
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_thread_names(true)
-            .try_init();
+        if std::env::var_os(ENV).is_some() {
+            crate::host_log::install();
+        }
     });
 }

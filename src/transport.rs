@@ -7,7 +7,7 @@ use std::thread::{JoinHandle, ThreadId};
 
 use parking_lot::Mutex;
 
-use crate::config::{provider_knob, Config};
+use crate::config::Config;
 use crate::engine::EngineRef;
 use crate::error::{fail, Error, Result, Status};
 use crate::op::{Op, OpRequest, OpSource};
@@ -73,7 +73,6 @@ impl Transport {
     ) -> Result<Transport> {
         crate::log::init();
         config.validate()?;
-        apply_provider_options(&config)?;
         let engine = Arc::new(EngineRef::acquire().map_err(|e| {
             Error::new(
                 Status::MCFX_E_FLAGCX,
@@ -283,25 +282,17 @@ fn validate(r: &OpRequest) -> Result<()> {
     Ok(())
 }
 
+/// Starts a thread of this transport; its log events take the route of the
+/// creating thread (the transport's log callback, see `host_log`).
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+    let log = crate::host_log::inherit();
+    let f = move || {
+        log.enter();
+        f()
+    };
     std::thread::Builder::new().name(name.to_owned()).spawn(f).map_err(|e| {
         Error::new(Status::MCFX_E_INTERNAL, format!("cannot start thread {name}: {e}"))
     })
-}
-
-/// Applies `provider_options` to the software provider; rejects them when the
-/// loaded FlagCX is not the provider.
-fn apply_provider_options(config: &Config) -> Result<()> {
-    for (key, value) in &config.provider_options {
-        let knob = provider_knob(key).expect("validated when parsed");
-        if !flagcx_sys::sw::set_knob(knob, *value) {
-            return fail(
-                Status::MCFX_E_BAD_CONFIG,
-                format!("provider option {key}: the loaded libflagcx is not the software provider"),
-            );
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,12 +1,16 @@
-//! The C ABI's fixed parts: version, table, status strings, config checks,
-//! last-error copies, stats sizing.
+//! The C ABI's fixed parts: version, table, status strings, config checks
+//! and defaults, the host log callback, last-error copies, stats sizing. (The
+//! layouts are pinned at compile time: src/ffi_layout.rs.)
 
 mod common;
 
-use std::ffi::{c_char, CStr};
+use std::ffi::{c_char, c_void, CStr};
 use std::ptr;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
 
 use common::*;
+use flagcx_sys::testing::AlignedBuf;
 use mooncake_flagcx::ffi::*;
 use mooncake_flagcx::Status;
 
@@ -19,8 +23,9 @@ fn version_name_and_table_agree() {
     assert_eq!(unsafe { CStr::from_ptr(mcfx_impl_name()) }.to_str().unwrap(), "rust");
     // SAFETY: static table.
     let api = unsafe { &*mcfx_get_api_v1() };
-    assert_eq!(api.abi_version, 1);
-    assert_eq!(api.struct_size as usize, std::mem::size_of::<mcfx_api_v1>());
+    assert_eq!(api.abi_version, 1, "the v1 table says 1 for ever");
+    #[cfg(target_pointer_width = "64")]
+    assert_eq!(api.struct_size, 112, "13 entries after the two words");
     assert_eq!(api.submit as usize, mcfx_submit as *const () as usize);
     assert_eq!(api.create as usize, mcfx_create as *const () as usize);
     // SAFETY: static string.
@@ -48,14 +53,15 @@ fn bad_configs_are_refused_with_a_message() {
     let _g = serial();
     type Tweak = Box<dyn Fn(&mut mcfx_config)>;
     let cases: Vec<(Tweak, mcfx_status, &str)> = vec![
-        (Box::new(|c| c.abi_version = 2), MCFX_E_BAD_CONFIG, "abi_version"),
+        (Box::new(|c| c.abi_version = MCFX_ABI_VERSION + 1), MCFX_E_BAD_CONFIG, "abi_version"),
+        (Box::new(|c| c.abi_version = 0), MCFX_E_BAD_CONFIG, "abi_version"),
         (Box::new(|c| c.struct_size = 8), MCFX_E_BAD_CONFIG, "struct_size"),
         (Box::new(|c| c.on_complete = None), MCFX_E_INVALID_ARGUMENT, "on_complete"),
         (Box::new(|c| c.resolve = None), MCFX_E_INVALID_ARGUMENT, "resolve"),
         (Box::new(|c| c.queue_capacity = 2 << 20), MCFX_E_BAD_CONFIG, "queue_capacity"),
         (Box::new(|c| c.max_slice_bytes = 1 << 32), MCFX_E_BAD_CONFIG, "max_slice_bytes"),
         (Box::new(|c| c.flags = 0x80), MCFX_E_BAD_CONFIG, "flags"),
-        (Box::new(|c| c.provider_options = c"speed=9".as_ptr()), MCFX_E_BAD_CONFIG, "speed"),
+        (Box::new(|c| c.log_level = 6), MCFX_E_BAD_CONFIG, "log_level"),
     ];
     for (tweak, status, word) in cases {
         match Node::try_with(|c| tweak(c)) {
@@ -84,7 +90,7 @@ fn an_older_smaller_config_gets_defaults_for_newer_fields() {
         c.struct_size = std::mem::offset_of!(mcfx_config, queue_capacity) as u32;
         c.queue_capacity = 3; // beyond struct_size: must be ignored
     });
-    let src = flagcx_sys::testing::AlignedBuf::new(64);
+    let src = AlignedBuf::new(64);
     a.register(&src);
     let ops: Vec<_> = (0..100).map(|i| write(src.addr(), 64, 1, 0x1000, i)).collect();
     let (st, n) = a.submit(&ops);
@@ -92,10 +98,180 @@ fn an_older_smaller_config_gets_defaults_for_newer_fields() {
 }
 
 #[test]
-fn provider_options_set_the_software_provider_knobs() {
+fn every_abi_version_up_to_the_current_one_is_accepted() {
     let _g = serial();
-    let _a = Node::with(|c| c.provider_options = c"latency_ns=1234, fail_op=0".as_ptr());
-    assert_eq!(flagcx_sys::sw::knob(flagcx_sys::sw::Knob::LatencyNs), Some(1234));
+    for v in 1..=MCFX_ABI_VERSION {
+        let mut a = Node::with(|c| c.abi_version = v);
+        assert_eq!(a.destroy(), OK, "abi_version {v}");
+    }
+}
+
+#[test]
+fn a_config_of_the_first_v1_layout_works() {
+    let _g = serial();
+    // A caller that knows only the fields before the log callback (what v1
+    // had before `log_level` was added): the log fields read as defaults.
+    let a = Node::with(|c| {
+        c.struct_size = std::mem::offset_of!(mcfx_config, log_level) as u32;
+        c.log_level = 77; // beyond struct_size: must be ignored
+        c.op_timeout_ms = 0; // zero still means "default"
+    });
+    let b = Node::new();
+    a.knows(1, &b);
+    let (src, dst) = (AlignedBuf::new(64), AlignedBuf::new(64));
+    a.register(&src);
+    b.register(&dst);
+    a.submit_ok(&[write(src.addr(), 64, 1, dst.addr() as u64, 1)]);
+    assert_eq!(a.done.wait_one(1, LIMIT), OK);
+}
+
+#[test]
+fn config_init_writes_the_real_defaults_and_only_into_the_callers_struct() {
+    let mut c = std::mem::MaybeUninit::<mcfx_config>::uninit();
+    // SAFETY: a full-size struct; config_init writes all of it.
+    let c = unsafe {
+        ptr::write_bytes(c.as_mut_ptr(), 0xa5, 1);
+        mcfx_config_init(c.as_mut_ptr(), std::mem::size_of::<mcfx_config>());
+        c.assume_init()
+    };
+    assert_eq!(c.struct_size as usize, std::mem::size_of::<mcfx_config>());
+    assert_eq!(c.abi_version, MCFX_ABI_VERSION);
+    assert!(c.on_complete.is_none() && c.resolve.is_none() && c.log.is_none());
+    assert!(c.complete_ctx.is_null() && c.resolve_ctx.is_null() && c.log_ctx.is_null());
+    // The documented defaults, as literals (README, header).
+    assert_eq!(c.queue_capacity, 4096);
+    assert_eq!(c.submit_wait_us, 0);
+    assert_eq!(c.op_timeout_ms, 30_000);
+    assert_eq!(c.connect_timeout_ms, 10_000);
+    assert_eq!(c.spin_grace_us, 50);
+    assert_eq!(c.max_batch, 256);
+    assert_eq!(c.max_slice_bytes, 1 << 30);
+    assert_eq!(c.connect_threads, 4);
+    assert_eq!(c.shutdown_timeout_ms, 1000);
+    assert_eq!(c.flags, 0);
+    assert_eq!(c.log_level, mcfx_log_level::MCFX_LOG_WARN as u32);
+    // An older caller's shorter struct: written up to its size, not beyond.
+    let mut bytes = [0xa5u8; 128];
+    let short = std::mem::offset_of!(mcfx_config, log_level);
+    // SAFETY: 128 writable bytes, of which config_init may write `short`.
+    unsafe { mcfx_config_init(bytes.as_mut_ptr().cast(), short) };
+    assert_eq!(u32::from_ne_bytes(bytes[..4].try_into().unwrap()) as usize, short);
+    assert!(bytes[short..].iter().all(|&b| b == 0xa5), "wrote past the caller's struct");
+}
+
+// ---- the host log callback ----------------------------------------------------
+
+/// Every message a log callback received.
+#[derive(Default)]
+struct Logged {
+    lines: Mutex<Vec<(mcfx_log_level, String)>>,
+    changed: Condvar,
+}
+
+impl Logged {
+    fn count(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    /// Waits (bounded) for a line containing `word`; returns its level.
+    fn wait_for(&self, word: &str) -> Option<mcfx_log_level> {
+        let deadline = Instant::now() + LIMIT;
+        let mut lines = self.lines.lock().unwrap();
+        loop {
+            if let Some((level, _)) = lines.iter().find(|(_, l)| l.contains(word)) {
+                return Some(*level);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            lines = self.changed.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    fn contains(&self, word: &str) -> bool {
+        self.lines.lock().unwrap().iter().any(|(_, l)| l.contains(word))
+    }
+}
+
+unsafe extern "C-unwind" fn log_line(
+    ctx: *mut c_void,
+    level: mcfx_log_level,
+    message: *const c_char,
+) {
+    // SAFETY: ctx is the test's Logged (it outlives the transport); message
+    // is NUL-terminated during the call.
+    let (logged, text) = unsafe { (&*(ctx as *const Logged), CStr::from_ptr(message)) };
+    logged.lines.lock().unwrap().push((level, text.to_string_lossy().into_owned()));
+    logged.changed.notify_all();
+}
+
+fn with_log(logged: &Arc<Logged>, level: mcfx_log_level) -> impl FnOnce(&mut mcfx_config) {
+    let ctx = Arc::as_ptr(logged) as *mut c_void;
+    move |c| {
+        c.log = Some(log_line);
+        c.log_ctx = ctx;
+        c.log_level = level as u32;
+    }
+}
+
+#[test]
+fn the_log_callback_gets_its_transports_failed_op_warning_and_nothing_after_destroy() {
+    let _g = serial();
+    let logged = Arc::new(Logged::default());
+    let mut a = Node::with(with_log(&logged, mcfx_log_level::MCFX_LOG_WARN));
+    let quiet = Node::new(); // no callback: its events go nowhere
+    let (src, other) = (AlignedBuf::new(64), AlignedBuf::new(64));
+    a.register(&src);
+    quiet.register(&other);
+    // Peer 404 is unknown to both resolvers: the op fails with a warning.
+    quiet.submit_ok(&[write(other.addr(), 64, 404, 0x1000, 7)]);
+    assert_eq!(quiet.done.wait_one(7, LIMIT), MCFX_E_RESOLVE);
+    a.submit_ok(&[write(src.addr(), 64, 404, 0x1000, 1)]);
+    assert_eq!(a.done.wait_one(1, LIMIT), MCFX_E_RESOLVE);
+    assert_eq!(logged.wait_for("op failed"), Some(mcfx_log_level::MCFX_LOG_WARN));
+    assert!(logged.contains("user_data=1"), "{:?}", logged.lines.lock().unwrap());
+    assert!(!logged.contains("user_data=7"), "another transport's warning was routed here");
+    assert!(!logged.contains("transport created"), "INFO passed a WARN callback");
+    assert_eq!(a.destroy(), OK);
+    let after_destroy = logged.count();
+    // More events in the process (another transport's warning, a create and
+    // a destroy): the destroyed transport's callback hears none.
+    quiet.submit_ok(&[write(other.addr(), 64, 404, 0x1000, 8)]);
+    assert_eq!(quiet.done.wait_one(8, LIMIT), MCFX_E_RESOLVE);
+    let mut b = Node::new();
+    assert_eq!(b.destroy(), OK);
+    assert_eq!(logged.count(), after_destroy, "called after mcfx_destroy returned");
+}
+
+#[test]
+fn an_event_of_no_transport_reaches_every_callback() {
+    let _g = serial();
+    let (one, two) = (Arc::new(Logged::default()), Arc::new(Logged::default()));
+    let a = Node::with(with_log(&one, mcfx_log_level::MCFX_LOG_WARN));
+    let b = Node::with(with_log(&two, mcfx_log_level::MCFX_LOG_WARN));
+    // This thread is in no transport's scope (not inside an mcfx_* call).
+    tracing::warn!(marker = 4242, "an event of the process");
+    tracing::debug!("below every callback's level");
+    for logged in [&one, &two] {
+        assert_eq!(logged.wait_for("marker=4242"), Some(mcfx_log_level::MCFX_LOG_WARN));
+        assert!(!logged.contains("below every"));
+    }
+    drop((a, b));
+}
+
+#[test]
+fn the_log_level_selects_what_the_callback_gets() {
+    let _g = serial();
+    let errors_only = Arc::new(Logged::default());
+    let verbose = Arc::new(Logged::default());
+    let a = Node::with(with_log(&errors_only, mcfx_log_level::MCFX_LOG_ERROR));
+    let mut b = Node::with(with_log(&verbose, mcfx_log_level::MCFX_LOG_INFO));
+    assert_eq!(verbose.wait_for("transport created"), Some(mcfx_log_level::MCFX_LOG_INFO));
+    let src = AlignedBuf::new(64);
+    a.register(&src);
+    a.submit_ok(&[write(src.addr(), 64, 404, 0x1000, 1)]);
+    assert_eq!(a.done.wait_one(1, LIMIT), MCFX_E_RESOLVE);
+    assert_eq!(b.destroy(), OK);
+    assert!(verbose.contains("transport destroyed"), "destroy's INFO goes to its own callback");
+    assert_eq!(errors_only.count(), 0, "{:?}", errors_only.lines.lock().unwrap());
 }
 
 #[test]

@@ -19,9 +19,10 @@ std::string load_plugin(const char *path, void **handle, const mcfx_api_v1 **api
   if (get == nullptr) return "no mcfx_get_api_v1 symbol";
   const mcfx_api_v1 *table = get();
   if (table == nullptr) return "mcfx_get_api_v1 returned NULL";
-  if (table->abi_version != MCFX_ABI_VERSION)
-    return "ABI version " + std::to_string(table->abi_version) + ", expected " +
-           std::to_string(MCFX_ABI_VERSION);
+  // The v1 table says 1 in every library that exports it, whatever its
+  // MCFX_ABI_VERSION.
+  if (table->abi_version != 1)
+    return "ABI version " + std::to_string(table->abi_version) + ", expected 1";
   if (table->struct_size < sizeof(mcfx_api_v1)) return "function table too small";
   *api = table;
   return "";

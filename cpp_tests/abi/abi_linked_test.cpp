@@ -147,3 +147,92 @@ TEST(AbiLinked, DoubleUnregisterIsNotFound) {
   EXPECT_EQ(mcfx_unregister(p.a.t, extra.data), MCFX_OK);
   EXPECT_EQ(mcfx_unregister(p.a.t, extra.data), MCFX_E_NOT_FOUND);
 }
+
+namespace {
+
+// What the log callback of LogCallbackGetsTheFailedOpWarning received.
+struct LogLines {
+  std::mutex mu;
+  std::condition_variable changed;
+  std::vector<std::pair<mcfx_log_level, std::string>> lines;
+
+  static void Log(void *ctx, mcfx_log_level level, const char *message) {
+    auto *self = static_cast<LogLines *>(ctx);
+    std::lock_guard<std::mutex> lock(self->mu);
+    self->lines.emplace_back(level, message);
+    self->changed.notify_all();
+  }
+  // Waits (at most kLimit) for a line containing `word`.
+  bool wait_for(const std::string &word, mcfx_log_level *level) {
+    std::unique_lock<std::mutex> lock(mu);
+    return changed.wait_for(lock, kLimit, [&] {
+      for (auto &l : lines) {
+        if (l.second.find(word) != std::string::npos) {
+          *level = l.first;
+          return true;
+        }
+      }
+      return false;
+    });
+  }
+  size_t count() {
+    std::lock_guard<std::mutex> lock(mu);
+    return lines.size();
+  }
+};
+
+LogLines g_log;
+
+} // namespace
+
+TEST(AbiLinked, LogCallbackGetsTheFailedOpWarning) {
+  size_t after_destroy = 0;
+  {
+    Node a(api(), [](mcfx_config *c) {
+      c->log = LogLines::Log;
+      c->log_ctx = &g_log;
+      c->log_level = MCFX_LOG_WARN;
+    });
+    ASSERT_EQ(a.status, MCFX_OK) << a.last_error();
+    Buffer src(64);
+    a.reg(src);
+    size_t accepted = 0;
+    // Peer 42 is unknown to the resolver: the op fails, with a warning.
+    ASSERT_EQ(a.submit({make_op(MCFX_OP_WRITE, src, 0, 64, 42, 0x1000, 1)}, &accepted), MCFX_OK);
+    EXPECT_EQ(a.done.wait_one(1), MCFX_E_RESOLVE);
+    mcfx_log_level level = MCFX_LOG_TRACE;
+    ASSERT_TRUE(g_log.wait_for("op failed", &level));
+    EXPECT_EQ(level, MCFX_LOG_WARN);
+    EXPECT_EQ(a.destroy(), MCFX_OK);
+    after_destroy = g_log.count();
+  }
+  // Another transport's failure reaches no destroyed transport's callback.
+  Node b(api());
+  Buffer src(64);
+  b.reg(src);
+  size_t accepted = 0;
+  ASSERT_EQ(b.submit({make_op(MCFX_OP_WRITE, src, 0, 64, 42, 0x1000, 2)}, &accepted), MCFX_OK);
+  EXPECT_EQ(b.done.wait_one(2), MCFX_E_RESOLVE);
+  EXPECT_EQ(b.destroy(), MCFX_OK);
+  EXPECT_EQ(g_log.count(), after_destroy);
+}
+
+TEST(AbiLinked, ConfigInitWritesTheDefaultsAndAnOlderConfigStillWorks) {
+  mcfx_config c;
+  std::memset(&c, 0xff, sizeof c);
+  mcfx_config_init(&c, sizeof c);
+  EXPECT_EQ(c.struct_size, sizeof c);
+  EXPECT_EQ(c.abi_version, uint32_t(MCFX_ABI_VERSION));
+  EXPECT_EQ(c.queue_capacity, 4096u);
+  EXPECT_EQ(c.op_timeout_ms, 30000u);
+  EXPECT_EQ(c.connect_timeout_ms, 10000u);
+  EXPECT_EQ(c.max_slice_bytes, uint64_t(1) << 30);
+  EXPECT_EQ(c.log_level, uint32_t(MCFX_LOG_WARN));
+  EXPECT_EQ(c.log, nullptr);
+  // A caller of the first v1 layout (up to flags) and of version 1.
+  Node old(api(), [](mcfx_config *c) {
+    c->struct_size = offsetof(mcfx_config, log_level);
+    c->abi_version = 1;
+  });
+  EXPECT_EQ(old.status, MCFX_OK) << old.last_error();
+}

@@ -174,13 +174,30 @@ std::vector<Transport::TransferStatus> waitAll(Transport &t, BatchID id) {
 
 // ---- End to end, real plugin -------------------------------------------------
 
+// FLAGCX_SW_KNOB_LATENCY_NS of flagcx_sw.h (the software provider's header).
+constexpr int kSwKnobLatencyNs = 0;
+
+// Sets a knob of the software provider that the loaded plugin uses
+// (process-wide, like the FLAGCX_SW_* variables); false when the plugin is
+// not loaded or its FlagCX is not the software provider.
+bool setProviderKnob(int knob, uint64_t value) {
+    void *lib = dlopen(MCFX_TEST_PLUGIN_PATH, RTLD_NOW | RTLD_NOLOAD);
+    if (lib == nullptr) return false;
+    // Found in the plugin's dependencies (libflagcx.so).
+    auto set = reinterpret_cast<int (*)(int, uint64_t)>(
+        dlsym(lib, "flagcxSwSetKnob"));
+    const bool ok = set != nullptr && set(knob, value) == 0;
+    dlclose(lib);
+    return ok;
+}
+
 // Two transports, "seg_a" and "seg_b", whose TransferMetadata objects share
-// one store. Tests call start() (optionally with software-provider knobs).
+// one store. Tests call start() (optionally with a transfer latency, set on
+// the software provider before the first transfer).
 class AdapterEndToEnd : public ::testing::Test {
    protected:
-    void start(const char *provider_options = nullptr) {
+    void start(uint64_t latency_ns = 0) {
         ScopedEnv plugin("MC_FLAGCX_PLUGIN", MCFX_TEST_PLUGIN_PATH);
-        ScopedEnv options("MC_FLAGCX_PROVIDER_OPTIONS", provider_options);
         conn_ = std::string("adapter-test/") +
                 ::testing::UnitTest::GetInstance()->current_test_info()->name();
         meta_a_ = std::make_shared<TransferMetadata>(conn_);
@@ -191,6 +208,9 @@ class AdapterEndToEnd : public ::testing::Test {
         ASSERT_EQ(Engine::install(*b_, "seg_b", meta_b_), 0);
         seg_b_ = meta_a_->getSegmentID("seg_b");
         ASSERT_NE(seg_b_, static_cast<uint64_t>(-1));
+        if (latency_ns != 0) {
+            ASSERT_TRUE(setProviderKnob(kSwKnobLatencyNs, latency_ns));
+        }
     }
 
     // Destroys both transports (together: see the file comment).
@@ -447,32 +467,12 @@ TEST_F(AdapterEndToEnd, OverlappingRegistrationIsRefusedAndNotPublished) {
 }
 
 // Resets the software provider's process-wide latency knob after a test
-// that raised it (knobs are applied when a transport is created). Call
-// only with no other transport alive: destroying one deregisters every
-// region in the process.
-void resetProviderLatency() {
-    void *lib = dlopen(MCFX_TEST_PLUGIN_PATH, RTLD_NOW | RTLD_NOLOAD);
-    ASSERT_NE(lib, nullptr);
-    auto get = reinterpret_cast<const mcfx_api_v1 *(*)()>(
-        dlsym(lib, "mcfx_get_api_v1"));
-    ASSERT_NE(get, nullptr);
-    const mcfx_api_v1 *api = get();
-    mcfx_config config;
-    api->config_init(&config, sizeof config);
-    config.on_complete = [](void *, uint64_t, mcfx_status) {};
-    config.resolve = [](void *, uint64_t, char *, size_t) -> int32_t {
-        return 1;
-    };
-    config.flags = MCFX_FLAG_NO_SERVE;
-    config.provider_options = "latency_ns=0";
-    mcfx_transport *t = nullptr;
-    ASSERT_EQ(api->create(&config, &t), MCFX_OK);
-    api->destroy(t);
-    dlclose(lib);
-}
+// that raised it (if the plugin is still loaded; a fresh load starts from
+// the environment).
+void resetProviderLatency() { setProviderKnob(kSwKnobLatencyNs, 0); }
 
 TEST_F(AdapterEndToEnd, GetTransferStatusNeverBlocks) {
-    start("latency_ns=1000000000");  // every transfer takes 1 s
+    start(1000000000);  // every transfer takes 1 s
     Buffer src(4096, 1), dst(4096, 2);
     registerOn(*a_, src);
     registerOn(*b_, dst);
@@ -498,7 +498,7 @@ TEST_F(AdapterEndToEnd, GetTransferStatusNeverBlocks) {
 }
 
 TEST_F(AdapterEndToEnd, UnregisterWaitsForOpsInFlight) {
-    start("latency_ns=200000000");
+    start(200000000);
     Buffer src(4096, 1), dst(4096, 2);
     registerOn(*a_, src);
     registerOn(*b_, dst);
@@ -519,7 +519,7 @@ TEST_F(AdapterEndToEnd, DestroyMarksEveryOutstandingSlice) {
     {
         // Ops still inside FlagCX get 100 ms after destroy begins.
         ScopedEnv grace("MC_FLAGCX_SHUTDOWN_TIMEOUT_MS", "100");
-        start("latency_ns=1000000000");  // every transfer takes 1 s
+        start(1000000000);  // every transfer takes 1 s
     }
     Buffer src(16384, 1), dst(16384, 2);
     registerOn(*a_, src);

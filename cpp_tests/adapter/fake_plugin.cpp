@@ -65,6 +65,7 @@ void fakeConfigInit(mcfx_config *config, size_t size) {
     std::memset(config, 0, sizeof(mcfx_config));
     config->struct_size = sizeof(mcfx_config);
     config->abi_version = MCFX_ABI_VERSION;
+    config->op_timeout_ms = 30000;  // config_init writes the defaults
 }
 
 mcfx_status fakeCreate(const mcfx_config *config, mcfx_transport **out) {

@@ -5,11 +5,7 @@
 // records the message of a failed call and turns any C++ exception into
 // MCFX_E_INTERNAL (nothing unwinds into C).
 
-#include <dlfcn.h>
-
 #include <algorithm>
-#include <cctype>
-#include <cerrno>
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
@@ -19,14 +15,8 @@
 #include <string>
 #include <unordered_set>
 #include <utility>
-#include <vector>
 
 #include "baseline_transport.h"
-// Only for the knob numbers of `provider_options` (a test-harness setting of
-// the ABI, applied through dlsym so this library also loads against real
-// FlagCX). The transport never uses the provider's failure-aware status
-// extension: upstream only had FlagCX's bool status call.
-#include "flagcx_sw.h"
 
 using mcfx_baseline::Fail;
 using mcfx_baseline::Format;
@@ -81,6 +71,28 @@ constexpr size_t kMinConfigSize = offsetof(mcfx_config, queue_capacity);
 constexpr uint32_t kMaxQueueCapacity = 1u << 20;
 constexpr uint64_t kMaxSliceBytes = UINT32_MAX;
 constexpr uint32_t kMaxConnectThreads = 64;
+constexpr uint32_t kMaxLogLevel = MCFX_LOG_TRACE;
+
+// What mcfx_config_init writes: the Rust library's defaults (src/config.rs;
+// baseline_test compares the two libraries' mcfx_config_init byte for byte).
+// The baseline uses only op_timeout_ms and flags of them.
+mcfx_config DefaultConfig() {
+  mcfx_config c;
+  std::memset(&c, 0, sizeof c);
+  c.struct_size = sizeof c;
+  c.abi_version = MCFX_ABI_VERSION;
+  c.queue_capacity = 4096;
+  c.submit_wait_us = 0;
+  c.op_timeout_ms = 30000; // upstream's fixed deadline
+  c.connect_timeout_ms = 10000;
+  c.spin_grace_us = 50;
+  c.max_batch = 256;
+  c.max_slice_bytes = uint64_t(1) << 30;
+  c.connect_threads = 4;
+  c.shutdown_timeout_ms = 1000;
+  c.log_level = MCFX_LOG_WARN;
+  return c;
+}
 
 // Copies a caller's config of any (sufficient) size into a zero-filled one.
 Result ReadConfig(const mcfx_config *config, mcfx_config *out) {
@@ -89,9 +101,9 @@ Result ReadConfig(const mcfx_config *config, mcfx_config *out) {
   std::memcpy(header, config, sizeof header); // struct_size, abi_version
   const size_t size = header[0];
   const uint32_t version = header[1];
-  if (version != MCFX_ABI_VERSION)
+  if (version < 1 || version > MCFX_ABI_VERSION)
     return Fail(MCFX_E_BAD_CONFIG,
-                Format("config abi_version %u, this library implements %d",
+                Format("config abi_version %u, this library accepts 1..=%d",
                        version, MCFX_ABI_VERSION));
   if (size < kMinConfigSize)
     return Fail(MCFX_E_BAD_CONFIG,
@@ -103,89 +115,12 @@ Result ReadConfig(const mcfx_config *config, mcfx_config *out) {
   return {};
 }
 
-struct ProviderOption {
-  int knob;
-  uint64_t value;
-};
-
-std::string Trim(const std::string &s) {
-  size_t b = 0, e = s.size();
-  while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
-  while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
-  return s.substr(b, e - b);
-}
-
-// `key=value` pairs separated by ',' or ';', keys case-insensitive: the same
-// grammar the Rust library accepts.
-Result ParseProviderOptions(const char *text,
-                            std::vector<ProviderOption> *out) {
-  static const struct {
-    const char *key;
-    int knob;
-  } kKnobs[] = {
-      {"latency_ns", FLAGCX_SW_KNOB_LATENCY_NS},
-      {"fail_op", FLAGCX_SW_KNOB_FAIL_OP},
-      {"hang_op", FLAGCX_SW_KNOB_HANG_OP},
-      {"connect_delay_ms", FLAGCX_SW_KNOB_CONNECT_DELAY_MS},
-      {"refuse_connect", FLAGCX_SW_KNOB_REFUSE_CONNECT},
-      {"connect_timeout_ms", FLAGCX_SW_KNOB_CONNECT_TIMEOUT_MS},
-  };
-  const std::string all(text);
-  size_t start = 0;
-  while (start <= all.size()) {
-    size_t end = all.find_first_of(",;", start);
-    if (end == std::string::npos) end = all.size();
-    const std::string item = Trim(all.substr(start, end - start));
-    start = end + 1;
-    if (item.empty()) continue;
-    const size_t eq = item.find('=');
-    if (eq == std::string::npos)
-      return Fail(MCFX_E_BAD_CONFIG,
-                  Format("provider option \"%s\" is not key=value",
-                         item.c_str()));
-    std::string key = Trim(item.substr(0, eq));
-    for (char &c : key) c = char(std::tolower(static_cast<unsigned char>(c)));
-    const auto known =
-        std::find_if(std::begin(kKnobs), std::end(kKnobs),
-                     [&](const auto &k) { return key == k.key; });
-    if (known == std::end(kKnobs))
-      return Fail(MCFX_E_BAD_CONFIG,
-                  Format("unknown provider option \"%s\"", key.c_str()));
-    const std::string value = Trim(item.substr(eq + 1));
-    const char *digits = value.c_str() + (value.rfind('+', 0) == 0 ? 1 : 0);
-    char *stop = nullptr;
-    errno = 0;
-    const unsigned long long v = std::strtoull(digits, &stop, 10);
-    if (*digits < '0' || *digits > '9' || *stop != '\0' || errno == ERANGE)
-      return Fail(MCFX_E_BAD_CONFIG,
-                  Format("provider option %s: \"%s\" is not a number",
-                         key.c_str(), value.c_str()));
-    out->push_back(ProviderOption{known->knob, uint64_t(v)});
-  }
-  return {};
-}
-
-Result ApplyProviderOptions(const std::vector<ProviderOption> &options) {
-  if (options.empty()) return {};
-  using SetKnobFn = decltype(&flagcxSwSetKnob);
-  auto set_knob = reinterpret_cast<SetKnobFn>(
-      dlsym(RTLD_DEFAULT, "flagcxSwSetKnob"));
-  if (set_knob == nullptr)
-    return Fail(MCFX_E_BAD_CONFIG, "provider_options: the loaded libflagcx is "
-                                   "not the software provider");
-  for (const ProviderOption &o : options) {
-    if (set_knob(o.knob, o.value) != 0)
-      return Fail(MCFX_E_BAD_CONFIG,
-                  Format("provider option %d rejected by the provider", o.knob));
-  }
-  return {};
-}
-
 // Checks the fields the Rust library checks (same statuses), then keeps what
 // the baseline uses. Queue, batching, slicing, connector and shutdown
-// settings belong to the Rust design; upstream had none of them.
-Result ConvertConfig(const mcfx_config &c, Options *o,
-                     std::vector<ProviderOption> *provider_options) {
+// settings belong to the Rust design; upstream had none of them. The log
+// callback is ignored: upstream logged through glog, and so does nothing
+// here (the Rust library implements mcfx_config.log).
+Result ConvertConfig(const mcfx_config &c, Options *o) {
   if (c.on_complete == nullptr)
     return Fail(MCFX_E_INVALID_ARGUMENT, "config.on_complete is NULL");
   if (c.resolve == nullptr)
@@ -193,10 +128,9 @@ Result ConvertConfig(const mcfx_config &c, Options *o,
   if ((c.flags & ~uint32_t(MCFX_FLAG_NO_SERVE)) != 0)
     return Fail(MCFX_E_BAD_CONFIG,
                 Format("unknown config flags %#x", unsigned(c.flags)));
-  if (c.provider_options != nullptr) {
-    Result r = ParseProviderOptions(c.provider_options, provider_options);
-    if (!r.ok()) return r;
-  }
+  if (c.log_level > kMaxLogLevel)
+    return Fail(MCFX_E_BAD_CONFIG, Format("log_level %u is outside 1..=%u",
+                                          c.log_level, kMaxLogLevel));
   if (c.queue_capacity > kMaxQueueCapacity)
     return Fail(MCFX_E_BAD_CONFIG,
                 Format("queue_capacity %u is outside 1..=%u", c.queue_capacity,
@@ -215,9 +149,10 @@ Result ConvertConfig(const mcfx_config &c, Options *o,
   o->complete_ctx = c.complete_ctx;
   o->resolve = c.resolve;
   o->resolve_ctx = c.resolve_ctx;
-  // upstream: a fixed 30 s deadline; op_timeout_ms overrides it when set.
+  // upstream: a fixed 30 s deadline; op_timeout_ms overrides it when set
+  // (zero: the default, as in every numeric field).
   o->op_timeout = std::chrono::milliseconds(
-      c.op_timeout_ms != 0 ? c.op_timeout_ms : 30000);
+      c.op_timeout_ms != 0 ? c.op_timeout_ms : DefaultConfig().op_timeout_ms);
   o->serve_peers = (c.flags & MCFX_FLAG_NO_SERVE) == 0;
   return {};
 }
@@ -286,11 +221,9 @@ size_t mcfx_last_error(char *buf, size_t cap) {
 void mcfx_config_init(struct mcfx_config *config, size_t size) {
   // Writes no more than the caller's struct, as the Rust library does.
   if (config == nullptr || size < 8) return;
-  mcfx_config init;
-  std::memset(&init, 0, sizeof init);
+  mcfx_config init = DefaultConfig();
   const size_t n = size < sizeof init ? size : sizeof init;
   init.struct_size = static_cast<uint32_t>(n);
-  init.abi_version = MCFX_ABI_VERSION;
   std::memcpy(config, &init, n);
 }
 
@@ -302,9 +235,7 @@ mcfx_status mcfx_create(const struct mcfx_config *config,
     mcfx_config c;
     MCFX_TRY(ReadConfig(config, &c));
     Options options;
-    std::vector<ProviderOption> provider_options;
-    MCFX_TRY(ConvertConfig(c, &options, &provider_options));
-    MCFX_TRY(ApplyProviderOptions(provider_options));
+    MCFX_TRY(ConvertConfig(c, &options));
     auto handle = std::make_unique<mcfx_transport>();
     MCFX_TRY(handle->impl.Init(options));
     {
@@ -424,7 +355,7 @@ mcfx_status mcfx_get_stats(const struct mcfx_transport *transport,
 
 namespace {
 const mcfx_api_v1 kApiV1 = {
-    MCFX_ABI_VERSION,
+    1, // this table's version, not MCFX_ABI_VERSION: stays 1
     sizeof(mcfx_api_v1),
     mcfx_impl_name,
     mcfx_strerror,

@@ -155,9 +155,32 @@ TEST(BaselineAbi, IdentifiesAsCppAndExportsTheV1Table) {
   EXPECT_EQ(cfg.struct_size, sizeof cfg);
   EXPECT_EQ(cfg.abi_version, 1u);
   EXPECT_EQ(cfg.on_complete, nullptr);
-  EXPECT_EQ(cfg.op_timeout_ms, 0u);
+  EXPECT_EQ(cfg.op_timeout_ms, 30000u); // the real defaults
+  EXPECT_EQ(cfg.queue_capacity, 4096u);
+  EXPECT_EQ(cfg.log_level, uint32_t(MCFX_LOG_WARN));
+  EXPECT_EQ(cfg.log, nullptr);
   EXPECT_EQ(mcfx_destroy(nullptr), MCFX_OK);
 }
+
+#ifdef MCFX_RUST_LIB
+// Interchangeable under LD_PRELOAD: both libraries' mcfx_config_init write
+// the same bytes (the baseline's defaults mirror the Rust library's).
+TEST(BaselineAbi, ConfigInitWritesTheSameDefaultsAsTheRustLibrary) {
+  void *rust = dlopen(MCFX_RUST_LIB, RTLD_NOW | RTLD_LOCAL);
+  ASSERT_NE(rust, nullptr) << dlerror();
+  auto rust_init = reinterpret_cast<decltype(&mcfx_config_init)>(
+      dlsym(rust, "mcfx_config_init"));
+  ASSERT_NE(rust_init, nullptr);
+  ASSERT_NE(rust_init, &mcfx_config_init) << "the Rust library, not ours";
+  mcfx_config ours, theirs;
+  std::memset(&ours, 0x5a, sizeof ours);
+  std::memset(&theirs, 0xa5, sizeof theirs);
+  mcfx_config_init(&ours, sizeof ours);
+  rust_init(&theirs, sizeof theirs);
+  EXPECT_EQ(std::memcmp(&ours, &theirs, sizeof ours), 0);
+  dlclose(rust);
+}
+#endif
 
 TEST(BaselineAbi, RejectsBadConfigsAndArguments) {
   Completions done;
@@ -176,13 +199,14 @@ TEST(BaselineAbi, RejectsBadConfigsAndArguments) {
     void (*mutate)(mcfx_config &);
     mcfx_status want;
   } cases[] = {
-      {[](mcfx_config &c) { c.abi_version = 2; }, MCFX_E_BAD_CONFIG},
+      {[](mcfx_config &c) { c.abi_version = 0; }, MCFX_E_BAD_CONFIG},
+      {[](mcfx_config &c) { c.abi_version = MCFX_ABI_VERSION + 1; },
+       MCFX_E_BAD_CONFIG},
       {[](mcfx_config &c) { c.struct_size = 8; }, MCFX_E_BAD_CONFIG},
       {[](mcfx_config &c) { c.on_complete = nullptr; }, MCFX_E_INVALID_ARGUMENT},
       {[](mcfx_config &c) { c.resolve = nullptr; }, MCFX_E_INVALID_ARGUMENT},
       {[](mcfx_config &c) { c.flags = 2; }, MCFX_E_BAD_CONFIG},
-      {[](mcfx_config &c) { c.provider_options = "speed=9"; },
-       MCFX_E_BAD_CONFIG},
+      {[](mcfx_config &c) { c.log_level = 6; }, MCFX_E_BAD_CONFIG},
   };
   for (const Case &c : cases) {
     mcfx_config cfg = good;
@@ -193,7 +217,7 @@ TEST(BaselineAbi, RejectsBadConfigsAndArguments) {
   }
   // The last case's message, snprintf-style.
   const std::string msg = LastError();
-  EXPECT_NE(msg.find("speed"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("log_level"), std::string::npos) << msg;
   EXPECT_EQ(mcfx_last_error(nullptr, 0), msg.size());
   char tiny[4];
   EXPECT_EQ(mcfx_last_error(tiny, sizeof tiny), msg.size());
@@ -226,11 +250,10 @@ protected:
     }
   }
 
-  // Creates A (peer 0) and B (peer 1); options apply to A.
-  void Start(const char *provider_options = nullptr,
-             uint32_t op_timeout_ms = 0) {
-    a_ = Create(provider_options, op_timeout_ms);
-    b_ = Create(nullptr, 0);
+  // Creates A (peer 0) and B (peer 1); the timeout applies to A.
+  void Start(uint32_t op_timeout_ms = 0) {
+    a_ = Create(op_timeout_ms);
+    b_ = Create(0);
     ASSERT_NE(a_, nullptr);
     ASSERT_NE(b_, nullptr);
     peers_.endpoint[0] = Endpoint(a_);
@@ -247,14 +270,13 @@ protected:
     a_ = b_ = nullptr;
   }
 
-  mcfx_transport *Create(const char *provider_options, uint32_t op_timeout_ms) {
+  mcfx_transport *Create(uint32_t op_timeout_ms) {
     mcfx_config cfg;
     mcfx_config_init(&cfg, sizeof cfg);
     cfg.on_complete = Completions::OnComplete;
     cfg.complete_ctx = &done_;
     cfg.resolve = Peers::Resolve;
     cfg.resolve_ctx = &peers_;
-    cfg.provider_options = provider_options;
     cfg.op_timeout_ms = op_timeout_ms;
     mcfx_transport *t = nullptr;
     EXPECT_EQ(mcfx_create(&cfg, &t), MCFX_OK) << LastError();
@@ -416,7 +438,8 @@ TEST_F(BaselineTransport, FailedTransferCompletesOkLikeUpstream) {
   // Real FlagCX's bool status call reports a failed transfer as done, and
   // upstream marked it a success; the baseline must do the same (only the
   // Rust transport uses the provider's failure-aware extension).
-  Start("fail_op=1");
+  Provider::Get().set_knob(FLAGCX_SW_KNOB_FAIL_OP, 1);
+  Start();
   std::vector<uint8_t> src(4096), dst(4096);
   Register(a_, src);
   Register(b_, dst);
@@ -425,7 +448,8 @@ TEST_F(BaselineTransport, FailedTransferCompletesOkLikeUpstream) {
 }
 
 TEST_F(BaselineTransport, HungTransferTimesOutAtTheOpTimeout) {
-  Start("hang_op=1", /*op_timeout_ms=*/200);
+  Provider::Get().set_knob(FLAGCX_SW_KNOB_HANG_OP, 1);
+  Start(/*op_timeout_ms=*/200);
   std::vector<uint8_t> src(4096), dst(4096);
   Register(a_, src);
   Register(b_, dst);
@@ -440,7 +464,8 @@ TEST_F(BaselineTransport, HungTransferTimesOutAtTheOpTimeout) {
 TEST_F(BaselineTransport, DestroyWithOpsInFlightCompletesEachOpOnce) {
   // Transfers report done only after 2 s, so destroy (which cancels what is
   // pending at once) finds them pending even if this thread stalls.
-  Start("latency_ns=2000000000");
+  Provider::Get().set_knob(FLAGCX_SW_KNOB_LATENCY_NS, 2000000000);
+  Start();
   constexpr size_t kOps = 64, kLen = 1024;
   std::vector<uint8_t> src(kOps * kLen), dst(kOps * kLen);
   Register(a_, src);

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::ffi::{c_char, c_void, CString};
+use std::ffi::{c_char, c_void};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -148,7 +148,6 @@ pub struct Node {
     pub done: Arc<Completions>,
     pub dir: Arc<Directory>,
     pub endpoint: String,
-    _options: Option<CString>,
 }
 
 impl Node {
@@ -182,7 +181,7 @@ impl Node {
         assert_eq!(st, want);
         let endpoint =
             if serves { String::from_utf8(buf[..len].to_vec()).unwrap() } else { String::new() };
-        Ok(Node { t, done, dir, endpoint, _options: None })
+        Ok(Node { t, done, dir, endpoint })
     }
 
     /// Lets this node reach `other` as peer id `peer`.

@@ -27,7 +27,8 @@
 //   MC_FLAGCX_CONNECT_TIMEOUT_MS
 //   MC_FLAGCX_CONNECT_THREADS
 //   MC_FLAGCX_SHUTDOWN_TIMEOUT_MS
-//   MC_FLAGCX_PROVIDER_OPTIONS     software FlagCX provider knobs (testing)
+//   MC_FLAGCX_LOG_LEVEL            plugin log lines passed to this log
+//                                  (mcfx_log_level: 1 error .. 5 trace)
 #ifndef FLAGCX_TRANSPORT_H_
 #define FLAGCX_TRANSPORT_H_
 
@@ -108,7 +109,6 @@ class FlagCxTransport : public Transport {
     mcfx_transport *engine_ = nullptr;  // the plugin transport
     std::string plugin_path_;
     std::string endpoint_;               // "host:port" peers connect to
-    std::string provider_options_;       // kept alive for the plugin config
     uint32_t op_timeout_ms_ = 0;         // effective per-op deadline
     bool published_ = false;             // our segment descriptor is out
     // Failures seen, for rate-limited logging off the hot path.

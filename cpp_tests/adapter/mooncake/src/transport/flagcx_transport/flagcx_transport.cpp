@@ -59,7 +59,6 @@ constexpr char kPluginEnv[] = "MC_FLAGCX_PLUGIN";
 constexpr char kPluginFileName[] = "libmooncake_flagcx.so";
 constexpr char kPluginEntry[] = "mcfx_get_api_v1";
 constexpr char kProtocol[] = "flagcx";
-constexpr uint32_t kDefaultOpTimeoutMs = 30000;  // the plugin's default
 
 // True for the 1st, 2nd, 4th, 8th... event counted by `counter`: enough
 // log lines to see a problem and how often it happens, without flooding
@@ -141,11 +140,11 @@ bool loadPlugin(Plugin &out, std::string &error) {
         error = where + ": " + kPluginEntry + " returned no function table";
         return false;
     }
-    if (api->abi_version != MCFX_ABI_VERSION) {
+    // The v1 table says 1 in every plugin that exports it.
+    if (api->abi_version != 1) {
         error = where + " implements ABI version " +
                 std::to_string(api->abi_version) +
-                "; this FlagCxTransport needs version " +
-                std::to_string(MCFX_ABI_VERSION);
+                "; this FlagCxTransport needs version 1";
         return false;
     }
     if (api->struct_size < sizeof(mcfx_api_v1)) {
@@ -180,6 +179,7 @@ constexpr EnvKnob kEnvKnobs[] = {
     {"MC_FLAGCX_CONNECT_TIMEOUT_MS", &mcfx_config::connect_timeout_ms},
     {"MC_FLAGCX_CONNECT_THREADS", &mcfx_config::connect_threads},
     {"MC_FLAGCX_SHUTDOWN_TIMEOUT_MS", &mcfx_config::shutdown_timeout_ms},
+    {"MC_FLAGCX_LOG_LEVEL", &mcfx_config::log_level},
 };
 
 // A whole unsigned decimal number that fits in 32 bits.
@@ -199,11 +199,14 @@ bool applyEnvKnobs(mcfx_config &config, std::string &error) {
     for (const EnvKnob &knob : kEnvKnobs) {
         const char *text = std::getenv(knob.name);
         if (text == nullptr || *text == '\0') continue;
-        if (!parseU32(text, config.*knob.field)) {
+        uint32_t value = 0;
+        if (!parseU32(text, value)) {
             error = std::string(knob.name) + "=\"" + text +
                     "\" is not a number from 0 to 4294967295";
             return false;
         }
+        // 0 keeps the default config_init wrote.
+        if (value != 0) config.*knob.field = value;
     }
     return true;
 }
@@ -290,6 +293,22 @@ struct FlagCxTransport::PluginCallbacks {
             // USE_EVENT_DRIVEN_COMPLETION they also lock a mutex, which can
             // throw. Nothing can be recovered here, and unwinding into the
             // plugin would terminate the process.
+        }
+    }
+
+    // Any plugin thread: one log line of the plugin, at most as verbose as
+    // MC_FLAGCX_LOG_LEVEL (default: warnings).
+    static void log(void *, mcfx_log_level level,
+                    const char *message) noexcept {
+        try {
+            if (level == MCFX_LOG_ERROR)
+                FCX_LOG(ERROR) << "mooncake-flagcx: " << message;
+            else if (level == MCFX_LOG_WARN)
+                FCX_LOG(WARNING) << "mooncake-flagcx: " << message;
+            else
+                FCX_LOG(INFO) << "mooncake-flagcx: " << message;
+        } catch (...) {
+            // Nothing may unwind into the plugin.
         }
     }
 
@@ -417,24 +436,21 @@ int FlagCxTransport::createPluginTransport() {
     api_ = plugin.api;
     plugin_path_ = plugin.path;
 
-    // Zero means "default" in every numeric field; config_init writes no
-    // more than the struct this adapter was compiled with.
+    // config_init writes the plugin's defaults, and no more than the struct
+    // this adapter was compiled with.
     mcfx_config config;
     api_->config_init(&config, sizeof(config));
     config.on_complete = &PluginCallbacks::onComplete;
     config.complete_ctx = this;
     config.resolve = &PluginCallbacks::resolve;
     config.resolve_ctx = this;
+    config.log = &PluginCallbacks::log;  // the plugin's logs into ours
+    config.log_ctx = this;
     if (!applyEnvKnobs(config, error)) {
         FCX_LOG(ERROR) << "FlagCxTransport: " << error;
         return ERR_INVALID_ARGUMENT;
     }
-    if (const char *options = std::getenv("MC_FLAGCX_PROVIDER_OPTIONS")) {
-        provider_options_ = options;
-        config.provider_options = provider_options_.c_str();
-    }
-    op_timeout_ms_ =
-        config.op_timeout_ms ? config.op_timeout_ms : kDefaultOpTimeoutMs;
+    op_timeout_ms_ = config.op_timeout_ms;
 
     mcfx_transport *engine = nullptr;
     const mcfx_status status = api_->create(&config, &engine);
