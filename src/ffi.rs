@@ -797,6 +797,7 @@ fn convert_config(c: &mcfx_config) -> Result<Converted> {
 
 /// Decodes a C op in place (no copy into a buffer).
 impl OpSource for mcfx_op {
+    #[inline]
     fn request(&self) -> Result<OpRequest> {
         let opcode = match self.opcode {
             MCFX_OP_READ => Opcode::Read,
