@@ -204,11 +204,20 @@ impl Progress {
 
     fn drain_queue(&mut self) -> bool {
         let mut n = 0;
+        // The group of the op before: the ops of a batch usually share peer
+        // and opcode, and nothing changes a peer's state during the drain,
+        // so the next op with that key goes straight to that group (no peer
+        // lookup, no group search).
+        let mut last: Option<(u64, Opcode, usize)> = None;
         while n < self.shared.config.max_batch {
             let Some(op) = self.shared.queue.pop() else { break };
             n += 1;
+            let (peer, opcode) = (op.req.peer, op.req.opcode);
             let idx = self.take_slot(op);
-            self.route(idx);
+            match last {
+                Some((p, o, g)) if p == peer && o == opcode => self.groups.push(g, idx),
+                _ => last = self.route(idx).map(|g| (peer, opcode, g)),
+            }
         }
         n > 0
     }
@@ -232,21 +241,21 @@ impl Progress {
         self.slots[idx as usize].op.as_ref().expect("live slot")
     }
 
-    /// Files an op under its peer: into a group if connected, else waiting.
-    fn route(&mut self, idx: u32) {
+    /// Files an op under its peer: into a group if connected (returns the
+    /// group's index), else waiting.
+    fn route(&mut self, idx: u32) -> Option<usize> {
         let (peer_id, opcode) = {
             let op = self.op(idx);
             (op.req.peer, op.req.opcode)
         };
         let peer = self.peers.entry(peer_id, &self.shared.connects);
         match (&peer.conn, peer.connecting) {
-            (Some(conn), false) => {
-                self.groups.add(peer_id, opcode, || Arc::clone(conn), idx);
-            }
+            (Some(conn), false) => Some(self.groups.add(peer_id, opcode, || Arc::clone(conn), idx)),
             _ => {
                 peer.waiting.push(idx);
                 self.waiting += 1;
                 self.park_stamp(idx);
+                None
             }
         }
     }
