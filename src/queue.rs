@@ -1,24 +1,182 @@
 //! The bounded MPSC submission queue between callers and the progress thread.
 //!
 //! Invariants:
-//! - capacity is fixed at creation; a push never allocates (crossbeam's
-//!   `ArrayQueue` is a preallocated ring of slots with per-slot stamps);
+//! - capacity is fixed at creation; a push never allocates (a preallocated
+//!   ring of slots with per-slot stamps, after Vyukov's bounded queue);
+//! - a submit call reserves all the slots it needs with one CAS on `tail`
+//!   and publishes them together: the first slot's stamp is stored last, so
+//!   the consumer sees a batch whole or not at all (one FlagCX call for it);
 //! - only the progress thread pops;
 //! - admission: a submitter registers itself in `submitters`, then checks
 //!   `accepting` (SeqCst both). `close` clears `accepting`, then waits until
 //!   `submitters` drains, so once `close` returns no op can be pushed any more
 //!   and every op that was pushed is visible to the progress thread.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::cell::UnsafeCell;
+use std::sync::atomic::{
+    AtomicBool, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+    Ordering::SeqCst,
+};
 use std::time::{Duration, Instant};
-
-use crossbeam_queue::ArrayQueue;
 
 use crate::op::Op;
 use crate::wake::Wake;
 
+/// One writer side per line pair (adjacent-line prefetch).
+#[repr(align(128))]
+struct Padded<T>(T);
+
+struct Slot<T> {
+    /// `pos` while the slot is free for position `pos`; `pos + 1` once the
+    /// value for `pos` is published.
+    stamp: AtomicUsize,
+    /// `None` whenever the slot is free (the consumer takes the value out).
+    value: UnsafeCell<Option<T>>,
+}
+
+/// The ring. A position is `lap * one_lap + index` (index < capacity), so
+/// stamps of different laps never collide and no division is needed.
+struct Ring<T> {
+    slots: Box<[Slot<T>]>,
+    one_lap: usize,
+    /// Next position to reserve (producers, CAS).
+    tail: Padded<AtomicUsize>,
+    /// Next position to pop (the consumer alone writes it).
+    head: Padded<AtomicUsize>,
+}
+
+// SAFETY: a slot's value is written only by the producer that reserved its
+// position (tail CAS) before publishing it, and read only by the single
+// consumer after it saw the publication (stamp Release/Acquire), so values
+// are never accessed from two threads at once; T crosses threads (Send).
+unsafe impl<T: Send> Sync for Ring<T> {}
+
+impl<T> Ring<T> {
+    fn new(capacity: usize) -> Ring<T> {
+        assert!(capacity > 0, "queue capacity must be positive");
+        Ring {
+            slots: (0..capacity)
+                .map(|i| Slot { stamp: AtomicUsize::new(i), value: UnsafeCell::new(None) })
+                .collect(),
+            one_lap: (capacity + 1).next_power_of_two(),
+            tail: Padded(AtomicUsize::new(0)),
+            head: Padded(AtomicUsize::new(0)),
+        }
+    }
+
+    #[inline]
+    fn slot(&self, pos: usize) -> &Slot<T> {
+        &self.slots[pos & (self.one_lap - 1)]
+    }
+
+    #[inline]
+    fn next(&self, pos: usize) -> usize {
+        if (pos & (self.one_lap - 1)) + 1 < self.slots.len() {
+            pos.wrapping_add(1)
+        } else {
+            (pos & !(self.one_lap - 1)).wrapping_add(self.one_lap)
+        }
+    }
+
+    /// Reserves up to `n` free slots with one CAS, fills slot `j` with
+    /// `make(j)` and publishes them together. Returns how many it took (0:
+    /// the queue is full).
+    fn push_with(&self, n: usize, mut make: impl FnMut(usize) -> T) -> usize {
+        if n == 0 {
+            return 0;
+        }
+        // Relaxed: only a hint where to look; the CAS below decides.
+        let mut tail = self.tail.0.load(Relaxed);
+        let (first, count) = loop {
+            let (mut end, mut k) = (tail, 0);
+            // Acquire: pairs with the consumer's Release when it freed the
+            // slot, so our write below follows its read of the old value.
+            while k < n && self.slot(end).stamp.load(Acquire) == end {
+                k += 1;
+                end = self.next(end);
+            }
+            if k == 0 {
+                // Relaxed: as above; an unchanged tail means the ring is full.
+                let now = self.tail.0.load(Relaxed);
+                if now == tail {
+                    return 0;
+                }
+                tail = now;
+                continue;
+            }
+            match self.tail.0.compare_exchange_weak(tail, end, SeqCst, Relaxed) {
+                Ok(_) => break (tail, k),
+                Err(now) => tail = now,
+            }
+        };
+        // Publishes on drop, also if `make` panics (unfilled slots carry
+        // None, which the consumer skips): the ring never stalls.
+        let _publish = Publish { ring: self, first, count };
+        let mut pos = first;
+        for j in 0..count {
+            let value = make(j);
+            // SAFETY: [first, first + count) was reserved by our CAS and is
+            // not yet published: no other thread touches these values.
+            unsafe { *self.slot(pos).value.get() = Some(value) };
+            pos = self.next(pos);
+        }
+        count
+    }
+
+    /// Consumer only.
+    fn pop(&self) -> Option<T> {
+        loop {
+            // Relaxed: the consumer is the only writer of `head`.
+            let head = self.head.0.load(Relaxed);
+            let slot = self.slot(head);
+            // Acquire: pairs with the producer's publishing Release.
+            if slot.stamp.load(Acquire) != head.wrapping_add(1) {
+                return None;
+            }
+            // SAFETY: published for `head` (seen above) and only the single
+            // consumer reads published values.
+            let value = unsafe { (*slot.value.get()).take() };
+            self.head.0.store(self.next(head), Relaxed);
+            // Release: the value was taken before producers may reuse it.
+            slot.stamp.store(head.wrapping_add(self.one_lap), Release);
+            if value.is_some() {
+                return value;
+            }
+        }
+    }
+
+    /// Consumer only: no published slot at the head.
+    fn is_empty(&self) -> bool {
+        // Relaxed: consumer-owned; Acquire: as in `pop`.
+        let head = self.head.0.load(Relaxed);
+        self.slot(head).stamp.load(Acquire) != head.wrapping_add(1)
+    }
+}
+
+/// Publishes reserved slots: every one but the first, then the first, so a
+/// consumer waiting at the first sees them all at once.
+struct Publish<'a, T> {
+    ring: &'a Ring<T>,
+    first: usize,
+    count: usize,
+}
+
+impl<T> Drop for Publish<'_, T> {
+    fn drop(&mut self) {
+        let ring = self.ring;
+        let mut pos = ring.next(self.first);
+        for _ in 1..self.count {
+            // Release: the value written before is visible with the stamp.
+            ring.slot(pos).stamp.store(pos.wrapping_add(1), Release);
+            pos = ring.next(pos);
+        }
+        // Release: as above, and after every other slot of the batch.
+        ring.slot(self.first).stamp.store(self.first.wrapping_add(1), Release);
+    }
+}
+
 pub struct SubmitQueue {
-    ops: ArrayQueue<Op>,
+    ops: Ring<Op>,
     wake: Wake,
     accepting: AtomicBool,
     submitters: AtomicUsize,
@@ -38,7 +196,7 @@ impl Drop for Admission<'_> {
 impl SubmitQueue {
     pub fn new(capacity: usize) -> SubmitQueue {
         SubmitQueue {
-            ops: ArrayQueue::new(capacity),
+            ops: Ring::new(capacity),
             wake: Wake::new(),
             accepting: AtomicBool::new(true),
             submitters: AtomicUsize::new(0),
@@ -52,30 +210,43 @@ impl SubmitQueue {
         self.accepting.load(SeqCst).then_some(admission)
     }
 
-    /// Pushes one op; gives it back when the queue stays full past `wait`.
-    /// Hot path: one CAS-based push; on a full queue, yields until `wait`
-    /// ends (zero: fail at once).
-    pub fn push(&self, _admitted: &Admission<'_>, op: Op, wait: Duration) -> Result<(), Op> {
-        let mut op = match self.ops.push(op) {
-            Ok(()) => return Ok(()),
-            Err(op) => op,
-        };
+    /// Pushes `make(0)`, ..., `make(n - 1)` in order; returns how many went
+    /// in (fewer than `n` when the queue stayed full for `wait` while an op
+    /// waited for room). Hot path:
+    /// one CAS reserves as many slots as are free, and they are published
+    /// together; on a full queue, yields until `wait` ends (zero: at once).
+    pub fn push_batch(
+        &self,
+        _admitted: &Admission<'_>,
+        n: usize,
+        wait: Duration,
+        mut make: impl FnMut(usize) -> Op,
+    ) -> usize {
+        let mut done = self.ops.push_with(n, &mut make);
         // The progress thread drains the queue, so it must never wait for
         // room itself (a completion callback that submits runs on it).
-        if wait.is_zero() || self.wake.is_consumer() {
-            return Err(op);
+        if done == n || wait.is_zero() || self.wake.is_consumer() {
+            return done;
         }
         // The progress thread drains the queue; make sure it is awake.
         self.wake.notify();
-        let until = Instant::now() + wait;
+        // `wait` bounds the wait for each op: it restarts whenever one fits.
+        let mut until = Instant::now() + wait;
         loop {
             std::thread::yield_now();
-            op = match self.ops.push(op) {
-                Ok(()) => return Ok(()),
-                Err(op) => op,
-            };
-            if Instant::now() >= until {
-                return Err(op);
+            let base = done;
+            done += self.ops.push_with(n - base, |j| make(base + j));
+            if done == n {
+                return done;
+            }
+            let now = Instant::now();
+            if done > base {
+                // Published more: the progress thread may have parked after
+                // draining the earlier ones.
+                self.wake.notify();
+                until = now + wait;
+            } else if now >= until {
+                return done;
             }
         }
     }
@@ -85,10 +256,12 @@ impl SubmitQueue {
         self.wake.notify()
     }
 
+    /// Progress thread only.
     pub fn pop(&self) -> Option<Op> {
         self.ops.pop()
     }
 
+    /// Progress thread only: nothing published to pop.
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
@@ -107,5 +280,98 @@ impl SubmitQueue {
 
     pub fn is_closed(&self) -> bool {
         !self.accepting.load(SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn batches_pop_in_order_and_a_full_ring_takes_only_what_fits() {
+        let ring: Ring<u64> = Ring::new(5);
+        let mut next = 0u64;
+        let mut expect = 0u64;
+        // Many laps, odd batch sizes against an odd capacity.
+        for round in 0..1000 {
+            let n = 1 + round % 7;
+            let base = next;
+            let took = ring.push_with(n, |j| base + j as u64);
+            assert!(took <= n && took <= 5);
+            next += took as u64;
+            if round % 3 != 0 {
+                while let Some(v) = ring.pop() {
+                    assert_eq!(v, expect);
+                    expect += 1;
+                }
+                assert!(ring.is_empty());
+            }
+        }
+        while let Some(v) = ring.pop() {
+            assert_eq!(v, expect);
+            expect += 1;
+        }
+        assert_eq!(expect, next);
+        assert_eq!(ring.push_with(9, |j| j as u64), 5, "an empty ring takes its capacity");
+        assert_eq!(ring.push_with(1, |_| 0), 0, "a full ring takes nothing");
+    }
+
+    #[test]
+    fn a_panicking_producer_leaves_no_hole() {
+        let ring: Ring<u64> = Ring::new(8);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            ring.push_with(4, |j| if j == 2 { panic!("make failed") } else { j as u64 })
+        }));
+        assert!(r.is_err());
+        assert_eq!(ring.push_with(1, |_| 7), 1);
+        let got: Vec<u64> = std::iter::from_fn(|| ring.pop()).collect();
+        assert_eq!(got, vec![0, 1, 7]);
+    }
+
+    #[test]
+    fn concurrent_batches_arrive_exactly_once_in_each_producers_order() {
+        const PRODUCERS: u64 = 4;
+        const PER: u64 = 20_000;
+        let ring: Arc<Ring<u64>> = Arc::new(Ring::new(64));
+        let threads: Vec<_> = (0..PRODUCERS)
+            .map(|p| {
+                let ring = Arc::clone(&ring);
+                std::thread::spawn(move || {
+                    let mut sent = 0u64;
+                    let mut n = 1usize;
+                    let until = Instant::now() + Duration::from_secs(60);
+                    while sent < PER && Instant::now() < until {
+                        let want = n.min((PER - sent) as usize);
+                        let base = sent;
+                        sent += ring.push_with(want, |j| (p << 32) | (base + j as u64)) as u64;
+                        n = n % 13 + 1;
+                        if sent < PER {
+                            std::thread::yield_now();
+                        }
+                    }
+                    sent
+                })
+            })
+            .collect();
+        let mut next = [0u64; PRODUCERS as usize];
+        let mut total = 0;
+        let until = Instant::now() + Duration::from_secs(60);
+        while total < PRODUCERS * PER && Instant::now() < until {
+            match ring.pop() {
+                Some(v) => {
+                    let (p, seq) = ((v >> 32) as usize, v & 0xffff_ffff);
+                    assert_eq!(seq, next[p], "producer {p}: lost, repeated or reordered");
+                    next[p] += 1;
+                    total += 1;
+                }
+                None => std::thread::yield_now(),
+            }
+        }
+        for t in threads {
+            assert_eq!(t.join().unwrap(), PER);
+        }
+        assert_eq!(total, PRODUCERS * PER);
+        assert!(ring.pop().is_none());
     }
 }

@@ -133,11 +133,11 @@ impl Transport {
     /// nothing is queued. On `MCFX_E_QUEUE_FULL`, the first `*accepted` ops
     /// were queued (and will complete) and the rest were not.
     ///
-    /// Hot path: one lock-free table load per call; per op a range check
-    /// against the region of the op before (a binary search only when it
-    /// differs) and one queue push; one atomic add per run of ops on the same
-    /// region; per call one wake check (a fence and a load) and one counter
-    /// update.
+    /// Hot path: per op a range check against the region of the op before (a
+    /// binary search only when it differs) and a slot write; one atomic add
+    /// per run of ops on one region; per call one lock-free table load, one
+    /// queue reservation (a CAS), one wake check (a fence and a load) and one
+    /// counter update.
     pub fn submit<T: OpSource>(&self, reqs: &[T], accepted: &mut usize) -> Result<()> {
         *accepted = 0;
         let Some(admission) = self.shared.queue.enter() else {
@@ -183,27 +183,27 @@ impl Transport {
                 return Err(at(first)(self.not_registered_op(&reqs[first])));
             }
         }
-        // Pass 2: queue them. The view is the same snapshot, so every op
-        // finds the region it holds.
+        // Pass 2: queue them (one reservation, published together). The
+        // view is the same snapshot, so every op finds the region it holds.
         let wait = self.shared.config.submit_wait;
         let mut result = Ok(());
-        for (i, r) in reqs.iter().enumerate() {
-            let r = r.request().expect("decoded above");
+        let pushed = self.shared.queue.push_batch(&admission, reqs.len(), wait, |i| {
+            let r = reqs[i].request().expect("decoded above");
             let region = view.find(r.local, r.len as usize).expect("found above");
-            if self.shared.queue.push(&admission, Op { req: r, region }, wait).is_err() {
-                self.unhold_ops(&mut view, &reqs[i..]);
-                Stats::add(&self.shared.stats.queue_full, 1);
-                result = fail(
-                    Status::MCFX_E_QUEUE_FULL,
-                    format!(
-                        "submit: queue of {} is full; {i} of {} ops queued",
-                        self.shared.config.queue_capacity,
-                        reqs.len()
-                    ),
-                );
-                break;
-            }
-            *accepted += 1;
+            Op { req: r, region }
+        });
+        *accepted = pushed;
+        if pushed < reqs.len() {
+            self.unhold_ops(&mut view, &reqs[pushed..]);
+            Stats::add(&self.shared.stats.queue_full, 1);
+            result = fail(
+                Status::MCFX_E_QUEUE_FULL,
+                format!(
+                    "submit: queue of {} is full; {pushed} of {} ops queued",
+                    self.shared.config.queue_capacity,
+                    reqs.len()
+                ),
+            );
         }
         if *accepted > 0 {
             Stats::add(&self.shared.stats.submitted, *accepted as u64);
