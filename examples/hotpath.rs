@@ -3,7 +3,8 @@
 //! transport's own cost per op without the A/B bench around it.
 //!
 //! Usage: `cargo run --release --example hotpath -- [--batch B] [--size S]
-//! [--batches N]` (defaults 64, 4096, 20000). Prints one line: ops/s, FlagCX
+//! [--batches N] [--grace-us G]` (defaults 64, 4096, 20000, the config's
+//! spin grace; `--grace-us 0` keeps idle spinning out of a callgrind count). Prints one line: ops/s, FlagCX
 //! vector calls per batch (1.0: the progress thread took each batch whole)
 //! and wake-ups. `FLAGCX_SW_LATENCY_NS` works as usual.
 
@@ -27,7 +28,11 @@ fn main() {
     let batch = arg("--batch", 64) as usize;
     let size = arg("--size", 4096) as usize;
     let batches = arg("--batches", 20_000);
-    let config = Config { op_timeout: Duration::from_secs(60), ..Config::default() };
+    let mut config = Config { op_timeout: Duration::from_secs(60), ..Config::default() };
+    if let Some(us) = std::env::args().position(|a| a == "--grace-us").map(|_| arg("--grace-us", 0))
+    {
+        config.spin_grace = Duration::from_micros(us);
+    }
     let target =
         Transport::create(config.clone(), Box::new(|_, _| {}), Box::new(|_| Err("none".into())))
             .expect("target");

@@ -326,11 +326,12 @@ impl Progress {
                 }
                 self.members.push(idx);
                 if self.iovs.len() >= MAX_IOVS_PER_CALL {
-                    self.submit(&conn, opcode);
+                    self.submit(Arc::clone(&conn), opcode);
                 }
             }
             if !self.members.is_empty() {
-                self.submit(&conn, opcode);
+                // The group's last call takes this reference along.
+                self.submit(conn, opcode);
             }
             self.groups.restore(g, members);
         }
@@ -346,10 +347,14 @@ impl Progress {
         let op = self.slots[idx as usize].op.as_ref().expect("live slot");
         let (mr, local, len, remote) = (op.region.mr, op.req.local, op.req.len, op.req.remote);
         for (off, piece) in pieces(len, max) {
-            match conn.make_desc(remote + off, piece as u32) {
-                Ok(desc) => {
-                    self.iovs.push(Iov::new(mr, local + off as usize, piece as usize, desc))
-                }
+            match conn.push_iov(
+                &mut self.iovs,
+                mr,
+                local + off as usize,
+                piece as u32,
+                remote + off,
+            ) {
+                Ok(()) => {}
                 Err(_) => {
                     self.iovs.truncate(first);
                     self.remote_range_miss(peer, idx, remote + off, piece);
@@ -383,7 +388,7 @@ impl Progress {
         self.waiting += 1;
     }
 
-    fn submit(&mut self, conn: &Arc<Conn>, opcode: Opcode) {
+    fn submit(&mut self, conn: Arc<Conn>, opcode: Opcode) {
         let result = match opcode {
             Opcode::Write => conn.write_vector(&self.iovs),
             Opcode::Read => conn.read_vector(&self.iovs),
@@ -396,7 +401,7 @@ impl Progress {
                 let mut t = self.spare.pop().unwrap_or_default();
                 let deadline =
                     members.iter().filter_map(|&m| self.slots[m as usize].deadline).min();
-                t.conn = Some(Arc::clone(conn));
+                t.conn = Some(conn);
                 t.id = Some(id);
                 t.deadline = deadline;
                 std::mem::swap(&mut t.members, &mut members);
