@@ -34,11 +34,11 @@ struct Slot<T> {
     value: UnsafeCell<Option<T>>,
 }
 
-/// The ring. A position is `lap * one_lap + index` (index < capacity), so
+/// The ring. A position is `lap * (mask + 1) + index` (index < capacity), so
 /// stamps of different laps never collide and no division is needed.
 struct Ring<T> {
     slots: Box<[Slot<T>]>,
-    one_lap: usize,
+    lap: Lap,
     /// Next position to reserve (producers, CAS).
     tail: Padded<AtomicUsize>,
     /// Next position to pop (the consumer alone writes it).
@@ -58,23 +58,9 @@ impl<T> Ring<T> {
             slots: (0..capacity)
                 .map(|i| Slot { stamp: AtomicUsize::new(i), value: UnsafeCell::new(None) })
                 .collect(),
-            one_lap: (capacity + 1).next_power_of_two(),
+            lap: Lap { mask: (capacity + 1).next_power_of_two() - 1, capacity },
             tail: Padded(AtomicUsize::new(0)),
             head: Padded(AtomicUsize::new(0)),
-        }
-    }
-
-    #[inline]
-    fn slot(&self, pos: usize) -> &Slot<T> {
-        &self.slots[pos & (self.one_lap - 1)]
-    }
-
-    #[inline]
-    fn next(&self, pos: usize) -> usize {
-        if (pos & (self.one_lap - 1)) + 1 < self.slots.len() {
-            pos.wrapping_add(1)
-        } else {
-            (pos & !(self.one_lap - 1)).wrapping_add(self.one_lap)
         }
     }
 
@@ -85,15 +71,17 @@ impl<T> Ring<T> {
         if n == 0 {
             return 0;
         }
+        // Locals: the atomics below would make the compiler reload fields.
+        let (lap, slots) = (self.lap, &self.slots[..]);
         // Relaxed: only a hint where to look; the CAS below decides.
         let mut tail = self.tail.0.load(Relaxed);
         let (first, count) = loop {
             let (mut end, mut k) = (tail, 0);
             // Acquire: pairs with the consumer's Release when it freed the
             // slot, so our write below follows its read of the old value.
-            while k < n && self.slot(end).stamp.load(Acquire) == end {
+            while k < n && slots[lap.index(end)].stamp.load(Acquire) == end {
                 k += 1;
-                end = self.next(end);
+                end = lap.next(end);
             }
             if k == 0 {
                 // Relaxed: as above; an unchanged tail means the ring is full.
@@ -111,14 +99,14 @@ impl<T> Ring<T> {
         };
         // Publishes on drop, also if `make` panics (unfilled slots carry
         // None, which the consumer skips): the ring never stalls.
-        let _publish = Publish { ring: self, first, count };
+        let _publish = Publish { slots, lap, first, count };
         let mut pos = first;
         for j in 0..count {
             let value = make(j);
             // SAFETY: [first, first + count) was reserved by our CAS and is
             // not yet published: no other thread touches these values.
-            unsafe { *self.slot(pos).value.get() = Some(value) };
-            pos = self.next(pos);
+            unsafe { *slots[lap.index(pos)].value.get() = Some(value) };
+            pos = lap.next(pos);
         }
         count
     }
@@ -128,7 +116,7 @@ impl<T> Ring<T> {
         loop {
             // Relaxed: the consumer is the only writer of `head`.
             let head = self.head.0.load(Relaxed);
-            let slot = self.slot(head);
+            let slot = &self.slots[self.lap.index(head)];
             // Acquire: pairs with the producer's publishing Release.
             if slot.stamp.load(Acquire) != head.wrapping_add(1) {
                 return None;
@@ -136,9 +124,9 @@ impl<T> Ring<T> {
             // SAFETY: published for `head` (seen above) and only the single
             // consumer reads published values.
             let value = unsafe { (*slot.value.get()).take() };
-            self.head.0.store(self.next(head), Relaxed);
+            self.head.0.store(self.lap.next(head), Relaxed);
             // Release: the value was taken before producers may reuse it.
-            slot.stamp.store(head.wrapping_add(self.one_lap), Release);
+            slot.stamp.store(head.wrapping_add(self.lap.mask + 1), Release);
             if value.is_some() {
                 return value;
             }
@@ -149,29 +137,56 @@ impl<T> Ring<T> {
     fn is_empty(&self) -> bool {
         // Relaxed: consumer-owned; Acquire: as in `pop`.
         let head = self.head.0.load(Relaxed);
-        self.slot(head).stamp.load(Acquire) != head.wrapping_add(1)
+        self.slots[self.lap.index(head)].stamp.load(Acquire) != head.wrapping_add(1)
     }
 }
 
 /// Publishes reserved slots: every one but the first, then the first, so a
 /// consumer waiting at the first sees them all at once.
 struct Publish<'a, T> {
-    ring: &'a Ring<T>,
+    slots: &'a [Slot<T>],
+    lap: Lap,
     first: usize,
     count: usize,
 }
 
 impl<T> Drop for Publish<'_, T> {
     fn drop(&mut self) {
-        let ring = self.ring;
-        let mut pos = ring.next(self.first);
-        for _ in 1..self.count {
-            // Release: the value written before is visible with the stamp.
-            ring.slot(pos).stamp.store(pos.wrapping_add(1), Release);
-            pos = ring.next(pos);
+        let (lap, slots) = (self.lap, self.slots);
+        if self.count > 1 {
+            let mut pos = lap.next(self.first);
+            for _ in 1..self.count {
+                // Release: the value written before is visible with the stamp.
+                slots[lap.index(pos)].stamp.store(pos.wrapping_add(1), Release);
+                pos = lap.next(pos);
+            }
         }
         // Release: as above, and after every other slot of the batch.
-        ring.slot(self.first).stamp.store(self.first.wrapping_add(1), Release);
+        slots[lap.index(self.first)].stamp.store(self.first.wrapping_add(1), Release);
+    }
+}
+
+/// Position arithmetic: `mask + 1` (a power of two above the capacity) is
+/// one lap.
+#[derive(Clone, Copy)]
+struct Lap {
+    mask: usize,
+    capacity: usize,
+}
+
+impl Lap {
+    #[inline]
+    fn index(self, pos: usize) -> usize {
+        pos & self.mask
+    }
+
+    #[inline]
+    fn next(self, pos: usize) -> usize {
+        if (pos & self.mask) + 1 < self.capacity {
+            pos.wrapping_add(1)
+        } else {
+            (pos & !self.mask).wrapping_add(self.mask + 1)
+        }
     }
 }
 

@@ -150,14 +150,23 @@ impl Transport {
         // of consecutive ops on one region. Holds precede the pushes: an op
         // in the queue always holds its region.
         let mut run: Option<(RegionRef, usize)> = None; // (region, first op)
+                                                        // Op 0 as decoded here: pass 2 need not decode it again (a single-op
+                                                        // submit decodes once).
+        let mut op0 = None;
         for (i, r) in reqs.iter().enumerate() {
             let checked = r.request().and_then(|r| {
                 validate(&r)?;
                 view.find(r.local, r.len as usize)
+                    .map(|region| (r, region))
                     .ok_or_else(|| not_registered(r.local, r.len as usize))
             });
             let region = match checked {
-                Ok(region) => region,
+                Ok((r, region)) => {
+                    if i == 0 {
+                        op0 = Some(Op { req: r, region });
+                    }
+                    region
+                }
                 Err(e) => {
                     let held = run.map_or(0, |(_, first)| first);
                     self.unhold_ops(&mut view, &reqs[..held]);
@@ -188,6 +197,11 @@ impl Transport {
         let wait = self.shared.config.submit_wait;
         let mut result = Ok(());
         let pushed = self.shared.queue.push_batch(&admission, reqs.len(), wait, |i| {
+            if i == 0 {
+                if let Some(op) = op0.take() {
+                    return op;
+                }
+            }
             let r = reqs[i].request().expect("decoded above");
             let region = view.find(r.local, r.len as usize).expect("found above");
             Op { req: r, region }
