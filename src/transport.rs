@@ -149,9 +149,10 @@ impl Transport {
         // Pass 1: check every op and take the holds, one atomic add per run
         // of consecutive ops on one region. Holds precede the pushes: an op
         // in the queue always holds its region.
-        let mut run: Option<(RegionRef, usize)> = None; // (region, first op)
-                                                        // Op 0 as decoded here: pass 2 need not decode it again (a single-op
-                                                        // submit decodes once).
+        // The current run: (its region, its first op).
+        let mut run: Option<(RegionRef, usize)> = None;
+        // Op 0 as decoded here: pass 2 need not decode it again (a single-op
+        // submit decodes once).
         let mut op0 = None;
         for (i, r) in reqs.iter().enumerate() {
             let checked = r.request().and_then(|r| {
