@@ -49,9 +49,9 @@ fi
 log "cargo test"
 cargo test --workspace --locked
 
-log "loom model of the wake protocol"
+log "loom models of the wake protocol and the submission ring"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
-  cargo test --release --locked --test loom_wake
+  cargo test --release --locked --test loom_wake --test loom_ring
 
 log "leak check: 1000 create/destroy rounds under valgrind"
 scripts/leak_check.sh

@@ -968,6 +968,7 @@ fn convert_log(c: &mcfx_config) -> Result<Option<(u32, host_log::LogFn)>> {
 
 /// Decodes a C op in place (no copy into a buffer).
 impl OpSource for mcfx_op {
+    #[inline]
     fn request(&self) -> Result<OpRequest> {
         let opcode = match self.opcode {
             MCFX_OP_READ => Opcode::Read,

@@ -31,13 +31,20 @@ impl<P> Default for Groups<P> {
 
 impl<P> Groups<P> {
     /// Files op `idx` under (peer, opcode); `shared` is evaluated only when
-    /// the group is new in this pass. Groups are few per pass (peers x 2), so
-    /// a linear search beats hashing.
-    pub fn add(&mut self, peer: u64, opcode: Opcode, shared: impl FnOnce() -> P, idx: u32) {
+    /// the group is new in this pass. Returns the group's index (valid until
+    /// [`Groups::clear`]) for [`Groups::push`]. Groups are few per pass
+    /// (peers x 2), so a linear search beats hashing.
+    pub fn add(
+        &mut self,
+        peer: u64,
+        opcode: Opcode,
+        shared: impl FnOnce() -> P,
+        idx: u32,
+    ) -> usize {
         let live = &mut self.groups[..self.live];
-        if let Some(g) = live.iter_mut().find(|g| g.peer == peer && g.opcode == opcode) {
-            g.members.push(idx);
-            return;
+        if let Some(g) = live.iter().position(|g| g.peer == peer && g.opcode == opcode) {
+            self.groups[g].members.push(idx);
+            return g;
         }
         if self.live == self.groups.len() {
             self.groups.push(Group { peer, opcode, shared: shared(), members: Vec::new() });
@@ -49,6 +56,15 @@ impl<P> Groups<P> {
         }
         self.groups[self.live].members.push(idx);
         self.live += 1;
+        self.live - 1
+    }
+
+    /// Files op `idx` under live group `g` (an index [`Groups::add`] gave
+    /// in this pass, for the same peer and opcode).
+    #[inline]
+    pub fn push(&mut self, g: usize, idx: u32) {
+        debug_assert!(g < self.live, "group {g} is not live");
+        self.groups[g].members.push(idx);
     }
 
     /// Live groups in this pass.
@@ -115,8 +131,14 @@ mod tests {
         ) {
             let mut groups: Groups<u64> = Groups::default();
             for ops in passes {
+                // Like the progress loop: an op with the key of the op before
+                // goes straight to that op's group.
+                let mut last = None;
                 for (i, (peer, w)) in ops.iter().enumerate() {
-                    groups.add(*peer, opcode(*w), || *peer * 10, i as u32);
+                    match last {
+                        Some((key, g)) if key == (*peer, *w) => groups.push(g, i as u32),
+                        _ => last = Some(((*peer, *w), groups.add(*peer, opcode(*w), || *peer * 10, i as u32))),
+                    }
                 }
                 let mut seen = vec![0u32; ops.len()];
                 let mut keys = HashMap::new();

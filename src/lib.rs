@@ -29,6 +29,7 @@ pub mod peers;
 pub mod progress;
 pub mod queue;
 pub mod registry;
+mod ring;
 pub mod stats;
 pub mod transport;
 pub mod wake;

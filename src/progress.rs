@@ -218,11 +218,20 @@ impl Progress {
 
     fn drain_queue(&mut self) -> bool {
         let mut n = 0;
+        // The group of the op before: the ops of a batch usually share peer
+        // and opcode, and nothing changes a peer's state during the drain,
+        // so the next op with that key goes straight to that group (no peer
+        // lookup, no group search).
+        let mut last: Option<(u64, Opcode, usize)> = None;
         while n < self.shared.config.max_batch {
             let Some(op) = self.shared.queue.pop() else { break };
             n += 1;
+            let (peer, opcode) = (op.req.peer, op.req.opcode);
             let idx = self.take_slot(op);
-            self.route(idx);
+            match last {
+                Some((p, o, g)) if p == peer && o == opcode => self.groups.push(g, idx),
+                _ => last = self.route(idx).map(|g| (peer, opcode, g)),
+            }
         }
         n > 0
     }
@@ -251,21 +260,21 @@ impl Progress {
         self.slots[idx as usize].op.as_ref().expect("live slot")
     }
 
-    /// Files an op under its peer: into a group if connected, else waiting.
-    fn route(&mut self, idx: u32) {
+    /// Files an op under its peer: into a group if connected (returns the
+    /// group's index), else waiting.
+    fn route(&mut self, idx: u32) -> Option<usize> {
         let (peer_id, opcode) = {
             let op = self.op(idx);
             (op.req.peer, op.req.opcode)
         };
         let peer = self.peers.entry(peer_id, &self.shared.connects);
         match (&peer.conn, peer.connecting) {
-            (Some(conn), false) => {
-                self.groups.add(peer_id, opcode, || Arc::clone(conn), idx);
-            }
+            (Some(conn), false) => Some(self.groups.add(peer_id, opcode, || Arc::clone(conn), idx)),
             _ => {
                 peer.waiting.push(idx);
                 self.waiting += 1;
                 self.park_stamp(idx);
+                None
             }
         }
     }
@@ -394,11 +403,12 @@ impl Progress {
                 }
                 self.members.push(idx);
                 if self.iovs.len() >= MAX_IOVS_PER_CALL {
-                    self.submit(&conn, opcode);
+                    self.submit(Arc::clone(&conn), opcode);
                 }
             }
             if !self.members.is_empty() {
-                self.submit(&conn, opcode);
+                // The group's last call takes this reference along.
+                self.submit(conn, opcode);
             }
             self.groups.restore(g, members);
         }
@@ -414,10 +424,14 @@ impl Progress {
         let op = self.slots[idx as usize].op.as_ref().expect("live slot");
         let (mr, local, len, remote) = (op.region.mr, op.req.local, op.req.len, op.req.remote);
         for (off, piece) in pieces(len, max) {
-            match conn.make_desc(remote + off, piece as u32) {
-                Ok(desc) => {
-                    self.iovs.push(Iov::new(mr, local + off as usize, piece as usize, desc))
-                }
+            match conn.push_iov(
+                &mut self.iovs,
+                mr,
+                local + off as usize,
+                piece as u32,
+                remote + off,
+            ) {
+                Ok(()) => {}
                 Err(_) => {
                     self.iovs.truncate(first);
                     self.remote_range_miss(peer, idx, remote + off, piece);
@@ -453,7 +467,7 @@ impl Progress {
         self.waiting += 1;
     }
 
-    fn submit(&mut self, conn: &Arc<Conn>, opcode: Opcode) {
+    fn submit(&mut self, conn: Arc<Conn>, opcode: Opcode) {
         let result = match opcode {
             Opcode::Write => conn.write_vector(&self.iovs),
             Opcode::Read => conn.read_vector(&self.iovs),
@@ -466,7 +480,7 @@ impl Progress {
                 let mut t = self.spare.pop().unwrap_or_default();
                 let deadline =
                     members.iter().filter_map(|&m| self.slots[m as usize].deadline).min();
-                t.conn = Some(Arc::clone(conn));
+                t.conn = Some(conn);
                 t.id = Some(id);
                 t.deadline = deadline;
                 std::mem::swap(&mut t.members, &mut members);

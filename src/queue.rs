@@ -1,8 +1,11 @@
 //! The bounded MPSC submission queue between callers and the progress thread.
 //!
 //! Invariants:
-//! - capacity is fixed at creation; a push never allocates (crossbeam's
-//!   `ArrayQueue` is a preallocated ring of slots with per-slot stamps);
+//! - capacity is fixed at creation; a push never allocates (`ring::Ring`, a
+//!   preallocated ring of slots with per-slot stamps);
+//! - a submit call reserves all the slots it needs with one CAS and
+//!   publishes them together, so the progress thread sees a batch whole or
+//!   not at all (one FlagCX call for it);
 //! - only the progress thread pops;
 //! - admission: a submitter registers itself in `submitters`, then checks
 //!   `accepting` (SeqCst both). `close` clears `accepting`, then waits until
@@ -12,14 +15,13 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
-use crossbeam_queue::ArrayQueue;
-
 use crate::error::{fail, Status};
 use crate::op::Op;
+use crate::ring::Ring;
 use crate::wake::Wake;
 
 pub struct SubmitQueue {
-    ops: ArrayQueue<Op>,
+    ops: Ring<Op>,
     wake: Wake,
     accepting: AtomicBool,
     submitters: AtomicUsize,
@@ -38,20 +40,17 @@ impl Drop for Admission<'_> {
 
 impl SubmitQueue {
     /// A queue of `capacity` slots; `MCFX_E_INTERNAL` when the memory for
-    /// them cannot be had (the ring itself cannot report a failed
-    /// allocation, so the same size is reserved and freed first: the host is
-    /// not aborted for a capacity the system cannot give).
+    /// them cannot be had (the host is not aborted for a capacity the system
+    /// cannot give).
     pub fn new(capacity: usize) -> crate::error::Result<SubmitQueue> {
-        let mut probe: Vec<Op> = Vec::new();
-        if probe.try_reserve_exact(capacity.saturating_mul(2)).is_err() {
+        let Some(ops) = Ring::try_new(capacity) else {
             return fail(
                 Status::MCFX_E_INTERNAL,
                 format!("no memory for a queue of {capacity} slots"),
             );
-        }
-        drop(probe);
+        };
         Ok(SubmitQueue {
-            ops: ArrayQueue::new(capacity),
+            ops,
             wake: Wake::new(),
             accepting: AtomicBool::new(true),
             submitters: AtomicUsize::new(0),
@@ -65,30 +64,43 @@ impl SubmitQueue {
         self.accepting.load(SeqCst).then_some(admission)
     }
 
-    /// Pushes one op; gives it back when the queue stays full past `wait`.
-    /// Hot path: one CAS-based push; on a full queue, yields until `wait`
-    /// ends (zero: fail at once).
-    pub fn push(&self, _admitted: &Admission<'_>, op: Op, wait: Duration) -> Result<(), Op> {
-        let mut op = match self.ops.push(op) {
-            Ok(()) => return Ok(()),
-            Err(op) => op,
-        };
+    /// Pushes `make(0)`, ..., `make(n - 1)` in order; returns how many went
+    /// in (fewer than `n` when the queue stayed full for `wait` while an op
+    /// waited for room). Hot path:
+    /// one CAS reserves as many slots as are free, and they are published
+    /// together; on a full queue, yields until `wait` ends (zero: at once).
+    pub fn push_batch(
+        &self,
+        _admitted: &Admission<'_>,
+        n: usize,
+        wait: Duration,
+        mut make: impl FnMut(usize) -> Op,
+    ) -> usize {
+        let mut done = self.ops.push_with(n, &mut make);
         // The progress thread drains the queue, so it must never wait for
         // room itself (a completion callback that submits runs on it).
-        if wait.is_zero() || self.wake.is_consumer() {
-            return Err(op);
+        if done == n || wait.is_zero() || self.wake.is_consumer() {
+            return done;
         }
         // The progress thread drains the queue; make sure it is awake.
         self.wake.notify();
-        let until = Instant::now() + wait;
+        // `wait` bounds the wait for each op: it restarts whenever one fits.
+        let mut until = Instant::now() + wait;
         loop {
             std::thread::yield_now();
-            op = match self.ops.push(op) {
-                Ok(()) => return Ok(()),
-                Err(op) => op,
-            };
-            if Instant::now() >= until {
-                return Err(op);
+            let base = done;
+            done += self.ops.push_with(n - base, |j| make(base + j));
+            if done == n {
+                return done;
+            }
+            let now = Instant::now();
+            if done > base {
+                // Published more: the progress thread may have parked after
+                // draining the earlier ones.
+                self.wake.notify();
+                until = now + wait;
+            } else if now >= until {
+                return done;
             }
         }
     }
@@ -98,10 +110,12 @@ impl SubmitQueue {
         self.wake.notify()
     }
 
+    /// Progress thread only.
     pub fn pop(&self) -> Option<Op> {
         self.ops.pop()
     }
 
+    /// Progress thread only: nothing published to pop.
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }

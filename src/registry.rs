@@ -71,6 +71,8 @@ impl Counters {
 pub struct RegionRef {
     slot: u32,
     pub mr: MrId,
+    /// The registration it was found in (see the module invariants).
+    generation: u64,
 }
 
 /// One registered region (an entry of the lookup table).
@@ -85,8 +87,14 @@ struct Region {
 
 impl Region {
     fn contains(&self, addr: usize, len: usize) -> bool {
-        addr >= self.base && addr - self.base <= self.len && len <= self.len - (addr - self.base)
+        contains(self.base, self.len, addr, len)
     }
+}
+
+/// Whether `[base, base + rlen)` holds `[addr, addr + len)` (overflow-free).
+#[inline]
+fn contains(base: usize, rlen: usize, addr: usize, len: usize) -> bool {
+    addr >= base && addr - base <= rlen && len <= rlen - (addr - base)
 }
 
 type Table = Vec<Arc<Region>>;
@@ -219,39 +227,37 @@ impl Registry {
         Ok(())
     }
 
-    /// Checks that one registered region holds `[addr, addr + len)`.
-    ///
-    /// Hot path: one lock-free table load and a binary search.
-    pub fn check(&self, addr: usize, len: usize) -> Result<()> {
-        let table = self.table.load();
-        match find(&table, addr, len) {
-            Some(r) if !self.counters(r.slot).closing.load(SeqCst) => Ok(()),
-            _ => Err(not_registered(addr, len)),
-        }
+    /// A snapshot of the table for one submit call: one lock-free load for
+    /// the whole batch instead of one per op.
+    pub fn view(&self) -> View {
+        View { table: self.table.load(), last: None }
     }
 
     /// Finds the region holding `[addr, addr + len)` and takes one in-flight
     /// hold on it for an op; give it back with [`Registry::release`].
-    ///
-    /// Hot path: one lock-free table load, a binary search, an atomic add on
-    /// a line only submitters write, one load.
     pub fn acquire(&self, addr: usize, len: usize) -> Result<RegionRef> {
-        self.acquire_in(&self.table.load(), addr, len)
-    }
-
-    /// [`Registry::acquire`] in a given table (possibly an older one).
-    #[inline]
-    fn acquire_in(&self, table: &Table, addr: usize, len: usize) -> Result<RegionRef> {
-        let Some(region) = find(table, addr, len) else {
-            return Err(not_registered(addr, len));
-        };
-        let counters = self.counters(region.slot);
-        counters.acquired.0.fetch_add(1, SeqCst);
-        if counters.closing.load(SeqCst) || counters.generation.load(SeqCst) != region.generation {
-            self.unacquire(RegionRef { slot: region.slot, mr: region.mr });
+        let region = self.view().find(addr, len).ok_or_else(|| not_registered(addr, len))?;
+        if !self.hold(region, 1) {
             return Err(not_registered(addr, len));
         }
-        Ok(RegionRef { slot: region.slot, mr: region.mr })
+        Ok(region)
+    }
+
+    /// Takes `n` in-flight holds on `r` (found in a [`View`]) for `n` ops
+    /// that are about to be queued; false, with no hold taken, when the
+    /// region is being unregistered or its slot now belongs to a newer
+    /// registration.
+    ///
+    /// Hot path: one atomic add on a line only submitters write, two loads,
+    /// whatever `n` is (a batch's ops on one region share them).
+    pub fn hold(&self, r: RegionRef, n: u64) -> bool {
+        let counters = self.counters(r.slot);
+        counters.acquired.0.fetch_add(n, SeqCst);
+        if counters.closing.load(SeqCst) || counters.generation.load(SeqCst) != r.generation {
+            self.unhold(r, n);
+            return false;
+        }
+        true
     }
 
     /// Gives back the hold of a completed op. Progress thread only: it is
@@ -263,9 +269,9 @@ impl Registry {
         released.store(released.load(Relaxed).wrapping_add(1), Release);
     }
 
-    /// Takes back a hold whose op was never queued (caller threads).
-    pub fn unacquire(&self, r: RegionRef) {
-        self.counters(r.slot).acquired.0.fetch_sub(1, SeqCst);
+    /// Takes back `n` holds whose ops were never queued (caller threads).
+    pub fn unhold(&self, r: RegionRef, n: u64) {
+        self.counters(r.slot).acquired.0.fetch_sub(n, SeqCst);
     }
 
     /// Ops holding the region that starts at `addr` (None: not registered).
@@ -293,13 +299,45 @@ impl Registry {
     }
 }
 
+/// One submit call's snapshot of the region table (see [`Registry::view`]).
+pub struct View {
+    table: arc_swap::Guard<Arc<Table>>,
+    /// A copy of the region found last (a batch's ops usually share one):
+    /// `(base, len, its ref)`, no pointer to chase for the next op.
+    last: Option<(usize, usize, RegionRef)>,
+}
+
+impl View {
+    /// The region holding `[addr, addr + len)`, if one does. The table is
+    /// immutable, so the same range always gives the same answer in one view.
+    ///
+    /// Hot path: a range check against the region found last; a binary
+    /// search only when the op is elsewhere.
+    #[inline]
+    pub fn find(&mut self, addr: usize, len: usize) -> Option<RegionRef> {
+        if let Some((base, rlen, r)) = self.last {
+            if contains(base, rlen, addr, len) {
+                return Some(r);
+            }
+        }
+        self.search(addr, len)
+    }
+
+    fn search(&mut self, addr: usize, len: usize) -> Option<RegionRef> {
+        let region = find(&self.table, addr, len)?;
+        let r = RegionRef { slot: region.slot, mr: region.mr, generation: region.generation };
+        self.last = Some((region.base, region.len, r));
+        Some(r)
+    }
+}
+
 fn find(table: &Table, addr: usize, len: usize) -> Option<&Arc<Region>> {
-    let at = table.partition_point(|r| r.base <= addr);
-    at.checked_sub(1).map(|i| &table[i]).filter(|r| r.contains(addr, len))
+    let at = table.partition_point(|r| r.base <= addr).checked_sub(1)?;
+    Some(&table[at]).filter(|r| r.contains(addr, len))
 }
 
 #[cold]
-fn not_registered(addr: usize, len: usize) -> Error {
+pub(crate) fn not_registered(addr: usize, len: usize) -> Error {
     Error::new(
         Status::MCFX_E_NOT_REGISTERED,
         format!("local range [{addr:#x}, +{len}) is not inside one registered region"),
@@ -324,8 +362,18 @@ mod tests {
         };
         install(a);
         let stale = reg.table.load_full();
-        assert!(reg.acquire_in(&stale, a, 64).is_ok(), "the live region");
-        reg.release(reg.acquire_in(&stale, a, 64).unwrap());
+        // A submit that loaded its view before the slot was reused.
+        let acquire_in = |table: &Arc<Table>, addr, len| -> Result<RegionRef> {
+            let mut view =
+                View { table: arc_swap::Guard::from_inner(Arc::clone(table)), last: None };
+            let r = view.find(addr, len).ok_or_else(|| not_registered(addr, len))?;
+            if !reg.hold(r, 1) {
+                return Err(not_registered(addr, len));
+            }
+            Ok(r)
+        };
+        assert!(acquire_in(&stale, a, 64).is_ok(), "the live region");
+        reg.release(acquire_in(&stale, a, 64).unwrap());
         {
             // Unregister a (no FlagCX call: the region was never in FlagCX).
             let mut slots = reg.write.lock();
@@ -337,7 +385,7 @@ mod tests {
         install(b);
         assert_eq!(reg.table.load()[0].slot, stale[0].slot, "the slot was reused");
         assert_eq!(
-            reg.acquire_in(&stale, a, 64).unwrap_err().status,
+            acquire_in(&stale, a, 64).unwrap_err().status,
             Status::MCFX_E_NOT_REGISTERED,
             "a hold through the stale table would count against b's registration"
         );

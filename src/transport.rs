@@ -14,7 +14,7 @@ use crate::op::{Op, OpRequest, OpSource};
 use crate::peers::{run_connector, Connects};
 use crate::progress::Progress;
 use crate::queue::SubmitQueue;
-use crate::registry::Registry;
+use crate::registry::{not_registered, RegionRef, Registry, View};
 use crate::stats::{Snapshot, Stats};
 
 /// Called once per accepted op, on the progress thread: `(user_data, status)`.
@@ -165,52 +165,95 @@ impl Transport {
     /// nothing is queued. On `MCFX_E_QUEUE_FULL`, the first `*accepted` ops
     /// were queued (and will complete) and the rest were not.
     ///
-    /// Hot path: per op two lock-free registry lookups and one queue push; per
-    /// call one wake check (a fence and a load) and one counter update.
+    /// Hot path: per op a range check against the region of the op before (a
+    /// binary search only when it differs) and a slot write; one atomic add
+    /// per run of ops on one region; per call one lock-free table load, one
+    /// queue reservation (a CAS), one wake check (a fence and a load) and one
+    /// counter update.
     pub fn submit<T: OpSource>(&self, reqs: &[T], accepted: &mut usize) -> Result<()> {
         *accepted = 0;
         let Some(admission) = self.shared.queue.enter() else {
             return fail(Status::MCFX_E_SHUTTING_DOWN, "submit: transport is shutting down");
         };
+        let registry = &self.shared.registry;
+        let mut view = registry.view();
         let at = |i: usize| move |e: Error| Error::new(e.status, format!("op {i}: {}", e.message));
+        // Pass 1: check every op and take the holds, one atomic add per run
+        // of consecutive ops on one region. Holds precede the pushes: an op
+        // in the queue always holds its region.
+        // The current run: (its region, its first op).
+        let mut run: Option<(RegionRef, usize)> = None;
+        // Op 0 as decoded here: pass 2 need not decode it again (a single-op
+        // submit decodes once).
+        let mut op0 = None;
         for (i, r) in reqs.iter().enumerate() {
-            let r = r.request().map_err(at(i))?;
-            validate(&r).map_err(at(i))?;
-            // A single op's registration is checked by its acquire below,
-            // before anything is queued: one lookup instead of two.
-            if reqs.len() > 1 {
-                self.shared.registry.check(r.local, r.len as usize).map_err(at(i))?;
+            let checked = r.request().and_then(|r| {
+                validate(&r)?;
+                view.find(r.local, r.len as usize)
+                    .map(|region| (r, region))
+                    .ok_or_else(|| not_registered(r.local, r.len as usize))
+            });
+            let region = match checked {
+                Ok((r, region)) => {
+                    if i == 0 {
+                        op0 = Some(Op { req: r, region });
+                    }
+                    region
+                }
+                Err(e) => {
+                    let held = run.map_or(0, |(_, first)| first);
+                    self.unhold_ops(&mut view, &reqs[..held]);
+                    return Err(at(i)(e));
+                }
+            };
+            match run {
+                Some((r, _)) if r == region => {}
+                _ => {
+                    if let Some((r, first)) = run {
+                        if !registry.hold(r, (i - first) as u64) {
+                            self.unhold_ops(&mut view, &reqs[..first]);
+                            return Err(at(first)(self.not_registered_op(&reqs[first])));
+                        }
+                    }
+                    run = Some((region, i));
+                }
             }
         }
+        if let Some((r, first)) = run {
+            if !registry.hold(r, (reqs.len() - first) as u64) {
+                self.unhold_ops(&mut view, &reqs[..first]);
+                return Err(at(first)(self.not_registered_op(&reqs[first])));
+            }
+        }
+        // Pass 2: queue them (one reservation, published together). The
+        // view is the same snapshot, so every op finds the region it holds.
         let wait = self.shared.config.submit_wait;
         // Counted before any op is published (the progress thread may
         // complete it at once); the ops not queued are taken back below.
         Stats::add(&self.shared.stats.submitted, reqs.len() as u64);
         let mut result = Ok(());
-        for (i, r) in reqs.iter().enumerate() {
-            let r = r.request().expect("decoded above");
-            let region = match self.shared.registry.acquire(r.local, r.len as usize) {
-                Ok(region) => region,
-                Err(e) => {
-                    // Unregistered between the check and now (a caller race).
-                    result = Err(at(i)(e));
-                    break;
+        let pushed = self.shared.queue.push_batch(&admission, reqs.len(), wait, |i| {
+            if i == 0 {
+                if let Some(op) = op0.take() {
+                    return op;
                 }
-            };
-            if let Err(op) = self.shared.queue.push(&admission, Op { req: r, region }, wait) {
-                self.shared.registry.unacquire(op.region);
-                Stats::add(&self.shared.stats.queue_full, 1);
-                result = fail(
-                    Status::MCFX_E_QUEUE_FULL,
-                    format!(
-                        "submit: queue of {} is full; {i} of {} ops queued",
-                        self.shared.config.queue_capacity,
-                        reqs.len()
-                    ),
-                );
-                break;
             }
-            *accepted += 1;
+            let r = reqs[i].request().expect("decoded above");
+            let region = view.find(r.local, r.len as usize).expect("found above");
+            Op { req: r, region }
+        });
+        *accepted = pushed;
+        if pushed < reqs.len() {
+            self.unhold_ops(&mut view, &reqs[pushed..]);
+            Stats::add(&self.shared.stats.queue_full, 1);
+            result = fail(
+                Status::MCFX_E_QUEUE_FULL,
+                format!(
+                    "submit: queue of {} is full; {pushed} of {} ops queued",
+                    self.shared.config.queue_capacity,
+                    reqs.len()
+                ),
+            );
         }
         if *accepted < reqs.len() {
             Stats::sub(&self.shared.stats.submitted, (reqs.len() - *accepted) as u64);
@@ -219,6 +262,23 @@ impl Transport {
             Stats::add(&self.shared.stats.wakeups, 1);
         }
         result
+    }
+
+    /// Gives back the holds pass 1 took for `ops` (which all decoded and
+    /// were found in `view`). Cold: a failed or partly queued submit.
+    #[cold]
+    fn unhold_ops<T: OpSource>(&self, view: &mut View, ops: &[T]) {
+        for r in ops {
+            let r = r.request().expect("decoded above");
+            let region = view.find(r.local, r.len as usize).expect("found above");
+            self.shared.registry.unhold(region, 1);
+        }
+    }
+
+    #[cold]
+    fn not_registered_op<T: OpSource>(&self, op: &T) -> Error {
+        let r = op.request().expect("decoded above");
+        not_registered(r.local, r.len as usize)
     }
 
     pub fn stats(&self) -> Snapshot {

@@ -45,18 +45,23 @@ struct IovScratch {
   std::vector<size_t> sizes;
   std::vector<FlagcxP2pRdmaDesc> descs;
 
+  // Sized once, then written through raw pointers: per entry four plain
+  // stores (push_back re-read the thread-local vectors' ends every time).
   void fill(const fxs_iov *iovs, int n) {
-    mrs.clear();
-    locals.clear();
-    sizes.clear();
-    descs.clear();
-    for (int i = 0; i < n; ++i) {
-      mrs.push_back(iovs[i].mr);
-      locals.push_back(iovs[i].local);
-      sizes.push_back(iovs[i].len);
-      FlagcxP2pRdmaDesc d;
-      std::memcpy(&d, &iovs[i].remote, sizeof d);
-      descs.push_back(d);
+    const size_t count = static_cast<size_t>(n);
+    mrs.resize(count);
+    locals.resize(count);
+    sizes.resize(count);
+    descs.resize(count);
+    FlagcxP2pMr *mr = mrs.data();
+    void **local = locals.data();
+    size_t *size = sizes.data();
+    FlagcxP2pRdmaDesc *desc = descs.data();
+    for (size_t i = 0; i < count; ++i) {
+      mr[i] = iovs[i].mr;
+      local[i] = iovs[i].local;
+      size[i] = iovs[i].len;
+      std::memcpy(&desc[i], &iovs[i].remote, sizeof desc[i]);
     }
   }
 };
