@@ -16,27 +16,34 @@
 //! - `host_log`: log events to the host's log callback
 //! - [`config`], [`error`], [`stats`], [`op`], [`log`]
 
-pub mod config;
-pub mod engine;
-pub mod error;
+// Only the C ABI (`ffi`) and the few Rust types the tests and examples use
+// (re-exported below) are public; every other module is crate-internal, so
+// the compiler reports what nothing uses.
+pub(crate) mod config;
+pub(crate) mod engine;
+pub(crate) mod error;
 pub mod ffi;
 mod ffi_layout;
-pub mod group;
+pub(crate) mod gate;
+pub(crate) mod group;
+pub(crate) mod holds;
 mod host_log;
-pub mod log;
-pub mod op;
-pub mod peers;
-pub mod progress;
-pub mod queue;
-pub mod registry;
+pub(crate) mod log;
+pub(crate) mod op;
+pub(crate) mod peers;
+pub(crate) mod progress;
+pub(crate) mod queue;
+pub(crate) mod registry;
 mod ring;
-pub mod stats;
-pub mod transport;
-pub mod wake;
+mod shared;
+pub(crate) mod stats;
+pub(crate) mod transport;
+pub(crate) mod wake;
 
 pub use config::Config;
 pub use error::{Error, Status};
 pub use op::{OpRequest, Opcode};
-pub use transport::Transport;
+pub use stats::Snapshot;
+pub use transport::{CompletionFn, ResolverFn, Transport};
 
 pub use flagcx_sys;

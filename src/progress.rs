@@ -22,7 +22,6 @@
 //!   vectors are reused and only grow past their high-water marks.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,8 +31,8 @@ use crate::error::{fail, Result, Status};
 use crate::group::{pieces, Groups};
 use crate::op::{Op, Opcode};
 use crate::peers::{ConnectKind, ConnectResult, PeerTable};
+use crate::shared::Shared;
 use crate::stats::Stats;
-use crate::transport::Shared;
 
 /// Entries per FlagCX vector call: FlagCX applies backpressure at about 1024
 /// outstanding slices, so one call stays well below that.
@@ -133,7 +132,7 @@ impl Progress {
         let mut idle_since: Option<Instant> = None;
         let mut idle_spins = 0u32;
         let mut nap = Duration::from_micros(20);
-        while !self.shared.stop.load(SeqCst) {
+        while !self.shared.queue.is_closed() {
             if self.pass() {
                 idle_since = None;
                 idle_spins = 0;
@@ -198,7 +197,7 @@ impl Progress {
     fn sleep(&mut self, nap: &mut Duration) {
         let shared = &self.shared;
         let has_work = || {
-            !shared.queue.is_empty() || shared.connects.has_results() || shared.stop.load(SeqCst)
+            !shared.queue.is_empty() || shared.connects.has_results() || shared.queue.is_closed()
         };
         let timeout = if !self.inflight.is_empty() {
             let t = *nap;
@@ -736,7 +735,7 @@ mod tests {
     /// the next pass allocates again.
     #[test]
     fn apply_connect_puts_its_scratch_vector_back_on_every_path() {
-        let shared = crate::transport::test_shared(crate::Config::default());
+        let shared = crate::shared::test_shared(crate::Config::default());
         let (host, port) = parse_endpoint(shared.endpoint_for_test()).unwrap();
         let mut p = Progress::new(Arc::clone(&shared)).unwrap();
         let failed = || Err(Error::new(Status::MCFX_E_CONNECT, "refused"));

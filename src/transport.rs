@@ -1,7 +1,6 @@
 //! The transport: holds the process's FlagCX engine, owns the registry, the
 //! queue and the threads, and is what every C entry point forwards to.
 
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread::{JoinHandle, ThreadId};
 
@@ -15,36 +14,11 @@ use crate::peers::{run_connector, Connects};
 use crate::progress::Progress;
 use crate::queue::SubmitQueue;
 use crate::registry::{not_registered, RegionRef, Registry, View};
+use crate::shared::Shared;
+
+pub use crate::peers::ResolverFn;
+pub use crate::shared::CompletionFn;
 use crate::stats::{Snapshot, Stats};
-
-/// Called once per accepted op, on the progress thread: `(user_data, status)`.
-pub type CompletionFn = Box<dyn Fn(u64, Status) + Send + Sync>;
-/// Maps a peer id to its `host:port` endpoint; runs on a connector thread.
-pub type ResolverFn = Box<dyn Fn(u64) -> std::result::Result<String, String> + Send + Sync>;
-
-/// State shared by the caller-facing handle and the transport's threads.
-///
-/// Fields drop in declaration order: `connects` (which may hold FlagCX
-/// connections) before `registry` and `engine` (the holds on the process
-/// engine), so the FlagCX engine is destroyed under the engine lock when
-/// this is the last transport (see `engine`).
-pub struct Shared {
-    pub config: Config,
-    pub queue: SubmitQueue,
-    pub stats: Stats,
-    pub connects: Connects,
-    pub on_complete: CompletionFn,
-    pub resolver: ResolverFn,
-    /// Set by shutdown after the queue closed; the progress thread then
-    /// completes everything and exits.
-    pub stop: AtomicBool,
-    /// None when the transport does not serve peers.
-    endpoint: Option<String>,
-    pub registry: Registry,
-    /// The process's FlagCX engine (shared with the process's other
-    /// transports).
-    pub engine: Arc<EngineRef>,
-}
 
 pub struct Transport {
     shared: Arc<Shared>,
@@ -97,7 +71,6 @@ impl Transport {
             connects: Connects::default(),
             on_complete,
             resolver,
-            stop: AtomicBool::new(false),
             endpoint,
             engine,
             config,
@@ -114,7 +87,7 @@ impl Transport {
         for i in 0..shared.config.connect_threads {
             let s = Arc::clone(&shared);
             shared.connects.thread_started();
-            match spawn(&format!("mcfx-connect-{i}"), move || run_connector(s)) {
+            match spawn(&format!("mcfx-connect-{i}"), move || run_connector(s.connector())) {
                 Ok(h) => {
                     transport.thread_ids.lock().push(h.thread().id());
                     transport.threads.lock().connectors.push(h);
@@ -148,7 +121,7 @@ impl Transport {
     /// `[addr, addr + len)` must stay valid memory until unregistered, and
     /// may be read and written by transfers at any time until then.
     pub unsafe fn register(&self, addr: usize, len: usize) -> Result<()> {
-        if self.shared.queue.is_closed() {
+        if self.shared.queue.is_closing() {
             return fail(Status::MCFX_E_SHUTTING_DOWN, "register: transport is shutting down");
         }
         // SAFETY: this function's contract, passed on.
@@ -294,8 +267,10 @@ impl Transport {
         let mut threads = self.threads.lock();
         let Some(progress) = threads.progress.take() else { return };
         let shared = &self.shared;
+        // The one shutdown flag: closing stops admissions and the connectors;
+        // closed (once every admitted submitter left) stops the progress
+        // thread (see `gate`).
         shared.queue.close();
-        shared.stop.store(true, SeqCst);
         shared.queue.notify();
         if progress.join().is_err() {
             tracing::error!("progress thread panicked");
@@ -352,32 +327,5 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
     };
     std::thread::Builder::new().name(name.to_owned()).spawn(f).map_err(|e| {
         Error::new(Status::MCFX_E_INTERNAL, format!("cannot start thread {name}: {e}"))
-    })
-}
-
-#[cfg(test)]
-impl Shared {
-    pub(crate) fn endpoint_for_test(&self) -> &str {
-        self.endpoint.as_deref().expect("serving")
-    }
-}
-
-/// A transport's shared state without its threads, for unit tests of the
-/// progress loop.
-#[cfg(test)]
-pub(crate) fn test_shared(config: Config) -> Arc<Shared> {
-    let engine = Arc::new(EngineRef::acquire().expect("FlagCX engine"));
-    engine.serve().expect("RPC server");
-    Arc::new(Shared {
-        registry: Registry::new(Arc::clone(&engine)),
-        queue: SubmitQueue::new(config.queue_capacity).unwrap(),
-        stats: Stats::default(),
-        connects: Connects::default(),
-        on_complete: Box::new(|_, _| {}),
-        resolver: Box::new(|_| Err("no peers".into())),
-        stop: AtomicBool::new(false),
-        endpoint: Some(engine.engine.endpoint().unwrap()),
-        engine,
-        config,
     })
 }
