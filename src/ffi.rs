@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::error::{fail, Error, Result, Status};
 use crate::host_log::{self, Scope, Sink};
 use crate::op::{OpRequest, OpSource, Opcode};
+use crate::stats::Snapshot;
 use crate::transport::Transport;
 
 pub use crate::error::mcfx_status;
@@ -745,25 +746,7 @@ pub unsafe extern "C" fn mcfx_get_stats(
         }
         // Whole fields only: every field after the first two u32 is a u64.
         let n = size.min(std::mem::size_of::<mcfx_stats>()) / 8 * 8;
-        let s = t.stats();
-        let full = mcfx_stats {
-            struct_size: n as u32,
-            reserved: 0,
-            submitted: s.submitted,
-            completed: s.completed,
-            failed: s.failed,
-            timed_out: s.timed_out,
-            canceled: s.canceled,
-            bytes: s.bytes,
-            queue_full: s.queue_full,
-            wakeups: s.wakeups,
-            connects: s.connects,
-            connect_failures: s.connect_failures,
-            reconnects: s.reconnects,
-            flagcx_transfers: s.flagcx_transfers,
-            callback_panics: s.callback_panics,
-            in_flight: s.in_flight(),
-        };
+        let full = mcfx_stats { struct_size: n as u32, ..mcfx_stats::from(&t.stats()) };
         // SAFETY: the caller made `size` bytes writable; we write n <= size.
         unsafe {
             ptr::copy_nonoverlapping((&full as *const mcfx_stats).cast::<u8>(), out.cast::<u8>(), n)
@@ -771,6 +754,27 @@ pub unsafe extern "C" fn mcfx_get_stats(
         Ok(())
     })
 }
+
+/// The C copy of the counters, generated from the one list in `stats`: a
+/// counter missing from `mcfx_stats` (or a field of it that is no counter)
+/// fails the build.
+macro_rules! stats_to_c {
+    ($( $(#[$gdoc:meta])* $group:ident: $Group:ident {
+        $( $(#[$doc:meta])* $name:ident, )*
+    } )*) => {
+        impl From<&Snapshot> for mcfx_stats {
+            fn from(s: &Snapshot) -> mcfx_stats {
+                mcfx_stats {
+                    struct_size: std::mem::size_of::<mcfx_stats>() as u32,
+                    reserved: 0,
+                    $($( $name: s.$name, )*)*
+                    in_flight: s.in_flight(),
+                }
+            }
+        }
+    };
+}
+crate::stats::counters!(stats_to_c);
 
 static API_V1: mcfx_api_v1 = mcfx_api_v1 {
     // The table's own version, not MCFX_ABI_VERSION: it stays 1 when the

@@ -179,14 +179,14 @@ pub(crate) fn run_connector(ctx: Connector<'_>) {
         let Some(request) = request else { break };
         let outcome = connect(&ctx, request.peer);
         match &outcome {
-            Ok(_) => Stats::add(&ctx.stats.connects, 1),
+            Ok(_) => Stats::add(&ctx.stats.connectors.connects, 1),
             Err(e) => {
-                Stats::add(&ctx.stats.connect_failures, 1);
+                Stats::add(&ctx.stats.connectors.connect_failures, 1);
                 tracing::warn!(peer = request.peer, error = %e, "peer connection failed");
             }
         }
         if request.kind == ConnectKind::Refresh && outcome.is_ok() {
-            Stats::add(&ctx.stats.reconnects, 1);
+            Stats::add(&ctx.stats.connectors.reconnects, 1);
         }
         connects.push_result(ConnectResult { peer: request.peer, kind: request.kind, outcome });
         ctx.queue.notify();

@@ -475,7 +475,7 @@ impl Progress {
         let mut members = std::mem::take(&mut self.members);
         match result {
             Ok(id) => {
-                Stats::bump(&self.shared.stats.flagcx_transfers, 1);
+                Stats::bump(&self.shared.stats.progress.flagcx_transfers, 1);
                 let mut t = self.spare.pop().unwrap_or_default();
                 let deadline =
                     members.iter().filter_map(|&m| self.slots[m as usize].deadline).min();
@@ -668,17 +668,17 @@ impl Progress {
         let stats = &self.shared.stats;
         match status {
             Status::MCFX_OK => {
-                Stats::bump(&stats.completed, 1);
-                Stats::bump(&stats.bytes, len);
+                Stats::bump(&stats.progress.completed, 1);
+                Stats::bump(&stats.progress.bytes, len);
             }
-            Status::MCFX_E_TIMEOUT => Stats::bump(&stats.timed_out, 1),
-            Status::MCFX_E_CANCELED => Stats::bump(&stats.canceled, 1),
-            _ => Stats::bump(&stats.failed, 1),
+            Status::MCFX_E_TIMEOUT => Stats::bump(&stats.progress.timed_out, 1),
+            Status::MCFX_E_CANCELED => Stats::bump(&stats.progress.canceled, 1),
+            _ => Stats::bump(&stats.progress.failed, 1),
         }
         let on_complete = &self.shared.on_complete;
         let panicked = catch_unwind(AssertUnwindSafe(|| on_complete(user_data, status))).is_err();
         if panicked {
-            Stats::bump(&stats.callback_panics, 1);
+            Stats::bump(&stats.progress.callback_panics, 1);
             tracing::error!(user_data, "completion callback panicked; continuing");
         }
     }

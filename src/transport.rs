@@ -203,7 +203,7 @@ impl Transport {
         let wait = self.shared.config.submit_wait;
         // Counted before any op is published (the progress thread may
         // complete it at once); the ops not queued are taken back below.
-        Stats::add(&self.shared.stats.submitted, reqs.len() as u64);
+        Stats::add(&self.shared.stats.callers.submitted, reqs.len() as u64);
         let mut result = Ok(());
         let pushed = self.shared.queue.push_batch(&admission, reqs.len(), wait, |i| {
             if i == 0 {
@@ -218,7 +218,7 @@ impl Transport {
         *accepted = pushed;
         if pushed < reqs.len() {
             self.unhold_ops(&mut view, &reqs[pushed..]);
-            Stats::add(&self.shared.stats.queue_full, 1);
+            Stats::add(&self.shared.stats.callers.queue_full, 1);
             result = fail(
                 Status::MCFX_E_QUEUE_FULL,
                 format!(
@@ -229,10 +229,10 @@ impl Transport {
             );
         }
         if *accepted < reqs.len() {
-            Stats::sub(&self.shared.stats.submitted, (reqs.len() - *accepted) as u64);
+            Stats::sub(&self.shared.stats.callers.submitted, (reqs.len() - *accepted) as u64);
         }
         if *accepted > 0 && self.shared.queue.notify() {
-            Stats::add(&self.shared.stats.wakeups, 1);
+            Stats::add(&self.shared.stats.callers.wakeups, 1);
         }
         result
     }
