@@ -41,6 +41,10 @@
 // `mcfx_op.opcode`: write local memory to remote memory.
 #define MCFX_OP_WRITE 1
 
+// Longest endpoint (`host:port`, without the NUL) a resolver may write;
+// the resolver's buffer holds `MCFX_MAX_ENDPOINT_LEN + 1` bytes.
+#define MCFX_MAX_ENDPOINT_LEN 255
+
 // `mcfx_config.flags`: do not start FlagCX's RPC server (this transport only
 // initiates; peers cannot connect to it).
 #define MCFX_FLAG_NO_SERVE 1
@@ -141,8 +145,8 @@ typedef struct mcfx_transport mcfx_transport;
 typedef void (*mcfx_complete_fn)(void *ctx, uint64_t user_data, mcfx_status status);
 
 // Resolver callback: writes the endpoint (`host:port`, IPv6 as
-// `[addr]:port`, NUL-terminated) of `peer_id` into `buf` (`cap` bytes) and
-// returns 0, or returns non-zero when the peer is unknown. Runs on a
+// `[addr]:port`, NUL-terminated) of `peer_id` into `buf` (`cap` bytes:
+// `MCFX_MAX_ENDPOINT_LEN + 1`) and returns 0, or returns non-zero when the peer is unknown. Runs on a
 // connector thread, never on the progress thread; it may block (e.g. on a
 // metadata server), which delays only that peer.
 typedef int32_t (*mcfx_resolve_fn)(void *ctx, uint64_t peer_id, char *buf, size_t cap);

@@ -14,9 +14,8 @@ use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{CNumbers, Config, MAX_ENDPOINT_LEN};
 use crate::error::{fail, Error, Result, Status};
 use crate::host_log::{self, Scope, Sink};
 use crate::op::{OpRequest, OpSource, Opcode};
@@ -34,6 +33,11 @@ pub const MCFX_ABI_VERSION: u32 = 1;
 pub const MCFX_OP_READ: u32 = 0;
 /// `mcfx_op.opcode`: write local memory to remote memory.
 pub const MCFX_OP_WRITE: u32 = 1;
+
+/// Longest endpoint (`host:port`, without the NUL) a resolver may write;
+/// the resolver's buffer holds `MCFX_MAX_ENDPOINT_LEN + 1` bytes.
+pub const MCFX_MAX_ENDPOINT_LEN: u32 = 255;
+const _: () = assert!(MCFX_MAX_ENDPOINT_LEN as usize == MAX_ENDPOINT_LEN);
 
 /// `mcfx_config.flags`: do not start FlagCX's RPC server (this transport only
 /// initiates; peers cannot connect to it).
@@ -79,8 +83,8 @@ pub type mcfx_complete_fn =
     Option<unsafe extern "C-unwind" fn(ctx: *mut c_void, user_data: u64, status: mcfx_status)>;
 
 /// Resolver callback: writes the endpoint (`host:port`, IPv6 as
-/// `[addr]:port`, NUL-terminated) of `peer_id` into `buf` (`cap` bytes) and
-/// returns 0, or returns non-zero when the peer is unknown. Runs on a
+/// `[addr]:port`, NUL-terminated) of `peer_id` into `buf` (`cap` bytes:
+/// `MCFX_MAX_ENDPOINT_LEN + 1`) and returns 0, or returns non-zero when the peer is unknown. Runs on a
 /// connector thread, never on the progress thread; it may block (e.g. on a
 /// metadata server), which delays only that peer.
 pub type mcfx_resolve_fn = Option<
@@ -413,10 +417,9 @@ pub unsafe extern "C" fn mcfx_config_init(config: *mut mcfx_config, size: usize)
     }
 }
 
-/// The defaults as the C struct carries them (from `Config::default()`).
+/// The defaults as the C struct carries them (see `CNumbers::defaults`).
 fn default_config() -> mcfx_config {
-    let d = Config::default();
-    let clamp = |v: u128| u32::try_from(v).unwrap_or(u32::MAX);
+    let d = CNumbers::defaults();
     mcfx_config {
         struct_size: std::mem::size_of::<mcfx_config>() as u32,
         abi_version: MCFX_ABI_VERSION,
@@ -424,19 +427,35 @@ fn default_config() -> mcfx_config {
         complete_ctx: ptr::null_mut(),
         resolve: None,
         resolve_ctx: ptr::null_mut(),
-        queue_capacity: d.queue_capacity as u32,
-        submit_wait_us: clamp(d.submit_wait.as_micros()),
-        op_timeout_ms: clamp(d.op_timeout.as_millis()),
-        connect_timeout_ms: clamp(d.connect_timeout.as_millis()),
-        spin_grace_us: clamp(d.spin_grace.as_micros()),
-        max_batch: d.max_batch as u32,
+        queue_capacity: d.queue_capacity,
+        submit_wait_us: d.submit_wait_us,
+        op_timeout_ms: d.op_timeout_ms,
+        connect_timeout_ms: d.connect_timeout_ms,
+        spin_grace_us: d.spin_grace_us,
+        max_batch: d.max_batch,
         max_slice_bytes: d.max_slice_bytes,
-        connect_threads: d.connect_threads as u32,
-        shutdown_timeout_ms: clamp(d.shutdown_timeout.as_millis()),
-        flags: if d.serve_peers { 0 } else { MCFX_FLAG_NO_SERVE },
+        connect_threads: d.connect_threads,
+        shutdown_timeout_ms: d.shutdown_timeout_ms,
+        flags: if Config::default().serve_peers { 0 } else { MCFX_FLAG_NO_SERVE },
         log_level: mcfx_log_level::MCFX_LOG_WARN as u32,
         log: None,
         log_ctx: ptr::null_mut(),
+    }
+}
+
+/// The numeric fields of a C config (zeros included: `Config::from_c`
+/// applies the defaults).
+fn c_numbers(c: &mcfx_config) -> CNumbers {
+    CNumbers {
+        queue_capacity: c.queue_capacity,
+        submit_wait_us: c.submit_wait_us,
+        op_timeout_ms: c.op_timeout_ms,
+        connect_timeout_ms: c.connect_timeout_ms,
+        spin_grace_us: c.spin_grace_us,
+        max_batch: c.max_batch,
+        max_slice_bytes: c.max_slice_bytes,
+        connect_threads: c.connect_threads,
+        shutdown_timeout_ms: c.shutdown_timeout_ms,
     }
 }
 
@@ -881,34 +900,7 @@ fn convert_config(c: &mcfx_config) -> Result<Converted> {
     if c.flags & !MCFX_FLAG_NO_SERVE != 0 {
         return fail(Status::MCFX_E_BAD_CONFIG, format!("unknown config flags {:#x}", c.flags));
     }
-    let d = Config::default();
-    let or = |v: u32, default: Duration, unit: fn(u64) -> Duration| {
-        if v == 0 {
-            default
-        } else {
-            unit(u64::from(v))
-        }
-    };
-    let config = Config {
-        queue_capacity: if c.queue_capacity == 0 {
-            d.queue_capacity
-        } else {
-            c.queue_capacity as usize
-        },
-        submit_wait: Duration::from_micros(u64::from(c.submit_wait_us)),
-        op_timeout: or(c.op_timeout_ms, d.op_timeout, Duration::from_millis),
-        connect_timeout: or(c.connect_timeout_ms, d.connect_timeout, Duration::from_millis),
-        spin_grace: or(c.spin_grace_us, d.spin_grace, Duration::from_micros),
-        max_batch: if c.max_batch == 0 { d.max_batch } else { c.max_batch as usize },
-        max_slice_bytes: if c.max_slice_bytes == 0 { d.max_slice_bytes } else { c.max_slice_bytes },
-        connect_threads: if c.connect_threads == 0 {
-            d.connect_threads
-        } else {
-            c.connect_threads as usize
-        },
-        shutdown_timeout: or(c.shutdown_timeout_ms, d.shutdown_timeout, Duration::from_millis),
-        serve_peers: c.flags & MCFX_FLAG_NO_SERVE == 0,
-    };
+    let config = Config::from_c(c_numbers(c), c.flags & MCFX_FLAG_NO_SERVE == 0);
     let complete_ctx = Ctx(c.complete_ctx);
     let resolve_ctx = Ctx(c.resolve_ctx);
     let on_complete = Box::new(move |user_data: u64, status: Status| {
@@ -920,7 +912,7 @@ fn convert_config(c: &mcfx_config) -> Result<Converted> {
     });
     let resolver = Box::new(move |peer: u64| -> std::result::Result<String, String> {
         let ctx = resolve_ctx;
-        let mut buf = [0u8; 512];
+        let mut buf = [0u8; MAX_ENDPOINT_LEN + 1];
         let rc = catch_unwind(AssertUnwindSafe(|| {
             // SAFETY: as above; buf is writable for its length.
             unsafe { resolve(ctx.0, peer, buf.as_mut_ptr().cast(), buf.len()) }

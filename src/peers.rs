@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
+use crate::config::MAX_ENDPOINT_LEN;
 use crate::engine::EngineRef;
 use crate::error::{Error, Status};
 use crate::queue::SubmitQueue;
@@ -74,13 +75,31 @@ pub struct ConnectResult {
 /// The request and result queues between the progress thread and the
 /// connector threads.
 #[derive(Default)]
-pub struct Connects {
+pub(crate) struct Connects {
+    /// Peers to connect, in order; the progress thread pushes, connector
+    /// threads pop. A connector checks the stop flag (the queue's gate) and
+    /// waits on `requested` only while holding this lock.
     requests: Mutex<VecDeque<ConnectRequest>>,
+    /// Signaled once per pushed request, and for all at shutdown (after the
+    /// gate closed and the `requests` lock was taken and dropped, so no
+    /// waiter misses it).
     requested: Condvar,
+    /// Finished connects for the progress thread; connectors push, only the
+    /// progress thread takes.
     results: Mutex<Vec<ConnectResult>>,
+    /// True whenever `results` may be non-empty: set after each push,
+    /// cleared under the lock just before taking everything; so a result is
+    /// never left behind a false flag (at worst the progress thread takes an
+    /// empty list once).
     has_results: AtomicBool,
+    /// Read-held around every resolver call (taken after checking the gate);
+    /// shutdown write-takes it once after the gate closed, so no resolver
+    /// call runs after shutdown returns.
     resolver_gate: RwLock<()>,
+    /// Connector threads counted by `thread_started` and not yet exited;
+    /// shutdown waits (bounded) for it to reach 0.
     running: Mutex<usize>,
+    /// Signaled when a connector thread exits (`running` decreased).
     exited: Condvar,
 }
 
@@ -219,8 +238,8 @@ fn connect(ctx: &Connector<'_>, peer: u64) -> Result<Conn, Error> {
 /// arguments, rejecting anything malformed.
 pub fn parse_endpoint(endpoint: &str) -> Result<(CString, u16), String> {
     let bad = |why: &str| Err(format!("endpoint {endpoint:?} {why}"));
-    if endpoint.is_empty() || endpoint.len() > 255 {
-        return bad("must be 1..=255 bytes of host:port");
+    if endpoint.is_empty() || endpoint.len() > MAX_ENDPOINT_LEN {
+        return bad(&format!("must be 1..={MAX_ENDPOINT_LEN} bytes of host:port"));
     }
     if !endpoint.bytes().all(|b| b.is_ascii_graphic()) {
         return bad("has spaces or non-printable characters");
