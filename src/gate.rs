@@ -10,10 +10,15 @@
 //!   decrement `inside` when done (also when refused).
 //! - closer: store `CLOSING`; wait until `inside` is 0; store `CLOSED`.
 //!
-//! All SeqCst: the submitter's increment and the closer's store are ordered
-//! before their loads, so either the submitter sees `CLOSING` (and backs
-//! out), or the closer sees it inside (and waits for it to leave). So once
-//! `close` returns no submitter is or will be pushing.
+//! The closer reads `inside` with a read-modify-write (`fetch_add(0)`), which
+//! reads the latest count: either it sees the submitter's increment (and
+//! waits for it to leave), or the increment comes after it in `inside`'s
+//! modification order, reads from it and so synchronizes with it, and then
+//! the submitter's load sees `CLOSING` (and backs out). So once `close`
+//! returns no submitter is or will be pushing. (All SeqCst; the argument
+//! needs only acquire/release through the RMW, which is also what loom,
+//! modeling SeqCst accesses as AcqRel, can check. The submitter's side, the
+//! hot path, is a plain increment and load.)
 //!
 //! Why two steps and not one flag: the progress thread exits (and drains the
 //! queue one last time) on `CLOSED`; had it exited on `CLOSING`, an admitted
@@ -72,7 +77,8 @@ impl Gate {
     /// closed. Idempotent (the state never goes back).
     pub(crate) fn close(&self) {
         let _ = self.state.compare_exchange(OPEN, CLOSING, SeqCst, SeqCst);
-        while self.inside.load(SeqCst) != 0 {
+        // An RMW, not a load: see the module doc.
+        while self.inside.fetch_add(0, SeqCst) != 0 {
             #[cfg(loom)]
             loom::thread::yield_now();
             #[cfg(not(loom))]

@@ -11,10 +11,17 @@
 //!   store `closing`; then load `released` before `acquired`; if they differ,
 //!   clear `closing` and fail (busy).
 //!
-//! All SeqCst: each side's write precedes its reads in the single order, so
-//! either the submitter sees `closing` (and backs out), or unregister sees
-//! its add (and refuses). Loading `released` first means a completion in
-//! between can only make the answer larger (a spurious busy), never smaller.
+//! Unregister reads `acquired` with a read-modify-write (`fetch_add(0)`),
+//! which reads the latest value: either it sees the submitter's add (and
+//! refuses), or the add comes after it in `acquired`'s modification order,
+//! reads from it and so synchronizes with it, and then the submitter's load
+//! sees `closing` (and backs out). (All SeqCst; the argument needs only
+//! acquire/release through the RMW, which is also what loom, modeling SeqCst
+//! accesses as AcqRel, can check; the submitter's hot path is unchanged: an
+//! add and two loads.) `released` is read with a plain load, before
+//! `acquired` (it keeps its single writer): an older value, or a completion
+//! in between, can only make the answer larger (a spurious busy), never
+//! smaller.
 //! `acquired` and `released` have one writer side each (submitters, the
 //! progress thread) and sit on their own cache lines. The model in
 //! `tests/loom_holds.rs` checks this under every interleaving.
@@ -102,10 +109,11 @@ impl Holds {
     /// lock (one closer at a time).
     pub(crate) fn try_close(&self) -> Result<(), u64> {
         self.closing.store(true, SeqCst);
-        // released first: an op completing in between only makes the
-        // answer larger (a spurious BUSY), never smaller.
+        // released first, loaded (an older value only makes the answer
+        // larger: a spurious BUSY, never a smaller one); acquired by an RMW
+        // (see the module doc).
         let released = self.released.load(SeqCst);
-        let busy = self.acquired.load(SeqCst).wrapping_sub(released);
+        let busy = self.acquired.fetch_add(0, SeqCst).wrapping_sub(released);
         if busy > 0 {
             self.closing.store(false, SeqCst);
             return Err(busy);

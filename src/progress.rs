@@ -75,31 +75,64 @@ struct Transfer {
     deadline: Option<Instant>,
 }
 
-pub struct Progress {
+/// The progress thread's state. Owned by that thread alone (no field is
+/// shared except through `shared`); the invariants below hold between passes.
+pub(crate) struct Progress {
+    /// The transport's shared state; read here, written only through its own
+    /// synchronized methods (queue pops, registry releases, counters).
     shared: Arc<Shared>,
+    /// Every op taken from the queue and not yet completed, by slot index.
+    /// A slot holds an op (`Some`) exactly while its index is in one place:
+    /// a group, a peer's `waiting` list, a transfer's `members`, or
+    /// `self.members`/`scratch` during a step. Never shrinks.
     slots: Vec<Slot>,
+    /// Indices of the empty slots (`op` is `None`); disjoint from every
+    /// index held elsewhere. `complete` pushes, `take_slot` pops.
     free: Vec<u32>,
+    /// Per-peer connection state and the ops waiting for a connection.
     peers: PeerTable,
+    /// This pass's ops of connected peers, by (peer, opcode); empty between
+    /// passes (`flush_groups` turns every group into FlagCX calls).
     groups: Groups<Arc<Conn>>,
+    /// FlagCX vector calls issued and not yet reported finished; each has an
+    /// id (`Some`) and at least one member.
     inflight: Vec<Transfer>,
+    /// Finished transfers kept for reuse (no id, no members, no conn): their
+    /// `members` vectors keep their capacity.
     spare: Vec<Transfer>,
+    /// Timed-out transfers whose ops already completed, still polled (so
+    /// FlagCX can recycle the ids); at most `MAX_ZOMBIES`; an entry whose id
+    /// reported finished (`None`) is dropped at the end of the poll.
     zombies: Vec<(Arc<Conn>, Option<TransferId>)>,
+    /// Entries of the FlagCX call being built; empty between calls (`submit`
+    /// clears it), at most `MAX_IOVS_PER_CALL`.
     iovs: Vec<Iov>,
+    /// The ops of the FlagCX call being built (those of `iovs`); empty
+    /// between calls.
     members: Vec<u32>,
+    /// Reused buffer for ops being moved between lists (connect results,
+    /// expiry); empty between uses.
     scratch: Vec<u32>,
+    /// Reused buffer for connector results; empty between passes.
     results: Vec<ConnectResult>,
+    /// Number of ops in all peers' `waiting` lists together (so a pass skips
+    /// the expiry scan without visiting the peers when it is 0).
     waiting: usize,
+    /// Earliest time the next expiry scan of waiting ops may run
+    /// (`WAIT_SCAN_PERIOD` apart).
     next_wait_scan: Instant,
-    /// This pass's clock reading, taken on first use (see `now`).
+    /// This pass's clock reading, taken on first use (see `now`); `None` at
+    /// the start of every pass.
     clock: Option<Instant>,
-    /// Placeholder time for fields not yet stamped.
+    /// Placeholder time for fields not yet stamped (never compared as a
+    /// deadline: `waiting_since` is stamped before it is read).
     epoch: Instant,
 }
 
 impl Progress {
     /// `MCFX_E_INTERNAL` when the op slots (sized by the caller's
     /// `queue_capacity` and `max_batch`) cannot be allocated.
-    pub fn new(shared: Arc<Shared>) -> Result<Progress> {
+    pub(crate) fn new(shared: Arc<Shared>) -> Result<Progress> {
         let cap = shared.config.queue_capacity + shared.config.max_batch;
         let now = Instant::now();
         let (mut slots, mut free) = (Vec::new(), Vec::new());
@@ -127,7 +160,7 @@ impl Progress {
     }
 
     /// The thread body; returns after shutdown, once every op completed.
-    pub fn run(mut self) {
+    pub(crate) fn run(mut self) {
         self.shared.queue.wake().bind_current();
         let mut idle_since: Option<Instant> = None;
         let mut idle_spins = 0u32;
