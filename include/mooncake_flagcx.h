@@ -187,7 +187,9 @@ typedef struct mcfx_config {
   // Microseconds a submit waits for queue space before
   // `MCFX_E_QUEUE_FULL` (default 0: fail at once; at most 10000000).
   uint32_t submit_wait_us;
-  // Per-op deadline from submit, in ms (default 30000, at most 3600000).
+  // Per-op deadline, in ms, counted from the `mcfx_submit` call that
+  // queued the op (coarse clock: granularity 1-4 ms; never early). Default
+  // 30000, at most 3600000.
   uint32_t op_timeout_ms;
   // How long an op waits for its peer's connection, in ms (default 10000,
   // at most 600000).
@@ -438,13 +440,29 @@ mcfx_status mcfx_unregister_batch(struct mcfx_transport *transport,
                                   void *const *addrs,
                                   size_t count);
 
-// Queues `count` ops. Every op is checked first (opcode, zero length, NULL,
-// overflow, local range registered); if any is bad, nothing is queued and
-// the error names the op's index. Each accepted op later gets exactly one
-// completion callback. On `MCFX_E_QUEUE_FULL` the first `*accepted` ops were
-// queued and the rest were not (no callback for those). `accepted` may be
-// NULL. Thread-safe; never blocks (except `submit_wait_us` when the queue
-// is full) and never calls FlagCX.
+// Queues `count` ops. Ops are taken in order; the call stops at the first
+// op it cannot accept. The ops before it were queued and each gets exactly
+// one completion callback; `*accepted` tells how many. On a per-op error
+// (`MCFX_E_INVALID_ARGUMENT` for a bad opcode, a non-zero reserved field, a
+// zero length or a NULL local address; `MCFX_E_OVERFLOW`;
+// `MCFX_E_NOT_REGISTERED`) `ops[*accepted]` is the bad op (the message names
+// its index too) and the ops after it were not queued. On
+// `MCFX_E_QUEUE_FULL` `ops[*accepted..]` were not queued. No callback runs
+// for an op that was not queued. So a caller fails `ops[*accepted]` alone
+// and resubmits `ops + *accepted + 1` in one call (after a per-op error), or
+// `ops + *accepted` later (queue full). Errors of the call itself queue
+// nothing and set `*accepted` to 0: a NULL `transport`, NULL `ops` with a
+// non-zero `count` (`MCFX_E_INVALID_ARGUMENT`), `MCFX_E_SHUTTING_DOWN`.
+// `accepted` may be NULL.
+//
+// Each queued op's deadline (`op_timeout_ms`) counts from this call,
+// wherever the op is when it passes (queued, waiting for its connection, or
+// in FlagCX). It is read from a coarse monotonic clock (one read per call;
+// granularity 1-4 ms on Linux), so an op times out no earlier than
+// `op_timeout_ms` after the call and typically within a few ms after.
+//
+// Thread-safe; never blocks (except `submit_wait_us` when the queue is
+// full) and never calls FlagCX.
 //
 // # Safety
 // `ops` must hold `count` entries; `transport` must be a live handle.

@@ -10,6 +10,14 @@
 //! 4. polls every in-flight transfer once; finished ones complete their ops;
 //! 5. expires ops past their deadline.
 //!
+//! Deadlines: each op carries the one its submit call stamped (`op_timeout`
+//! after the call, on the coarse monotonic clock, see `op::CoarseTime`); this
+//! thread compares them against the same clock, read at most once per pass.
+//! An op in FlagCX times out with its transfer, at the earliest deadline of
+//! the transfer's members; an op waiting for a connection is checked every
+//! `WAIT_SCAN_PERIOD`. An op still in the queue at its deadline times out at
+//! its first poll in FlagCX (it is not failed unseen).
+//!
 //! With nothing to do it spins for `spin_grace`, then parks (see `wake`).
 //!
 //! Invariants:
@@ -29,7 +37,7 @@ use flagcx_sys::{Conn, Iov, Poll, TransferId};
 
 use crate::error::{fail, Result, Status};
 use crate::group::{pieces, Groups};
-use crate::op::{Op, Opcode};
+use crate::op::{CoarseTime, Op, Opcode};
 use crate::peers::{ConnectKind, ConnectResult, PeerTable};
 use crate::shared::Shared;
 use crate::stats::Stats;
@@ -58,12 +66,9 @@ struct Slot {
     /// tells whether its remote range is still registered
     /// (`MCFX_E_REMOTE_RANGE`) or not the cause (`MCFX_E_TRANSFER_FAILED`).
     failed_transfer: bool,
-    /// When it started waiting for a connection.
+    /// When it started waiting for a connection (for `connect_timeout`;
+    /// its deadline is the op's own, `Op::deadline`).
     waiting_since: Instant,
-    /// When it fails with MCFX_E_TIMEOUT: `op_timeout` after it first had to
-    /// wait (for a connection, or for FlagCX). Stamped lazily, so an op that
-    /// finishes in the pass that submitted it costs no clock read.
-    deadline: Option<Instant>,
 }
 
 /// One FlagCX vector call in flight.
@@ -72,7 +77,8 @@ struct Transfer {
     conn: Option<Arc<Conn>>,
     id: Option<TransferId>,
     members: Vec<u32>,
-    deadline: Option<Instant>,
+    /// The earliest deadline of its members.
+    deadline: Option<CoarseTime>,
 }
 
 /// The progress thread's state. Owned by that thread alone (no field is
@@ -124,6 +130,9 @@ pub(crate) struct Progress {
     /// This pass's clock reading, taken on first use (see `now`); `None` at
     /// the start of every pass.
     clock: Option<Instant>,
+    /// This pass's coarse clock reading for deadlines, taken on first use
+    /// (see `coarse_now`); `None` at the start of every pass.
+    coarse: Option<CoarseTime>,
     /// Placeholder time for fields not yet stamped (never compared as a
     /// deadline: `waiting_since` is stamped before it is read).
     epoch: Instant,
@@ -154,6 +163,7 @@ impl Progress {
             waiting: 0,
             next_wait_scan: now,
             clock: None,
+            coarse: None,
             epoch: now,
             shared,
         })
@@ -200,9 +210,16 @@ impl Progress {
         *self.clock.get_or_insert_with(Instant::now)
     }
 
+    /// The coarse time deadlines are compared with (the clock submit stamps
+    /// them on), read at most once per pass and only when a deadline is
+    /// checked.
+    fn coarse_now(&mut self) -> CoarseTime {
+        *self.coarse.get_or_insert_with(CoarseTime::now)
+    }
+
     /// One pass; true when anything moved.
     fn pass(&mut self) -> bool {
-        self.clock = None;
+        (self.clock, self.coarse) = (None, None);
         // Each step is skipped when it has nothing to do: an idle pass is a
         // handful of loads, so new work is noticed within nanoseconds.
         let mut moved = self.drain_queue();
@@ -274,7 +291,6 @@ impl Progress {
             refreshed: false,
             failed_transfer: false,
             waiting_since: self.epoch,
-            deadline: None,
         };
         match self.free.pop() {
             Some(i) => {
@@ -313,11 +329,7 @@ impl Progress {
 
     /// Stamps an op that starts waiting for a connection.
     fn park_stamp(&mut self, idx: u32) {
-        let now = self.now();
-        let timeout = self.shared.config.op_timeout;
-        let slot = &mut self.slots[idx as usize];
-        slot.waiting_since = now;
-        slot.deadline.get_or_insert(now + timeout);
+        self.slots[idx as usize].waiting_since = self.now();
     }
 
     // ---- 2. connector results ----------------------------------------------
@@ -510,8 +522,7 @@ impl Progress {
             Ok(id) => {
                 Stats::bump(&self.shared.stats.progress.flagcx_transfers, 1);
                 let mut t = self.spare.pop().unwrap_or_default();
-                let deadline =
-                    members.iter().filter_map(|&m| self.slots[m as usize].deadline).min();
+                let deadline = members.iter().map(|&m| self.op(m).deadline).min();
                 t.conn = Some(conn);
                 t.id = Some(id);
                 t.deadline = deadline;
@@ -540,10 +551,9 @@ impl Progress {
             let poll = t.conn.as_ref().expect("in-flight transfer has a conn").poll(id);
             let status = match poll {
                 Poll::Pending(id) => {
-                    let now = self.now();
-                    let timeout = self.shared.config.op_timeout;
+                    let now = self.coarse_now();
                     let t = &mut self.inflight[i];
-                    if now < *t.deadline.get_or_insert(now + timeout) {
+                    if !t.deadline.is_some_and(|d| now >= d) {
                         t.id = Some(id);
                         i += 1;
                         continue;
@@ -644,14 +654,14 @@ impl Progress {
 
     fn expire_waiting(&mut self) {
         let connect_timeout = self.shared.config.connect_timeout;
-        let now = self.now();
+        let (now, coarse) = (self.now(), self.coarse_now());
         let mut expired = std::mem::take(&mut self.scratch);
         for peer in self.peers.peers.values_mut() {
             let slots = &self.slots;
             peer.waiting.retain(|&idx| {
                 let s = &slots[idx as usize];
-                let late = s.deadline.is_some_and(|d| now >= d)
-                    || now >= s.waiting_since + connect_timeout;
+                let deadline = s.op.as_ref().expect("live slot").deadline;
+                let late = coarse >= deadline || now >= s.waiting_since + connect_timeout;
                 if late {
                     expired.push(idx);
                 }
@@ -660,8 +670,8 @@ impl Progress {
         }
         self.waiting -= expired.len();
         for &idx in &expired {
-            let (peer, deadline) = (self.op(idx).req.peer, self.slots[idx as usize].deadline);
-            if deadline.is_some_and(|d| now >= d) {
+            let (peer, deadline) = (self.op(idx).req.peer, self.op(idx).deadline);
+            if coarse >= deadline {
                 self.complete(
                     idx,
                     Status::MCFX_E_TIMEOUT,
@@ -721,7 +731,7 @@ impl Progress {
     /// Completes everything: queued and waiting ops never ran (CANCELED);
     /// in-flight ones get until `shutdown_timeout` to finish.
     fn shut_down(&mut self) {
-        self.clock = None;
+        (self.clock, self.coarse) = (None, None);
         // The queue is closed: this drains it for good.
         while let Some(op) = self.shared.queue.pop() {
             let idx = self.take_slot(op);
@@ -740,7 +750,7 @@ impl Progress {
         self.waiting = 0;
         let until = self.now() + self.shared.config.shutdown_timeout;
         while !self.inflight.is_empty() && Instant::now() < until {
-            self.clock = None;
+            (self.clock, self.coarse) = (None, None);
             if !self.poll_inflight() {
                 std::thread::yield_now();
             }
