@@ -7,14 +7,21 @@
 //! and connected on connector threads, off the progress thread.
 //!
 //! Modules, one concern each:
-//! - [`ffi`]: the C exports (thin; one panic/error guard)
-//! - [`transport`]: create/submit/destroy, the handle's state
-//! - [`queue`] + [`wake`]: the submission queue and the sleep/wake protocol
-//! - [`progress`]: the progress thread; [`group`]: its grouping/splitting
-//! - [`peers`]: resolver + connector threads, per-peer state
-//! - [`registry`]: registered local memory (lock-free lookups)
-//! - `host_log`: log events to the host's log callback
-//! - [`config`], [`error`], [`stats`], [`op`], [`log`]
+//! - [`ffi`]: the C ABI (thin; one panic/error guard), split by concern
+//! - `transport`: create/submit/destroy, the handle; `shared`: the state the
+//!   handle and its threads share
+//! - `queue` + `ring` + `gate` + `wake`: the submission queue, its ring, its
+//!   admission (the one shutdown flag) and the sleep/wake protocol
+//! - `progress`: the progress thread; `group`: its grouping/splitting
+//! - `peers`: resolver + connector threads (a narrow context), per-peer state
+//! - `registry` + `holds`: registered local memory (lock-free lookups) and
+//!   the hold/unregister protocol
+//! - `engine`: the process's one FlagCX engine
+//! - `host_log` + `log`: log events to the host's callback or `MCFX_LOG`
+//! - `config`, `error`, `stats`, `op`
+//!
+//! No module imports one that imports it back: `transport` builds `shared`,
+//! which `progress` reads and which hands `peers` its context.
 
 // Only the C ABI (`ffi`) and the few Rust types the tests and examples use
 // (re-exported below) are public; every other module is crate-internal, so

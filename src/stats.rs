@@ -85,7 +85,7 @@ macro_rules! define_stats {
             $( $(#[$gdoc])* pub $group: CachePadded<$Group>, )*
         }
 
-        /// A plain copy of [`Stats`].
+        /// A plain copy of the counters (`Stats`).
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
         pub struct Snapshot {
             $($( $(#[$doc])* pub $name: u64, )*)*
