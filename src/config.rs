@@ -1,10 +1,9 @@
 //! Transport settings: defaults, limits and validation.
 //!
-//! The C config struct (`ffi::mcfx_config`) carries the numeric settings as
-//! [`CNumbers`] (integers in the C fields' units), where a zero means "the
-//! default below"; [`Config::from_c`] applies that rule and
-//! [`CNumbers::defaults`] gives the defaults `mcfx_config_init` writes. The
-//! FFI layer only copies fields.
+//! The C config struct (`ffi::mcfx_config`) maps onto [`Config`] field by
+//! field (in `ffi::config`); the rule that a zero in a numeric C field means
+//! "the default below" (every field but `submit_wait_us`, whose default is
+//! zero) is [`or_default`], here.
 
 use std::time::Duration;
 
@@ -86,76 +85,17 @@ impl Default for Config {
     }
 }
 
-/// The numeric settings in the C config's units. Zero means "the default"
-/// in every field but `submit_wait_us` (whose default is 0: fail at once).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct CNumbers {
-    pub queue_capacity: u32,
-    pub submit_wait_us: u32,
-    pub op_timeout_ms: u32,
-    pub connect_timeout_ms: u32,
-    pub spin_grace_us: u32,
-    pub max_batch: u32,
-    pub max_slice_bytes: u64,
-    pub connect_threads: u32,
-    pub shutdown_timeout_ms: u32,
-}
-
-impl CNumbers {
-    /// The defaults of [`Config::default`] in these units (what
-    /// `mcfx_config_init` writes; each fits its field).
-    pub(crate) fn defaults() -> CNumbers {
-        let d = Config::default();
-        let clamp = |v: u128| u32::try_from(v).unwrap_or(u32::MAX);
-        CNumbers {
-            queue_capacity: d.queue_capacity as u32,
-            submit_wait_us: clamp(d.submit_wait.as_micros()),
-            op_timeout_ms: clamp(d.op_timeout.as_millis()),
-            connect_timeout_ms: clamp(d.connect_timeout.as_millis()),
-            spin_grace_us: clamp(d.spin_grace.as_micros()),
-            max_batch: d.max_batch as u32,
-            max_slice_bytes: d.max_slice_bytes,
-            connect_threads: d.connect_threads as u32,
-            shutdown_timeout_ms: clamp(d.shutdown_timeout.as_millis()),
-        }
+/// A C config field's value, or `default` when it is zero (the C config's
+/// zero-means-default rule; zero `Duration`s included).
+pub(crate) fn or_default<T: Copy + PartialEq + Default>(value: T, default: T) -> T {
+    if value == T::default() {
+        default
+    } else {
+        value
     }
 }
 
 impl Config {
-    /// The settings a C config asks for: zero fields take the default
-    /// (ranges are checked by [`Config::validate`]).
-    pub(crate) fn from_c(c: CNumbers, serve_peers: bool) -> Config {
-        let d = Config::default();
-        let count = |v: u32, default: usize| if v == 0 { default } else { v as usize };
-        let time = |v: u32, default: Duration, unit: fn(u64) -> Duration| {
-            if v == 0 {
-                default
-            } else {
-                unit(u64::from(v))
-            }
-        };
-        Config {
-            queue_capacity: count(c.queue_capacity, d.queue_capacity),
-            submit_wait: Duration::from_micros(u64::from(c.submit_wait_us)),
-            op_timeout: time(c.op_timeout_ms, d.op_timeout, Duration::from_millis),
-            connect_timeout: time(c.connect_timeout_ms, d.connect_timeout, Duration::from_millis),
-            spin_grace: time(c.spin_grace_us, d.spin_grace, Duration::from_micros),
-            max_batch: count(c.max_batch, d.max_batch),
-            max_slice_bytes: if c.max_slice_bytes == 0 {
-                d.max_slice_bytes
-            } else {
-                c.max_slice_bytes
-            },
-            connect_threads: count(c.connect_threads, d.connect_threads),
-            shutdown_timeout: time(
-                c.shutdown_timeout_ms,
-                d.shutdown_timeout,
-                Duration::from_millis,
-            ),
-            serve_peers,
-        }
-    }
-
     /// Checks ranges; called by `Transport::create`.
     pub fn validate(&self) -> Result<()> {
         let bad = |what: String| fail(Status::MCFX_E_BAD_CONFIG, what);
@@ -209,25 +149,12 @@ mod tests {
     }
 
     #[test]
-    fn zero_c_fields_mean_the_default_and_the_defaults_round_trip() {
-        let zero = CNumbers {
-            queue_capacity: 0,
-            submit_wait_us: 0,
-            op_timeout_ms: 0,
-            connect_timeout_ms: 0,
-            spin_grace_us: 0,
-            max_batch: 0,
-            max_slice_bytes: 0,
-            connect_threads: 0,
-            shutdown_timeout_ms: 0,
-        };
-        assert_eq!(Config::from_c(zero, true), Config::default());
-        assert_eq!(Config::from_c(CNumbers::defaults(), true), Config::default());
-        let c = Config::from_c(CNumbers { max_batch: 7, op_timeout_ms: 5, ..zero }, false);
-        assert_eq!(
-            (c.max_batch, c.op_timeout, c.serve_peers),
-            (7, Duration::from_millis(5), false)
-        );
+    fn zero_means_the_default() {
+        assert_eq!(or_default(0usize, DEFAULT_MAX_BATCH), DEFAULT_MAX_BATCH);
+        assert_eq!(or_default(7usize, DEFAULT_MAX_BATCH), 7);
+        assert_eq!(or_default(Duration::ZERO, DEFAULT_OP_TIMEOUT), DEFAULT_OP_TIMEOUT);
+        let ms = Duration::from_millis(5);
+        assert_eq!(or_default(ms, DEFAULT_OP_TIMEOUT), ms);
     }
 
     #[test]

@@ -5,19 +5,21 @@
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
+use std::time::Duration;
 
 use super::guard::invalid;
 use super::types::*;
-use crate::config::{CNumbers, Config, MAX_ENDPOINT_LEN};
+use crate::config::{or_default, Config, MAX_ENDPOINT_LEN};
 use crate::error::{fail, Result, Status};
 use crate::host_log;
 
 /// The fields every caller must pass (everything up to `resolve_ctx`).
 pub(super) const MIN_CONFIG_SIZE: usize = std::mem::offset_of!(mcfx_config, queue_capacity);
 
-/// The defaults as the C struct carries them (see `CNumbers::defaults`).
+/// The defaults as the C struct carries them (from `Config::default()`).
 pub(super) fn default_config() -> mcfx_config {
-    let d = CNumbers::defaults();
+    let d = Config::default();
+    let clamp = |v: u128| u32::try_from(v).unwrap_or(u32::MAX);
     mcfx_config {
         struct_size: std::mem::size_of::<mcfx_config>() as u32,
         abi_version: MCFX_ABI_VERSION,
@@ -25,35 +27,19 @@ pub(super) fn default_config() -> mcfx_config {
         complete_ctx: ptr::null_mut(),
         resolve: None,
         resolve_ctx: ptr::null_mut(),
-        queue_capacity: d.queue_capacity,
-        submit_wait_us: d.submit_wait_us,
-        op_timeout_ms: d.op_timeout_ms,
-        connect_timeout_ms: d.connect_timeout_ms,
-        spin_grace_us: d.spin_grace_us,
-        max_batch: d.max_batch,
+        queue_capacity: d.queue_capacity as u32,
+        submit_wait_us: clamp(d.submit_wait.as_micros()),
+        op_timeout_ms: clamp(d.op_timeout.as_millis()),
+        connect_timeout_ms: clamp(d.connect_timeout.as_millis()),
+        spin_grace_us: clamp(d.spin_grace.as_micros()),
+        max_batch: d.max_batch as u32,
         max_slice_bytes: d.max_slice_bytes,
-        connect_threads: d.connect_threads,
-        shutdown_timeout_ms: d.shutdown_timeout_ms,
-        flags: if Config::default().serve_peers { 0 } else { MCFX_FLAG_NO_SERVE },
+        connect_threads: d.connect_threads as u32,
+        shutdown_timeout_ms: clamp(d.shutdown_timeout.as_millis()),
+        flags: if d.serve_peers { 0 } else { MCFX_FLAG_NO_SERVE },
         log_level: mcfx_log_level::MCFX_LOG_WARN as u32,
         log: None,
         log_ctx: ptr::null_mut(),
-    }
-}
-
-/// The numeric fields of a C config (zeros included: `Config::from_c`
-/// applies the defaults).
-fn c_numbers(c: &mcfx_config) -> CNumbers {
-    CNumbers {
-        queue_capacity: c.queue_capacity,
-        submit_wait_us: c.submit_wait_us,
-        op_timeout_ms: c.op_timeout_ms,
-        connect_timeout_ms: c.connect_timeout_ms,
-        spin_grace_us: c.spin_grace_us,
-        max_batch: c.max_batch,
-        max_slice_bytes: c.max_slice_bytes,
-        connect_threads: c.connect_threads,
-        shutdown_timeout_ms: c.shutdown_timeout_ms,
     }
 }
 
@@ -110,7 +96,21 @@ pub(super) fn convert_config(c: &mcfx_config) -> Result<Converted> {
     if c.flags & !MCFX_FLAG_NO_SERVE != 0 {
         return fail(Status::MCFX_E_BAD_CONFIG, format!("unknown config flags {:#x}", c.flags));
     }
-    let config = Config::from_c(c_numbers(c), c.flags & MCFX_FLAG_NO_SERVE == 0);
+    let d = Config::default();
+    let ms = |v: u32| Duration::from_millis(u64::from(v));
+    let us = |v: u32| Duration::from_micros(u64::from(v));
+    let config = Config {
+        queue_capacity: or_default(c.queue_capacity as usize, d.queue_capacity),
+        submit_wait: us(c.submit_wait_us),
+        op_timeout: or_default(ms(c.op_timeout_ms), d.op_timeout),
+        connect_timeout: or_default(ms(c.connect_timeout_ms), d.connect_timeout),
+        spin_grace: or_default(us(c.spin_grace_us), d.spin_grace),
+        max_batch: or_default(c.max_batch as usize, d.max_batch),
+        max_slice_bytes: or_default(c.max_slice_bytes, d.max_slice_bytes),
+        connect_threads: or_default(c.connect_threads as usize, d.connect_threads),
+        shutdown_timeout: or_default(ms(c.shutdown_timeout_ms), d.shutdown_timeout),
+        serve_peers: c.flags & MCFX_FLAG_NO_SERVE == 0,
+    };
     let complete_ctx = Ctx(c.complete_ctx);
     let resolve_ctx = Ctx(c.resolve_ctx);
     let on_complete = Box::new(move |user_data: u64, status: Status| {
