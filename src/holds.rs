@@ -8,8 +8,8 @@
 //!   `generation`; if closing, or the generation is not the one the op found,
 //!   take the add back and fail.
 //! - unregister ([`Holds::try_close`], under the registry's writer lock):
-//!   store `closing`; then load `released` before `acquired`; if they differ,
-//!   clear `closing` and fail (busy).
+//!   store `closing`; then read `released` (a load) before `acquired` (an
+//!   RMW); if they differ, clear `closing` and fail (busy).
 //!
 //! Unregister reads `acquired` with a read-modify-write (`fetch_add(0)`),
 //! which reads the latest value: either it sees the submitter's add (and
@@ -21,8 +21,7 @@
 //! add and two loads.) `released` is read with a plain load, before
 //! `acquired` (it keeps its single writer): an older value, or a completion
 //! in between, can only make the answer larger (a spurious busy), never
-//! smaller.
-//! `acquired` and `released` have one writer side each (submitters, the
+//! smaller. `acquired` and `released` have one writer side each (submitters, the
 //! progress thread) and sit on their own cache lines. The model in
 //! `tests/loom_holds.rs` checks this under every interleaving.
 
