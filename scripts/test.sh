@@ -49,9 +49,9 @@ fi
 log "cargo test"
 cargo test --workspace --locked
 
-log "loom models of the wake protocol and the submission ring"
+log "loom models: wake protocol, submission ring, queue admission, region holds"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
-  cargo test --release --locked --test loom_wake --test loom_ring
+  cargo test --release --locked --test loom_wake --test loom_ring --test loom_gate --test loom_holds
 
 log "leak check: 1000 create/destroy rounds under valgrind"
 scripts/leak_check.sh

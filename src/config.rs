@@ -1,7 +1,9 @@
 //! Transport settings: defaults, limits and validation.
 //!
-//! The C config struct (`ffi::mcfx_config`) maps onto [`Config`]; a zero in a
-//! numeric C field means "the default below".
+//! The C config struct (`ffi::mcfx_config`) maps onto [`Config`] field by
+//! field (in `ffi::config`); the rule that a zero in a numeric C field means
+//! "the default below" (every field but `submit_wait_us`, whose default is
+//! zero) is [`or_default`], here.
 
 use std::time::Duration;
 
@@ -36,30 +38,35 @@ pub struct Config {
     pub serve_peers: bool,
 }
 
-pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
-pub const MAX_QUEUE_CAPACITY: usize = 1 << 20;
-pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(30);
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-pub const DEFAULT_SPIN_GRACE: Duration = Duration::from_micros(50);
-pub const DEFAULT_MAX_BATCH: usize = 256;
+pub(crate) const DEFAULT_QUEUE_CAPACITY: usize = 4096;
+pub(crate) const MAX_QUEUE_CAPACITY: usize = 1 << 20;
+pub(crate) const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_SPIN_GRACE: Duration = Duration::from_micros(50);
+pub(crate) const DEFAULT_MAX_BATCH: usize = 256;
 /// FlagCX cuts entries into 1 GiB slices itself; matching it keeps one of our
 /// pieces per FlagCX slice. Descriptors carry a u32 size, so 4 GiB - 1 is the
 /// hard limit.
-pub const DEFAULT_MAX_SLICE_BYTES: u64 = 1 << 30;
-pub const DEFAULT_CONNECT_THREADS: usize = 4;
-pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_MAX_SLICE_BYTES: u64 = 1 << 30;
+pub(crate) const DEFAULT_CONNECT_THREADS: usize = 4;
+pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
 
 // Maxima of the numeric settings (documented in the C header): a value
 // beyond one is MCFX_E_BAD_CONFIG. They keep every allocation and every wait
 // the caller sizes bounded.
-pub const MAX_SUBMIT_WAIT: Duration = Duration::from_secs(10);
-pub const MAX_OP_TIMEOUT: Duration = Duration::from_secs(3600);
-pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(600);
+pub(crate) const MAX_SUBMIT_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const MAX_OP_TIMEOUT: Duration = Duration::from_secs(3600);
+pub(crate) const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(600);
 /// The idle progress thread spins at most this long before parking.
-pub const MAX_SPIN_GRACE: Duration = Duration::from_millis(10);
-pub const MAX_MAX_BATCH: usize = 65536;
-pub const MAX_CONNECT_THREADS: usize = 64;
-pub const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const MAX_SPIN_GRACE: Duration = Duration::from_millis(10);
+pub(crate) const MAX_MAX_BATCH: usize = 65536;
+pub(crate) const MAX_CONNECT_THREADS: usize = 64;
+pub(crate) const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Longest endpoint (`host:port`, without the NUL) a resolver may return
+/// (longer is `MCFX_E_RESOLVE`). The resolver callback gets a buffer of
+/// `MAX_ENDPOINT_LEN + 1` bytes (the C header's `MCFX_MAX_ENDPOINT_LEN`).
+pub(crate) const MAX_ENDPOINT_LEN: usize = 255;
 
 impl Default for Config {
     fn default() -> Config {
@@ -75,6 +82,16 @@ impl Default for Config {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             serve_peers: true,
         }
+    }
+}
+
+/// A C config field's value, or `default` when it is zero (the C config's
+/// zero-means-default rule; zero `Duration`s included).
+pub(crate) fn or_default<T: Copy + PartialEq + Default>(value: T, default: T) -> T {
+    if value == T::default() {
+        default
+    } else {
+        value
     }
 }
 
@@ -129,6 +146,15 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn zero_means_the_default() {
+        assert_eq!(or_default(0usize, DEFAULT_MAX_BATCH), DEFAULT_MAX_BATCH);
+        assert_eq!(or_default(7usize, DEFAULT_MAX_BATCH), 7);
+        assert_eq!(or_default(Duration::ZERO, DEFAULT_OP_TIMEOUT), DEFAULT_OP_TIMEOUT);
+        let ms = Duration::from_millis(5);
+        assert_eq!(or_default(ms, DEFAULT_OP_TIMEOUT), ms);
     }
 
     #[test]

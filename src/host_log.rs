@@ -76,6 +76,10 @@ thread_local! {
     static IN_CALLBACK: Cell<bool> = const { Cell::new(false) };
 }
 
+/// The variable that turns on logging to stderr (read here, where the
+/// subscriber is built; see `crate::log`).
+pub(crate) const ENV: &str = "MCFX_LOG";
+
 /// Registers a callback for levels up to `level` (`ERROR..=TRACE`) and
 /// installs the subscriber if this is the first need of one.
 pub fn register(level: u32, f: LogFn) -> Arc<Sink> {
@@ -176,7 +180,7 @@ impl Inherited {
 pub fn install() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let stderr = std::env::var(crate::log::ENV).ok().map(|filter| {
+        let stderr = std::env::var(ENV).ok().map(|filter| {
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
                 .with_thread_names(true)

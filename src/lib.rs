@@ -7,36 +7,50 @@
 //! and connected on connector threads, off the progress thread.
 //!
 //! Modules, one concern each:
-//! - [`ffi`]: the C exports (thin; one panic/error guard)
-//! - [`transport`]: create/submit/destroy, the handle's state
-//! - [`queue`] + [`wake`]: the submission queue and the sleep/wake protocol
-//! - [`progress`]: the progress thread; [`group`]: its grouping/splitting
-//! - [`peers`]: resolver + connector threads, per-peer state
-//! - [`registry`]: registered local memory (lock-free lookups)
-//! - `host_log`: log events to the host's log callback
-//! - [`config`], [`error`], [`stats`], [`op`], [`log`]
+//! - [`ffi`]: the C ABI (thin; one panic/error guard), split by concern
+//! - `transport`: create/submit/destroy, the handle; `shared`: the state the
+//!   handle and its threads share
+//! - `queue` + `ring` + `gate` + `wake`: the submission queue, its ring, its
+//!   admission (the one shutdown flag) and the sleep/wake protocol
+//! - `progress`: the progress thread; `group`: its grouping/splitting
+//! - `peers`: resolver + connector threads (a narrow context), per-peer state
+//! - `registry` + `holds`: registered local memory (lock-free lookups) and
+//!   the hold/unregister protocol
+//! - `engine`: the process's one FlagCX engine
+//! - `host_log` + `log`: log events to the host's callback or `MCFX_LOG`
+//! - `config`, `error`, `stats`, `op`
+//!
+//! No module imports one that imports it back: `transport` builds `shared`,
+//! which `progress` reads and which hands `peers` its context.
 
-pub mod config;
-pub mod engine;
-pub mod error;
+// Only the C ABI (`ffi`) and the few Rust types the tests and examples use
+// (re-exported below) are public; every other module is crate-internal, so
+// the compiler reports what nothing uses.
+pub(crate) mod config;
+pub(crate) mod engine;
+pub(crate) mod error;
 pub mod ffi;
 mod ffi_layout;
-pub mod group;
+pub(crate) mod gate;
+pub(crate) mod group;
+pub(crate) mod holds;
 mod host_log;
-pub mod log;
-pub mod op;
-pub mod peers;
-pub mod progress;
-pub mod queue;
-pub mod registry;
+pub(crate) mod log;
+pub(crate) mod op;
+pub(crate) mod peers;
+pub(crate) mod progress;
+pub(crate) mod queue;
+pub(crate) mod registry;
 mod ring;
-pub mod stats;
-pub mod transport;
-pub mod wake;
+mod shared;
+pub(crate) mod stats;
+pub(crate) mod transport;
+pub(crate) mod wake;
 
 pub use config::Config;
 pub use error::{Error, Status};
 pub use op::{OpRequest, Opcode};
-pub use transport::Transport;
+pub use stats::Snapshot;
+pub use transport::{CompletionFn, ResolverFn, Transport};
 
 pub use flagcx_sys;

@@ -16,7 +16,7 @@
 use std::cell::Cell;
 use std::sync::Once;
 
-pub const ENV: &str = "MCFX_LOG";
+use crate::host_log::ENV;
 
 /// Prefix of the name of every thread the library starts.
 pub const THREAD_PREFIX: &str = "mcfx-";

@@ -7,9 +7,14 @@
 //! connect, and hands back a [`ConnectResult`]. A slow or dead peer occupies
 //! one connector thread, never the progress thread or another peer's ops.
 //!
+//! Connector threads see only their [`Connector`] context, not the
+//! transport's shared state.
+//!
 //! Invariant: the resolver callback is only called while holding a read lock
-//! of `resolver_gate` and after checking `stop`; shutdown sets `stop` and then
-//! takes the write lock, so no resolver call runs after shutdown returns.
+//! of `resolver_gate` and after checking that the transport is not closing
+//! (the submission queue's gate, the transport's one shutdown flag); the
+//! transport closes the gate before [`Connects::shutdown`], which takes the
+//! write lock, so no resolver call runs after shutdown returns.
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
@@ -20,10 +25,26 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
+use crate::config::MAX_ENDPOINT_LEN;
+use crate::engine::EngineRef;
 use crate::error::{Error, Status};
+use crate::queue::SubmitQueue;
 use crate::stats::Stats;
-use crate::transport::Shared;
 use flagcx_sys::Conn;
+
+/// Maps a peer id to its `host:port` endpoint; runs on a connector thread.
+pub type ResolverFn = Box<dyn Fn(u64) -> std::result::Result<String, String> + Send + Sync>;
+
+/// What a connector thread uses: the request/result queues, the resolver,
+/// the engine to connect with, its counters, and the submission queue (to
+/// wake the progress thread for a result, and whose gate says when to stop).
+pub(crate) struct Connector<'a> {
+    pub connects: &'a Connects,
+    pub resolver: &'a ResolverFn,
+    pub engine: &'a EngineRef,
+    pub stats: &'a Stats,
+    pub queue: &'a SubmitQueue,
+}
 
 /// How long destroy waits for a running resolver call before it logs a
 /// warning (it keeps waiting).
@@ -54,14 +75,31 @@ pub struct ConnectResult {
 /// The request and result queues between the progress thread and the
 /// connector threads.
 #[derive(Default)]
-pub struct Connects {
+pub(crate) struct Connects {
+    /// Peers to connect, in order; the progress thread pushes, connector
+    /// threads pop. A connector checks the stop flag (the queue's gate) and
+    /// waits on `requested` only while holding this lock.
     requests: Mutex<VecDeque<ConnectRequest>>,
+    /// Signaled once per pushed request, and for all at shutdown (after the
+    /// gate closed and the `requests` lock was taken and dropped, so no
+    /// waiter misses it).
     requested: Condvar,
+    /// Finished connects for the progress thread; connectors push, only the
+    /// progress thread takes.
     results: Mutex<Vec<ConnectResult>>,
+    /// True whenever `results` may be non-empty: set after each push,
+    /// cleared under the lock just before taking everything; so a result is
+    /// never left behind a false flag (at worst the progress thread takes an
+    /// empty list once).
     has_results: AtomicBool,
-    stop: AtomicBool,
+    /// Read-held around every resolver call (taken after checking the gate);
+    /// shutdown write-takes it once after the gate closed, so no resolver
+    /// call runs after shutdown returns.
     resolver_gate: RwLock<()>,
+    /// Connector threads counted by `thread_started` and not yet exited;
+    /// shutdown waits (bounded) for it to reach 0.
     running: Mutex<usize>,
+    /// Signaled when a connector thread exits (`running` decreased).
     exited: Condvar,
 }
 
@@ -92,19 +130,18 @@ impl Connects {
         self.has_results.store(true, SeqCst);
     }
 
-    /// Stops the connector threads: no resolver call starts after this
-    /// returns; waits up to `limit` for threads still inside FlagCX's
-    /// blocking connect and reports how many were left running (they hold
-    /// their own references and exit when the connect returns).
+    /// Stops the connector threads, once the transport's gate is closing
+    /// (the caller closed the submission queue): no resolver call starts
+    /// after this returns; waits up to `limit` for threads still inside
+    /// FlagCX's blocking connect and reports how many were left running
+    /// (they hold their own references and exit when the connect returns).
     pub fn shutdown(&self, limit: Duration) -> usize {
-        {
-            // Under the requests lock: a connector that checked `stop` under
-            // it and is about to wait cannot miss this wake-up (without the
-            // lock it could, and then sat in wait forever: destroy detached
-            // it after connect_timeout, with the engine it held).
-            let _requests = self.requests.lock();
-            self.stop.store(true, SeqCst);
-        }
+        // Take and drop the requests lock before the wake-up: a connector
+        // that checked the gate under it (before it closed) is then already
+        // waiting and gets the wake-up; without the lock it could miss it
+        // and sit in wait forever (destroy detached it after
+        // connect_timeout, with the engine it held).
+        drop(self.requests.lock());
         self.requested.notify_all();
         // A resolver call may be running (the caller's code, which may use
         // its context until destroy returns): wait for it, without limit,
@@ -143,13 +180,13 @@ impl Connects {
 }
 
 /// Body of one connector thread.
-pub fn run_connector(shared: Arc<Shared>) {
-    let connects = &shared.connects;
+pub(crate) fn run_connector(ctx: Connector<'_>) {
+    let connects = ctx.connects;
     loop {
         let request = {
             let mut q = connects.requests.lock();
             loop {
-                if connects.stop.load(SeqCst) {
+                if ctx.queue.is_closing() {
                     break None;
                 }
                 if let Some(r) = q.pop_front() {
@@ -159,37 +196,37 @@ pub fn run_connector(shared: Arc<Shared>) {
             }
         };
         let Some(request) = request else { break };
-        let outcome = connect(&shared, request.peer);
+        let outcome = connect(&ctx, request.peer);
         match &outcome {
-            Ok(_) => Stats::add(&shared.stats.connects, 1),
+            Ok(_) => Stats::add(&ctx.stats.connectors.connects, 1),
             Err(e) => {
-                Stats::add(&shared.stats.connect_failures, 1);
+                Stats::add(&ctx.stats.connectors.connect_failures, 1);
                 tracing::warn!(peer = request.peer, error = %e, "peer connection failed");
             }
         }
         if request.kind == ConnectKind::Refresh && outcome.is_ok() {
-            Stats::add(&shared.stats.reconnects, 1);
+            Stats::add(&ctx.stats.connectors.reconnects, 1);
         }
         connects.push_result(ConnectResult { peer: request.peer, kind: request.kind, outcome });
-        shared.queue.notify();
+        ctx.queue.notify();
     }
     *connects.running.lock() -= 1;
     connects.exited.notify_all();
 }
 
-fn connect(shared: &Shared, peer: u64) -> Result<Conn, Error> {
+fn connect(ctx: &Connector<'_>, peer: u64) -> Result<Conn, Error> {
     let endpoint = {
-        let _gate = shared.connects.resolver_gate.read();
-        if shared.connects.stop.load(SeqCst) {
+        let _gate = ctx.connects.resolver_gate.read();
+        if ctx.queue.is_closing() {
             return Err(Error::new(Status::MCFX_E_CANCELED, "transport is shutting down"));
         }
-        (shared.resolver)(peer)
+        (ctx.resolver)(peer)
             .map_err(|why| Error::new(Status::MCFX_E_RESOLVE, format!("peer {peer}: {why}")))?
     };
     let (host, port) = parse_endpoint(&endpoint)
         .map_err(|why| Error::new(Status::MCFX_E_RESOLVE, format!("peer {peer}: {why}")))?;
     tracing::debug!(peer, %endpoint, "connecting");
-    shared.engine.engine.connect(&host, 0, port).map_err(|e| {
+    ctx.engine.engine.connect(&host, 0, port).map_err(|e| {
         Error::new(
             Status::MCFX_E_CONNECT,
             format!("peer {peer} at {endpoint}: FlagCX connect: {e}"),
@@ -201,8 +238,8 @@ fn connect(shared: &Shared, peer: u64) -> Result<Conn, Error> {
 /// arguments, rejecting anything malformed.
 pub fn parse_endpoint(endpoint: &str) -> Result<(CString, u16), String> {
     let bad = |why: &str| Err(format!("endpoint {endpoint:?} {why}"));
-    if endpoint.is_empty() || endpoint.len() > 255 {
-        return bad("must be 1..=255 bytes of host:port");
+    if endpoint.is_empty() || endpoint.len() > MAX_ENDPOINT_LEN {
+        return bad(&format!("must be 1..={MAX_ENDPOINT_LEN} bytes of host:port"));
     }
     if !endpoint.bytes().all(|b| b.is_ascii_graphic()) {
         return bad("has spaces or non-printable characters");
@@ -274,10 +311,6 @@ impl PeerTable {
             connects.request(peer, ConnectKind::First);
             Peer { conn: None, connecting: true, waiting: Vec::new(), refreshed_at: None }
         })
-    }
-
-    pub fn waiting_ops(&self) -> usize {
-        self.peers.values().map(|p| p.waiting.len()).sum()
     }
 }
 

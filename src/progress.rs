@@ -10,6 +10,14 @@
 //! 4. polls every in-flight transfer once; finished ones complete their ops;
 //! 5. expires ops past their deadline.
 //!
+//! Deadlines: each op carries the one its submit call stamped (`op_timeout`
+//! after the call, on the coarse monotonic clock, see `op::CoarseTime`); this
+//! thread compares them against the same clock, read at most once per pass.
+//! An op in FlagCX times out with its transfer, at the earliest deadline of
+//! the transfer's members; an op waiting for a connection is checked every
+//! `WAIT_SCAN_PERIOD`. An op still in the queue at its deadline times out at
+//! its first poll in FlagCX (it is not failed unseen).
+//!
 //! With nothing to do it spins for `spin_grace`, then parks (see `wake`).
 //!
 //! Invariants:
@@ -22,7 +30,6 @@
 //!   vectors are reused and only grow past their high-water marks.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,10 +37,10 @@ use flagcx_sys::{Conn, Iov, Poll, TransferId};
 
 use crate::error::{fail, Result, Status};
 use crate::group::{pieces, Groups};
-use crate::op::{Op, Opcode};
+use crate::op::{CoarseTime, Op, Opcode};
 use crate::peers::{ConnectKind, ConnectResult, PeerTable};
+use crate::shared::Shared;
 use crate::stats::Stats;
-use crate::transport::Shared;
 
 /// Entries per FlagCX vector call: FlagCX applies backpressure at about 1024
 /// outstanding slices, so one call stays well below that.
@@ -62,12 +69,9 @@ struct Slot {
     /// tells whether its remote range is still registered
     /// (`MCFX_E_REMOTE_RANGE`) or not the cause (`MCFX_E_TRANSFER_FAILED`).
     failed_transfer: bool,
-    /// When it started waiting for a connection.
+    /// When it started waiting for a connection (for `connect_timeout`;
+    /// its deadline is the op's own, `Op::deadline`).
     waiting_since: Instant,
-    /// When it fails with MCFX_E_TIMEOUT: `op_timeout` after it first had to
-    /// wait (for a connection, or for FlagCX). Stamped lazily, so an op that
-    /// finishes in the pass that submitted it costs no clock read.
-    deadline: Option<Instant>,
 }
 
 /// One FlagCX vector call in flight.
@@ -76,34 +80,71 @@ struct Transfer {
     conn: Option<Arc<Conn>>,
     id: Option<TransferId>,
     members: Vec<u32>,
-    deadline: Option<Instant>,
+    /// The earliest deadline of its members.
+    deadline: Option<CoarseTime>,
 }
 
-pub struct Progress {
+/// The progress thread's state. Owned by that thread alone (no field is
+/// shared except through `shared`); the invariants below hold between passes.
+pub(crate) struct Progress {
+    /// The transport's shared state; read here, written only through its own
+    /// synchronized methods (queue pops, registry releases, counters).
     shared: Arc<Shared>,
+    /// Every op taken from the queue and not yet completed, by slot index.
+    /// A slot holds an op (`Some`) exactly while its index is in one place:
+    /// a group, a peer's `waiting` list, a transfer's `members`, or
+    /// `self.members`/`scratch` during a step. Never shrinks.
     slots: Vec<Slot>,
+    /// Indices of the empty slots (`op` is `None`); disjoint from every
+    /// index held elsewhere. `complete` pushes, `take_slot` pops.
     free: Vec<u32>,
+    /// Per-peer connection state and the ops waiting for a connection.
     peers: PeerTable,
+    /// This pass's ops of connected peers, by (peer, opcode); empty between
+    /// passes (`flush_groups` turns every group into FlagCX calls).
     groups: Groups<Arc<Conn>>,
+    /// FlagCX vector calls issued and not yet reported finished; each has an
+    /// id (`Some`) and at least one member.
     inflight: Vec<Transfer>,
+    /// Finished transfers kept for reuse (no id, no members, no conn): their
+    /// `members` vectors keep their capacity.
     spare: Vec<Transfer>,
+    /// Timed-out transfers whose ops already completed, still polled (so
+    /// FlagCX can recycle the ids); at most `MAX_ZOMBIES`; an entry whose id
+    /// reported finished (`None`) is dropped at the end of the poll.
     zombies: Vec<(Arc<Conn>, Option<TransferId>)>,
+    /// Entries of the FlagCX call being built; empty between calls (`submit`
+    /// clears it), at most `MAX_IOVS_PER_CALL`.
     iovs: Vec<Iov>,
+    /// The ops of the FlagCX call being built (those of `iovs`); empty
+    /// between calls.
     members: Vec<u32>,
+    /// Reused buffer for ops being moved between lists (connect results,
+    /// expiry); empty between uses.
     scratch: Vec<u32>,
+    /// Reused buffer for connector results; empty between passes.
     results: Vec<ConnectResult>,
+    /// Number of ops in all peers' `waiting` lists together (so a pass skips
+    /// the expiry scan without visiting the peers when it is 0).
     waiting: usize,
+    /// Earliest time the next expiry scan of waiting ops may run
+    /// (`WAIT_SCAN_PERIOD` apart).
     next_wait_scan: Instant,
-    /// This pass's clock reading, taken on first use (see `now`).
+    /// This pass's clock reading, taken on first use (see `now`); `None` at
+    /// the start of every pass.
     clock: Option<Instant>,
-    /// Placeholder time for fields not yet stamped.
+    /// This pass's coarse clock reading for deadlines, taken on first use
+    /// (see `coarse_now`); `None` at the start of every pass.
+    coarse: Option<CoarseTime>,
+    /// Placeholder time for fields not yet stamped (never compared as a
+    /// deadline: `waiting_since` is stamped before it is read).
     epoch: Instant,
 }
 
 impl Progress {
     /// `MCFX_E_INTERNAL` when the op slots (sized by the caller's
     /// `queue_capacity` and `max_batch`) cannot be allocated.
-    pub fn new(shared: Arc<Shared>) -> Result<Progress> {
+    pub(crate) fn new(shared: Arc<Shared>) -> Result<Progress> {
         let cap = shared.config.queue_capacity + shared.config.max_batch;
         let now = Instant::now();
         let (mut slots, mut free) = (Vec::new(), Vec::new());
@@ -125,17 +166,18 @@ impl Progress {
             waiting: 0,
             next_wait_scan: now,
             clock: None,
+            coarse: None,
             epoch: now,
             shared,
         })
     }
 
     /// The thread body; returns after shutdown, once every op completed.
-    pub fn run(mut self) {
+    pub(crate) fn run(mut self) {
         self.shared.queue.wake().bind_current();
         let mut idle_since: Option<Instant> = None;
         let mut idle_spins = 0u32;
-        while !self.shared.stop.load(SeqCst) {
+        while !self.shared.queue.is_closed() {
             if self.pass() {
                 idle_since = None;
                 idle_spins = 0;
@@ -170,9 +212,16 @@ impl Progress {
         *self.clock.get_or_insert_with(Instant::now)
     }
 
+    /// The coarse time deadlines are compared with (the clock submit stamps
+    /// them on), read at most once per pass and only when a deadline is
+    /// checked.
+    fn coarse_now(&mut self) -> CoarseTime {
+        *self.coarse.get_or_insert_with(CoarseTime::now)
+    }
+
     /// One pass; true when anything moved.
     fn pass(&mut self) -> bool {
-        self.clock = None;
+        (self.clock, self.coarse) = (None, None);
         // Each step is skipped when it has nothing to do: an idle pass is a
         // handful of loads, so new work is noticed within nanoseconds.
         let mut moved = self.drain_queue();
@@ -207,7 +256,7 @@ impl Progress {
     fn sleep(&mut self, idle: Duration) {
         let shared = &self.shared;
         let has_work = || {
-            !shared.queue.is_empty() || shared.connects.has_results() || shared.stop.load(SeqCst)
+            !shared.queue.is_empty() || shared.connects.has_results() || shared.queue.is_closed()
         };
         let timeout = if !self.inflight.is_empty() {
             Some((idle / 16).clamp(MIN_INFLIGHT_NAP, MAX_INFLIGHT_NAP))
@@ -249,7 +298,6 @@ impl Progress {
             refreshed: false,
             failed_transfer: false,
             waiting_since: self.epoch,
-            deadline: None,
         };
         match self.free.pop() {
             Some(i) => {
@@ -288,11 +336,7 @@ impl Progress {
 
     /// Stamps an op that starts waiting for a connection.
     fn park_stamp(&mut self, idx: u32) {
-        let now = self.now();
-        let timeout = self.shared.config.op_timeout;
-        let slot = &mut self.slots[idx as usize];
-        slot.waiting_since = now;
-        slot.deadline.get_or_insert(now + timeout);
+        self.slots[idx as usize].waiting_since = self.now();
     }
 
     // ---- 2. connector results ----------------------------------------------
@@ -483,10 +527,9 @@ impl Progress {
         let mut members = std::mem::take(&mut self.members);
         match result {
             Ok(id) => {
-                Stats::bump(&self.shared.stats.flagcx_transfers, 1);
+                Stats::bump(&self.shared.stats.progress.flagcx_transfers, 1);
                 let mut t = self.spare.pop().unwrap_or_default();
-                let deadline =
-                    members.iter().filter_map(|&m| self.slots[m as usize].deadline).min();
+                let deadline = members.iter().map(|&m| self.op(m).deadline).min();
                 t.conn = Some(conn);
                 t.id = Some(id);
                 t.deadline = deadline;
@@ -515,10 +558,9 @@ impl Progress {
             let poll = t.conn.as_ref().expect("in-flight transfer has a conn").poll(id);
             let status = match poll {
                 Poll::Pending(id) => {
-                    let now = self.now();
-                    let timeout = self.shared.config.op_timeout;
+                    let now = self.coarse_now();
                     let t = &mut self.inflight[i];
-                    if now < *t.deadline.get_or_insert(now + timeout) {
+                    if !t.deadline.is_some_and(|d| now >= d) {
                         t.id = Some(id);
                         i += 1;
                         continue;
@@ -619,14 +661,14 @@ impl Progress {
 
     fn expire_waiting(&mut self) {
         let connect_timeout = self.shared.config.connect_timeout;
-        let now = self.now();
+        let (now, coarse) = (self.now(), self.coarse_now());
         let mut expired = std::mem::take(&mut self.scratch);
         for peer in self.peers.peers.values_mut() {
             let slots = &self.slots;
             peer.waiting.retain(|&idx| {
                 let s = &slots[idx as usize];
-                let late = s.deadline.is_some_and(|d| now >= d)
-                    || now >= s.waiting_since + connect_timeout;
+                let deadline = s.op.as_ref().expect("live slot").deadline;
+                let late = coarse >= deadline || now >= s.waiting_since + connect_timeout;
                 if late {
                     expired.push(idx);
                 }
@@ -635,8 +677,8 @@ impl Progress {
         }
         self.waiting -= expired.len();
         for &idx in &expired {
-            let (peer, deadline) = (self.op(idx).req.peer, self.slots[idx as usize].deadline);
-            if deadline.is_some_and(|d| now >= d) {
+            let (peer, deadline) = (self.op(idx).req.peer, self.op(idx).deadline);
+            if coarse >= deadline {
                 self.complete(
                     idx,
                     Status::MCFX_E_TIMEOUT,
@@ -676,17 +718,17 @@ impl Progress {
         let stats = &self.shared.stats;
         match status {
             Status::MCFX_OK => {
-                Stats::bump(&stats.completed, 1);
-                Stats::bump(&stats.bytes, len);
+                Stats::bump(&stats.progress.completed, 1);
+                Stats::bump(&stats.progress.bytes, len);
             }
-            Status::MCFX_E_TIMEOUT => Stats::bump(&stats.timed_out, 1),
-            Status::MCFX_E_CANCELED => Stats::bump(&stats.canceled, 1),
-            _ => Stats::bump(&stats.failed, 1),
+            Status::MCFX_E_TIMEOUT => Stats::bump(&stats.progress.timed_out, 1),
+            Status::MCFX_E_CANCELED => Stats::bump(&stats.progress.canceled, 1),
+            _ => Stats::bump(&stats.progress.failed, 1),
         }
         let on_complete = &self.shared.on_complete;
         let panicked = catch_unwind(AssertUnwindSafe(|| on_complete(user_data, status))).is_err();
         if panicked {
-            Stats::bump(&stats.callback_panics, 1);
+            Stats::bump(&stats.progress.callback_panics, 1);
             tracing::error!(user_data, "completion callback panicked; continuing");
         }
     }
@@ -696,7 +738,7 @@ impl Progress {
     /// Completes everything: queued and waiting ops never ran (CANCELED);
     /// in-flight ones get until `shutdown_timeout` to finish.
     fn shut_down(&mut self) {
-        self.clock = None;
+        (self.clock, self.coarse) = (None, None);
         // The queue is closed: this drains it for good.
         while let Some(op) = self.shared.queue.pop() {
             let idx = self.take_slot(op);
@@ -715,7 +757,7 @@ impl Progress {
         self.waiting = 0;
         let until = self.now() + self.shared.config.shutdown_timeout;
         while !self.inflight.is_empty() && Instant::now() < until {
-            self.clock = None;
+            (self.clock, self.coarse) = (None, None);
             if !self.poll_inflight() {
                 std::thread::yield_now();
             }
@@ -743,7 +785,7 @@ mod tests {
     /// the next pass allocates again.
     #[test]
     fn apply_connect_puts_its_scratch_vector_back_on_every_path() {
-        let shared = crate::transport::test_shared(crate::Config::default());
+        let shared = crate::shared::test_shared(crate::Config::default());
         let (host, port) = parse_endpoint(shared.endpoint_for_test()).unwrap();
         let mut p = Progress::new(Arc::clone(&shared)).unwrap();
         let failed = || Err(Error::new(Status::MCFX_E_CONNECT, "refused"));

@@ -7,35 +7,23 @@
 //!   publishes them together, so the progress thread sees a batch whole or
 //!   not at all (one FlagCX call for it);
 //! - only the progress thread pops;
-//! - admission: a submitter registers itself in `submitters`, then checks
-//!   `accepting` (SeqCst both). `close` clears `accepting`, then waits until
-//!   `submitters` drains, so once `close` returns no op can be pushed any more
-//!   and every op that was pushed is visible to the progress thread.
+//! - admission ([`Gate`], the transport's one shutdown flag): a submitter
+//!   is admitted only while the gate is open; once `close` returns no op can
+//!   be pushed any more and every op that was pushed is visible to the
+//!   progress thread (model: `tests/loom_gate.rs`).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use crate::error::{fail, Status};
+use crate::gate::{Admission, Gate};
 use crate::op::Op;
 use crate::ring::Ring;
 use crate::wake::Wake;
 
-pub struct SubmitQueue {
+pub(crate) struct SubmitQueue {
     ops: Ring<Op>,
     wake: Wake,
-    accepting: AtomicBool,
-    submitters: AtomicUsize,
-}
-
-/// Proof that a submitter was admitted; leaving is automatic on drop.
-pub struct Admission<'a> {
-    queue: &'a SubmitQueue,
-}
-
-impl Drop for Admission<'_> {
-    fn drop(&mut self) {
-        self.queue.submitters.fetch_sub(1, SeqCst);
-    }
+    gate: Gate,
 }
 
 impl SubmitQueue {
@@ -49,19 +37,12 @@ impl SubmitQueue {
                 format!("no memory for a queue of {capacity} slots"),
             );
         };
-        Ok(SubmitQueue {
-            ops,
-            wake: Wake::new(),
-            accepting: AtomicBool::new(true),
-            submitters: AtomicUsize::new(0),
-        })
+        Ok(SubmitQueue { ops, wake: Wake::new(), gate: Gate::new() })
     }
 
     /// Admits a submitter, or `None` once the queue is closing.
     pub fn enter(&self) -> Option<Admission<'_>> {
-        self.submitters.fetch_add(1, SeqCst);
-        let admission = Admission { queue: self };
-        self.accepting.load(SeqCst).then_some(admission)
+        self.gate.enter()
     }
 
     /// Pushes `make(0)`, ..., `make(n - 1)` in order; returns how many went
@@ -124,15 +105,20 @@ impl SubmitQueue {
         &self.wake
     }
 
-    /// Stops admitting submitters and waits for those inside to leave.
+    /// Stops admitting submitters and waits for those inside to leave (see
+    /// [`Gate::close`]).
     pub fn close(&self) {
-        self.accepting.store(false, SeqCst);
-        while self.submitters.load(SeqCst) != 0 {
-            std::thread::yield_now();
-        }
+        self.gate.close();
     }
 
+    /// Closing began: submits (and registrations, connects) are refused.
+    pub fn is_closing(&self) -> bool {
+        self.gate.is_closing()
+    }
+
+    /// Closing finished: nothing is pushed any more (the progress thread's
+    /// signal to drain for the last time and exit).
     pub fn is_closed(&self) -> bool {
-        !self.accepting.load(SeqCst)
+        self.gate.is_closed()
     }
 }

@@ -5,7 +5,7 @@
 //!   look ranges up without locks or allocation; (un)registration builds a
 //!   new table under `write` and swaps it in (rare, off the hot path);
 //! - regions never overlap;
-//! - each region owns a counter slot (`Counters`) for the transport's whole
+//! - each region owns a counter slot ([`Holds`]) for the transport's whole
 //!   life; an op holds its region's slot index ([`RegionRef`]), not a
 //!   reference count. Submitters bump `acquired` (and take it back for an op
 //!   they could not queue), the progress thread alone bumps `released`; they
@@ -15,7 +15,8 @@
 //! - a region is removed only while no op holds it: submit bumps `acquired`
 //!   and then checks `closing`; unregister sets `closing` and then reads
 //!   `released` before `acquired` (all SeqCst), so either the submit sees
-//!   `closing` and backs out, or unregister counts the op and refuses;
+//!   `closing` and backs out, or unregister counts the op and refuses (the
+//!   protocol is [`Holds`], model-checked in `tests/loom_holds.rs`);
 //! - a slot's `generation` names the registration using it; generations come
 //!   from a counter of this table, never from FlagCX (whose ids may be
 //!   reused), so a submitter holding a table from before the slot was reused
@@ -23,9 +24,6 @@
 //! - FlagCX registration is process-wide: the table registers through the
 //!   process engine ([`crate::engine`]), which counts owners per base.
 
-use std::sync::atomic::{
-    AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::Release, Ordering::SeqCst,
-};
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
@@ -33,6 +31,7 @@ use parking_lot::Mutex;
 
 use crate::engine::EngineRef;
 use crate::error::{fail, Error, Result, Status};
+use crate::holds::Holds;
 use flagcx_sys::MrId;
 
 const CHUNK: usize = 256;
@@ -40,35 +39,10 @@ const CHUNKS: usize = 256;
 /// Regions one transport can have registered at once.
 pub(crate) const MAX_REGIONS: usize = CHUNK * CHUNKS;
 
-/// 128-byte alignment: one writer per line pair (adjacent-line prefetch).
-#[repr(align(128))]
-#[derive(Default)]
-struct Padded<T>(T);
-
-/// In-flight accounting of one region slot.
-#[derive(Default)]
-struct Counters {
-    acquired: Padded<AtomicU64>,
-    released: Padded<AtomicU64>,
-    closing: AtomicBool,
-    /// The generation of the registration using this slot (see the module
-    /// invariants).
-    generation: AtomicU64,
-}
-
-impl Counters {
-    fn in_flight(&self) -> u64 {
-        // released first: an op completing in between only makes the
-        // answer larger (a spurious BUSY), never smaller.
-        let released = self.released.0.load(SeqCst);
-        self.acquired.0.load(SeqCst).wrapping_sub(released)
-    }
-}
-
 /// An op's hold on its region: the slot to release when it completes, and
 /// the FlagCX id of the registration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RegionRef {
+pub(crate) struct RegionRef {
     slot: u32,
     pub mr: MrId,
     /// The registration it was found in (see the module invariants).
@@ -99,12 +73,12 @@ fn contains(base: usize, rlen: usize, addr: usize, len: usize) -> bool {
 
 type Table = Vec<Arc<Region>>;
 
-pub struct Registry {
+pub(crate) struct Registry {
     engine: Arc<EngineRef>,
     table: ArcSwap<Table>,
     /// Counter slots in chunks created on demand and kept until the
     /// transport goes (stable addresses, no unsafe).
-    counters: Box<[OnceLock<Box<[Counters]>>]>,
+    counters: Box<[OnceLock<Box<[Holds]>>]>,
     write: Mutex<Slots>,
 }
 
@@ -127,9 +101,9 @@ impl Registry {
         }
     }
 
-    fn counters(&self, slot: u32) -> &Counters {
+    fn counters(&self, slot: u32) -> &Holds {
         let chunk = self.counters[slot as usize / CHUNK]
-            .get_or_init(|| (0..CHUNK).map(|_| Counters::default()).collect());
+            .get_or_init(|| (0..CHUNK).map(|_| Holds::new()).collect());
         &chunk[slot as usize % CHUNK]
     }
 
@@ -187,9 +161,7 @@ impl Registry {
         });
         slots.generation += 1;
         let generation = slots.generation;
-        let counters = self.counters(slot);
-        counters.generation.store(generation, SeqCst);
-        counters.closing.store(false, SeqCst);
+        self.counters(slot).open(generation);
         let mut next: Table = table.to_vec();
         let at = next.partition_point(|r| r.base < addr);
         next.insert(at, Arc::new(Region { base: addr, len, mr, slot, generation }));
@@ -208,11 +180,7 @@ impl Registry {
             );
         };
         let region = &table[pos];
-        let counters = self.counters(region.slot);
-        counters.closing.store(true, SeqCst);
-        let busy = counters.in_flight();
-        if busy > 0 {
-            counters.closing.store(false, SeqCst);
+        if let Err(busy) = self.counters(region.slot).try_close() {
             return fail(
                 Status::MCFX_E_BUSY,
                 format!("unregister: {busy} ops on the region at {addr:#x} are in flight"),
@@ -233,16 +201,6 @@ impl Registry {
         View { table: self.table.load(), last: None }
     }
 
-    /// Finds the region holding `[addr, addr + len)` and takes one in-flight
-    /// hold on it for an op; give it back with [`Registry::release`].
-    pub fn acquire(&self, addr: usize, len: usize) -> Result<RegionRef> {
-        let region = self.view().find(addr, len).ok_or_else(|| not_registered(addr, len))?;
-        if !self.hold(region, 1) {
-            return Err(not_registered(addr, len));
-        }
-        Ok(region)
-    }
-
     /// Takes `n` in-flight holds on `r` (found in a [`View`]) for `n` ops
     /// that are about to be queued; false, with no hold taken, when the
     /// region is being unregistered or its slot now belongs to a newer
@@ -251,34 +209,18 @@ impl Registry {
     /// Hot path: one atomic add on a line only submitters write, two loads,
     /// whatever `n` is (a batch's ops on one region share them).
     pub fn hold(&self, r: RegionRef, n: u64) -> bool {
-        let counters = self.counters(r.slot);
-        counters.acquired.0.fetch_add(n, SeqCst);
-        if counters.closing.load(SeqCst) || counters.generation.load(SeqCst) != r.generation {
-            self.unhold(r, n);
-            return false;
-        }
-        true
+        self.counters(r.slot).hold(n, r.generation)
     }
 
-    /// Gives back the hold of a completed op. Progress thread only: it is
-    /// the one writer of `released`, so a plain store does (no locked
-    /// instruction on the completion path). Release ordering suffices: a
-    /// reader that sees an older value only overestimates what is in flight.
+    /// Gives back the hold of a completed op (progress thread only; see
+    /// [`Holds::release`]).
     pub fn release(&self, r: RegionRef) {
-        let released = &self.counters(r.slot).released.0;
-        released.store(released.load(Relaxed).wrapping_add(1), Release);
+        self.counters(r.slot).release();
     }
 
     /// Takes back `n` holds whose ops were never queued (caller threads).
     pub fn unhold(&self, r: RegionRef, n: u64) {
-        self.counters(r.slot).acquired.0.fetch_sub(n, SeqCst);
-    }
-
-    /// Ops holding the region that starts at `addr` (None: not registered).
-    pub fn in_flight(&self, addr: usize) -> Option<u64> {
-        let table = self.table.load();
-        let r = table.iter().find(|r| r.base == addr)?;
-        Some(self.counters(r.slot).in_flight())
+        self.counters(r.slot).unhold(n);
     }
 
     /// Deregisters everything (transport teardown).
@@ -289,18 +231,10 @@ impl Registry {
             self.engine.deregister(self.engine.owner, r.base);
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.table.load().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// One submit call's snapshot of the region table (see [`Registry::view`]).
-pub struct View {
+pub(crate) struct View {
     table: arc_swap::Guard<Arc<Table>>,
     /// A copy of the region found last (a batch's ops usually share one):
     /// `(base, len, its ref)`, no pointer to chase for the next op.
@@ -389,6 +323,6 @@ mod tests {
             Status::MCFX_E_NOT_REGISTERED,
             "a hold through the stale table would count against b's registration"
         );
-        assert!(reg.acquire(b, 64).is_ok());
+        assert!(acquire_in(&reg.table.load_full(), b, 64).is_ok());
     }
 }

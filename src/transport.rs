@@ -1,7 +1,6 @@
 //! The transport: holds the process's FlagCX engine, owns the registry, the
 //! queue and the threads, and is what every C entry point forwards to.
 
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread::{JoinHandle, ThreadId};
 
@@ -10,41 +9,16 @@ use parking_lot::Mutex;
 use crate::config::Config;
 use crate::engine::EngineRef;
 use crate::error::{fail, Error, Result, Status};
-use crate::op::{Op, OpRequest, OpSource};
+use crate::op::{CoarseTime, Op, OpRequest, OpSource};
 use crate::peers::{run_connector, Connects};
 use crate::progress::Progress;
 use crate::queue::SubmitQueue;
 use crate::registry::{not_registered, RegionRef, Registry, View};
+use crate::shared::Shared;
+
+pub use crate::peers::ResolverFn;
+pub use crate::shared::CompletionFn;
 use crate::stats::{Snapshot, Stats};
-
-/// Called once per accepted op, on the progress thread: `(user_data, status)`.
-pub type CompletionFn = Box<dyn Fn(u64, Status) + Send + Sync>;
-/// Maps a peer id to its `host:port` endpoint; runs on a connector thread.
-pub type ResolverFn = Box<dyn Fn(u64) -> std::result::Result<String, String> + Send + Sync>;
-
-/// State shared by the caller-facing handle and the transport's threads.
-///
-/// Fields drop in declaration order: `connects` (which may hold FlagCX
-/// connections) before `registry` and `engine` (the holds on the process
-/// engine), so the FlagCX engine is destroyed under the engine lock when
-/// this is the last transport (see `engine`).
-pub struct Shared {
-    pub config: Config,
-    pub queue: SubmitQueue,
-    pub stats: Stats,
-    pub connects: Connects,
-    pub on_complete: CompletionFn,
-    pub resolver: ResolverFn,
-    /// Set by shutdown after the queue closed; the progress thread then
-    /// completes everything and exits.
-    pub stop: AtomicBool,
-    /// None when the transport does not serve peers.
-    endpoint: Option<String>,
-    pub registry: Registry,
-    /// The process's FlagCX engine (shared with the process's other
-    /// transports).
-    pub engine: Arc<EngineRef>,
-}
 
 pub struct Transport {
     shared: Arc<Shared>,
@@ -53,6 +27,10 @@ pub struct Transport {
     /// run on (apart from `threads`, so reading them never waits for a
     /// shutdown in progress).
     thread_ids: Mutex<Vec<ThreadId>>,
+    /// An op's deadline after its submit, in ns: `op_timeout` plus the
+    /// coarse clock's resolution, so that an op never times out early
+    /// (a reading lags the true time by up to one tick).
+    deadline_after_ns: u64,
 }
 
 #[derive(Default)]
@@ -97,15 +75,16 @@ impl Transport {
             connects: Connects::default(),
             on_complete,
             resolver,
-            stop: AtomicBool::new(false),
             endpoint,
             engine,
             config,
         });
+        let after = shared.config.op_timeout + CoarseTime::resolution();
         let transport = Transport {
             shared: Arc::clone(&shared),
             threads: Mutex::new(Threads::default()),
             thread_ids: Mutex::new(Vec::new()),
+            deadline_after_ns: u64::try_from(after.as_nanos()).unwrap_or(u64::MAX),
         };
         let progress = Progress::new(Arc::clone(&shared))?;
         let h = spawn("mcfx-progress", move || progress.run())?;
@@ -114,7 +93,7 @@ impl Transport {
         for i in 0..shared.config.connect_threads {
             let s = Arc::clone(&shared);
             shared.connects.thread_started();
-            match spawn(&format!("mcfx-connect-{i}"), move || run_connector(s)) {
+            match spawn(&format!("mcfx-connect-{i}"), move || run_connector(s.connector())) {
                 Ok(h) => {
                     transport.thread_ids.lock().push(h.thread().id());
                     transport.threads.lock().connectors.push(h);
@@ -148,7 +127,7 @@ impl Transport {
     /// `[addr, addr + len)` must stay valid memory until unregistered, and
     /// may be read and written by transfers at any time until then.
     pub unsafe fn register(&self, addr: usize, len: usize) -> Result<()> {
-        if self.shared.queue.is_closed() {
+        if self.shared.queue.is_closing() {
             return fail(Status::MCFX_E_SHUTTING_DOWN, "register: transport is shutting down");
         }
         // SAFETY: this function's contract, passed on.
@@ -161,15 +140,21 @@ impl Transport {
         self.shared.registry.unregister(addr)
     }
 
-    /// Queues `reqs` for transfer. Every op is checked first; on a bad op
-    /// nothing is queued. On `MCFX_E_QUEUE_FULL`, the first `*accepted` ops
-    /// were queued (and will complete) and the rest were not.
+    /// Queues `reqs` for transfer, in order, stopping at the first op it
+    /// cannot accept: the ops before it were queued (each completes exactly
+    /// once) and `*accepted` says how many. On a per-op error (bad opcode or
+    /// reserved field, zero length, NULL, overflow, local range not
+    /// registered) `reqs[*accepted]` is the bad op and the ops after it were
+    /// not queued; on `MCFX_E_QUEUE_FULL` `reqs[*accepted..]` were not
+    /// queued; on `MCFX_E_SHUTTING_DOWN` nothing was. Every queued op's
+    /// deadline is `op_timeout` after this call (one coarse clock read per
+    /// call, see `CoarseTime`).
     ///
     /// Hot path: per op a range check against the region of the op before (a
     /// binary search only when it differs) and a slot write; one atomic add
     /// per run of ops on one region; per call one lock-free table load, one
-    /// queue reservation (a CAS), one wake check (a fence and a load) and one
-    /// counter update.
+    /// coarse clock read, one queue reservation (a CAS), one wake check (a
+    /// fence and a load) and one counter update.
     pub fn submit<T: OpSource>(&self, reqs: &[T], accepted: &mut usize) -> Result<()> {
         *accepted = 0;
         let Some(admission) = self.shared.queue.enter() else {
@@ -178,14 +163,18 @@ impl Transport {
         let registry = &self.shared.registry;
         let mut view = registry.view();
         let at = |i: usize| move |e: Error| Error::new(e.status, format!("op {i}: {}", e.message));
-        // Pass 1: check every op and take the holds, one atomic add per run
-        // of consecutive ops on one region. Holds precede the pushes: an op
-        // in the queue always holds its region.
+        // Pass 1: check the ops up to the first bad one and take the holds of
+        // the good prefix before it, one atomic add per run of consecutive
+        // ops on one region. Holds precede the pushes: an op in the queue
+        // always holds its region.
         // The current run: (its region, its first op).
         let mut run: Option<(RegionRef, usize)> = None;
         // Op 0 as decoded here: pass 2 need not decode it again (a single-op
         // submit decodes once).
         let mut op0 = None;
+        // The first bad op and its error; `reqs[..n]` is the good prefix.
+        let mut bad: Option<Error> = None;
+        let mut n = reqs.len();
         for (i, r) in reqs.iter().enumerate() {
             let checked = r.request().and_then(|r| {
                 validate(&r)?;
@@ -196,14 +185,13 @@ impl Transport {
             let region = match checked {
                 Ok((r, region)) => {
                     if i == 0 {
-                        op0 = Some(Op { req: r, region });
+                        op0 = Some((r, region));
                     }
                     region
                 }
                 Err(e) => {
-                    let held = run.map_or(0, |(_, first)| first);
-                    self.unhold_ops(&mut view, &reqs[..held]);
-                    return Err(at(i)(e));
+                    (n, bad) = (i, Some(at(i)(e)));
+                    break;
                 }
             };
             match run {
@@ -211,8 +199,11 @@ impl Transport {
                 _ => {
                     if let Some((r, first)) = run {
                         if !registry.hold(r, (i - first) as u64) {
-                            self.unhold_ops(&mut view, &reqs[..first]);
-                            return Err(at(first)(self.not_registered_op(&reqs[first])));
+                            // Unregistered meanwhile: the run's first op is
+                            // the bad one.
+                            let e = at(first)(self.not_registered_op(&reqs[first]));
+                            (n, bad, run) = (first, Some(e), None);
+                            break;
                         }
                     }
                     run = Some((region, i));
@@ -220,33 +211,40 @@ impl Transport {
             }
         }
         if let Some((r, first)) = run {
-            if !registry.hold(r, (reqs.len() - first) as u64) {
-                self.unhold_ops(&mut view, &reqs[..first]);
-                return Err(at(first)(self.not_registered_op(&reqs[first])));
+            if !registry.hold(r, (n - first) as u64) {
+                (n, bad) = (first, Some(at(first)(self.not_registered_op(&reqs[first]))));
             }
         }
-        // Pass 2: queue them (one reservation, published together). The
+        let result = bad.map_or(Ok(()), Err);
+        if n == 0 {
+            return result;
+        }
+        // Pass 2: queue the prefix (one reservation, published together). The
         // view is the same snapshot, so every op finds the region it holds.
         let wait = self.shared.config.submit_wait;
+        let deadline = CoarseTime::now().plus_ns(self.deadline_after_ns);
         // Counted before any op is published (the progress thread may
         // complete it at once); the ops not queued are taken back below.
-        Stats::add(&self.shared.stats.submitted, reqs.len() as u64);
-        let mut result = Ok(());
-        let pushed = self.shared.queue.push_batch(&admission, reqs.len(), wait, |i| {
+        Stats::add(&self.shared.stats.callers.submitted, n as u64);
+        let pushed = self.shared.queue.push_batch(&admission, n, wait, |i| {
             if i == 0 {
-                if let Some(op) = op0.take() {
-                    return op;
+                if let Some((req, region)) = op0.take() {
+                    return Op { req, region, deadline };
                 }
             }
-            let r = reqs[i].request().expect("decoded above");
-            let region = view.find(r.local, r.len as usize).expect("found above");
-            Op { req: r, region }
+            let req = reqs[i].request().expect("decoded above");
+            let region = view.find(req.local, req.len as usize).expect("found above");
+            Op { req, region, deadline }
         });
         *accepted = pushed;
-        if pushed < reqs.len() {
-            self.unhold_ops(&mut view, &reqs[pushed..]);
-            Stats::add(&self.shared.stats.queue_full, 1);
-            result = fail(
+        if pushed > 0 && self.shared.queue.notify() {
+            Stats::add(&self.shared.stats.callers.wakeups, 1);
+        }
+        if pushed < n {
+            self.unhold_ops(&mut view, &reqs[pushed..n]);
+            Stats::sub(&self.shared.stats.callers.submitted, (n - pushed) as u64);
+            Stats::add(&self.shared.stats.callers.queue_full, 1);
+            return fail(
                 Status::MCFX_E_QUEUE_FULL,
                 format!(
                     "submit: queue of {} is full; {pushed} of {} ops queued",
@@ -255,17 +253,11 @@ impl Transport {
                 ),
             );
         }
-        if *accepted < reqs.len() {
-            Stats::sub(&self.shared.stats.submitted, (reqs.len() - *accepted) as u64);
-        }
-        if *accepted > 0 && self.shared.queue.notify() {
-            Stats::add(&self.shared.stats.wakeups, 1);
-        }
         result
     }
 
     /// Gives back the holds pass 1 took for `ops` (which all decoded and
-    /// were found in `view`). Cold: a failed or partly queued submit.
+    /// were found in `view`). Cold: a partly queued submit.
     #[cold]
     fn unhold_ops<T: OpSource>(&self, view: &mut View, ops: &[T]) {
         for r in ops {
@@ -294,8 +286,10 @@ impl Transport {
         let mut threads = self.threads.lock();
         let Some(progress) = threads.progress.take() else { return };
         let shared = &self.shared;
+        // The one shutdown flag: closing stops admissions and the connectors;
+        // closed (once every admitted submitter left) stops the progress
+        // thread (see `gate`).
         shared.queue.close();
-        shared.stop.store(true, SeqCst);
         shared.queue.notify();
         if progress.join().is_err() {
             tracing::error!("progress thread panicked");
@@ -352,32 +346,5 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
     };
     std::thread::Builder::new().name(name.to_owned()).spawn(f).map_err(|e| {
         Error::new(Status::MCFX_E_INTERNAL, format!("cannot start thread {name}: {e}"))
-    })
-}
-
-#[cfg(test)]
-impl Shared {
-    pub(crate) fn endpoint_for_test(&self) -> &str {
-        self.endpoint.as_deref().expect("serving")
-    }
-}
-
-/// A transport's shared state without its threads, for unit tests of the
-/// progress loop.
-#[cfg(test)]
-pub(crate) fn test_shared(config: Config) -> Arc<Shared> {
-    let engine = Arc::new(EngineRef::acquire().expect("FlagCX engine"));
-    engine.serve().expect("RPC server");
-    Arc::new(Shared {
-        registry: Registry::new(Arc::clone(&engine)),
-        queue: SubmitQueue::new(config.queue_capacity).unwrap(),
-        stats: Stats::default(),
-        connects: Connects::default(),
-        on_complete: Box::new(|_, _| {}),
-        resolver: Box::new(|_| Err("no peers".into())),
-        stop: AtomicBool::new(false),
-        endpoint: Some(engine.engine.endpoint().unwrap()),
-        engine,
-        config,
     })
 }

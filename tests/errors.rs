@@ -1,4 +1,5 @@
-//! Every error path: bad submits fail at once with nothing queued; failures
+//! Every error path: a bad op fails its submit at once, which queues the ops
+//! before it and reports the bad op's index in `*accepted`; failures
 //! found later complete the op with a clear status, exactly once.
 
 mod common;
@@ -13,7 +14,7 @@ use mooncake_flagcx::ffi::*;
 use mcfx_status::*;
 
 #[test]
-fn bad_ops_are_rejected_at_submit_and_nothing_is_queued() {
+fn a_bad_op_stops_its_submit_and_only_the_ops_before_it_are_queued() {
     let _g = serial();
     let p = Pair::new(8192);
     let (a, src, dst) = (&p.a, &p.src, &p.dst);
@@ -29,13 +30,39 @@ fn bad_ops_are_rejected_at_submit_and_nothing_is_queued() {
         (write(usize::MAX - 8, 16, 1, 0, 2), MCFX_E_OVERFLOW, "local overflow"),
         (write(src.addr(), 16, 1, u64::MAX - 8, 2), MCFX_E_OVERFLOW, "remote overflow"),
     ];
-    for (bad, status, what) in cases {
-        // The bad op last: the good one before it must not be queued either.
-        let (st, accepted) = a.submit(&[good, bad]);
+    let mut queued = 0;
+    for (bad, status, what) in cases.iter().copied() {
+        // The bad op first: nothing is queued.
+        let (st, accepted) = a.submit(&[bad, good]);
         assert_eq!((st, accepted), (status, 0), "{what}");
         let msg = last_error();
-        assert!(msg.contains("op 1"), "{what}: message {msg:?} should name the op");
+        assert!(msg.contains("op 0"), "{what}: message {msg:?} should name the op");
+        // [good, good, bad, good]: the two before it are queued and
+        // complete; the bad one and the one after it never do.
+        let ud = 100 + queued as u64;
+        let ops = [
+            mcfx_op { user_data: ud, ..good },
+            mcfx_op { user_data: ud + 1, ..good },
+            mcfx_op { user_data: 9_000, ..bad },
+            mcfx_op { user_data: ud + 2, ..good },
+        ];
+        let (st, accepted) = a.submit(&ops);
+        assert_eq!((st, accepted), (status, 2), "{what}");
+        let msg = last_error();
+        assert!(msg.contains("op 2"), "{what}: message {msg:?} should name the op");
+        assert_eq!(a.done.wait_one(ud, LIMIT), OK, "{what}");
+        assert_eq!(a.done.wait_one(ud + 1, LIMIT), OK, "{what}");
+        // The caller's recovery: fail ops[2] alone, resubmit the rest in
+        // one call; op ud + 2 then completes once (not also from the first
+        // call: `exactly_once` below).
+        let (st, accepted) = a.submit(&ops[accepted + 1..]);
+        assert_eq!((st, accepted), (OK, 1), "{what}");
+        assert_eq!(a.done.wait_one(ud + 2, LIMIT), OK, "{what}");
+        queued += 3;
     }
+    // Every op that completed was queued, and once; the bad ones never.
+    assert_eq!(a.done.exactly_once().get(&OK), Some(&queued));
+    assert_eq!(a.done.count(), queued, "a bad op completed");
     let (st, _) = a.submit(&[]);
     assert_eq!(st, OK, "an empty submit is a no-op");
     // SAFETY: NULL ops with a non-zero count, and a NULL handle.
@@ -45,7 +72,7 @@ fn bad_ops_are_rejected_at_submit_and_nothing_is_queued() {
         assert_eq!(n, 0);
         assert_eq!(mcfx_submit(std::ptr::null_mut(), &good, 1, &mut n), MCFX_E_INVALID_ARGUMENT);
     }
-    assert_eq!(a.stats().submitted, 0);
+    assert_eq!(a.stats().submitted, queued as u64);
 }
 
 #[test]
@@ -156,6 +183,60 @@ fn a_transfer_that_never_finishes_times_out_and_others_are_not_delayed() {
     assert_eq!(p.a.done.wait_one(1, LIMIT), MCFX_E_TIMEOUT);
     let took = start.elapsed();
     assert!(took >= Duration::from_millis(990), "timed out before its deadline: {took:?}");
+    assert_eq!(p.a.stats().timed_out, 1);
+    assert_no_violations();
+}
+
+/// The op whose completion holds the progress thread (see `slow_complete`).
+const BLOCKER: u64 = 77;
+/// How long it holds it.
+const QUEUE_WAIT: Duration = Duration::from_millis(1500);
+
+/// The fixture's completion callback, except that the completion of
+/// `BLOCKER` keeps the progress thread for `QUEUE_WAIT` after recording it,
+/// so ops submitted meanwhile wait in the queue. (The sleep makes a delay;
+/// nothing synchronizes on it.)
+unsafe extern "C-unwind" fn slow_complete(ctx: *mut std::ffi::c_void, ud: u64, st: mcfx_status) {
+    // SAFETY: ctx is the Node's Arc<Completions>, alive past destroy.
+    let done = unsafe { &*(ctx as *const Completions) };
+    done.record_status(ud, st);
+    if ud == BLOCKER {
+        std::thread::sleep(QUEUE_WAIT);
+    }
+}
+
+#[test]
+fn the_deadline_counts_from_submit_through_queue_connection_and_flagcx() {
+    let _g = serial();
+    // Op 1 waits in the queue (1.5 s), then for a new connection, then in
+    // FlagCX, which never finishes it. Its 3 s deadline counts from its
+    // submit: it times out 3 s after the call, not 3 s after it left the
+    // queue (4.5 s). Bounds: never early; the upper one is generous (1.4 s
+    // over the deadline, yet below what counting from the queue would
+    // give).
+    const TIMEOUT: Duration = Duration::from_millis(3000);
+    let p = Pair::with(64, |c| {
+        c.op_timeout_ms = TIMEOUT.as_millis() as u32;
+        c.on_complete = Some(slow_complete);
+    });
+    // Peer 2 is `b` again, under an id not connected yet.
+    p.a.knows(2, &p.b);
+    p.a.submit_ok(&[p.write(64, BLOCKER)]);
+    // Recorded before the callback sleeps: the progress thread is held now.
+    assert_eq!(p.a.done.wait_one(BLOCKER, LIMIT), OK);
+    assert!(sw::set_knob(sw::Knob::HangOp, 1));
+    assert!(sw::set_knob(sw::Knob::ConnectDelayMs, 200));
+    let start = Instant::now();
+    p.a.submit_ok(&[write(p.src.addr(), 64, 2, p.dst.addr() as u64, 1)]);
+    assert_eq!(p.a.done.wait_one(1, LIMIT), MCFX_E_TIMEOUT);
+    let took = start.elapsed();
+    assert!(took >= TIMEOUT, "timed out before its deadline: {took:?}");
+    assert!(
+        took < TIMEOUT + Duration::from_millis(1400),
+        "the deadline did not count from submit: {took:?}"
+    );
+    // It did reach FlagCX (the blocker's transfer, then its own).
+    assert_eq!(p.a.stats().flagcx_transfers, 2);
     assert_eq!(p.a.stats().timed_out, 1);
     assert_no_violations();
 }

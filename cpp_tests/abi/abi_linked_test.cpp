@@ -34,7 +34,9 @@ TEST(AbiLinked, VersionAndNameArePlainExports) {
 
 TEST(AbiLinked, WriteAndReadKeepDataIntact) { check_write_read_integrity(api()); }
 
-TEST(AbiLinked, BadOpsFailAtOnceAndNothingIsQueued) {
+// The prefix rule: a bad op stops the call; the ops before it are queued and
+// complete, *accepted is the bad op's index, the ops after it never run.
+TEST(AbiLinked, ABadOpStopsTheCallAndOnlyThePrefixIsQueued) {
   Pair p;
   Buffer unregistered(64);
   const mcfx_op good = make_op(MCFX_OP_WRITE, p.src, 0, 64, 1, p.dst.addr(), 1);
@@ -49,17 +51,33 @@ TEST(AbiLinked, BadOpsFailAtOnceAndNothingIsQueued) {
        MCFX_E_NOT_REGISTERED},
       {make_op(MCFX_OP_WRITE, p.src, 0, 64, 1, UINT64_MAX - 8, 2), MCFX_E_OVERFLOW},
   };
+  uint64_t ud = 100;
+  size_t queued = 0;
   for (const Case &c : cases) {
     size_t accepted = 99;
-    EXPECT_EQ(p.a.submit({good, c.op}, &accepted), c.want) << p.a.last_error();
+    EXPECT_EQ(p.a.submit({c.op, good}, &accepted), c.want) << p.a.last_error();
     EXPECT_EQ(accepted, 0u);
-    EXPECT_NE(p.a.last_error().find("op 1"), std::string::npos) << p.a.last_error();
+    EXPECT_NE(p.a.last_error().find("op 0"), std::string::npos) << p.a.last_error();
+    mcfx_op ops[4] = {good, good, c.op, good};
+    ops[0].user_data = ud++;
+    ops[1].user_data = ud++;
+    ops[2].user_data = 9000;
+    ops[3].user_data = 9001;
+    EXPECT_EQ(p.a.submit({ops[0], ops[1], ops[2], ops[3]}, &accepted), c.want)
+        << p.a.last_error();
+    EXPECT_EQ(accepted, 2u);
+    EXPECT_NE(p.a.last_error().find("op 2"), std::string::npos) << p.a.last_error();
+    queued += 2;
+    EXPECT_EQ(p.a.done.wait_one(ops[0].user_data), MCFX_OK);
+    EXPECT_EQ(p.a.done.wait_one(ops[1].user_data), MCFX_OK);
   }
+  ASSERT_TRUE(p.a.done.wait_for(queued));
+  EXPECT_EQ(p.a.done.count(), queued) << "an op at or after a bad one completed";
   mcfx_stats s;
   std::memset(&s, 0, sizeof s);
   s.struct_size = sizeof s;
   ASSERT_EQ(mcfx_get_stats(p.a.t, &s), MCFX_OK);
-  EXPECT_EQ(s.submitted, 0u);
+  EXPECT_EQ(s.submitted, queued);
 }
 
 TEST(AbiLinked, NullArgumentsAreRefused) {

@@ -348,8 +348,8 @@ TEST_F(AdapterEndToEnd, UnregisteredLocalBufferFailsOnlyThatTaskAtSubmit) {
     Buffer src(8192, 1), dst(8192, 2), stray(4096, 3);
     registerOn(*a_, src);
     registerOn(*b_, dst);
-    // The plugin rejects a whole submit with one bad op; the adapter must
-    // resubmit the good ones.
+    // The plugin queues the op before the bad one and stops; the adapter
+    // fails the bad one alone and resubmits the rest in one call.
     std::vector<Request> requests{
         makeRequest(Request::WRITE, src.data(), seg_b_, dst.addr(), 4096),
         makeRequest(Request::WRITE, stray.data(), seg_b_, dst.addr(4096),
@@ -676,6 +676,32 @@ TEST_F(AdapterFakePlugin, OpsBeyondTheAcceptedCountFailAtOnce) {
     EXPECT_EQ(statusOf(*transport_, id, 0).s, StatusEnum::COMPLETED);
     EXPECT_EQ(statusOf(*transport_, id, 1).s, StatusEnum::COMPLETED);
     EXPECT_EQ(statusOf(*transport_, id, 1).transferred_bytes, 64u);
+    EXPECT_TRUE(transport_->freeBatchID(id).ok());
+}
+
+TEST_F(AdapterFakePlugin, ABadOpFailsAloneAndTheRestIsResubmittedInOneCall) {
+    void *lib = dlopen(MCFX_TEST_FAKE_PLUGIN, RTLD_NOW | RTLD_NOLOAD);
+    ASSERT_NE(lib, nullptr);
+    auto calls = reinterpret_cast<size_t (*)()>(
+        dlsym(lib, "fake_mcfx_submit_calls"));
+    dlclose(lib);
+    ASSERT_NE(calls, nullptr);
+    // Ops 1 and 3 are bad (the fake's bad length): the adapter fails each
+    // alone and resubmits what follows it in one call: 2 calls, not 4.
+    requests_.clear();
+    for (uint64_t len : {64, 13, 64, 13})
+        requests_.push_back(makeRequest(Request::WRITE, buf_.data(), 7,
+                                        0x10000 + requests_.size() * 64, len));
+    const size_t before = calls();
+    const BatchID id = submitTasks(*transport_, requests_);
+    EXPECT_EQ(calls() - before, 2u);
+    EXPECT_EQ(statusOf(*transport_, id, 0).s, StatusEnum::WAITING);
+    EXPECT_EQ(statusOf(*transport_, id, 1).s, StatusEnum::FAILED);
+    EXPECT_EQ(statusOf(*transport_, id, 2).s, StatusEnum::WAITING);
+    EXPECT_EQ(statusOf(*transport_, id, 3).s, StatusEnum::FAILED);
+    EXPECT_EQ(complete_(MCFX_OK), 2u);
+    EXPECT_EQ(statusOf(*transport_, id, 0).s, StatusEnum::COMPLETED);
+    EXPECT_EQ(statusOf(*transport_, id, 2).s, StatusEnum::COMPLETED);
     EXPECT_TRUE(transport_->freeBatchID(id).ok());
 }
 

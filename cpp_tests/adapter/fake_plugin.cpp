@@ -5,9 +5,13 @@
 //   FAKE_TABLE_SIZE      the struct_size its table reports (default: full)
 //   FAKE_NO_ENTRY        the table under another name: no mcfx_get_api_v1
 // Its transport accepts at most FAKE_ACCEPT_LIMIT ops per submit (the rest:
-// MCFX_E_QUEUE_FULL) and completes accepted ops only when the test calls
+// MCFX_E_QUEUE_FULL), takes an op of FAKE_BAD_LENGTH bytes for a bad op
+// (MCFX_E_INVALID_ARGUMENT, the ABI's prefix rule: the ops before it are
+// queued, *accepted is its index), counts its submit calls
+// (fake_mcfx_submit_calls) and completes accepted ops only when the test calls
 // fake_mcfx_complete_pending, or with MCFX_E_CANCELED on destroy. It moves
 // no data and never calls the resolver.
+#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <mutex>
@@ -31,6 +35,9 @@
 #ifndef FAKE_ACCEPT_LIMIT
 #define FAKE_ACCEPT_LIMIT 2
 #endif
+#ifndef FAKE_BAD_LENGTH
+#define FAKE_BAD_LENGTH 13
+#endif
 
 struct mcfx_transport {
     mcfx_complete_fn on_complete;
@@ -40,6 +47,7 @@ struct mcfx_transport {
 
 namespace {
 
+std::atomic<size_t> g_submit_calls{0};
 std::mutex g_lock;  // guards g_live and every transport's pending list
 std::vector<mcfx_transport *> g_live;
 thread_local std::string t_error;
@@ -115,13 +123,18 @@ mcfx_status fakeUnregister(mcfx_transport *, void *) { return MCFX_OK; }
 
 mcfx_status fakeSubmit(mcfx_transport *transport, const mcfx_op *ops,
                        size_t count, size_t *accepted) {
-    const size_t take = count < FAKE_ACCEPT_LIMIT ? count : FAKE_ACCEPT_LIMIT;
+    g_submit_calls.fetch_add(1);
+    size_t take = 0;
     {
         std::lock_guard<std::mutex> guard(g_lock);
-        for (size_t i = 0; i < take; ++i)
-            transport->pending.push_back(ops[i].user_data);
+        for (; take < count && take < FAKE_ACCEPT_LIMIT; ++take) {
+            if (ops[take].length == FAKE_BAD_LENGTH) break;
+            transport->pending.push_back(ops[take].user_data);
+        }
     }
     if (accepted) *accepted = take;
+    if (take < count && ops[take].length == FAKE_BAD_LENGTH)
+        return failWith(MCFX_E_INVALID_ARGUMENT, "fake bad op");
     if (take < count)
         return failWith(MCFX_E_QUEUE_FULL, "fake queue is full");
     return MCFX_OK;
@@ -150,6 +163,11 @@ __attribute__((visibility("default"))) const mcfx_api_v1 *FAKE_ENTRY(void) {
         nullptr,  // get_stats
     };
     return &table;
+}
+
+// How many times submit was called, in this process.
+__attribute__((visibility("default"))) size_t fake_mcfx_submit_calls(void) {
+    return g_submit_calls.load();
 }
 
 // Completes every pending op of every live fake transport with `status`,

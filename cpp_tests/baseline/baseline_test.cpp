@@ -388,7 +388,7 @@ TEST_F(BaselineTransport, FourConcurrentSubmittersEachOpCompletesOnce) {
   EXPECT_EQ(Stats(a_).completed, kThreads * kOps);
 }
 
-TEST_F(BaselineTransport, BadOpsAreRejectedWholeAndFailedOpsCompleteOnce) {
+TEST_F(BaselineTransport, BadOpStopsTheCallAndFailedOpsCompleteOnce) {
   Start();
   std::vector<uint8_t> src(8192), dst(8192), loose(64);
   Fill(src, 3);
@@ -397,18 +397,34 @@ TEST_F(BaselineTransport, BadOpsAreRejectedWholeAndFailedOpsCompleteOnce) {
   EXPECT_EQ(mcfx_register(a_, src.data() + 16, 16), MCFX_E_ALREADY_REGISTERED);
   EXPECT_EQ(mcfx_unregister(a_, loose.data()), MCFX_E_NOT_FOUND);
 
-  // A bad op anywhere rejects the whole call; nothing is queued.
-  mcfx_op pair[2] = {Op(MCFX_OP_WRITE, src.data(), 64, 1, dst.data(), 100),
-                     Op(MCFX_OP_WRITE, src.data(), 0, 1, dst.data(), 101)};
+  // The prefix rule: a bad op stops the call; the ops before it run,
+  // `accepted` is the bad op's index, the ops after it do not run.
+  mcfx_op bad_first[2] = {Op(MCFX_OP_WRITE, src.data(), 0, 1, dst.data(), 90),
+                          Op(MCFX_OP_WRITE, src.data(), 64, 1, dst.data(), 91)};
   size_t accepted = 99;
-  EXPECT_EQ(mcfx_submit(a_, pair, 2, &accepted), MCFX_E_INVALID_ARGUMENT);
+  EXPECT_EQ(mcfx_submit(a_, bad_first, 2, &accepted), MCFX_E_INVALID_ARGUMENT);
   EXPECT_EQ(accepted, 0u);
-  EXPECT_NE(LastError().find("op 1"), std::string::npos) << LastError();
-  pair[1] = Op(MCFX_OP_WRITE, loose.data(), 64, 1, dst.data(), 101);
-  EXPECT_EQ(mcfx_submit(a_, pair, 2, &accepted), MCFX_E_NOT_REGISTERED);
-  EXPECT_EQ(accepted, 0u);
+  EXPECT_NE(LastError().find("op 0"), std::string::npos) << LastError();
+  mcfx_op four[4] = {Op(MCFX_OP_WRITE, src.data(), 64, 1, dst.data(), 100),
+                     Op(MCFX_OP_WRITE, src.data(), 64, 1, dst.data(), 101),
+                     Op(MCFX_OP_WRITE, src.data(), 0, 1, dst.data(), 102),
+                     Op(MCFX_OP_WRITE, src.data(), 64, 1, dst.data(), 103)};
+  EXPECT_EQ(mcfx_submit(a_, four, 4, &accepted), MCFX_E_INVALID_ARGUMENT);
+  EXPECT_EQ(accepted, 2u);
+  EXPECT_NE(LastError().find("op 2"), std::string::npos) << LastError();
+  ASSERT_TRUE(done_.WaitFor(2));
+  EXPECT_EQ(done_.Status(100), MCFX_OK);
+  EXPECT_EQ(done_.Status(101), MCFX_OK);
+  four[2] = Op(MCFX_OP_WRITE, loose.data(), 64, 1, dst.data(), 102);
+  four[0].user_data = 104;
+  four[1].user_data = 105;
+  EXPECT_EQ(mcfx_submit(a_, four, 4, &accepted), MCFX_E_NOT_REGISTERED);
+  EXPECT_EQ(accepted, 2u);
+  ASSERT_TRUE(done_.WaitFor(4));
   EXPECT_EQ(mcfx_submit(a_, nullptr, 1, &accepted), MCFX_E_INVALID_ARGUMENT);
-  EXPECT_EQ(Stats(a_).submitted, 0u);
+  EXPECT_EQ(accepted, 0u);
+  EXPECT_EQ(Stats(a_).submitted, 4u);
+  EXPECT_EQ(done_.Total(), 4u) << "an op at or after a bad one ran";
 
   // Accepted ops that cannot run complete once with their error; a good op
   // in the same group still runs.
@@ -418,14 +434,14 @@ TEST_F(BaselineTransport, BadOpsAreRejectedWholeAndFailedOpsCompleteOnce) {
       Op(MCFX_OP_WRITE, src.data(), 64, 1, loose.data(), 2), // not B's memory
       Op(MCFX_OP_WRITE, src.data(), 64, 1, dst.data(), 3)};
   ASSERT_EQ(mcfx_submit(a_, group, 2, &accepted), MCFX_OK);
-  ASSERT_TRUE(done_.WaitFor(3));
+  ASSERT_TRUE(done_.WaitFor(7));
   EXPECT_EQ(done_.Status(2), MCFX_E_REMOTE_RANGE);
   EXPECT_EQ(done_.Status(3), MCFX_OK);
-  EXPECT_EQ(done_.Total(), 3u);
+  EXPECT_EQ(done_.Total(), 7u);
   const mcfx_stats s = Stats(a_);
-  EXPECT_EQ(s.submitted, 3u);
+  EXPECT_EQ(s.submitted, 7u);
   EXPECT_EQ(s.failed, 2u);
-  EXPECT_EQ(s.completed, 1u);
+  EXPECT_EQ(s.completed, 5u);
 
   char small[4];
   size_t len = 0;

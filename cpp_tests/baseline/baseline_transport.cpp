@@ -239,6 +239,9 @@ bool Transport::LookupMr(uintptr_t addr, uint64_t length,
 
 Result Transport::Submit(const mcfx_op *ops, size_t count, size_t *accepted) {
   *accepted = 0;
+  // The ABI: an op's deadline counts from its submit call (upstream took it
+  // after the vector call, which may come after a blocking handshake).
+  const auto submitted = std::chrono::steady_clock::now();
   // upstream submitSlices(): the whole submit runs under submit_mu_.
   std::lock_guard<std::mutex> submit_lock(submit_mu_);
   if (closing_.load())
@@ -248,23 +251,31 @@ Result Transport::Submit(const mcfx_op *ops, size_t count, size_t *accepted) {
   // upstream: a fresh std::unordered_map of slice groups keyed by (target
   // segment, opcode), built on every call. One "slice" per op: upstream did
   // not split, whatever the length.
+  // The ABI's prefix rule: ops are taken in order up to the first bad one;
+  // the ones before it run, `*accepted` says how many, and the bad one's
+  // error is returned.
   std::unordered_map<GroupKey, std::vector<GroupItem>, GroupKeyHash> groups;
-  for (size_t i = 0; i < count; ++i) {
-    const mcfx_op &op = ops[i];
-    Result bad = CheckOp(op, i);
-    if (!bad.ok()) return bad;
+  Result result;
+  size_t n = 0;
+  for (; n < count; ++n) {
+    const mcfx_op &op = ops[n];
+    result = CheckOp(op, n);
+    if (!result.ok()) break;
     FlagcxP2pMr mr = 0;
-    if (!LookupMr(reinterpret_cast<uintptr_t>(op.local_addr), op.length, &mr))
-      return Fail(MCFX_E_NOT_REGISTERED,
-                  Format("op %zu: local range [%p, +%llu) is not inside one "
-                         "registered region",
-                         i, op.local_addr, (unsigned long long)op.length));
+    if (!LookupMr(reinterpret_cast<uintptr_t>(op.local_addr), op.length,
+                  &mr)) {
+      result = Fail(MCFX_E_NOT_REGISTERED,
+                    Format("op %zu: local range [%p, +%llu) is not inside one "
+                           "registered region",
+                           n, op.local_addr, (unsigned long long)op.length));
+      break;
+    }
     groups[GroupKey{op.peer_id, op.opcode}].push_back(GroupItem{&op, mr});
   }
-  *accepted = count;
-  counters_.submitted.fetch_add(count, std::memory_order_relaxed);
-  for (const auto &kv : groups) RunSliceGroup(kv.first, kv.second);
-  return {};
+  *accepted = n;
+  counters_.submitted.fetch_add(n, std::memory_order_relaxed);
+  for (const auto &kv : groups) RunSliceGroup(kv.first, kv.second, submitted);
+  return result;
 }
 
 mcfx_status Transport::ConnForPeer(uint64_t peer, FlagcxP2pConn **conn) {
@@ -296,8 +307,9 @@ mcfx_status Transport::ConnForPeer(uint64_t peer, FlagcxP2pConn **conn) {
   return MCFX_OK;
 }
 
-void Transport::RunSliceGroup(const GroupKey &key,
-                              const std::vector<GroupItem> &group) {
+void Transport::RunSliceGroup(
+    const GroupKey &key, const std::vector<GroupItem> &group,
+    std::chrono::steady_clock::time_point submitted) {
   FlagcxP2pConn *conn = nullptr;
   mcfx_status conn_status;
   {
@@ -375,8 +387,9 @@ void Transport::RunSliceGroup(const GroupKey &key,
   counters_.flagcx_transfers.fetch_add(1, std::memory_order_relaxed);
   transfer.conn = conn;
   transfer.transfer_id = transfer_id;
-  // upstream: deadline = now + 30 s, taken after the vector call.
-  transfer.deadline = std::chrono::steady_clock::now() + options_.op_timeout;
+  // upstream: deadline = now + 30 s, taken after the vector call; here from
+  // the submit call, as the ABI says.
+  transfer.deadline = submitted + options_.op_timeout;
   PushPending(std::move(transfer));
 }
 

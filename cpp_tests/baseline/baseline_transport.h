@@ -14,7 +14,8 @@
 //   list it swaps out under a third mutex, spinning while anything is pending
 //   and yielding every 64 passes;
 // - FlagCX's bool status call is all it has, so a failed transfer completes
-//   MCFX_OK; only a 30 s (op_timeout_ms) deadline turns into MCFX_E_TIMEOUT.
+//   MCFX_OK; only a 30 s (op_timeout_ms) deadline turns into MCFX_E_TIMEOUT
+//   (counted from the submit call, as the ABI says).
 //
 // Where the C ABI demands more than upstream did (argument checks, exactly one
 // completion per accepted op, statistics, a last-error message), the extra
@@ -100,7 +101,8 @@ public:
   Result Unregister(void *addr);
 
   // Upstream submitTransferTask() + submitSlices(): everything on the caller
-  // thread. `*accepted` is count on success, 0 otherwise.
+  // thread. Ops are taken in order up to the first bad one; `*accepted` is
+  // how many ran (count on success; the bad op's index otherwise).
   Result Submit(const mcfx_op *ops, size_t count, size_t *accepted);
 
   // Fills every field of `out` (the caller copies the prefix it asked for).
@@ -165,7 +167,10 @@ private:
   };
 
   bool LookupMr(uintptr_t addr, uint64_t length, FlagcxP2pMr *mr) const;
-  void RunSliceGroup(const GroupKey &key, const std::vector<GroupItem> &group);
+  // `submitted`: when the submit call began (the ops' deadlines count from
+  // it).
+  void RunSliceGroup(const GroupKey &key, const std::vector<GroupItem> &group,
+                     std::chrono::steady_clock::time_point submitted);
   mcfx_status ConnForPeer(uint64_t peer, FlagcxP2pConn **conn);
   void FailOps(std::vector<uint64_t> user_data, mcfx_status status);
   void PushPending(PendingTransfer &&transfer);

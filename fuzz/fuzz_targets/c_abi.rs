@@ -3,8 +3,10 @@
 //! Each input is a little program over one live transport pair: register or
 //! unregister sub-ranges of an arena, and submit ops with arbitrary opcodes,
 //! addresses, lengths, peers and remote addresses. The library must never
-//! crash, must answer every call with a defined status, must accept nothing
-//! on a rejected submit, and must complete every accepted op exactly once.
+//! crash, must answer every call with a defined status, must follow the
+//! submit's prefix rule (the ops before the first bad one are accepted, the
+//! bad one is `ops[*accepted]`, none after it is), and must complete every
+//! accepted op exactly once and no other.
 //! Only arena memory is ever registered, so the library's own checks are what
 //! stands between an arbitrary address and a memory access.
 #![no_main]
@@ -31,6 +33,9 @@ struct World {
     next_id: AtomicU64,
     accepted: AtomicU64,
     completed: AtomicU64,
+    /// Ids of the ops a submit did not accept (checked once the input's
+    /// accepted ops completed).
+    refused: std::sync::Mutex<Vec<u64>>,
 }
 
 unsafe extern "C-unwind" fn on_complete(ctx: *mut c_void, user_data: u64, status: mcfx_status) {
@@ -89,6 +94,7 @@ fn world() -> &'static World {
             next_id: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             completed: AtomicU64::new(0),
+            refused: std::sync::Mutex::new(Vec::new()),
         }));
         let ctx = w as *mut World as *mut c_void;
         let b = create(ctx, std::ptr::null_mut());
@@ -174,11 +180,23 @@ fuzz_target!(|data: &[u8]| {
                 // SAFETY: a live handle and n ops.
                 let st = unsafe { mcfx_submit(t, ops.as_ptr(), n, &mut accepted) };
                 assert!(Status::from_i32(st as i32).is_some());
-                if st != mcfx_status::MCFX_OK && st != mcfx_status::MCFX_E_QUEUE_FULL {
-                    assert_eq!(accepted, 0, "a rejected submit queued ops");
-                }
                 assert!(accepted <= n);
+                // The prefix rule: none of the accepted ops is bad on its
+                // face; on a per-op error ops[accepted] is the bad op (on
+                // its face, or its local range is not registered).
+                assert!(ops[..accepted].iter().all(|o| bad_on_its_face(o).is_none()));
+                match st {
+                    mcfx_status::MCFX_OK => assert_eq!(accepted, n),
+                    mcfx_status::MCFX_E_QUEUE_FULL => assert!(accepted < n),
+                    _ => {
+                        assert!(accepted < n, "{st:?} with every op accepted");
+                        let face = bad_on_its_face(&ops[accepted]);
+                        let want = face.unwrap_or(mcfx_status::MCFX_E_NOT_REGISTERED);
+                        assert_eq!(st, want, "ops[{accepted}] is not the bad op");
+                    }
+                }
                 w.accepted.fetch_add(accepted as u64, SeqCst);
+                w.refused.lock().unwrap().extend(ops[accepted..].iter().map(|o| o.user_data));
             }
         }
     }
@@ -188,4 +206,23 @@ fuzz_target!(|data: &[u8]| {
         assert!(Instant::now() < until, "accepted ops never completed");
         std::thread::sleep(Duration::from_micros(100));
     }
+    // And no op that was not accepted completed.
+    for id in w.refused.lock().unwrap().drain(..) {
+        assert_eq!(w.seen[id as usize % MAX_OPS].load(SeqCst), 0, "refused op {id} completed");
+    }
 });
+
+/// The status of an op that is bad whatever is registered, or None.
+fn bad_on_its_face(o: &mcfx_op) -> Option<mcfx_status> {
+    let (local, len) = (o.local_addr as u64, o.length);
+    let opcode_ok = o.opcode == MCFX_OP_READ || o.opcode == MCFX_OP_WRITE;
+    if !opcode_ok || o.reserved != 0 || len == 0 || local == 0 {
+        Some(mcfx_status::MCFX_E_INVALID_ARGUMENT)
+    } else if usize::try_from(len).ok().and_then(|l| (local as usize).checked_add(l)).is_none()
+        || o.remote_addr.checked_add(len).is_none()
+    {
+        Some(mcfx_status::MCFX_E_OVERFLOW)
+    } else {
+        None
+    }
+}

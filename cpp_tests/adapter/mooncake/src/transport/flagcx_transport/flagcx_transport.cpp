@@ -710,37 +710,38 @@ Status FlagCxTransport::submitTransferTask(
 
 void FlagCxTransport::submitOps(const mcfx_op *ops, Slice *const *slices,
                                 size_t count) {
-    size_t accepted = 0;
-    const mcfx_status status = api_->submit(engine_, ops, count, &accepted);
-    if (status == MCFX_OK) return;
-    const std::string why = pluginError();
-    if (accepted > count) accepted = count;
-
-    const bool one_bad_op = status == MCFX_E_INVALID_ARGUMENT ||
-                            status == MCFX_E_NOT_REGISTERED ||
-                            status == MCFX_E_OVERFLOW;
-    if (one_bad_op && accepted == 0 && count > 1) {
-        // The plugin checks every op first and queues none if one is bad:
-        // resubmit one by one so that only the bad ones fail.
-        for (size_t i = 0; i < count; ++i) {
-            size_t one = 0;
-            const mcfx_status single = api_->submit(engine_, &ops[i], 1, &one);
-            if (single != MCFX_OK || one != 1) {
-                const std::string reason =
-                    std::string(api_->strerror(single)) + ": " + pluginError();
-                failAtSubmit(slices[i], reason.c_str());
-            }
+    // The plugin takes ops in order and stops at the first it cannot
+    // accept: the ops before it were queued and `accepted` says how many.
+    // After a per-op error ops[accepted] is the bad op: fail it alone and
+    // resubmit the rest in one call.
+    while (count > 0) {
+        size_t accepted = 0;
+        const mcfx_status status = api_->submit(engine_, ops, count, &accepted);
+        if (status == MCFX_OK) return;
+        const std::string why = pluginError();
+        if (accepted > count) accepted = count;
+        const bool one_bad_op = status == MCFX_E_INVALID_ARGUMENT ||
+                                status == MCFX_E_NOT_REGISTERED ||
+                                status == MCFX_E_OVERFLOW;
+        if (one_bad_op && accepted < count) {
+            const std::string reason =
+                std::string(api_->strerror(status)) + ": " + why;
+            failAtSubmit(slices[accepted], reason.c_str());
+            ops += accepted + 1;
+            slices += accepted + 1;
+            count -= accepted + 1;
+            continue;
         }
+        // Queue full (ops[accepted..] were not queued) or shutting down.
+        if (worthLogging(failed_ops_))
+            FCX_LOG(WARNING) << "FlagCxTransport: the plugin accepted "
+                             << accepted << " of " << count
+                             << " ops; the rest fail: "
+                             << api_->strerror(status) << ": " << why;
+        for (size_t i = accepted; i < count; ++i)
+            failAtSubmit(slices[i], nullptr);
         return;
     }
-    // Queue full (the first `accepted` ops were queued) or shutting down.
-    if (worthLogging(failed_ops_))
-        FCX_LOG(WARNING) << "FlagCxTransport: the plugin accepted " << accepted
-                         << " of " << count
-                         << " ops; the rest fail: " << api_->strerror(status)
-                         << ": " << why;
-    for (size_t i = accepted; i < count; ++i)
-        failAtSubmit(slices[i], nullptr);
 }
 
 // Marks a slice that never reached the plugin as failed (logging `why`

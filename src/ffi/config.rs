@@ -1,0 +1,173 @@
+//! The C config: read at the caller's size, its callbacks wrapped, and its
+//! fields copied into the core's settings (`crate::config` owns the
+//! defaults, zero-means-default and the limits).
+
+use std::ffi::c_void;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr;
+use std::time::Duration;
+
+use super::guard::invalid;
+use super::types::*;
+use crate::config::{or_default, Config, MAX_ENDPOINT_LEN};
+use crate::error::{fail, Result, Status};
+use crate::host_log;
+
+/// The fields every caller must pass (everything up to `resolve_ctx`).
+pub(super) const MIN_CONFIG_SIZE: usize = std::mem::offset_of!(mcfx_config, queue_capacity);
+
+/// The defaults as the C struct carries them (from `Config::default()`).
+pub(super) fn default_config() -> mcfx_config {
+    let d = Config::default();
+    let clamp = |v: u128| u32::try_from(v).unwrap_or(u32::MAX);
+    mcfx_config {
+        struct_size: std::mem::size_of::<mcfx_config>() as u32,
+        abi_version: MCFX_ABI_VERSION,
+        on_complete: None,
+        complete_ctx: ptr::null_mut(),
+        resolve: None,
+        resolve_ctx: ptr::null_mut(),
+        queue_capacity: d.queue_capacity as u32,
+        submit_wait_us: clamp(d.submit_wait.as_micros()),
+        op_timeout_ms: clamp(d.op_timeout.as_millis()),
+        connect_timeout_ms: clamp(d.connect_timeout.as_millis()),
+        spin_grace_us: clamp(d.spin_grace.as_micros()),
+        max_batch: d.max_batch as u32,
+        max_slice_bytes: d.max_slice_bytes,
+        connect_threads: d.connect_threads as u32,
+        shutdown_timeout_ms: clamp(d.shutdown_timeout.as_millis()),
+        flags: if d.serve_peers { 0 } else { MCFX_FLAG_NO_SERVE },
+        log_level: mcfx_log_level::MCFX_LOG_WARN as u32,
+        log: None,
+        log_ctx: ptr::null_mut(),
+    }
+}
+
+/// Copies a caller's config of any size into a zero-filled current one.
+///
+/// # Safety
+/// `config` must be NULL or readable for its `struct_size` bytes.
+pub(super) unsafe fn read_config(config: *const mcfx_config) -> Result<mcfx_config> {
+    if config.is_null() {
+        return invalid("NULL config");
+    }
+    // SAFETY: the first 8 bytes (struct_size, abi_version) are always present.
+    let (size, version) = unsafe { ((*config).struct_size as usize, (*config).abi_version) };
+    if !(1..=MCFX_ABI_VERSION).contains(&version) {
+        return fail(
+            Status::MCFX_E_BAD_CONFIG,
+            format!("config abi_version {version}, this library accepts 1..={MCFX_ABI_VERSION}"),
+        );
+    }
+    if size < MIN_CONFIG_SIZE {
+        return fail(
+            Status::MCFX_E_BAD_CONFIG,
+            format!("config struct_size {size} is below the minimum {MIN_CONFIG_SIZE} (use mcfx_config_init)"),
+        );
+    }
+    let mut c = std::mem::MaybeUninit::<mcfx_config>::zeroed();
+    let n = size.min(std::mem::size_of::<mcfx_config>());
+    // SAFETY: reads n <= struct_size bytes the caller vouched for; all-zero
+    // is a valid mcfx_config (NULL pointers, None callbacks, zeros).
+    unsafe {
+        ptr::copy_nonoverlapping(config.cast::<u8>(), c.as_mut_ptr().cast::<u8>(), n);
+        Ok(c.assume_init())
+    }
+}
+
+/// A C context pointer the caller promised may be used from our threads.
+#[derive(Clone, Copy)]
+struct Ctx(*mut c_void);
+// SAFETY: mcfx_create's contract: the callbacks and contexts are usable from
+// the transport's threads until destroy returns.
+unsafe impl Send for Ctx {}
+// SAFETY: as above.
+unsafe impl Sync for Ctx {}
+
+type Converted = (Config, crate::transport::CompletionFn, crate::transport::ResolverFn);
+
+pub(super) fn convert_config(c: &mcfx_config) -> Result<Converted> {
+    let Some(complete) = c.on_complete else {
+        return invalid("config.on_complete is NULL");
+    };
+    let Some(resolve) = c.resolve else {
+        return invalid("config.resolve is NULL");
+    };
+    if c.flags & !MCFX_FLAG_NO_SERVE != 0 {
+        return fail(Status::MCFX_E_BAD_CONFIG, format!("unknown config flags {:#x}", c.flags));
+    }
+    let d = Config::default();
+    let ms = |v: u32| Duration::from_millis(u64::from(v));
+    let us = |v: u32| Duration::from_micros(u64::from(v));
+    let config = Config {
+        queue_capacity: or_default(c.queue_capacity as usize, d.queue_capacity),
+        submit_wait: us(c.submit_wait_us),
+        op_timeout: or_default(ms(c.op_timeout_ms), d.op_timeout),
+        connect_timeout: or_default(ms(c.connect_timeout_ms), d.connect_timeout),
+        spin_grace: or_default(us(c.spin_grace_us), d.spin_grace),
+        max_batch: or_default(c.max_batch as usize, d.max_batch),
+        max_slice_bytes: or_default(c.max_slice_bytes, d.max_slice_bytes),
+        connect_threads: or_default(c.connect_threads as usize, d.connect_threads),
+        shutdown_timeout: or_default(ms(c.shutdown_timeout_ms), d.shutdown_timeout),
+        serve_peers: c.flags & MCFX_FLAG_NO_SERVE == 0,
+    };
+    let complete_ctx = Ctx(c.complete_ctx);
+    let resolve_ctx = Ctx(c.resolve_ctx);
+    let on_complete = Box::new(move |user_data: u64, status: Status| {
+        let ctx = complete_ctx;
+        // SAFETY: the caller's callback and context, valid until destroy
+        // returns (mcfx_create's contract); the progress thread catches a
+        // Rust panic unwinding out of it.
+        unsafe { complete(ctx.0, user_data, status) }
+    });
+    let resolver = Box::new(move |peer: u64| -> std::result::Result<String, String> {
+        let ctx = resolve_ctx;
+        let mut buf = [0u8; MAX_ENDPOINT_LEN + 1];
+        let rc = catch_unwind(AssertUnwindSafe(|| {
+            // SAFETY: as above; buf is writable for its length.
+            unsafe { resolve(ctx.0, peer, buf.as_mut_ptr().cast(), buf.len()) }
+        }))
+        .map_err(|_| "the resolver callback panicked".to_string())?;
+        if rc != 0 {
+            return Err(format!("the resolver callback returned {rc} (peer unknown)"));
+        }
+        let Some(end) = buf.iter().position(|&b| b == 0) else {
+            return Err("the resolver callback wrote no NUL-terminated endpoint".into());
+        };
+        std::str::from_utf8(&buf[..end])
+            .map(str::to_owned)
+            .map_err(|_| "the resolver callback wrote a non-UTF-8 endpoint".into())
+    });
+    Ok((config, on_complete, resolver))
+}
+
+/// The log callback and its level, if the config has one.
+pub(super) fn convert_log(c: &mcfx_config) -> Result<Option<(u32, host_log::LogFn)>> {
+    let level = match c.log_level {
+        0 => host_log::WARN,
+        l if l <= host_log::TRACE => l,
+        l => {
+            return fail(
+                Status::MCFX_E_BAD_CONFIG,
+                format!("log_level {l} is outside 1..={}", host_log::TRACE),
+            )
+        }
+    };
+    let Some(log) = c.log else { return Ok(None) };
+    let ctx = Ctx(c.log_ctx);
+    let f = Box::new(move |level: u32, message: &std::ffi::CStr| {
+        let ctx = ctx;
+        let level = match level {
+            host_log::ERROR => mcfx_log_level::MCFX_LOG_ERROR,
+            host_log::WARN => mcfx_log_level::MCFX_LOG_WARN,
+            host_log::INFO => mcfx_log_level::MCFX_LOG_INFO,
+            host_log::DEBUG => mcfx_log_level::MCFX_LOG_DEBUG,
+            _ => mcfx_log_level::MCFX_LOG_TRACE,
+        };
+        // SAFETY: the caller's callback and context, valid until destroy
+        // returns (mcfx_create's contract; host_log never calls a closed
+        // sink); the message is NUL-terminated and outlives the call.
+        unsafe { log(ctx.0, level, message.as_ptr()) }
+    });
+    Ok(Some((level, f)))
+}

@@ -1,0 +1,101 @@
+//! The transport's one shutdown flag, with the admission protocol of the
+//! submission queue built on it.
+//!
+//! States, in order: `OPEN` (submitters are admitted), `CLOSING` (no new
+//! submitter is admitted; those inside may still push), `CLOSED` (nobody is
+//! inside any more and nobody can enter: everything ever pushed is
+//! published). Invariant (no op after close, none lost):
+//!
+//! - submitter: increment `inside`; load `state`; proceed only if `OPEN`;
+//!   decrement `inside` when done (also when refused).
+//! - closer: store `CLOSING`; wait until `inside` is 0; store `CLOSED`.
+//!
+//! The closer reads `inside` with a read-modify-write (`fetch_add(0)`), which
+//! reads the latest count: either it sees the submitter's increment (and
+//! waits for it to leave), or the increment comes after it in `inside`'s
+//! modification order, reads from it and so synchronizes with it, and then
+//! the submitter's load sees `CLOSING` (and backs out). So once `close`
+//! returns no submitter is or will be pushing. (All SeqCst; the argument
+//! needs only acquire/release through the RMW, which is also what loom,
+//! modeling SeqCst accesses as AcqRel, can check. The submitter's side, the
+//! hot path, is a plain increment and load.)
+//!
+//! Why two steps and not one flag: the progress thread exits (and drains the
+//! queue one last time) on `CLOSED`; had it exited on `CLOSING`, an admitted
+//! submitter could still push after the final drain, and its op would never
+//! complete. The connector threads stop on `CLOSING` (they serve only the
+//! progress thread, which cancels every op still waiting for a peer). The
+//! model in `tests/loom_gate.rs` checks this under every interleaving.
+
+#[cfg(loom)]
+use loom::sync::atomic::{AtomicU8, AtomicUsize, Ordering::SeqCst};
+#[cfg(not(loom))]
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::SeqCst};
+
+const OPEN: u8 = 0;
+const CLOSING: u8 = 1;
+const CLOSED: u8 = 2;
+
+pub(crate) struct Gate {
+    /// `OPEN`, then `CLOSING`, then `CLOSED`; never goes back.
+    state: AtomicU8,
+    /// Submitters between `enter` and the drop of their [`Admission`];
+    /// `close` waits for it to reach 0 after leaving `OPEN`.
+    inside: AtomicUsize,
+}
+
+/// Proof that a submitter was admitted; leaving is automatic on drop.
+pub(crate) struct Admission<'a> {
+    gate: &'a Gate,
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        self.gate.inside.fetch_sub(1, SeqCst);
+    }
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Gate {
+    pub(crate) fn new() -> Gate {
+        Gate { state: AtomicU8::new(OPEN), inside: AtomicUsize::new(0) }
+    }
+
+    /// Admits a submitter, or `None` once closing began.
+    pub(crate) fn enter(&self) -> Option<Admission<'_>> {
+        self.inside.fetch_add(1, SeqCst);
+        let admission = Admission { gate: self };
+        (self.state.load(SeqCst) == OPEN).then_some(admission)
+    }
+
+    /// Stops admitting, waits for the admitted to leave, then marks the gate
+    /// closed. Idempotent (the state never goes back).
+    pub(crate) fn close(&self) {
+        let _ = self.state.compare_exchange(OPEN, CLOSING, SeqCst, SeqCst);
+        // An RMW, not a load: see the module doc.
+        while self.inside.fetch_add(0, SeqCst) != 0 {
+            #[cfg(loom)]
+            loom::thread::yield_now();
+            #[cfg(not(loom))]
+            std::thread::yield_now();
+        }
+        self.state.store(CLOSED, SeqCst);
+    }
+
+    /// Closing began: nothing new is admitted (new registrations and
+    /// connects are refused too).
+    pub(crate) fn is_closing(&self) -> bool {
+        self.state.load(SeqCst) != OPEN
+    }
+
+    /// `close` finished: nobody pushes any more; the progress thread may
+    /// drain for the last time and exit.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state.load(SeqCst) == CLOSED
+    }
+}

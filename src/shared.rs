@@ -1,0 +1,80 @@
+//! The state a transport's handle and its threads share.
+//!
+//! The handle ([`crate::transport`]) creates it; the progress thread
+//! ([`crate::progress`]) reads all of it; the connector threads see only
+//! their narrow [`Connector`] context. The one shutdown flag is the submission
+//! queue's gate (`crate::gate`).
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::engine::EngineRef;
+use crate::error::Status;
+use crate::peers::{Connector, Connects, ResolverFn};
+use crate::queue::SubmitQueue;
+use crate::registry::Registry;
+use crate::stats::Stats;
+
+/// Called once per accepted op, on the progress thread: `(user_data, status)`.
+pub type CompletionFn = Box<dyn Fn(u64, Status) + Send + Sync>;
+
+/// State shared by the caller-facing handle and the transport's threads.
+///
+/// Fields drop in declaration order: `connects` (which may hold FlagCX
+/// connections) before `registry` and `engine` (the holds on the process
+/// engine), so the FlagCX engine is destroyed under the engine lock when
+/// this is the last transport (see `engine`).
+pub(crate) struct Shared {
+    pub config: Config,
+    pub queue: SubmitQueue,
+    pub stats: Stats,
+    pub connects: Connects,
+    pub on_complete: CompletionFn,
+    pub resolver: ResolverFn,
+    /// None when the transport does not serve peers.
+    pub endpoint: Option<String>,
+    pub registry: Registry,
+    /// The process's FlagCX engine (shared with the process's other
+    /// transports).
+    pub engine: Arc<EngineRef>,
+}
+
+impl Shared {
+    /// The connector threads' view: what resolving and connecting a peer
+    /// needs, and nothing of the ops.
+    pub(crate) fn connector(&self) -> Connector<'_> {
+        Connector {
+            connects: &self.connects,
+            resolver: &self.resolver,
+            engine: &self.engine,
+            stats: &self.stats,
+            queue: &self.queue,
+        }
+    }
+}
+
+#[cfg(test)]
+impl Shared {
+    pub(crate) fn endpoint_for_test(&self) -> &str {
+        self.endpoint.as_deref().expect("serving")
+    }
+}
+
+/// A transport's shared state without its threads, for unit tests of the
+/// progress loop.
+#[cfg(test)]
+pub(crate) fn test_shared(config: Config) -> Arc<Shared> {
+    let engine = Arc::new(EngineRef::acquire().expect("FlagCX engine"));
+    engine.serve().expect("RPC server");
+    Arc::new(Shared {
+        registry: Registry::new(Arc::clone(&engine)),
+        queue: SubmitQueue::new(config.queue_capacity).unwrap(),
+        stats: Stats::default(),
+        connects: Connects::default(),
+        on_complete: Box::new(|_, _| {}),
+        resolver: Box::new(|_| Err("no peers".into())),
+        endpoint: Some(engine.engine.endpoint().unwrap()),
+        engine,
+        config,
+    })
+}
