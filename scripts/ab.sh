@@ -23,19 +23,9 @@ quick=()
 [ "${AB_QUICK:-0}" = "1" ] && quick=(--quick)
 
 # ---- system packages ----------------------------------------------------------
-need=()
-command -v cmake >/dev/null || need+=(cmake)
-command -v g++ >/dev/null || need+=(g++)
-command -v make >/dev/null || need+=(make)
-[ -f /usr/include/gtest/gtest.h ] || need+=(libgtest-dev)
-/usr/bin/python3 -c 'import matplotlib' 2>/dev/null || need+=(python3-matplotlib)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "== installing ${need[*]}"
-  sudo_cmd=""
-  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+. scripts/lib/need.sh
+need_pkgs cmake g++ make /usr/include/gtest/gtest.h:libgtest-dev \
+  py.matplotlib:python3-matplotlib
 
 # ---- build (release) ----------------------------------------------------------
 echo "== building (cargo release + CMake)"

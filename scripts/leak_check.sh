@@ -6,11 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${LEAK_ROUNDS:-1000}
-command -v valgrind >/dev/null || {
-  sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq valgrind >/dev/null
-}
+. scripts/lib/need.sh
+need_pkgs valgrind
 cargo build --locked -q --example create_destroy
 reachable() {
   local log

@@ -13,21 +13,8 @@ cd "$(dirname "$0")/.."
 log() { printf '\n== %s\n' "$*"; }
 
 # ---- system packages --------------------------------------------------------
-need_pkgs=()
-command -v g++ >/dev/null || need_pkgs+=(g++)
-command -v cc >/dev/null || need_pkgs+=(gcc)
-command -v git >/dev/null || need_pkgs+=(git)
-command -v cmake >/dev/null || need_pkgs+=(cmake)
-command -v make >/dev/null || need_pkgs+=(make)
-command -v valgrind >/dev/null || need_pkgs+=(valgrind)
-[ -f /usr/include/gtest/gtest.h ] || need_pkgs+=(libgtest-dev)
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-  log "installing ${need_pkgs[*]}"
-  sudo_cmd=""
-  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_pkgs[@]}"
-fi
+. scripts/lib/need.sh
+need_pkgs g++ cc:gcc git cmake make valgrind /usr/include/gtest/gtest.h:libgtest-dev
 
 # ---- Rust -------------------------------------------------------------------
 log "cargo fmt --check"
