@@ -200,7 +200,7 @@ fi
 plugin=$prefix/lib/libmooncake_flagcx.so.1
 
 # ---- 3. the adapter into the checkout -----------------------------------------------
-ours() { grep -q 'mcfx_get_api_v1' "$1"; }
+ours() { grep -q 'mooncake_flagcx' "$1"; } # both adapter files name the plugin
 mkdir -p "$work/upstream-files"
 for f in "$up_h" "$up_cpp"; do
   saved=$work/upstream-files/$(basename "$f")
@@ -239,8 +239,12 @@ configure_and_build "$te" "$work/build-flagcx" "with this project's adapter"
 upstream_te=$work/upstream-src/mooncake-transfer-engine
 if [ "$ab" = 1 ]; then
   for f in "$up_h" "$up_cpp"; do
-    [ -f "$work/upstream-files/$(basename "$f")" ] ||
-      die "--ab needs upstream's $f, but the checkout already holds the adapter and no copy was kept"
+    saved=$work/upstream-files/$(basename "$f")
+    if [ ! -f "$saved" ] || ours "$saved"; then
+      git -C "$checkout" show "HEAD:mooncake-transfer-engine/$f" >"$saved" 2>/dev/null ||
+        die "--ab needs upstream's $f, but the checkout already holds the adapter and no copy was kept
+(restore it, e.g. git -C $checkout checkout -- mooncake-transfer-engine/$f, and rerun)"
+    fi
   done
   rm -rf "$work/upstream-src"
   mkdir -p "$work/upstream-src"
