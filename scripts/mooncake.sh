@@ -30,8 +30,9 @@
 # <work> defaults to target/mooncake in this repository. Missing build
 # dependencies are installed with apt-get (as root, or through sudo).
 # Environment: MOONCAKE_JOBS (build jobs, default nproc), TEBENCH_DURATION
-# (seconds per block size, default 1), AB_NIC_GBPS / AB_NIC_LATENCY_NS
-# (modeled NIC, default 200 / 2000).
+# (seconds per block size, default 1), AB_MODES (the --ab modes, default
+# "copy", plus "nic" when the provider has the modeled NIC),
+# AB_NIC_GBPS / AB_NIC_LATENCY_NS (modeled NIC, default 200 / 2000).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -322,7 +323,7 @@ run_tebench() {
   pids+=($tpid)
   local seg=""
   for _ in $(seq 600); do
-    seg=$(sed -n 's/.*--target_seg_name=\([^ ]*\).*/\1/p' "$logs/$label.target.out" | head -n 1)
+    seg=$(sed -n 's/.*--target_seg_name=\([^ ]*\).*/\1/p' "$logs/$label.target.out" 2>/dev/null | head -n 1)
     [ -n "$seg" ] && break
     kill -0 "$tpid" 2>/dev/null || break
     sleep 0.1
@@ -392,6 +393,8 @@ else
   echo "note: this provider has no modeled NIC (FLAGCX_SW_NIC_GBPS): copy mode only"
 fi
 [ -n "$flagcx_home" ] && modes=(real)
+# AB_MODES="copy nic" chooses the modes (e.g. for a provider built elsewhere).
+[ -n "${AB_MODES:-}" ] && read -r -a modes <<<"$AB_MODES"
 log "A/B: adapter vs upstream, ${modes[*]} mode, $rounds rounds, interleaved"
 for r in $(seq "$rounds"); do
   for mode in "${modes[@]}"; do
