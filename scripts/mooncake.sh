@@ -208,7 +208,8 @@ for f in "$up_h" "$up_cpp"; do
   if ! ours "$te/$f"; then
     cp "$te/$f" "$saved" # upstream's file, kept for --ab and for undoing
   fi
-  cp "$root/mooncake/$f" "$te/$f"
+  # Copied only when different, so a rerun does not rebuild what is current.
+  cmp -s "$root/mooncake/$f" "$te/$f" || cp "$root/mooncake/$f" "$te/$f"
 done
 echo "adapter copied into $te (upstream's files kept in $work/upstream-files/)"
 
@@ -251,7 +252,7 @@ if [ "$ab" = 1 ]; then
   mkdir -p "$work/upstream-src"
   cp -a "$te" "$checkout/mooncake-common" "$work/upstream-src/"
   for f in "$up_h" "$up_cpp"; do
-    cp "$work/upstream-files/$(basename "$f")" "$upstream_te/$f"
+    cp -p "$work/upstream-files/$(basename "$f")" "$upstream_te/$f"
   done
   configure_and_build "$upstream_te" "$work/build-upstream" "upstream's FlagCX transport"
 fi
