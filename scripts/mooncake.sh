@@ -52,7 +52,7 @@ while [ $# -gt 0 ]; do
     --yalantinglibs) ylt=$(cd "$2" && pwd); shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
     --work) mkdir -p "$2"; work=$(cd "$2" && pwd); shift 2 ;;
-    -h | --help) sed -n '2,34p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) [ -z "$checkout" ] || die "one checkout only"; checkout=$1; shift ;;
   esac
