@@ -222,11 +222,14 @@ configure_and_build() { # $1: transfer-engine source dir, $2: build dir, $3: lab
   local cxxflags=""
   [ "$prefix" = "$mc_flagcx_home" ] || cxxflags="-I$prefix/include"
   [ -n "$ylt_prefix" ] && cxxflags="${cxxflags:+$cxxflags }-I$ylt_prefix/include"
-  # PR #3522's own transport includes
-  # "transport/flagcx_transport/flagcx_transport_internal.h", which lives
-  # under src/, a directory no include path of the standalone build names.
+  # PR #3522's own transport (at 263e0fe8) does not build as it is: its .cpp
+  # includes "transport/flagcx_transport/flagcx_transport_internal.h", which
+  # lives under src/, a directory no include path names; and its header
+  # includes flagcx_p2p.h, which only the `transport` target gets
+  # (multi_transport.cpp includes the header too). Both paths are added for
+  # that transport only; the adapter needs neither.
   if grep -qs 'flagcx_transport/flagcx_transport_internal.h' "$1/$up_cpp"; then
-    cxxflags="${cxxflags:+$cxxflags }-I$1/src"
+    cxxflags="${cxxflags:+$cxxflags }-I$1/src -I$mc_flagcx_home/include"
   fi
   cmake -S "$1" -B "$2" -DCMAKE_BUILD_TYPE=Release -DUSE_FLAGCX=ON \
     -DFLAGCX_HOME="$mc_flagcx_home" -DBUILD_UNIT_TESTS=OFF -DBUILD_EXAMPLES=OFF \
