@@ -2,8 +2,8 @@
 """Turns the tebench runs of `scripts/mooncake.sh --ab` into a table, JSON and a plot.
 
 Input: <abdir>/raw/<mode>-<op>-<impl>-r<round>.txt, each the stdout of one
-tebench initiator (one row per block size: BlkSize, Batch, BW (GB/s), Avg Lat,
-Avg Tx, P99 Tx, P999 Tx, in us). impl is `adapter` (this project's adapter and
+tebench initiator (one row per block size: BlkSize, Batch, BW (GB/s), [Avg
+Inst GB/s,] Avg Lat, Avg Tx, P99 Tx, P999 Tx, in us). impl is `adapter` (this project's adapter and
 plugin) or `upstream` (Mooncake's own C++ FlagCX transport); mode is the
 software provider's `copy` mode, its modeled `nic`, or `real` FlagCX.
 
@@ -37,7 +37,10 @@ def load(abdir):
                 parts = line.split()
                 if len(parts) < 7 or not parts[0].isdigit():
                     continue
-                row = dict(zip(FIELDS, map(float, parts[2:7])))
+                # BW is the 3rd column; newer tebench builds (PR #3522) add
+                # an "Avg Inst GB/s" column after it, so the rest is read
+                # from the end: Avg Lat, Avg Tx, P99 Tx, P999 Tx.
+                row = dict(zip(FIELDS, map(float, [parts[2]] + parts[-4:])))
                 key = (m["mode"], m["op"], int(parts[0]), m["impl"])
                 runs[key][int(m["round"])] = row
     return runs

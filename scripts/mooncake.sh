@@ -355,7 +355,8 @@ run_tebench() {
   return $rc
 }
 
-# Rows of a tebench table: "<block> <batch> <GB/s> <avg lat> <avg tx> <p99> <p999>".
+# Rows of a tebench table: "<block> <batch> <GB/s> [<inst GB/s>] <avg lat>
+# <avg tx> <p99> <p999>".
 rows() { awk '$1 ~ /^[0-9]+$/ && NF >= 7 {print}' "$1"; }
 
 logs=$work/logs
@@ -388,7 +389,8 @@ if [ "$failed" != 0 ]; then
   echo "the loopback check FAILED" >&2
   exit 1
 fi
-rows "$logs/check-p2p.out" | awk 'BEGIN{print "block      GB/s   avg tx us  (write+read pairs, P2PHANDSHAKE)"} {printf "%-9s %7.3f %9s\n", $1, $3, $5}'
+# (Avg Tx is the third column from the end in both tebench versions.)
+rows "$logs/check-p2p.out" | awk 'BEGIN{print "block      GB/s   avg tx us  (write+read pairs, P2PHANDSHAKE)"} {printf "%-9s %7.3f %9s\n", $1, $3, $(NF-2)}'
 cleanup
 
 # ---- --ab: the adapter vs upstream's transport ------------------------------------
