@@ -1,6 +1,7 @@
 //! Generates the C header `include/mooncake_flagcx.h` with cbindgen (the
-//! committed copy must match: CI regenerates and diffs it), and points the
-//! cdylib's rpath at the libflagcx.so that flagcx-sys linked.
+//! committed copy must match: CI regenerates and diffs it), gives the cdylib
+//! its SONAME (`libmooncake_flagcx.so.<ABI major>`) and points its rpath at
+//! the libflagcx.so that flagcx-sys linked.
 
 use std::env;
 use std::path::PathBuf;
@@ -19,9 +20,55 @@ fn main() {
         .expect("cbindgen could not generate the header")
         .write_to_file(root.join("include/mooncake_flagcx.h"));
 
-    // libflagcx.so sits next to the cdylib (target/<profile>/) for the
-    // software provider, or in $FLAGCX_HOME/lib: look in both.
-    if let Ok(dir) = env::var("DEP_FLAGCX_LIB_DIR") {
-        println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN:{dir}");
+    // The SONAME carries the ABI major version, so a program linked against
+    // this library records `libmooncake_flagcx.so.1` and a future ABI v2
+    // library can be installed beside it. The build tree gets the matching
+    // link (target/<profile>/libmooncake_flagcx.so.1 -> libmooncake_flagcx.so)
+    // so programs linked against target/<profile>/ run from there too;
+    // scripts/install.sh installs the real file under that name.
+    let abi_major = abi_version(&root.join("src/ffi.rs"));
+    let soname = format!("libmooncake_flagcx.so.{abi_major}");
+    println!("cargo:rustc-link-arg-cdylib=-Wl,-soname,{soname}");
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap());
+    if let Some(profile_dir) = out.ancestors().nth(3) {
+        let link = profile_dir.join(&soname);
+        if std::fs::read_link(&link).is_err() {
+            let _ = std::fs::remove_file(&link);
+            let _ = std::os::unix::fs::symlink("libmooncake_flagcx.so", &link);
+        }
     }
+
+    // The cdylib's rpath. With the software provider, libflagcx.so is copied
+    // next to the cdylib (target/<profile>/) and installed next to it, so
+    // `$ORIGIN` alone finds it and no build-tree path ends up in an installed
+    // file. With a real FlagCX (FLAGCX_HOME), its lib/ directory is added.
+    // This package's tests and examples also get flagcx-sys's
+    // library directory (they run from target/<profile>/deps/ and friends).
+    println!("cargo:rerun-if-env-changed=FLAGCX_HOME");
+    if let Ok(dir) = env::var("DEP_FLAGCX_LIB_DIR") {
+        let cdylib_rpath = if env::var_os("FLAGCX_HOME").is_some() {
+            format!("$ORIGIN:{dir}")
+        } else {
+            "$ORIGIN".to_string()
+        };
+        println!("cargo:rustc-link-arg-cdylib=-Wl,-rpath,{cdylib_rpath}");
+        for kind in ["tests", "examples"] {
+            println!("cargo:rustc-link-arg-{kind}=-Wl,-rpath,$ORIGIN:{dir}");
+        }
+    }
+}
+
+/// `MCFX_ABI_VERSION` as src/ffi.rs defines it (`pub const MCFX_ABI_VERSION: u32 = N;`).
+fn abi_version(ffi: &std::path::Path) -> u32 {
+    let text = std::fs::read_to_string(ffi).expect("src/ffi.rs");
+    text.lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("pub const MCFX_ABI_VERSION: u32 = ")?
+                .strip_suffix(';')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .expect("src/ffi.rs defines no `pub const MCFX_ABI_VERSION: u32 = N;`")
 }

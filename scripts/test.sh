@@ -73,4 +73,8 @@ cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DMCFX_SANITIZE=ON >/dev/null
 cmake --build build/asan -j"$jobs"
 ctest --test-dir build/asan --output-on-failure -j"$jobs"
 
+# ---- the installed tree (scripts/install_check.sh) ----------------------------
+log "install check: cmake --install, pkg-config + CMake consumers, readelf -d"
+scripts/install_check.sh
+
 log "all tests passed"
