@@ -26,7 +26,7 @@ fn main() {
     // link (target/<profile>/libmooncake_flagcx.so.1 -> libmooncake_flagcx.so)
     // so programs linked against target/<profile>/ run from there too;
     // scripts/install.sh installs the real file under that name.
-    let abi_major = abi_version(&root.join("src/ffi.rs"));
+    let abi_major = abi_version(&root.join("src/ffi/types.rs"));
     let soname = format!("libmooncake_flagcx.so.{abi_major}");
     println!("cargo:rustc-link-arg-cdylib=-Wl,-soname,{soname}");
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
@@ -58,9 +58,9 @@ fn main() {
     }
 }
 
-/// `MCFX_ABI_VERSION` as src/ffi.rs defines it (`pub const MCFX_ABI_VERSION: u32 = N;`).
+/// `MCFX_ABI_VERSION` as src/ffi/types.rs defines it (`pub const MCFX_ABI_VERSION: u32 = N;`).
 fn abi_version(ffi: &std::path::Path) -> u32 {
-    let text = std::fs::read_to_string(ffi).expect("src/ffi.rs");
+    let text = std::fs::read_to_string(ffi).expect("src/ffi/types.rs");
     text.lines()
         .find_map(|l| {
             l.trim()
@@ -70,5 +70,5 @@ fn abi_version(ffi: &std::path::Path) -> u32 {
                 .parse()
                 .ok()
         })
-        .expect("src/ffi.rs defines no `pub const MCFX_ABI_VERSION: u32 = N;`")
+        .expect("src/ffi/types.rs defines no `pub const MCFX_ABI_VERSION: u32 = N;`")
 }

@@ -462,7 +462,7 @@ int FlagCxTransport::createPluginTransport() {
     }
     engine_ = engine;
 
-    char endpoint[256];
+    char endpoint[MCFX_MAX_ENDPOINT_LEN + 1];
     size_t len = 0;
     const mcfx_status ep =
         api_->local_endpoint(engine_, endpoint, sizeof(endpoint), &len);
