@@ -19,19 +19,8 @@ root=$PWD
 log() { printf '\n== %s\n' "$*"; }
 fail() { printf 'install check: %s\n' "$*" >&2; exit 1; }
 
-need_pkgs=()
-command -v cc >/dev/null || need_pkgs+=(gcc)
-command -v cmake >/dev/null || need_pkgs+=(cmake)
-command -v make >/dev/null || need_pkgs+=(make)
-command -v readelf >/dev/null || need_pkgs+=(binutils)
-command -v pkg-config >/dev/null || need_pkgs+=(pkg-config)
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-  log "installing ${need_pkgs[*]}"
-  sudo_cmd=""
-  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_pkgs[@]}"
-fi
+. "$root/scripts/lib/need.sh"
+need_pkgs cc:gcc cmake make readelf:binutils pkg-config
 
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/mcfx-install-check.XXXXXX")

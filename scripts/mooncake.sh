@@ -123,13 +123,8 @@ have_hdr libunwind.h || need+=(libunwind-dev)
 if [ "$ab" = 1 ]; then
   "$py" -c 'import matplotlib' 2>/dev/null || need+=(python3-matplotlib)
 fi
-if [ ${#need[@]} -gt 0 ]; then
-  log "installing ${need[*]}"
-  sudo_cmd=""
-  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}"
-fi
+. "$root/scripts/lib/need.sh"
+apt_install "${need[@]}"
 
 # ---- submodules: pybind11 and yalantinglibs ---------------------------------------
 pinned() { # the commit the checkout pins a submodule at, when it is a git clone

@@ -19,10 +19,17 @@ need_pkgs() {
     esac
     missing+=("$pkg")
   done
-  [ ${#missing[@]} -gt 0 ] || return 0
-  printf '== installing %s\n' "${missing[*]}"
+  apt_install "${missing[@]}"
+}
+
+# apt_install PACKAGE ...: installs the packages (none: does nothing) with
+# one apt-get call, as root or through sudo. For scripts whose checks
+# need_pkgs cannot express (scripts/mooncake.sh).
+apt_install() {
+  [ $# -gt 0 ] || return 0
+  printf '== installing %s\n' "$*"
   local sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "$@" >/dev/null
 }
