@@ -72,7 +72,21 @@ fn readme_quotes_the_c_example_verbatim() {
 
 #[test]
 fn readme_c_example_builds_and_runs() {
-    let lib_dir = cdylib_dir();
+    // The program records the SONAME, libmooncake_flagcx.so.1; cargo names
+    // its output libmooncake_flagcx.so and makes no .so.1 link in deps/. A
+    // private directory holds that link to the cdylib this test run built,
+    // so the program runs against it and not a stale copy elsewhere (its
+    // libflagcx.so, which the cdylib finds through its $ORIGIN rpath, is
+    // linked in beside it).
+    let cdylib = cdylib_dir().join("libmooncake_flagcx.so");
+    let lib_dir = std::env::temp_dir().join(format!("mcfx-readme-lib-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&lib_dir);
+    std::fs::create_dir_all(&lib_dir).unwrap();
+    for name in ["libmooncake_flagcx.so", "libmooncake_flagcx.so.1"] {
+        std::os::unix::fs::symlink(&cdylib, lib_dir.join(name)).unwrap();
+    }
+    let flagcx = profile_dir().join("libflagcx.so");
+    std::os::unix::fs::symlink(flagcx, lib_dir.join("libflagcx.so")).unwrap();
     let exe = std::env::temp_dir().join(format!("mcfx-readme-example-{}", std::process::id()));
     run(Command::new("cc")
         .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-I"])
@@ -86,4 +100,5 @@ fn readme_c_example_builds_and_runs() {
     let out = run(&mut Command::new(&exe));
     assert!(out.contains("write: success, data intact"), "{out}");
     let _ = std::fs::remove_file(Path::new(&exe));
+    let _ = std::fs::remove_dir_all(&lib_dir);
 }
