@@ -5,8 +5,8 @@
 //!    peer: ready peers' ops are grouped by (peer, opcode), others wait for
 //!    their connection;
 //! 2. applies finished connects (waiting ops join the groups, or fail);
-//! 3. submits one FlagCX vector call per group (ops longer than
-//!    `max_slice_bytes` become several entries of the same call);
+//! 3. submits each group as FlagCX vector calls of up to `IOVS_PER_CALL`
+//!    entries (ops longer than `max_slice_bytes` become several entries);
 //! 4. polls every in-flight transfer once; finished ones complete their ops;
 //! 5. expires ops past their deadline.
 //!
@@ -42,11 +42,23 @@ use crate::peers::{ConnectKind, ConnectResult, PeerTable};
 use crate::shared::Shared;
 use crate::stats::Stats;
 
-/// Entries per FlagCX vector call: FlagCX applies backpressure at about 1024
-/// outstanding slices, so one call stays well below that.
-const MAX_IOVS_PER_CALL: usize = 256;
+/// Entries per FlagCX vector call at most. Small on purpose: the first
+/// call of a batch of 64 goes out (and the link starts) after an eighth of
+/// its descriptors, later calls follow while it moves, and the early
+/// calls' completions are handled while the last ones are still on the link;
+/// with one call per batch, posting, the link and completing ran one after
+/// another. Matches `transport::SUBMIT_CHUNK`. (FlagCX also applies
+/// backpressure at about 1024 outstanding slices per connection.)
+const IOVS_PER_CALL: usize = 8;
 /// How often ops waiting for a connection are checked against deadlines.
 const WAIT_SCAN_PERIOD: Duration = Duration::from_millis(1);
+/// How long the thread keeps polling in-flight transfers without sleeping
+/// (as a NIC's progress engine does): a transfer's end is noticed at once,
+/// and a thread that never leaves its core is not queued behind a busy one
+/// when it would be woken (on a VM whose scheduler packs woken threads onto
+/// busy vCPUs that cost milliseconds). Longer transfers are polled between
+/// naps (see `sleep`).
+const INFLIGHT_SPIN: Duration = Duration::from_millis(1);
 /// Longest sleep while transfers are in flight but not finishing.
 const MAX_INFLIGHT_NAP: Duration = Duration::from_millis(1);
 /// Shortest of those sleeps (shorter ones cost more in the wake-up than
@@ -114,7 +126,7 @@ pub(crate) struct Progress {
     /// reported finished (`None`) is dropped at the end of the poll.
     zombies: Vec<(Arc<Conn>, Option<TransferId>)>,
     /// Entries of the FlagCX call being built; empty between calls (`submit`
-    /// clears it), at most `MAX_IOVS_PER_CALL`.
+    /// clears it), at most `IOVS_PER_CALL`.
     iovs: Vec<Iov>,
     /// The ops of the FlagCX call being built (those of `iovs`); empty
     /// between calls.
@@ -159,8 +171,8 @@ impl Progress {
             inflight: Vec::with_capacity(64),
             spare: Vec::with_capacity(64),
             zombies: Vec::new(),
-            iovs: Vec::with_capacity(MAX_IOVS_PER_CALL),
-            members: Vec::with_capacity(MAX_IOVS_PER_CALL),
+            iovs: Vec::with_capacity(IOVS_PER_CALL),
+            members: Vec::with_capacity(IOVS_PER_CALL),
             scratch: Vec::new(),
             results: Vec::new(),
             waiting: 0,
@@ -197,7 +209,9 @@ impl Progress {
             }
             let since = *idle_since.get_or_insert_with(Instant::now);
             let idle = since.elapsed();
-            if idle < self.shared.config.spin_grace {
+            if idle < self.shared.config.spin_grace
+                || (!self.inflight.is_empty() && idle < INFLIGHT_SPIN)
+            {
                 continue;
             }
             self.sleep(idle);
@@ -453,7 +467,7 @@ impl Progress {
                     continue;
                 }
                 self.members.push(idx);
-                if self.iovs.len() >= MAX_IOVS_PER_CALL {
+                if self.iovs.len() >= IOVS_PER_CALL {
                     self.submit(Arc::clone(&conn), opcode);
                 }
             }

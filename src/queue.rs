@@ -3,9 +3,9 @@
 //! Invariants:
 //! - capacity is fixed at creation; a push never allocates (`ring::Ring`, a
 //!   preallocated ring of slots with per-slot stamps);
-//! - a submit call reserves all the slots it needs with one CAS and
-//!   publishes them together, so the progress thread sees a batch whole or
-//!   not at all (one FlagCX call for it);
+//! - a push reserves all the slots it needs with one CAS and publishes them
+//!   together, so the progress thread sees a push whole or not at all (a
+//!   submit call pushes its ops in chunks, see `Transport::submit`);
 //! - only the progress thread pops;
 //! - admission ([`Gate`], the transport's one shutdown flag): a submitter
 //!   is admitted only while the gate is open; once `close` returns no op can

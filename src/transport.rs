@@ -20,6 +20,15 @@ pub use crate::peers::ResolverFn;
 pub use crate::shared::CompletionFn;
 use crate::stats::{Snapshot, Stats};
 
+/// Ops a submit call checks and publishes at a time (see `submit`): small
+/// enough that the progress thread starts on a batch within a fraction of a
+/// microsecond, large enough that the per-chunk CAS and fence stay a small
+/// part of the per-op work. On the modeled 200 Gb/s NIC, batches of 64 x
+/// 4 KiB ran at 3.3 M ops/s with chunks of 32, 3.8 M with 16 and 4.0 M with 8
+/// (raw FlagCX: 4.2 M). Matches the progress thread's
+/// `IOVS_PER_CALL`, so a chunk becomes one FlagCX call.
+pub(crate) const SUBMIT_CHUNK: usize = 8;
+
 pub struct Transport {
     shared: Arc<Shared>,
     threads: Mutex<Threads>,
@@ -150,32 +159,85 @@ impl Transport {
     /// deadline is `op_timeout` after this call (one coarse clock read per
     /// call, see `CoarseTime`).
     ///
+    /// The ops go out in chunks of [`SUBMIT_CHUNK`]: each chunk is checked,
+    /// then reserved and published with one CAS, so the progress thread
+    /// starts on the first chunk (and FlagCX, on the link) while this call
+    /// is still checking the next one.
+    ///
     /// Hot path: per op a range check against the region of the op before (a
     /// binary search only when it differs) and a slot write; one atomic add
-    /// per run of ops on one region; per call one lock-free table load, one
-    /// coarse clock read, one queue reservation (a CAS), one wake check (a
-    /// fence and a load) and one counter update.
+    /// per run of ops on one region in a chunk; per chunk one queue
+    /// reservation (a CAS) and one wake check (a fence and a load); per call
+    /// one lock-free table load, one coarse clock read and the counters.
     pub fn submit<T: OpSource>(&self, reqs: &[T], accepted: &mut usize) -> Result<()> {
         *accepted = 0;
         let Some(admission) = self.shared.queue.enter() else {
             return fail(Status::MCFX_E_SHUTTING_DOWN, "submit: transport is shutting down");
         };
+        let mut view = self.shared.registry.view();
+        let deadline = CoarseTime::now().plus_ns(self.deadline_after_ns);
+        let wait = self.shared.config.submit_wait;
+        // The checked ops of the current chunk, decoded once.
+        let mut staged = [const { None }; SUBMIT_CHUNK];
+        let mut done = 0;
+        while done < reqs.len() {
+            let chunk = &reqs[done..reqs.len().min(done + SUBMIT_CHUNK)];
+            let (n, bad) = self.check_chunk(&mut view, chunk, done, &mut staged);
+            if n > 0 {
+                // Counted before any op is published (the progress thread may
+                // complete it at once); the ops not queued are taken back.
+                Stats::add(&self.shared.stats.callers.submitted, n as u64);
+                let pushed = self.shared.queue.push_batch(&admission, n, wait, |i| {
+                    let (req, region) = staged[i].take().expect("staged above");
+                    Op { req, region, deadline }
+                });
+                done += pushed;
+                *accepted = done;
+                if pushed > 0 && self.shared.queue.notify() {
+                    Stats::add(&self.shared.stats.callers.wakeups, 1);
+                }
+                if pushed < n {
+                    self.unhold_staged(&mut staged[pushed..n]);
+                    Stats::sub(&self.shared.stats.callers.submitted, (n - pushed) as u64);
+                    Stats::add(&self.shared.stats.callers.queue_full, 1);
+                    return fail(
+                        Status::MCFX_E_QUEUE_FULL,
+                        format!(
+                            "submit: queue of {} is full; {done} of {} ops queued",
+                            self.shared.config.queue_capacity,
+                            reqs.len()
+                        ),
+                    );
+                }
+            }
+            if let Some(e) = bad {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks `chunk` (ops `base..` of the call) up to its first bad op,
+    /// stages the good prefix in `staged` and takes its holds, one atomic add
+    /// per run of consecutive ops on one region. Holds precede the pushes: an
+    /// op in the queue always holds its region. Returns the prefix's length
+    /// and the first bad op's error, if any.
+    fn check_chunk<T: OpSource>(
+        &self,
+        view: &mut View,
+        chunk: &[T],
+        base: usize,
+        staged: &mut [Option<(OpRequest, RegionRef)>; SUBMIT_CHUNK],
+    ) -> (usize, Option<Error>) {
         let registry = &self.shared.registry;
-        let mut view = registry.view();
-        let at = |i: usize| move |e: Error| Error::new(e.status, format!("op {i}: {}", e.message));
-        // Pass 1: check the ops up to the first bad one and take the holds of
-        // the good prefix before it, one atomic add per run of consecutive
-        // ops on one region. Holds precede the pushes: an op in the queue
-        // always holds its region.
+        let at = |i: usize| {
+            move |e: Error| Error::new(e.status, format!("op {}: {}", base + i, e.message))
+        };
         // The current run: (its region, its first op).
         let mut run: Option<(RegionRef, usize)> = None;
-        // Op 0 as decoded here: pass 2 need not decode it again (a single-op
-        // submit decodes once).
-        let mut op0 = None;
-        // The first bad op and its error; `reqs[..n]` is the good prefix.
-        let mut bad: Option<Error> = None;
-        let mut n = reqs.len();
-        for (i, r) in reqs.iter().enumerate() {
+        let mut n = chunk.len();
+        let mut bad = None;
+        for (i, r) in chunk.iter().enumerate() {
             let checked = r.request().and_then(|r| {
                 validate(&r)?;
                 view.find(r.local, r.len as usize)
@@ -184,9 +246,7 @@ impl Transport {
             });
             let region = match checked {
                 Ok((r, region)) => {
-                    if i == 0 {
-                        op0 = Some((r, region));
-                    }
+                    staged[i] = Some((r, region));
                     region
                 }
                 Err(e) => {
@@ -201,8 +261,8 @@ impl Transport {
                         if !registry.hold(r, (i - first) as u64) {
                             // Unregistered meanwhile: the run's first op is
                             // the bad one.
-                            let e = at(first)(self.not_registered_op(&reqs[first]));
-                            (n, bad, run) = (first, Some(e), None);
+                            (n, bad, run) =
+                                (first, Some(at(first)(self.unregistered(&staged[first]))), None);
                             break;
                         }
                     }
@@ -212,64 +272,31 @@ impl Transport {
         }
         if let Some((r, first)) = run {
             if !registry.hold(r, (n - first) as u64) {
-                (n, bad) = (first, Some(at(first)(self.not_registered_op(&reqs[first]))));
+                (n, bad) = (first, Some(at(first)(self.unregistered(&staged[first]))));
             }
         }
-        let result = bad.map_or(Ok(()), Err);
-        if n == 0 {
-            return result;
+        // Staged ops past the prefix (checked, but behind a run that lost its
+        // region) take no hold and are not queued.
+        for s in &mut staged[n..chunk.len()] {
+            *s = None;
         }
-        // Pass 2: queue the prefix (one reservation, published together). The
-        // view is the same snapshot, so every op finds the region it holds.
-        let wait = self.shared.config.submit_wait;
-        let deadline = CoarseTime::now().plus_ns(self.deadline_after_ns);
-        // Counted before any op is published (the progress thread may
-        // complete it at once); the ops not queued are taken back below.
-        Stats::add(&self.shared.stats.callers.submitted, n as u64);
-        let pushed = self.shared.queue.push_batch(&admission, n, wait, |i| {
-            if i == 0 {
-                if let Some((req, region)) = op0.take() {
-                    return Op { req, region, deadline };
-                }
-            }
-            let req = reqs[i].request().expect("decoded above");
-            let region = view.find(req.local, req.len as usize).expect("found above");
-            Op { req, region, deadline }
-        });
-        *accepted = pushed;
-        if pushed > 0 && self.shared.queue.notify() {
-            Stats::add(&self.shared.stats.callers.wakeups, 1);
-        }
-        if pushed < n {
-            self.unhold_ops(&mut view, &reqs[pushed..n]);
-            Stats::sub(&self.shared.stats.callers.submitted, (n - pushed) as u64);
-            Stats::add(&self.shared.stats.callers.queue_full, 1);
-            return fail(
-                Status::MCFX_E_QUEUE_FULL,
-                format!(
-                    "submit: queue of {} is full; {pushed} of {} ops queued",
-                    self.shared.config.queue_capacity,
-                    reqs.len()
-                ),
-            );
-        }
-        result
+        (n, bad)
     }
 
-    /// Gives back the holds pass 1 took for `ops` (which all decoded and
-    /// were found in `view`). Cold: a partly queued submit.
+    /// Gives back the holds `check_chunk` took for staged ops that were not
+    /// queued. Cold: a partly queued submit.
     #[cold]
-    fn unhold_ops<T: OpSource>(&self, view: &mut View, ops: &[T]) {
-        for r in ops {
-            let r = r.request().expect("decoded above");
-            let region = view.find(r.local, r.len as usize).expect("found above");
-            self.shared.registry.unhold(region, 1);
+    fn unhold_staged(&self, staged: &mut [Option<(OpRequest, RegionRef)>]) {
+        for s in staged {
+            if let Some((_, region)) = s.take() {
+                self.shared.registry.unhold(region, 1);
+            }
         }
     }
 
     #[cold]
-    fn not_registered_op<T: OpSource>(&self, op: &T) -> Error {
-        let r = op.request().expect("decoded above");
+    fn unregistered(&self, staged: &Option<(OpRequest, RegionRef)>) -> Error {
+        let (r, _) = staged.as_ref().expect("staged");
         not_registered(r.local, r.len as usize)
     }
 

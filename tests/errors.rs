@@ -242,6 +242,44 @@ fn the_deadline_counts_from_submit_through_queue_connection_and_flagcx() {
 }
 
 #[test]
+fn a_bad_op_deep_in_a_long_submit_stops_it_there_whichever_chunk_it_is_in() {
+    // A submit checks and publishes its ops a few at a time: the prefix
+    // rule must hold at every position, on a chunk's first op, its last and
+    // in between, and for a batch that ends early or exactly on a boundary.
+    let _g = serial();
+    let p = Pair::new(8192);
+    let bad = mcfx_op { reserved: 1, ..p.write(16, 0) };
+    let mut ud = 0u64;
+    let mut queued = 0usize;
+    for len in [1usize, 7, 8, 9, 16, 17, 40] {
+        for at in 0..len {
+            let ops: Vec<mcfx_op> =
+                (0..len).map(|i| if i == at { bad } else { p.write(16, ud + i as u64) }).collect();
+            let (st, accepted) = p.a.submit(&ops);
+            assert_eq!((st, accepted), (MCFX_E_INVALID_ARGUMENT, at), "len {len}, bad op {at}");
+            let msg = last_error();
+            assert!(msg.contains(&format!("op {at}")), "message {msg:?} should name op {at}");
+            for i in 0..at {
+                assert_eq!(p.a.done.wait_one(ud + i as u64, LIMIT), OK, "len {len}, op {i}");
+            }
+            queued += at;
+            ud += len as u64;
+        }
+        // And the same length with no bad op: all of it goes.
+        let ops: Vec<mcfx_op> = (0..len).map(|i| p.write(16, ud + i as u64)).collect();
+        assert_eq!(p.a.submit(&ops), (OK, len), "len {len}");
+        p.a.done.wait_for(queued + len, LIMIT);
+        queued += len;
+        ud += len as u64;
+    }
+    // Every queued op completed once; no op after a bad one ever did.
+    assert_eq!(p.a.done.exactly_once().get(&OK), Some(&queued));
+    assert_eq!(p.a.done.count(), queued, "an op after a bad one completed");
+    assert_eq!(p.a.stats().submitted, queued as u64);
+    assert_no_violations();
+}
+
+#[test]
 fn a_full_queue_reports_how_many_ops_were_accepted() {
     let _g = serial();
     // A burst far larger than a tiny queue: the progress thread cannot drain
@@ -253,6 +291,10 @@ fn a_full_queue_reports_how_many_ops_were_accepted() {
     assert!(accepted >= 8 && accepted < ops.len(), "accepted {accepted}");
     p.a.done.wait_for(accepted, LIMIT);
     assert!(p.a.stats().queue_full >= 1);
+    // The ops checked but not queued gave their region holds back: with every
+    // accepted op complete, the region is free to unregister.
+    // SAFETY: a registered address of this transport.
+    assert_eq!(unsafe { mcfx_unregister(p.a.t, p.src.addr() as _) }, OK, "a hold leaked");
     // Destroy delivers every completion still due: after it, none can come.
     assert_eq!(p.a.destroy(), OK);
     assert_eq!(p.a.done.count(), accepted, "only accepted ops complete");
