@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::thread::{JoinHandle, ThreadId};
 
+use arrayvec::ArrayVec;
 use parking_lot::Mutex;
 
 use crate::config::Config;
@@ -28,6 +29,9 @@ use crate::stats::{Snapshot, Stats};
 /// (raw FlagCX: 4.2 M). Matches the progress thread's
 /// `IOVS_PER_CALL`, so a chunk becomes one FlagCX call.
 pub(crate) const SUBMIT_CHUNK: usize = 8;
+
+/// A chunk's checked ops with the regions they hold, until they are queued.
+type Staged = ArrayVec<(OpRequest, RegionRef), SUBMIT_CHUNK>;
 
 pub struct Transport {
     shared: Arc<Shared>,
@@ -178,7 +182,7 @@ impl Transport {
         let deadline = CoarseTime::now().plus_ns(self.deadline_after_ns);
         let wait = self.shared.config.submit_wait;
         // The checked ops of the current chunk, decoded once.
-        let mut staged = [const { None }; SUBMIT_CHUNK];
+        let mut staged = Staged::new();
         let mut done = 0;
         while done < reqs.len() {
             let chunk = &reqs[done..reqs.len().min(done + SUBMIT_CHUNK)];
@@ -187,8 +191,9 @@ impl Transport {
                 // Counted before any op is published (the progress thread may
                 // complete it at once); the ops not queued are taken back.
                 Stats::add(&self.shared.stats.callers.submitted, n as u64);
-                let pushed = self.shared.queue.push_batch(&admission, n, wait, |i| {
-                    let (req, region) = staged[i].take().expect("staged above");
+                let mut ops = staged.drain(..);
+                let pushed = self.shared.queue.push_batch(&admission, n, wait, |_| {
+                    let (req, region) = ops.next().expect("staged above");
                     Op { req, region, deadline }
                 });
                 done += pushed;
@@ -197,7 +202,7 @@ impl Transport {
                     Stats::add(&self.shared.stats.callers.wakeups, 1);
                 }
                 if pushed < n {
-                    self.unhold_staged(&mut staged[pushed..n]);
+                    self.unhold_staged(ops);
                     Stats::sub(&self.shared.stats.callers.submitted, (n - pushed) as u64);
                     Stats::add(&self.shared.stats.callers.queue_full, 1);
                     return fail(
@@ -227,7 +232,7 @@ impl Transport {
         view: &mut View,
         chunk: &[T],
         base: usize,
-        staged: &mut [Option<(OpRequest, RegionRef)>; SUBMIT_CHUNK],
+        staged: &mut Staged,
     ) -> (usize, Option<Error>) {
         let registry = &self.shared.registry;
         let at = |i: usize| {
@@ -246,7 +251,7 @@ impl Transport {
             });
             let region = match checked {
                 Ok((r, region)) => {
-                    staged[i] = Some((r, region));
+                    staged.push((r, region));
                     region
                 }
                 Err(e) => {
@@ -276,27 +281,22 @@ impl Transport {
             }
         }
         // Staged ops past the prefix (checked, but behind a run that lost its
-        // region) take no hold and are not queued.
-        for s in &mut staged[n..chunk.len()] {
-            *s = None;
-        }
+        // region) took no hold and are not queued.
+        staged.truncate(n);
         (n, bad)
     }
 
     /// Gives back the holds `check_chunk` took for staged ops that were not
     /// queued. Cold: a partly queued submit.
     #[cold]
-    fn unhold_staged(&self, staged: &mut [Option<(OpRequest, RegionRef)>]) {
-        for s in staged {
-            if let Some((_, region)) = s.take() {
-                self.shared.registry.unhold(region, 1);
-            }
+    fn unhold_staged(&self, ops: impl Iterator<Item = (OpRequest, RegionRef)>) {
+        for (_, region) in ops {
+            self.shared.registry.unhold(region, 1);
         }
     }
 
     #[cold]
-    fn unregistered(&self, staged: &Option<(OpRequest, RegionRef)>) -> Error {
-        let (r, _) = staged.as_ref().expect("staged");
+    fn unregistered(&self, (r, _): &(OpRequest, RegionRef)) -> Error {
         not_registered(r.local, r.len as usize)
     }
 
