@@ -3,12 +3,14 @@
 //! transport's own cost per op without the A/B bench around it.
 //!
 //! Usage: `cargo run --release --example hotpath -- [--batch B] [--size S]
-//! [--batches N] [--grace-us G] [--ffi]` (defaults 64, 4096, 20000, the
-//! config's spin grace; `--grace-us 0` keeps idle spinning out of a callgrind
-//! count; `--ffi` submits through the C ABI's `mcfx_submit` with `mcfx_op`s
-//! instead of `Transport::submit` with `OpRequest`s). Prints one line: ops/s, FlagCX
-//! vector calls per batch (1.0: the progress thread took each batch whole)
-//! and wake-ups. `FLAGCX_SW_LATENCY_NS` works as usual.
+//! [--batches N] [--grace-us G] [--ffi] [--gap-us P]` (defaults 64, 4096,
+//! 20000, the config's spin grace; `--grace-us 0` keeps idle spinning out of
+//! a callgrind count; `--ffi` submits through the C ABI's `mcfx_submit` with
+//! `mcfx_op`s instead of `Transport::submit` with `OpRequest`s; `--gap-us P`
+//! sleeps P us before each batch, the bursty case where an op may find the
+//! progress thread parked, and adds a line with the batches' latencies).
+//! Prints one line: ops/s, FlagCX vector calls per batch and wake-ups.
+//! `FLAGCX_SW_LATENCY_NS` works as usual.
 
 use std::sync::atomic::{AtomicU64, Ordering::Acquire, Ordering::Release};
 use std::sync::Arc;
@@ -156,10 +158,20 @@ fn main() {
             (s.flagcx_transfers, s.wakeups)
         }
     };
-    let run = |n: u64| {
+    // --gap-us G: sleep G us between batches (past the spin grace, the
+    // progress thread parks, so every batch wakes it) and report the
+    // latency of each batch, submit to last completion, waited for by pure
+    // spinning as a caller polling its transfer status would.
+    let gap = Duration::from_micros(arg("--gap-us", 0));
+    let mut lat: Vec<u64> = Vec::new();
+    let mut run = |n: u64| {
         let t0 = Instant::now();
         let mut sent = done.load(Acquire);
         for _ in 0..n {
+            if !gap.is_zero() {
+                std::thread::sleep(gap);
+            }
+            let t_submit = Instant::now();
             let mut accepted = 0;
             match &init {
                 Init::Rust(t) => t.submit(&ops, &mut accepted).expect("submit"),
@@ -174,11 +186,16 @@ fn main() {
             let mut spins = 0u64;
             while done.load(Acquire) < sent {
                 spins += 1;
-                if spins > 100_000 {
+                if spins > 100_000
+                    && (gap.is_zero() || t_submit.elapsed() > Duration::from_millis(50))
+                {
                     std::thread::yield_now();
                 } else {
                     std::hint::spin_loop();
                 }
+            }
+            if !gap.is_zero() {
+                lat.push(t_submit.elapsed().as_nanos() as u64);
             }
         }
         t0.elapsed()
@@ -195,6 +212,18 @@ fn main() {
         (after.0 - before.0) as f64 / batches as f64,
         (after.1 - before.1) as f64 / batches as f64,
     );
+    if !lat.is_empty() {
+        lat.sort_unstable();
+        let q = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize] as f64 / 1e3;
+        println!(
+            "hotpath: gap={}us batch latency p50={:.1}us p90={:.1}us p99={:.1}us max={:.1}us",
+            gap.as_micros(),
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            q(1.0)
+        );
+    }
     match init {
         Init::Rust(t) => drop(t),
         // SAFETY: the live handle, destroyed once.

@@ -42,7 +42,12 @@ pub(crate) const DEFAULT_QUEUE_CAPACITY: usize = 4096;
 pub(crate) const MAX_QUEUE_CAPACITY: usize = 1 << 20;
 pub(crate) const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-pub(crate) const DEFAULT_SPIN_GRACE: Duration = Duration::from_micros(50);
+/// Long enough that an op arriving within a millisecond of the last one finds
+/// the progress thread awake: waking a parked thread cost 60 us at p50 on
+/// the 2-vCPU VMs this was measured on (the idle vCPU halts; examples/hotpath
+/// `--gap-us 200`: 62 us per op with a 50 us grace, 1.6-3 us with 1 ms).
+/// An idle transport still parks within a millisecond.
+pub(crate) const DEFAULT_SPIN_GRACE: Duration = Duration::from_millis(1);
 pub(crate) const DEFAULT_MAX_BATCH: usize = 256;
 /// FlagCX cuts entries into 1 GiB slices itself; matching it keeps one of our
 /// pieces per FlagCX slice. Descriptors carry a u32 size, so 4 GiB - 1 is the

@@ -143,7 +143,7 @@ fn config_init_writes_the_real_defaults_and_only_into_the_callers_struct() {
     assert_eq!(c.submit_wait_us, 0);
     assert_eq!(c.op_timeout_ms, 30_000);
     assert_eq!(c.connect_timeout_ms, 10_000);
-    assert_eq!(c.spin_grace_us, 50);
+    assert_eq!(c.spin_grace_us, 1000);
     assert_eq!(c.max_batch, 256);
     assert_eq!(c.max_slice_bytes, 1 << 30);
     assert_eq!(c.connect_threads, 4);

@@ -85,7 +85,7 @@ mcfx_config DefaultConfig() {
   c.submit_wait_us = 0;
   c.op_timeout_ms = 30000; // upstream's fixed deadline
   c.connect_timeout_ms = 10000;
-  c.spin_grace_us = 50;
+  c.spin_grace_us = 1000;
   c.max_batch = 256;
   c.max_slice_bytes = uint64_t(1) << 30;
   c.connect_threads = 4;

@@ -106,7 +106,8 @@ pub struct mcfx_config {
     /// at most 600000).
     pub connect_timeout_ms: u32,
     /// Microseconds the idle progress thread spins before parking
-    /// (default 50, at most 10000).
+    /// (default 1000, at most 10000). Waking a parked thread costs tens of
+    /// microseconds on many VMs; spinning costs a core while it lasts.
     pub spin_grace_us: u32,
     /// Ops taken from the queue per progress pass (default 256, at most
     /// 65536).
