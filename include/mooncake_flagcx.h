@@ -195,7 +195,8 @@ typedef struct mcfx_config {
   // at most 600000).
   uint32_t connect_timeout_ms;
   // Microseconds the idle progress thread spins before parking
-  // (default 50, at most 10000).
+  // (default 1000, at most 10000). Waking a parked thread costs tens of
+  // microseconds on many VMs; spinning costs a core while it lasts.
   uint32_t spin_grace_us;
   // Ops taken from the queue per progress pass (default 256, at most
   // 65536).
