@@ -171,8 +171,9 @@ impl Transport {
     /// Hot path: per op a range check against the region of the op before (a
     /// binary search only when it differs) and a slot write; one atomic add
     /// per run of ops on one region in a chunk; per chunk one queue
-    /// reservation (a CAS) and one wake check (a fence and a load); per call
-    /// one lock-free table load, one coarse clock read and the counters.
+    /// reservation (a CAS), one wake check (a fence and a load) and one
+    /// counter update; per call one lock-free table load and one coarse
+    /// clock read.
     pub fn submit<T: OpSource>(&self, reqs: &[T], accepted: &mut usize) -> Result<()> {
         *accepted = 0;
         let Some(admission) = self.shared.queue.enter() else {
