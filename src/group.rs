@@ -118,12 +118,14 @@ impl<P> Groups<P> {
     }
 
     /// Ends the pass: every group becomes reusable (their vectors keep their
-    /// capacity).
+    /// capacity). Every live group must have been taken and restored (which
+    /// empties its members).
     #[inline]
     pub fn clear(&mut self) {
-        for g in &mut self.groups[..self.live] {
-            g.members.clear();
-        }
+        debug_assert!(
+            self.groups[..self.live].iter().all(|g| g.members.is_empty() && g.shared.is_some()),
+            "a group was not taken and restored"
+        );
         self.live = 0;
     }
 }

@@ -115,12 +115,7 @@ impl Transfers {
     /// members. Allocates only past the high-water mark.
     fn next(&mut self) -> &mut Transfer {
         if self.live == self.all.len() {
-            self.all.push(Transfer {
-                conn: None,
-                id: None,
-                members: Vec::new(),
-                deadline: None,
-            });
+            self.all.push(Transfer { conn: None, id: None, members: Vec::new(), deadline: None });
         }
         &mut self.all[self.live]
     }
@@ -319,16 +314,27 @@ impl Progress {
         true
     }
 
-    /// Files `first` and up to `max_batch - 1` more ops from the queue.
+    /// Files `first` and up to `max_batch - 1` more ops from the queue. A
+    /// drain of one op goes straight to FlagCX when it can (`issue_alone`).
     #[inline(never)]
     fn drain(&mut self, first: Op) {
         let max = self.shared.config.max_batch;
-        let (mut op, mut n) = (first, 1);
-        // The group of the op before: the ops of a batch usually share peer
-        // and opcode, and nothing changes a peer's state during the drain,
-        // so the next op with that key goes straight to that group (no peer
-        // lookup, no group search).
-        let mut last: Option<(u64, Opcode, usize)> = None;
+        let second = if max > 1 { self.shared.queue.pop() } else { None };
+        let Some(second) = second else {
+            let idx = self.take_slot(first);
+            if !self.issue_alone(idx) {
+                self.route(idx);
+            }
+            return;
+        };
+        let (peer, opcode) = (first.req.peer, first.req.opcode);
+        let idx = self.take_slot(first);
+        let mut last = self.route_to(idx, peer, opcode).map(|g| (peer, opcode, g));
+        let (mut op, mut n) = (second, 2);
+        // `last`: the group of the op before. The ops of a batch usually
+        // share peer and opcode, and nothing changes a peer's state during
+        // the drain, so the next op with that key goes straight to that group
+        // (no peer lookup, no group search).
         loop {
             let (peer, opcode) = (op.req.peer, op.req.opcode);
             let idx = self.take_slot(op);
@@ -405,6 +411,45 @@ impl Progress {
         self.peers.entry(peer_id, &self.shared.connects).waiting.push(idx);
         self.waiting += 1;
         self.park_stamp(idx);
+    }
+
+    /// Issues a drain's only op as its own FlagCX call, without a group, when
+    /// its peer is connected and it is one piece: true when it went to
+    /// FlagCX (issued, or refused and failed). False, with nothing changed,
+    /// for the general path (`route`, then `flush_groups`), which also
+    /// handles a descriptor miss.
+    #[inline]
+    fn issue_alone(&mut self, idx: u32) -> bool {
+        let op = self.slots[idx as usize].op.as_ref().expect("live slot");
+        let (peer_id, opcode, len) = (op.req.peer, op.req.opcode, op.req.len);
+        if len == 0 || len > self.shared.config.max_slice_bytes {
+            return false;
+        }
+        let Some(peer) = self.peers.peers.get(&peer_id) else { return false };
+        let (Some(conn), false) = (&peer.conn, peer.connecting) else { return false };
+        if self.iovs.push(conn, op.region.mr, op.req.local, len as u32, op.req.remote).is_err() {
+            return false;
+        }
+        let deadline = op.deadline;
+        let t = self.inflight.next();
+        t.members.push(idx);
+        let result = match opcode {
+            Opcode::Write => conn.write_list(&mut self.iovs),
+            Opcode::Read => conn.read_list(&mut self.iovs),
+        };
+        match result {
+            Ok(id) => {
+                Stats::bump(&self.shared.stats.progress.flagcx_transfers, 1);
+                t.deadline = Some(deadline);
+                if !t.conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+                    t.conn = Some(Arc::clone(conn));
+                }
+                t.id = Some(id);
+                self.inflight.live += 1;
+            }
+            Err(e) => self.refused(opcode, e),
+        }
+        true
     }
 
     /// Stamps an op that starts waiting for a connection.
