@@ -356,6 +356,7 @@ impl Conn {
     /// A failure inside the shim (a C++ exception) is reported as pending:
     /// the caller's deadline then decides, as for any transfer that never
     /// finishes.
+    #[inline]
     pub fn poll(&self, id: TransferId) -> Poll {
         // SAFETY: live conn; `id` is owned, so no other thread polls it.
         match unsafe { ffi::fxs_poll(self.ptr.as_ptr(), id.0) } {
