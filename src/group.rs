@@ -6,14 +6,31 @@
 //! indices keep their arrival order; groups and their vectors are reused
 //! across passes (no allocation once they reached their high-water marks).
 
+use std::sync::Arc;
+
 use crate::op::Opcode;
+
+/// What a group shares (the peer's connection): cloned into a group only
+/// when it differs from what the group held in an earlier pass.
+pub trait Shared: Clone {
+    fn same(&self, other: &Self) -> bool;
+}
+
+/// Connection references: the same connection, no reference count traffic.
+impl<T> Shared for Arc<T> {
+    #[inline]
+    fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(self, other)
+    }
+}
 
 /// The ops of one (peer, opcode) in this pass, plus what they share (`P`: the
 /// peer's connection in the progress loop).
 pub struct Group<P> {
     pub peer: u64,
     pub opcode: Opcode,
-    pub shared: P,
+    /// `None` only while taken out ([`Groups::take`]).
+    pub shared: Option<P>,
     pub members: Vec<u32>,
 }
 
@@ -29,36 +46,41 @@ impl<P> Default for Groups<P> {
     }
 }
 
-impl<P> Groups<P> {
-    /// Files op `idx` under (peer, opcode); `shared` is evaluated only when
-    /// the group is new in this pass. Returns the group's index (valid until
-    /// [`Groups::clear`]) for [`Groups::push`]. Groups are few per pass
-    /// (peers x 2), so a linear search beats hashing.
-    pub fn add(
-        &mut self,
-        peer: u64,
-        opcode: Opcode,
-        shared: impl FnOnce() -> P,
-        idx: u32,
-    ) -> usize {
+impl<P: Shared> Groups<P> {
+    /// Files op `idx` under (peer, opcode); `shared` is cloned only when the
+    /// group is new in this pass and its reused slot held something else.
+    /// Returns the group's index (valid until [`Groups::clear`]) for
+    /// [`Groups::push`]. Groups are few per pass (peers x 2), so a linear
+    /// search beats hashing.
+    #[inline]
+    pub fn add(&mut self, peer: u64, opcode: Opcode, shared: &P, idx: u32) -> usize {
         let live = &mut self.groups[..self.live];
         if let Some(g) = live.iter().position(|g| g.peer == peer && g.opcode == opcode) {
             self.groups[g].members.push(idx);
             return g;
         }
         if self.live == self.groups.len() {
-            self.groups.push(Group { peer, opcode, shared: shared(), members: Vec::new() });
+            self.groups.push(Group {
+                peer,
+                opcode,
+                shared: Some(shared.clone()),
+                members: Vec::new(),
+            });
         } else {
             let g = &mut self.groups[self.live];
             g.peer = peer;
             g.opcode = opcode;
-            g.shared = shared();
+            if !g.shared.as_ref().is_some_and(|s| s.same(shared)) {
+                g.shared = Some(shared.clone());
+            }
         }
         self.groups[self.live].members.push(idx);
         self.live += 1;
         self.live - 1
     }
+}
 
+impl<P> Groups<P> {
     /// Files op `idx` under live group `g` (an index [`Groups::add`] gave
     /// in this pass, for the same peer and opcode).
     #[inline]
@@ -68,32 +90,42 @@ impl<P> Groups<P> {
     }
 
     /// Live groups in this pass.
+    #[inline]
     pub fn len(&self) -> usize {
         self.live
     }
 
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.live == 0
     }
 
-    /// Takes group `i`'s members out (to iterate while mutating the caller);
-    /// hand the vector back with [`Groups::restore`].
-    pub fn take(&mut self, i: usize) -> (u64, Opcode, &P, Vec<u32>) {
+    /// Takes group `i`'s shared value and members out (to use while
+    /// mutating the caller); hand both back with [`Groups::restore`].
+    #[inline]
+    pub fn take(&mut self, i: usize) -> (u64, Opcode, P, Vec<u32>) {
         let g = &mut self.groups[i];
-        (g.peer, g.opcode, &g.shared, std::mem::take(&mut g.members))
+        let shared = g.shared.take().expect("group taken twice");
+        (g.peer, g.opcode, shared, std::mem::take(&mut g.members))
     }
 
-    pub fn restore(&mut self, i: usize, mut members: Vec<u32>) {
+    #[inline]
+    pub fn restore(&mut self, i: usize, shared: P, mut members: Vec<u32>) {
         members.clear();
-        self.groups[i].members = members;
+        let g = &mut self.groups[i];
+        g.shared = Some(shared);
+        g.members = members;
     }
 
     /// Ends the pass: every group becomes reusable (their vectors keep their
-    /// capacity).
+    /// capacity). Every live group must have been taken and restored (which
+    /// empties its members).
+    #[inline]
     pub fn clear(&mut self) {
-        for g in &mut self.groups[..self.live] {
-            g.members.clear();
-        }
+        debug_assert!(
+            self.groups[..self.live].iter().all(|g| g.members.is_empty() && g.shared.is_some()),
+            "a group was not taken and restored"
+        );
         self.live = 0;
     }
 }
@@ -114,6 +146,12 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::HashMap;
+
+    impl Shared for u64 {
+        fn same(&self, other: &Self) -> bool {
+            self == other
+        }
+    }
 
     fn opcode(b: bool) -> Opcode {
         if b {
@@ -137,14 +175,14 @@ mod tests {
                 for (i, (peer, w)) in ops.iter().enumerate() {
                     match last {
                         Some((key, g)) if key == (*peer, *w) => groups.push(g, i as u32),
-                        _ => last = Some(((*peer, *w), groups.add(*peer, opcode(*w), || *peer * 10, i as u32))),
+                        _ => last = Some(((*peer, *w), groups.add(*peer, opcode(*w), &(*peer * 10), i as u32))),
                     }
                 }
                 let mut seen = vec![0u32; ops.len()];
                 let mut keys = HashMap::new();
                 for g in 0..groups.len() {
                     let (peer, op, shared, members) = groups.take(g);
-                    prop_assert_eq!(*shared, peer * 10);
+                    prop_assert_eq!(shared, peer * 10);
                     prop_assert!(keys.insert((peer, op), ()).is_none(), "two groups for one key");
                     prop_assert!(members.windows(2).all(|w| w[0] < w[1]), "order lost");
                     for &m in &members {
@@ -152,7 +190,7 @@ mod tests {
                         prop_assert_eq!((p, opcode(w)), (peer, op));
                         seen[m as usize] += 1;
                     }
-                    groups.restore(g, members);
+                    groups.restore(g, shared, members);
                 }
                 prop_assert!(seen.iter().all(|&n| n == 1));
                 groups.clear();

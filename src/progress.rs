@@ -26,14 +26,21 @@
 //!   empties the slot, so an op cannot complete twice;
 //! - a transfer id is polled only here and never after it reported finished
 //!   (the id is moved out and back by `Conn::poll`);
-//! - steady state allocates nothing: slots, groups, transfers and scratch
-//!   vectors are reused and only grow past their high-water marks.
+//! - steady state allocates nothing: slots, groups, transfers, the entry list
+//!   and scratch vectors are reused and only grow past their high-water marks.
+//!
+//! The common case, one op submitted alone and finished within a pass, takes
+//! no locked instruction here outside FlagCX (its region release and the
+//! counters are plain stores): the group and the transfer slot keep the
+//! connection reference of the call before and clone it only when the peer's
+//! connection changed, and transfers are finished in place (no moves between
+//! lists).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flagcx_sys::{Conn, Iov, Poll, TransferId};
+use flagcx_sys::{Conn, IovList, Poll, TransferId};
 
 use crate::error::{fail, Result, Status};
 use crate::group::{pieces, Groups};
@@ -86,14 +93,44 @@ struct Slot {
     waiting_since: Instant,
 }
 
-/// One FlagCX vector call in flight.
-#[derive(Default)]
+/// One FlagCX vector call: in flight, being built, or finished and kept for
+/// reuse (see [`Transfers`]).
 struct Transfer {
+    /// The connection of its call; kept after it finished, so the next call
+    /// on the same connection (the common case) takes no new reference. (A
+    /// connection a refresh replaced thus lives on until this transfer's next
+    /// call on another one, or the thread's end.)
     conn: Option<Arc<Conn>>,
+    /// `Some` exactly while in flight.
     id: Option<TransferId>,
+    /// Its ops (slot indices): at least one while in flight; the ops of the
+    /// call being built in the first spare transfer; empty otherwise.
     members: Vec<u32>,
-    /// The earliest deadline of its members.
+    /// The earliest deadline of its members (while in flight).
     deadline: Option<CoarseTime>,
+}
+
+/// The transfers, in place: the first `live` are in flight, the rest are
+/// spare (no id, no members) and keep their `members` capacity. A finished
+/// transfer is swapped behind the live ones instead of moved between lists.
+struct Transfers {
+    all: Vec<Transfer>,
+    live: usize,
+}
+
+impl Transfers {
+    fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// The first spare transfer: where the call being built collects its
+    /// members. Allocates only past the high-water mark.
+    fn next(&mut self) -> &mut Transfer {
+        if self.live == self.all.len() {
+            self.all.push(Transfer { conn: None, id: None, members: Vec::new(), deadline: None });
+        }
+        &mut self.all[self.live]
+    }
 }
 
 /// The progress thread's state. Owned by that thread alone (no field is
@@ -115,22 +152,18 @@ pub(crate) struct Progress {
     /// This pass's ops of connected peers, by (peer, opcode); empty between
     /// passes (`flush_groups` turns every group into FlagCX calls).
     groups: Groups<Arc<Conn>>,
-    /// FlagCX vector calls issued and not yet reported finished; each has an
-    /// id (`Some`) and at least one member.
-    inflight: Vec<Transfer>,
-    /// Finished transfers kept for reuse (no id, no members, no conn): their
-    /// `members` vectors keep their capacity.
-    spare: Vec<Transfer>,
+    /// FlagCX vector calls issued and not yet reported finished (the live
+    /// ones; each has an id and at least one member), then spare ones, the
+    /// first of which collects the call being built.
+    inflight: Transfers,
     /// Timed-out transfers whose ops already completed, still polled (so
     /// FlagCX can recycle the ids); at most `MAX_ZOMBIES`; an entry whose id
     /// reported finished (`None`) is dropped at the end of the poll.
     zombies: Vec<(Arc<Conn>, Option<TransferId>)>,
     /// Entries of the FlagCX call being built; empty between calls (`submit`
-    /// clears it), at most `IOVS_PER_CALL`.
-    iovs: Vec<Iov>,
-    /// The ops of the FlagCX call being built (those of `iovs`); empty
-    /// between calls.
-    members: Vec<u32>,
+    /// empties it), at most `IOVS_PER_CALL`. Its ops are the members of
+    /// `inflight.next()`.
+    iovs: IovList,
     /// Reused buffer for ops being moved between lists (connect results,
     /// expiry); empty between uses.
     scratch: Vec<u32>,
@@ -163,16 +196,17 @@ impl Progress {
         if slots.try_reserve_exact(cap).is_err() || free.try_reserve_exact(cap).is_err() {
             return fail(Status::MCFX_E_INTERNAL, format!("no memory for {cap} op slots"));
         }
+        let Ok(iovs) = IovList::new() else {
+            return fail(Status::MCFX_E_INTERNAL, "no memory for the FlagCX entry list");
+        };
         Ok(Progress {
             slots,
             free,
             peers: PeerTable::default(),
             groups: Groups::default(),
-            inflight: Vec::with_capacity(64),
-            spare: Vec::with_capacity(64),
+            inflight: Transfers { all: Vec::with_capacity(64), live: 0 },
             zombies: Vec::new(),
-            iovs: Vec::with_capacity(IOVS_PER_CALL),
-            members: Vec::with_capacity(IOVS_PER_CALL),
+            iovs,
             scratch: Vec::new(),
             results: Vec::new(),
             waiting: 0,
@@ -286,40 +320,68 @@ impl Progress {
 
     // ---- 1. queue -> slots -> groups or peer wait lists ----------------------
 
+    /// An idle pass ends at the first, empty, pop; the work is out of line.
+    #[inline]
     fn drain_queue(&mut self) -> bool {
-        let mut n = 0;
-        // The group of the op before: the ops of a batch usually share peer
-        // and opcode, and nothing changes a peer's state during the drain,
-        // so the next op with that key goes straight to that group (no peer
-        // lookup, no group search).
-        let mut last: Option<(u64, Opcode, usize)> = None;
-        while n < self.shared.config.max_batch {
-            let Some(op) = self.shared.queue.pop() else { break };
-            n += 1;
+        let Some(op) = self.shared.queue.pop() else { return false };
+        self.drain(op);
+        true
+    }
+
+    /// Files `first` and up to `max_batch - 1` more ops from the queue. A
+    /// drain of one op goes straight to FlagCX when it can (`issue_alone`).
+    #[inline(never)]
+    fn drain(&mut self, first: Op) {
+        let max = self.shared.config.max_batch;
+        let second = if max > 1 { self.shared.queue.pop() } else { None };
+        let Some(second) = second else {
+            let idx = self.take_slot(first);
+            if !self.issue_alone(idx) {
+                self.route(idx);
+            }
+            return;
+        };
+        let (peer, opcode) = (first.req.peer, first.req.opcode);
+        let idx = self.take_slot(first);
+        let mut last = self.route_to(idx, peer, opcode).map(|g| (peer, opcode, g));
+        let (mut op, mut n) = (second, 2);
+        // `last`: the group of the op before. The ops of a batch usually
+        // share peer and opcode, and nothing changes a peer's state during
+        // the drain, so the next op with that key goes straight to that group
+        // (no peer lookup, no group search).
+        loop {
             let (peer, opcode) = (op.req.peer, op.req.opcode);
             let idx = self.take_slot(op);
             match last {
                 Some((p, o, g)) if p == peer && o == opcode => self.groups.push(g, idx),
-                _ => last = self.route(idx).map(|g| (peer, opcode, g)),
+                _ => last = self.route_to(idx, peer, opcode).map(|g| (peer, opcode, g)),
             }
+            if n >= max {
+                break;
+            }
+            let Some(next) = self.shared.queue.pop() else { break };
+            (op, n) = (next, n + 1);
         }
-        n > 0
     }
 
     fn take_slot(&mut self, op: Op) -> u32 {
-        let slot = Slot {
-            op: Some(op),
-            refreshed: false,
-            failed_transfer: false,
-            waiting_since: self.epoch,
-        };
         match self.free.pop() {
             Some(i) => {
-                self.slots[i as usize] = slot;
+                // Field by field: `waiting_since` is stamped before it is
+                // read (`park_stamp`), so it is left as it is.
+                let slot = &mut self.slots[i as usize];
+                slot.op = Some(op);
+                slot.refreshed = false;
+                slot.failed_transfer = false;
                 i
             }
             None => {
-                self.slots.push(slot);
+                self.slots.push(Slot {
+                    op: Some(op),
+                    refreshed: false,
+                    failed_transfer: false,
+                    waiting_since: self.epoch,
+                });
                 (self.slots.len() - 1) as u32
             }
         }
@@ -332,20 +394,76 @@ impl Progress {
     /// Files an op under its peer: into a group if connected (returns the
     /// group's index), else waiting.
     fn route(&mut self, idx: u32) -> Option<usize> {
-        let (peer_id, opcode) = {
-            let op = self.op(idx);
-            (op.req.peer, op.req.opcode)
+        let op = self.op(idx);
+        let (peer, opcode) = (op.req.peer, op.req.opcode);
+        self.route_to(idx, peer, opcode)
+    }
+
+    /// `route` for an op whose peer and opcode the caller has at hand.
+    #[inline]
+    fn route_to(&mut self, idx: u32, peer_id: u64, opcode: Opcode) -> Option<usize> {
+        // A known peer by lookup alone; a new one through `entry` (which
+        // requests its first connect).
+        let peer = match self.peers.peers.get_mut(&peer_id) {
+            Some(peer) => peer,
+            None => self.peers.entry(peer_id, &self.shared.connects),
         };
-        let peer = self.peers.entry(peer_id, &self.shared.connects);
         match (&peer.conn, peer.connecting) {
-            (Some(conn), false) => Some(self.groups.add(peer_id, opcode, || Arc::clone(conn), idx)),
+            (Some(conn), false) => Some(self.groups.add(peer_id, opcode, conn, idx)),
             _ => {
-                peer.waiting.push(idx);
-                self.waiting += 1;
-                self.park_stamp(idx);
+                self.wait_for_conn(peer_id, idx);
                 None
             }
         }
+    }
+
+    /// Files an op under its peer's waiting list (no connection yet, or one
+    /// being replaced).
+    #[cold]
+    #[inline(never)]
+    fn wait_for_conn(&mut self, peer_id: u64, idx: u32) {
+        self.peers.entry(peer_id, &self.shared.connects).waiting.push(idx);
+        self.waiting += 1;
+        self.park_stamp(idx);
+    }
+
+    /// Issues a drain's only op as its own FlagCX call, without a group, when
+    /// its peer is connected and it is one piece: true when it went to
+    /// FlagCX (issued, or refused and failed). False, with nothing changed,
+    /// for the general path (`route`, then `flush_groups`), which also
+    /// handles a descriptor miss.
+    #[inline]
+    fn issue_alone(&mut self, idx: u32) -> bool {
+        let op = self.slots[idx as usize].op.as_ref().expect("live slot");
+        let (peer_id, opcode, len) = (op.req.peer, op.req.opcode, op.req.len);
+        if len == 0 || len > self.shared.config.max_slice_bytes {
+            return false;
+        }
+        let Some(peer) = self.peers.peers.get(&peer_id) else { return false };
+        let (Some(conn), false) = (&peer.conn, peer.connecting) else { return false };
+        if self.iovs.push(conn, op.region.mr, op.req.local, len as u32, op.req.remote).is_err() {
+            return false;
+        }
+        let deadline = op.deadline;
+        let t = self.inflight.next();
+        t.members.push(idx);
+        let result = match opcode {
+            Opcode::Write => conn.write_list(&mut self.iovs),
+            Opcode::Read => conn.read_list(&mut self.iovs),
+        };
+        match result {
+            Ok(id) => {
+                Stats::bump(&self.shared.stats.progress.flagcx_transfers, 1);
+                t.deadline = Some(deadline);
+                if !t.conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+                    t.conn = Some(Arc::clone(conn));
+                }
+                t.id = Some(id);
+                self.inflight.live += 1;
+            }
+            Err(e) => self.refused(opcode, e),
+        }
+        true
     }
 
     /// Stamps an op that starts waiting for a connection.
@@ -458,24 +576,25 @@ impl Progress {
 
     // ---- 3. groups -> FlagCX vector calls ------------------------------------
 
+    #[inline(never)]
     fn flush_groups(&mut self) {
         for g in 0..self.groups.len() {
+            // The group's connection reference is moved out and back (no
+            // reference count traffic).
             let (peer, opcode, conn, members) = self.groups.take(g);
-            let conn = Arc::clone(conn);
             for &idx in &members {
                 if !self.add_iovs(&conn, peer, idx) {
                     continue;
                 }
-                self.members.push(idx);
+                self.inflight.next().members.push(idx);
                 if self.iovs.len() >= IOVS_PER_CALL {
-                    self.submit(Arc::clone(&conn), opcode);
+                    self.submit(&conn, opcode);
                 }
             }
-            if !self.members.is_empty() {
-                // The group's last call takes this reference along.
-                self.submit(conn, opcode);
+            if !self.inflight.next().members.is_empty() {
+                self.submit(&conn, opcode);
             }
-            self.groups.restore(g, members);
+            self.groups.restore(g, conn, members);
         }
         self.groups.clear();
     }
@@ -485,28 +604,29 @@ impl Progress {
     /// fails it; returns false then.
     fn add_iovs(&mut self, conn: &Conn, peer: u64, idx: u32) -> bool {
         let max = self.shared.config.max_slice_bytes;
-        let first = self.iovs.len();
         let op = self.slots[idx as usize].op.as_ref().expect("live slot");
         let (mr, local, len, remote) = (op.region.mr, op.req.local, op.req.len, op.req.remote);
+        // One piece (the common case) without the piece iterator.
+        if len <= max && len > 0 {
+            if self.iovs.push(conn, mr, local, len as u32, remote).is_ok() {
+                return true;
+            }
+            self.remote_range_miss(peer, idx, remote, len);
+            return false;
+        }
+        let first = self.iovs.len();
         for (off, piece) in pieces(len, max) {
-            match conn.push_iov(
-                &mut self.iovs,
-                mr,
-                local + off as usize,
-                piece as u32,
-                remote + off,
-            ) {
-                Ok(()) => {}
-                Err(_) => {
-                    self.iovs.truncate(first);
-                    self.remote_range_miss(peer, idx, remote + off, piece);
-                    return false;
-                }
+            if self.iovs.push(conn, mr, local + off as usize, piece as u32, remote + off).is_err() {
+                self.iovs.truncate(first);
+                self.remote_range_miss(peer, idx, remote + off, piece);
+                return false;
             }
         }
         true
     }
 
+    #[cold]
+    #[inline(never)]
     fn remote_range_miss(&mut self, peer_id: u64, idx: u32, addr: u64, len: u64) {
         let connecting = self.peers.peers.get(&peer_id).is_some_and(|p| p.connecting);
         if self.slots[idx as usize].refreshed || (!connecting && self.refreshed_recently(peer_id)) {
@@ -532,48 +652,60 @@ impl Progress {
         self.waiting += 1;
     }
 
-    fn submit(&mut self, conn: Arc<Conn>, opcode: Opcode) {
+    /// Issues the call being built (`iovs`, members in `inflight.next()`):
+    /// on success that transfer becomes live; otherwise its ops fail.
+    fn submit(&mut self, conn: &Arc<Conn>, opcode: Opcode) {
         let result = match opcode {
-            Opcode::Write => conn.write_vector(&self.iovs),
-            Opcode::Read => conn.read_vector(&self.iovs),
+            Opcode::Write => conn.write_list(&mut self.iovs),
+            Opcode::Read => conn.read_list(&mut self.iovs),
         };
-        self.iovs.clear();
-        let mut members = std::mem::take(&mut self.members);
+        let live = self.inflight.live;
+        let t = &mut self.inflight.all[live];
         match result {
             Ok(id) => {
                 Stats::bump(&self.shared.stats.progress.flagcx_transfers, 1);
-                let mut t = self.spare.pop().unwrap_or_default();
-                let deadline = members.iter().map(|&m| self.op(m).deadline).min();
-                t.conn = Some(conn);
-                t.id = Some(id);
-                t.deadline = deadline;
-                std::mem::swap(&mut t.members, &mut members);
-                self.inflight.push(t);
-            }
-            Err(e) => {
-                let msg = format!("FlagCX refused the {opcode:?} of {} ops: {e}", members.len());
-                for &m in &members {
-                    self.complete(m, Status::MCFX_E_TRANSFER_FAILED, Some(&msg));
+                let slots = &self.slots;
+                let deadline = |m: u32| slots[m as usize].op.as_ref().expect("live slot").deadline;
+                let (&first, rest) = t.members.split_first().expect("a call has members");
+                t.deadline = Some(rest.iter().fold(deadline(first), |d, &m| d.min(deadline(m))));
+                if !t.conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+                    t.conn = Some(Arc::clone(conn));
                 }
-                members.clear();
+                t.id = Some(id);
+                self.inflight.live = live + 1;
             }
+            Err(e) => self.refused(opcode, e),
         }
-        self.members = members;
+    }
+
+    /// FlagCX refused the call being built: its ops fail.
+    #[cold]
+    #[inline(never)]
+    fn refused(&mut self, opcode: Opcode, e: flagcx_sys::Error) {
+        let live = self.inflight.live;
+        let mut members = std::mem::take(&mut self.inflight.all[live].members);
+        let msg = format!("FlagCX refused the {opcode:?} of {} ops: {e}", members.len());
+        for &m in &members {
+            self.complete(m, Status::MCFX_E_TRANSFER_FAILED, Some(&msg));
+        }
+        members.clear();
+        self.inflight.all[live].members = members;
     }
 
     // ---- 4. polling ------------------------------------------------------------
 
+    #[inline(never)]
     fn poll_inflight(&mut self) -> bool {
         let mut moved = false;
         let mut i = 0;
-        while i < self.inflight.len() {
-            let t = &mut self.inflight[i];
+        while i < self.inflight.live {
+            let t = &mut self.inflight.all[i];
             let id = t.id.take().expect("in-flight transfer has an id");
             let poll = t.conn.as_ref().expect("in-flight transfer has a conn").poll(id);
             let status = match poll {
                 Poll::Pending(id) => {
                     let now = self.coarse_now();
-                    let t = &mut self.inflight[i];
+                    let t = &mut self.inflight.all[i];
                     if !t.deadline.is_some_and(|d| now >= d) {
                         t.id = Some(id);
                         i += 1;
@@ -587,31 +719,48 @@ impl Progress {
                 Poll::Failed => Status::MCFX_E_TRANSFER_FAILED,
             };
             moved = true;
-            let t = self.inflight.swap_remove(i);
-            self.finish(t, status);
+            self.finish(i, status);
         }
         moved
     }
 
-    /// Completes a transfer's ops and recycles it.
-    fn finish(&mut self, mut t: Transfer, status: Status) {
-        let msg = match status {
-            Status::MCFX_OK => None,
-            Status::MCFX_E_TIMEOUT => {
-                Some("FlagCX did not report the transfer done by its deadline")
+    /// Completes live transfer `i`'s ops (its id already reported finished
+    /// or abandoned) and makes it spare: the last live transfer takes its
+    /// place.
+    fn finish(&mut self, i: usize, status: Status) {
+        let mut members = std::mem::take(&mut self.inflight.all[i].members);
+        if status == Status::MCFX_OK {
+            for &m in &members {
+                self.complete(m, status, None);
             }
-            _ => Some("FlagCX reported the transfer failed"),
+        } else {
+            self.finish_failed(&mut members, status);
+        }
+        members.clear();
+        let last = self.inflight.live - 1;
+        let all = &mut self.inflight.all;
+        all[i].members = members;
+        if i != last {
+            all.swap(i, last);
+        }
+        self.inflight.live = last;
+    }
+
+    /// `finish` for a transfer that failed or timed out.
+    #[cold]
+    #[inline(never)]
+    fn finish_failed(&mut self, members: &mut Vec<u32>, status: Status) {
+        let msg = match status {
+            Status::MCFX_E_TIMEOUT => "FlagCX did not report the transfer done by its deadline",
+            _ => "FlagCX reported the transfer failed",
         };
         if status == Status::MCFX_E_TRANSFER_FAILED {
-            self.failed_transfer(&mut t);
+            // Parks or judges every member: nothing is left to complete.
+            self.failed_transfer(members);
         }
-        for &m in &t.members {
-            self.complete(m, status, msg);
+        for &m in members.iter() {
+            self.complete(m, status, Some(msg));
         }
-        t.members.clear();
-        t.conn = None;
-        t.deadline = None;
-        self.spare.push(t);
     }
 
     /// A failed transfer's ops wait for a fresh connection to the peer,
@@ -619,13 +768,14 @@ impl Progress {
     /// `judge_failed`); within `REFRESH_INTERVAL` of the last refresh they
     /// are judged against the current connection at once. A refresh also
     /// replaces a connection that may be dead (peer restarted or gone).
-    /// Empties `t.members`.
-    fn failed_transfer(&mut self, t: &mut Transfer) {
-        let Some(&first) = t.members.first() else { return };
+    /// Empties `members`.
+    #[cold]
+    #[inline(never)]
+    fn failed_transfer(&mut self, members: &mut Vec<u32>) {
+        let Some(&first) = members.first() else { return };
         let peer_id = self.op(first).req.peer;
         let recent = self.refreshed_recently(peer_id);
-        let members = std::mem::take(&mut t.members);
-        for &m in &members {
+        for &m in members.iter() {
             let peer = self.peers.entry(peer_id, &self.shared.connects);
             match (&peer.conn, peer.connecting) {
                 (Some(conn), false) if recent => {
@@ -646,12 +796,13 @@ impl Progress {
                 }
             }
         }
-        t.members = members;
-        t.members.clear();
+        members.clear();
     }
 
     /// Keeps polling a timed-out transfer (its ops already completed) so
     /// FlagCX can recycle its id if it ever finishes.
+    #[cold]
+    #[inline(never)]
     fn bury(&mut self, conn: Arc<Conn>, id: TransferId) {
         if self.zombies.len() < MAX_ZOMBIES {
             self.zombies.push((conn, Some(id)));
@@ -714,13 +865,16 @@ impl Progress {
 
     /// Delivers the op's one completion and frees its slot.
     fn complete(&mut self, idx: u32, status: Status, msg: Option<&str>) {
-        let op = self.slots[idx as usize].op.take().expect("op completed twice");
+        // The fields it needs, then the slot is emptied (no move of the op).
+        let slot = &mut self.slots[idx as usize];
+        let op = slot.op.as_ref().expect("op completed twice");
+        let (region, user_data, len, peer) = (op.region, op.req.user_data, op.req.len, op.req.peer);
+        slot.op = None;
         self.free.push(idx);
         // Released before the callback, so the callback may unregister.
-        self.shared.registry.release(op.region);
-        let (user_data, len) = (op.req.user_data, op.req.len);
+        self.shared.registry.release(region);
         if let Some(msg) = msg {
-            tracing::warn!(peer = op.req.peer, user_data, status = ?status, "op failed: {msg}");
+            tracing::warn!(peer, user_data, status = ?status, "op failed: {msg}");
         }
         // Counted before the callback, so whoever has seen the completion sees
         // it counted: these Relaxed stores are sequenced before the callback,
@@ -776,12 +930,15 @@ impl Progress {
                 std::thread::yield_now();
             }
         }
-        while let Some(mut t) = self.inflight.pop() {
+        while self.inflight.live > 0 {
+            let t = &mut self.inflight.all[self.inflight.live - 1];
+            // The id is abandoned: FlagCX has no cancel.
+            t.id = None;
             let members = std::mem::take(&mut t.members);
+            self.inflight.live -= 1;
             for idx in members {
                 self.complete(idx, Status::MCFX_E_CANCELED, None);
             }
-            // The id is abandoned: FlagCX has no cancel.
         }
         self.zombies.clear();
         debug_assert!(self.slots.iter().all(|s| s.op.is_none()), "an op never completed");

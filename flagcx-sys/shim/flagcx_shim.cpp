@@ -106,9 +106,104 @@ fxs_status vector_call(void *conn, const fxs_iov *iovs, int n, uint64_t *id_out,
   });
 }
 
+// An entry list (fxs_list_*): the four argument vectors, always of equal
+// length.
+struct EntryList {
+  std::vector<FlagcxP2pMr> mrs;
+  std::vector<void *> locals;
+  std::vector<size_t> sizes;
+  std::vector<FlagcxP2pRdmaDesc> descs;
+
+  void truncate(size_t n) {
+    if (n >= mrs.size()) return;
+    mrs.resize(n);
+    locals.resize(n);
+    sizes.resize(n);
+    descs.resize(n);
+  }
+  void clear() {
+    mrs.clear();
+    locals.clear();
+    sizes.clear();
+    descs.clear();
+  }
+};
+
+EntryList *as_list(void *p) { return static_cast<EntryList *>(p); }
+
+// One vector call over a whole entry list, which is cleared afterwards.
+template <typename Call>
+fxs_status list_call(void *conn, void *list, uint64_t *id_out, Call call) {
+  if (conn == nullptr || list == nullptr || id_out == nullptr)
+    return FXS_INVALID;
+  EntryList &l = *as_list(list);
+  const size_t n = l.mrs.size();
+  if (n == 0 || n > static_cast<size_t>(INT32_MAX)) {
+    l.clear();
+    return FXS_INVALID;
+  }
+  const fxs_status st = guarded([&] {
+    uint64_t id = 0;
+    if (call(as_conn(conn), l, static_cast<int>(n), &id) != 0)
+      return FXS_FLAGCX;
+    *id_out = id;
+    return FXS_OK;
+  });
+  l.clear();
+  return st;
+}
+
 } // namespace
 
 extern "C" {
+
+void *fxs_list_create(void) {
+  return new (std::nothrow) EntryList();
+}
+
+void fxs_list_destroy(void *list) { delete as_list(list); }
+
+fxs_status fxs_list_push(void *list, void *conn, uint64_t mr, void *local,
+                         uint32_t len, uint64_t remote_addr) {
+  if (list == nullptr || conn == nullptr || local == nullptr || len == 0)
+    return FXS_INVALID;
+  EntryList &l = *as_list(list);
+  const size_t n = l.mrs.size();
+  const fxs_status st = guarded([&] {
+    l.mrs.push_back(mr);
+    l.locals.push_back(local);
+    l.sizes.push_back(len);
+    // Value-initialized (zeroed), then filled in place by FlagCX.
+    l.descs.emplace_back();
+    return flagcxP2pEngineMakeDesc(as_conn(conn), remote_addr, len,
+                                   &l.descs.back()) == 0
+               ? FXS_OK
+               : FXS_FLAGCX;
+  });
+  // Shrinking never throws; a failed push_back leaves the vectors unequal.
+  if (st != FXS_OK) l.truncate(n);
+  return st;
+}
+
+void fxs_list_truncate(void *list, size_t n) {
+  if (list != nullptr) as_list(list)->truncate(n);
+}
+
+fxs_status fxs_list_write(void *conn, void *list, uint64_t *id_out) {
+  return list_call(conn, list, id_out, [](FlagcxP2pConn *c, EntryList &l,
+                                          int count, uint64_t *id) {
+    return flagcxP2pEngineWriteVector(c, l.mrs, l.locals, l.sizes, l.descs,
+                                      count, id);
+  });
+}
+
+fxs_status fxs_list_read(void *conn, void *list, uint64_t *id_out) {
+  return list_call(conn, list, id_out, [](FlagcxP2pConn *c, EntryList &l,
+                                          int count, uint64_t *id) {
+    return flagcxP2pEngineReadVector(c, l.mrs, l.locals, l.sizes, l.descs,
+                                     count, id);
+  });
+}
 
 fxs_status fxs_engine_create(void **engine_out) {
   if (engine_out == nullptr) return FXS_INVALID;

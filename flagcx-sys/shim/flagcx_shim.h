@@ -85,6 +85,26 @@ fxs_status fxs_read_vector(void *conn, const fxs_iov *iovs, int n,
 // Blocking write, for tools.
 fxs_status fxs_write_vector_sync(void *conn, const fxs_iov *iovs, int n);
 
+// Entry lists: the argument vectors of a vector call, built entry by entry
+// in FlagCX's own layout (no fxs_iov array to convert, no thread-local
+// lookup). A list belongs to one thread at a time; its vectors keep their
+// capacity, so after warm-up building and issuing a call allocates nothing.
+// NULL when out of memory.
+void *fxs_list_create(void);
+void fxs_list_destroy(void *list);
+// Appends one entry moving `len` bytes between local `local` (inside region
+// `mr`) and the remote range at `remote_addr`, whose descriptor FlagCX
+// makes in place (from `conn`'s snapshot of the peer's regions). On any
+// error nothing is appended.
+fxs_status fxs_list_push(void *list, void *conn, uint64_t mr, void *local,
+                         uint32_t len, uint64_t remote_addr);
+// Drops the entries from index `n` on.
+void fxs_list_truncate(void *list, size_t n);
+// One vector call of every entry of the list (at least one); the list is
+// empty afterwards, whatever the outcome.
+fxs_status fxs_list_write(void *conn, void *list, uint64_t *id_out);
+fxs_status fxs_list_read(void *conn, void *list, uint64_t *id_out);
+
 // Polls one transfer once. Returns an fxs_poll_result value, or a negative
 // fxs_status. After DONE or FAILED the id must never be polled again.
 int fxs_poll(void *conn, uint64_t id);

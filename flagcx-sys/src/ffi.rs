@@ -90,6 +90,19 @@ extern "C" {
         id_out: *mut u64,
     ) -> fxs_status;
     pub fn fxs_write_vector_sync(conn: *mut c_void, iovs: *const fxs_iov, n: c_int) -> fxs_status;
+    pub fn fxs_list_create() -> *mut c_void;
+    pub fn fxs_list_destroy(list: *mut c_void);
+    pub fn fxs_list_push(
+        list: *mut c_void,
+        conn: *mut c_void,
+        mr: u64,
+        local: *mut c_void,
+        len: u32,
+        remote_addr: u64,
+    ) -> fxs_status;
+    pub fn fxs_list_truncate(list: *mut c_void, n: usize);
+    pub fn fxs_list_write(conn: *mut c_void, list: *mut c_void, id_out: *mut u64) -> fxs_status;
+    pub fn fxs_list_read(conn: *mut c_void, list: *mut c_void, id_out: *mut u64) -> fxs_status;
     pub fn fxs_poll(conn: *mut c_void, id: u64) -> c_int;
     pub fn fxs_reports_failures() -> c_int;
 }

@@ -356,6 +356,7 @@ impl Conn {
     /// A failure inside the shim (a C++ exception) is reported as pending:
     /// the caller's deadline then decides, as for any transfer that never
     /// finishes.
+    #[inline]
     pub fn poll(&self, id: TransferId) -> Poll {
         // SAFETY: live conn; `id` is owned, so no other thread polls it.
         match unsafe { ffi::fxs_poll(self.ptr.as_ptr(), id.0) } {
@@ -363,6 +364,118 @@ impl Conn {
             ffi::FXS_POLL_FAILED => Poll::Failed,
             _ => Poll::Pending(id),
         }
+    }
+}
+
+/// The entries of one vector call, built in FlagCX's own argument layout
+/// (the shim's `fxs_list_*`): no [`Iov`] array to convert per call and no
+/// thread-local lookup. Reused across calls; once its vectors reached their
+/// high-water mark, building and issuing a call allocates nothing.
+pub struct IovList {
+    ptr: NonNull<c_void>,
+    /// Entries appended since the last call (the shim's vectors' length).
+    len: usize,
+}
+
+// SAFETY: the list is plain C++ vectors owned by this value alone; `&mut self`
+// on every method keeps one thread at a time on it.
+unsafe impl Send for IovList {}
+
+impl fmt::Debug for IovList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IovList({} entries)", self.len)
+    }
+}
+
+impl Drop for IovList {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from fxs_list_create and is destroyed once.
+        unsafe { ffi::fxs_list_destroy(self.ptr.as_ptr()) }
+    }
+}
+
+impl IovList {
+    /// An empty list; `Err` when the shim is out of memory.
+    pub fn new() -> Result<IovList> {
+        // SAFETY: no arguments; NULL on failure.
+        let ptr = NonNull::new(unsafe { ffi::fxs_list_create() }).ok_or(Error::Exception)?;
+        Ok(IovList { ptr, len: 0 })
+    }
+
+    /// Entries appended since the last call.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends an entry moving `[local, local + len)` (inside region `mr`)
+    /// to or from the remote range at `remote_addr`, described from `conn`'s
+    /// snapshot of the peer's regions (the descriptor is made in place). On
+    /// error (the remote range is in no region the peer registered, or a
+    /// zero length) nothing is appended.
+    #[inline]
+    pub fn push(
+        &mut self,
+        conn: &Conn,
+        mr: MrId,
+        local: usize,
+        len: u32,
+        remote_addr: u64,
+    ) -> Result<()> {
+        // SAFETY: live list and conn; `local` is only stored (FlagCX reads
+        // or writes it in the vector call, whose caller vouches for it).
+        check(unsafe {
+            ffi::fxs_list_push(
+                self.ptr.as_ptr(),
+                conn.ptr.as_ptr(),
+                mr.0,
+                local as *mut c_void,
+                len,
+                remote_addr,
+            )
+        })?;
+        self.len += 1;
+        Ok(())
+    }
+
+    /// Drops the entries from index `n` on.
+    pub fn truncate(&mut self, n: usize) {
+        if n < self.len {
+            // SAFETY: live list.
+            unsafe { ffi::fxs_list_truncate(self.ptr.as_ptr(), n) };
+            self.len = n;
+        }
+    }
+}
+
+impl Conn {
+    /// Starts a one-sided write of every entry of `list` (see
+    /// [`Conn::write_vector`]); the list is empty afterwards, whatever the
+    /// outcome. `Err(Invalid)` for an empty list.
+    #[inline]
+    pub fn write_list(&self, list: &mut IovList) -> Result<TransferId> {
+        let mut id = 0;
+        list.len = 0;
+        // SAFETY: live conn and list; FlagCX only reads local memory inside
+        // registered regions, whose validity `register` vouched for.
+        check(unsafe { ffi::fxs_list_write(self.ptr.as_ptr(), list.ptr.as_ptr(), &mut id) })?;
+        Ok(TransferId(id))
+    }
+
+    /// Starts a one-sided read into every entry of `list`; the list is empty
+    /// afterwards, whatever the outcome.
+    #[inline]
+    pub fn read_list(&self, list: &mut IovList) -> Result<TransferId> {
+        let mut id = 0;
+        list.len = 0;
+        // SAFETY: as write_list; writes land only in registered regions.
+        check(unsafe { ffi::fxs_list_read(self.ptr.as_ptr(), list.ptr.as_ptr(), &mut id) })?;
+        Ok(TransferId(id))
     }
 }
 

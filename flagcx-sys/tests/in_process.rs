@@ -178,3 +178,64 @@ fn registering_the_same_base_twice_gives_the_same_id() {
     let again = unsafe { pair.remote.register(buf.addr(), 4096) }.unwrap();
     assert_eq!(again, buf.mr, "registration is process-wide, keyed by base");
 }
+
+/// The entry-list path (`IovList`, what the transport's progress thread
+/// uses): entries built in place move the same bytes as `write_vector`; a
+/// push whose remote range no region covers appends nothing; `truncate`
+/// drops entries; a call empties the list whatever its outcome.
+#[test]
+fn entry_lists_write_read_truncate_and_reject() {
+    let _g = serial();
+    let pair = Pair::new();
+    const N: usize = 40;
+    let lens: Vec<usize> = (0..N).map(|i| 1 + 53 * i).collect();
+    let total: usize = lens.iter().sum();
+    let mut src = Buf::new(&pair.local, total);
+    let mut back = Buf::new(&pair.local, total);
+    let mut dst = Buf::new(&pair.remote, total);
+    pattern::fill(src.bytes(), 7);
+    let conn = pair.connect();
+    let mut list = flagcx_sys::IovList::new().unwrap();
+    assert_eq!(conn.write_list(&mut list), Err(Error::Invalid), "an empty list is refused");
+
+    // Two rounds, so the second reuses the first's vectors.
+    for round in 0..2 {
+        let mut off = 0;
+        for &len in &lens {
+            let remote = (dst.addr() + off) as u64;
+            list.push(&conn, src.mr, src.addr() + off, len as u32, remote).unwrap();
+            // Past the end of every region the peer has: refused, nothing added.
+            let bad = (dst.addr() + total) as u64 + 4096;
+            assert_eq!(list.push(&conn, src.mr, src.addr(), 1, bad), Err(Error::Flagcx));
+            assert_eq!(list.push(&conn, src.mr, src.addr(), 0, remote), Err(Error::Invalid));
+            off += len;
+        }
+        assert_eq!(list.len(), N);
+        // An extra entry, dropped again before the call.
+        list.push(&conn, back.mr, back.addr(), 8, dst.addr() as u64).unwrap();
+        list.truncate(N);
+        let id = conn.write_list(&mut list).unwrap();
+        assert!(list.is_empty());
+        assert_eq!(wait(&conn, id, LIMIT), Poll::Done, "round {round}");
+        assert_eq!(dst.bytes(), src.bytes());
+
+        let mut off = 0;
+        for &len in &lens {
+            let remote = (dst.addr() + off) as u64;
+            list.push(&conn, back.mr, back.addr() + off, len as u32, remote).unwrap();
+            off += len;
+        }
+        let id = conn.read_list(&mut list).unwrap();
+        assert!(list.is_empty());
+        assert_eq!(wait(&conn, id, LIMIT), Poll::Done);
+        assert_eq!(back.bytes(), src.bytes());
+        back.bytes().fill(0);
+        dst.bytes().fill(0);
+    }
+
+    // A call FlagCX refuses (local range outside its region) empties the list too.
+    list.push(&conn, src.mr, src.addr() + total - 8, 16, dst.addr() as u64).unwrap();
+    assert_eq!(conn.write_list(&mut list), Err(Error::Flagcx));
+    assert!(list.is_empty());
+    common::assert_no_violations();
+}

@@ -38,7 +38,18 @@ fn shim_rejects_null_handles_and_pointers() {
             ffi::FXS_INVALID
         );
         assert_eq!(ffi::fxs_poll(ptr::null_mut(), 1), ffi::FXS_INVALID);
+        let list = ffi::fxs_list_create();
+        assert!(!list.is_null());
+        let local = 4096 as *mut std::ffi::c_void;
+        assert_eq!(ffi::fxs_list_push(ptr::null_mut(), list, 1, local, 1, 1), ffi::FXS_INVALID);
+        assert_eq!(ffi::fxs_list_push(list, ptr::null_mut(), 1, local, 1, 1), ffi::FXS_INVALID);
+        assert_eq!(ffi::fxs_list_write(ptr::null_mut(), list, &mut id), ffi::FXS_INVALID);
+        assert_eq!(ffi::fxs_list_read(ptr::null_mut(), list, &mut id), ffi::FXS_INVALID);
+        assert_eq!(ffi::fxs_list_write(list, ptr::null_mut(), &mut id), ffi::FXS_INVALID);
+        ffi::fxs_list_truncate(ptr::null_mut(), 0);
+        ffi::fxs_list_destroy(list);
         // Destroy-style calls accept NULL.
+        ffi::fxs_list_destroy(ptr::null_mut());
         ffi::fxs_engine_destroy(ptr::null_mut());
         ffi::fxs_conn_destroy(ptr::null_mut());
         ffi::fxs_engine_stop_accept(ptr::null_mut());
@@ -63,6 +74,13 @@ fn zero_lengths_and_empty_vectors_are_rejected() {
     let mut iov = link.src.iov(0, 16, link.desc);
     iov.local = 0;
     assert_eq!(link.conn.write_vector(&[iov]), Err(Error::Invalid));
+    let mut list = flagcx_sys::IovList::new().unwrap();
+    let remote = link.dst.addr() as u64;
+    assert_eq!(list.push(&link.conn, link.src.mr, link.src.addr(), 0, remote), Err(Error::Invalid));
+    assert_eq!(list.push(&link.conn, link.src.mr, 0, 16, remote), Err(Error::Invalid));
+    assert!(list.is_empty());
+    assert_eq!(link.conn.write_list(&mut list), Err(Error::Invalid));
+    assert_eq!(link.conn.read_list(&mut list), Err(Error::Invalid));
 }
 
 #[test]

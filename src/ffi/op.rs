@@ -18,18 +18,17 @@ pub(super) unsafe fn slice<'a, T>(ptr: *const T, count: usize) -> Result<&'a [T]
     Ok(unsafe { std::slice::from_raw_parts(ptr, count) })
 }
 
-/// Decodes a C op in place (no copy into a buffer).
+/// Decodes a C op in place (no copy into a buffer). The check is one
+/// comparison per field on the hot path; the error (with its message) is
+/// built out of line.
 impl OpSource for mcfx_op {
     #[inline]
     fn request(&self) -> Result<OpRequest> {
-        let opcode = match self.opcode {
-            MCFX_OP_READ => Opcode::Read,
-            MCFX_OP_WRITE => Opcode::Write,
-            other => return invalid(&format!("unknown opcode {other}")),
+        let opcode = match (self.opcode, self.reserved) {
+            (MCFX_OP_READ, 0) => Opcode::Read,
+            (MCFX_OP_WRITE, 0) => Opcode::Write,
+            _ => return bad_op(self),
         };
-        if self.reserved != 0 {
-            return invalid("reserved field is not 0");
-        }
         Ok(OpRequest {
             opcode,
             local: self.local_addr as usize,
@@ -38,5 +37,16 @@ impl OpSource for mcfx_op {
             remote: self.remote_addr,
             user_data: self.user_data,
         })
+    }
+}
+
+/// Why `op` is not a valid op (an unknown opcode first, then a non-zero
+/// reserved field).
+#[cold]
+#[inline(never)]
+fn bad_op(op: &mcfx_op) -> Result<OpRequest> {
+    match op.opcode {
+        MCFX_OP_READ | MCFX_OP_WRITE => invalid("reserved field is not 0"),
+        other => invalid(&format!("unknown opcode {other}")),
     }
 }
