@@ -16,7 +16,7 @@ from collections import defaultdict
 
 IMPLS = ["cpp", "rust", "raw"]
 COPY_SCENARIOS = ["single_64b", "single_4k", "single_64k", "single_1m", "single_4k_wire2us",
-                  "batch64_4k", "threads4_4k", "peers4_4k", "xproc_4k", "bw_256m"]
+                  "gap200us_4k", "batch64_4k", "threads4_4k", "peers4_4k", "xproc_4k", "bw_256m"]
 NIC_SCENARIOS = ["nic_single_4k", "nic_batch64_4k", "nic_batch64_64k", "nic_window4x64_4k",
                  "nic_peers16_4k", "nic_threads4_4k"]
 SCENARIOS = COPY_SCENARIOS + NIC_SCENARIOS + ["idle_cpu"]

@@ -453,6 +453,7 @@ struct Workload {
   bool xproc = false;    // target is a flagcx-sw-peer process
   uint64_t nic_gbps = 0; // modeled NIC link (0: copy mode)
   uint64_t nic_latency_ns = 0;
+  int gap_us = 0;        // pause before each submit (bursty traffic)
 };
 
 // Runs a workload through mcfx_submit: each lane keeps `window` ops in
@@ -522,6 +523,7 @@ Result run_transport(const Workload &w, const std::string &peer_bin) {
           ++finished;
         if (sent < end && sent - finished + w.batch <= static_cast<uint64_t>(w.window)) {
           int n = static_cast<int>(std::min<uint64_t>(w.batch, end - sent));
+          if (w.gap_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(w.gap_us));
           uint64_t t0 = now_ns();
           for (int i = 0; i < n; ++i) {
             uint64_t ud = base + sent + i;
@@ -638,6 +640,7 @@ Result run_raw(const Workload &w, const std::string &peer_bin) {
     while (done < end) {
       if (sent < end && sent - done < uint64_t(depth) * w.batch) {
         InFlight &f = ring[(sent / w.batch) % depth];
+        if (w.gap_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(w.gap_us));
         f.t0 = now_ns();
         f.first = sent;
         // Same work per op as a transport: rotate over the slots, one
@@ -731,6 +734,15 @@ std::vector<Workload> workloads(bool quick) {
   single("single_64k", 65536, 10000);
   single("single_1m", 1 << 20, 2000);
   single("single_4k_wire2us", 4096, 20000);
+  // Bursty traffic: one 4 KiB op after each 200 us pause, so each op may
+  // find the transport's threads asleep (waking one costs tens of us on a
+  // VM). Its ops/s reflects the pauses; compare latencies.
+  Workload g;
+  g.scenario = "gap200us_4k";
+  g.ops = n(2000);
+  g.warmup = 100;
+  g.gap_us = 200;
+  v.push_back(g);
   Workload b;
   b.scenario = "batch64_4k";
   // Batch scenarios run 4 000 batches: at 4 M ops/s a thousand took 16 ms,
