@@ -463,10 +463,14 @@ mcfx_status mcfx_unregister_batch(struct mcfx_transport *transport,
 // `op_timeout_ms` after the call and typically within a few ms after.
 //
 // Thread-safe; never blocks (except `submit_wait_us` when the queue is
-// full) and never calls FlagCX.
+// full) and never calls FlagCX. Ops are queued a few at a time as they are
+// checked, so completion callbacks of the first ops may run while the call
+// still reads the later ones: a callback must not change or free the
+// `ops` array of a submit that has not returned.
 //
 // # Safety
-// `ops` must hold `count` entries; `transport` must be a live handle.
+// `ops` must hold `count` entries, unchanged until the call returns;
+// `transport` must be a live handle.
 mcfx_status mcfx_submit(struct mcfx_transport *transport,
                         const struct mcfx_op *ops,
                         size_t count,

@@ -29,7 +29,8 @@ impl<T> Shared for Arc<T> {
 pub struct Group<P> {
     pub peer: u64,
     pub opcode: Opcode,
-    /// `None` only while taken out ([`Groups::take`]).
+    /// `None` while taken out ([`Groups::take`]), or in a spare group
+    /// after [`Groups::forget_spare`].
     pub shared: Option<P>,
     pub members: Vec<u32>,
 }
@@ -115,6 +116,13 @@ impl<P> Groups<P> {
         let g = &mut self.groups[i];
         g.shared = Some(shared);
         g.members = members;
+    }
+
+    /// Drops the shared values the spare (not live) groups kept for reuse.
+    pub fn forget_spare(&mut self) {
+        for g in &mut self.groups[self.live..] {
+            g.shared = None;
+        }
     }
 
     /// Ends the pass: every group becomes reusable (their vectors keep their

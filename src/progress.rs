@@ -5,8 +5,9 @@
 //!    peer: ready peers' ops are grouped by (peer, opcode), others wait for
 //!    their connection;
 //! 2. applies finished connects (waiting ops join the groups, or fail);
-//! 3. submits each group as FlagCX vector calls of up to `IOVS_PER_CALL`
-//!    entries (ops longer than `max_slice_bytes` become several entries);
+//! 3. submits each group as FlagCX vector calls of about `IOVS_PER_CALL`
+//!    entries (ops longer than `max_slice_bytes` become several entries,
+//!    never split between calls, so a call can have a few more);
 //! 4. polls every in-flight transfer once; finished ones complete their ops;
 //! 5. expires ops past their deadline.
 //!
@@ -49,7 +50,8 @@ use crate::peers::{ConnectKind, ConnectResult, PeerTable};
 use crate::shared::Shared;
 use crate::stats::Stats;
 
-/// Entries per FlagCX vector call at most. Small on purpose: the first
+/// Entries per FlagCX vector call (a call closes once it has this many; an
+/// op's pieces are never split between calls). Small on purpose: the first
 /// call of a batch of 64 goes out (and the link starts) after an eighth of
 /// its descriptors, later calls follow while it moves, and the early
 /// calls' completions are handled while the last ones are still on the link;
@@ -97,9 +99,9 @@ struct Slot {
 /// reuse (see [`Transfers`]).
 struct Transfer {
     /// The connection of its call; kept after it finished, so the next call
-    /// on the same connection (the common case) takes no new reference. (A
-    /// connection a refresh replaced thus lives on until this transfer's next
-    /// call on another one, or the thread's end.)
+    /// on the same connection (the common case) takes no new reference. A
+    /// refresh that replaces a connection clears it in every spare transfer
+    /// (`forget_spare_conns`).
     conn: Option<Arc<Conn>>,
     /// `Some` exactly while in flight.
     id: Option<TransferId>,
@@ -161,7 +163,8 @@ pub(crate) struct Progress {
     /// reported finished (`None`) is dropped at the end of the poll.
     zombies: Vec<(Arc<Conn>, Option<TransferId>)>,
     /// Entries of the FlagCX call being built; empty between calls (`submit`
-    /// empties it), at most `IOVS_PER_CALL`. Its ops are the members of
+    /// empties it), `IOVS_PER_CALL` plus the pieces of its last op at most.
+    /// Its ops are the members of
     /// `inflight.next()`.
     iovs: IovList,
     /// Reused buffer for ops being moved between lists (connect results,
@@ -484,6 +487,18 @@ impl Progress {
         moved
     }
 
+    /// A refresh replaced a peer's connection: spare transfers and groups
+    /// drop the references they kept for reuse, so the replaced connection
+    /// closes once the transfers still in flight on it finish (cold: a
+    /// refresh is at most one per peer per `REFRESH_INTERVAL`).
+    #[cold]
+    fn forget_spare_conns(&mut self) {
+        for t in &mut self.inflight.all[self.inflight.live..] {
+            t.conn = None;
+        }
+        self.groups.forget_spare();
+    }
+
     fn apply_connect(&mut self, r: ConnectResult) {
         // Every path below puts the scratch vector back (no early return
         // between taking and restoring it).
@@ -493,13 +508,17 @@ impl Progress {
         match r.outcome {
             Ok(conn) => {
                 let conn = Arc::new(conn);
+                let mut replaced = false;
                 if let Some(peer) = self.peers.peers.get_mut(&r.peer) {
-                    peer.conn = Some(Arc::clone(&conn));
+                    replaced = peer.conn.replace(Arc::clone(&conn)).is_some();
                     peer.connecting = false;
                     if now.is_some() {
                         peer.refreshed_at = now;
                     }
                     waiting.append(&mut peer.waiting);
+                }
+                if replaced {
+                    self.forget_spare_conns();
                 }
                 self.waiting -= waiting.len();
                 for &idx in &waiting {
@@ -774,6 +793,14 @@ impl Progress {
     fn failed_transfer(&mut self, members: &mut Vec<u32>) {
         let Some(&first) = members.first() else { return };
         let peer_id = self.op(first).req.peer;
+        if self.shared.queue.is_closed() {
+            // Shutting down: no reconnect will come to judge them.
+            for m in members.drain(..) {
+                let msg = "FlagCX reported the transfer failed (during shutdown: not retried)";
+                self.complete(m, Status::MCFX_E_TRANSFER_FAILED, Some(msg));
+            }
+            return;
+        }
         let recent = self.refreshed_recently(peer_id);
         for &m in members.iter() {
             let peer = self.peers.entry(peer_id, &self.shared.connects);
@@ -915,14 +942,7 @@ impl Progress {
         let mut results = std::mem::take(&mut self.results);
         self.shared.connects.take_results(&mut results);
         drop(results);
-        let peers: Vec<u64> = self.peers.peers.keys().copied().collect();
-        for peer in peers {
-            let waiting = std::mem::take(&mut self.peers.peers.get_mut(&peer).unwrap().waiting);
-            for idx in waiting {
-                self.complete(idx, Status::MCFX_E_CANCELED, None);
-            }
-        }
-        self.waiting = 0;
+        self.cancel_waiting();
         let until = self.now() + self.shared.config.shutdown_timeout;
         while !self.inflight.is_empty() && Instant::now() < until {
             (self.clock, self.coarse) = (None, None);
@@ -940,8 +960,30 @@ impl Progress {
                 self.complete(idx, Status::MCFX_E_CANCELED, None);
             }
         }
+        // Nothing parks an op for a reconnect once the queue is closed (see
+        // `failed_transfer`); this sweep keeps "every op completes" true even
+        // if a path is added that does.
+        self.cancel_waiting();
         self.zombies.clear();
         debug_assert!(self.slots.iter().all(|s| s.op.is_none()), "an op never completed");
+    }
+
+    /// Shutdown: completes every op waiting for a connection, CANCELED (or
+    /// TRANSFER_FAILED for one whose transfer failed before it waited).
+    fn cancel_waiting(&mut self) {
+        let peers: Vec<u64> = self.peers.peers.keys().copied().collect();
+        for peer in peers {
+            let waiting = std::mem::take(&mut self.peers.peers.get_mut(&peer).unwrap().waiting);
+            for idx in waiting {
+                if self.slots[idx as usize].failed_transfer {
+                    let msg = "FlagCX reported the transfer failed; shut down before a reconnect";
+                    self.complete(idx, Status::MCFX_E_TRANSFER_FAILED, Some(msg));
+                } else {
+                    self.complete(idx, Status::MCFX_E_CANCELED, None);
+                }
+            }
+        }
+        self.waiting = 0;
     }
 }
 
@@ -977,5 +1019,39 @@ mod tests {
         p.scratch = Vec::with_capacity(64);
         p.apply_connect(ConnectResult { peer: 7, kind: ConnectKind::First, outcome: connected() });
         assert!(p.scratch.capacity() >= 64);
+    }
+
+    /// Spare transfers and groups keep their connection for reuse; once a
+    /// refresh replaced it, none may keep the old one alive.
+    #[test]
+    fn a_refresh_leaves_no_spare_holding_the_replaced_connection() {
+        let shared = crate::shared::test_shared(crate::Config::default());
+        let (host, port) = parse_endpoint(shared.endpoint_for_test()).unwrap();
+        let mut p = Progress::new(Arc::clone(&shared)).unwrap();
+        let connected = || Ok(shared.engine.engine.connect(&host, 0, port).unwrap());
+        p.peers.entry(7, &shared.connects);
+        p.apply_connect(ConnectResult { peer: 7, kind: ConnectKind::First, outcome: connected() });
+        let old = Arc::clone(p.peers.peers[&7].conn.as_ref().unwrap());
+        let weak = Arc::downgrade(&old);
+        // A spare transfer and a spare group that last served `old`.
+        p.inflight.all.push(Transfer {
+            conn: Some(Arc::clone(&old)),
+            id: None,
+            members: Vec::new(),
+            deadline: None,
+        });
+        let g = p.groups.add(7, Opcode::Write, &old, 0);
+        let (_, _, conn, members) = p.groups.take(g);
+        p.groups.restore(g, conn, members);
+        p.groups.clear();
+        drop(old);
+        p.peers.peers.get_mut(&7).unwrap().connecting = true;
+        p.apply_connect(ConnectResult {
+            peer: 7,
+            kind: ConnectKind::Refresh,
+            outcome: connected(),
+        });
+        assert!(weak.upgrade().is_none(), "the replaced connection is still referenced");
+        assert!(p.peers.peers[&7].conn.is_some(), "the new connection is the peer's");
     }
 }

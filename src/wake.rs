@@ -117,8 +117,11 @@ fn precise_naps() {}
 
 /// The scheduler slice the progress thread asks for (`sched_runtime` of
 /// `sched_setattr`, Linux's smallest): see `short_slice`.
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(loom)))]
 const PROGRESS_SLICE_NS: u64 = 100_000;
+/// `SCHED_FLAG_RESET_ON_FORK` of `linux/sched.h`.
+#[cfg(all(target_os = "linux", not(loom)))]
+const SCHED_FLAG_RESET_ON_FORK: u64 = 0x01;
 
 /// `struct sched_attr` up to `sched_period` (`SCHED_ATTR_SIZE_VER0`), the
 /// part this needs; the kernel takes the size from `size`.
@@ -157,7 +160,10 @@ fn short_slice() {
         return;
     }
     attr.size = size;
-    attr.flags = 0;
+    // Only SCHED_FLAG_RESET_ON_FORK is a lasting setting among the flags
+    // sched_getattr reports; keep it (threads a callback spawns would
+    // otherwise inherit the short slice).
+    attr.flags &= SCHED_FLAG_RESET_ON_FORK;
     attr.runtime = PROGRESS_SLICE_NS;
     // SAFETY: sched_setattr(0 = this thread) reads `size` bytes of `attr`.
     let _ = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr, 0) };

@@ -165,6 +165,25 @@ fn the_nth_failed_transfer_fails_exactly_that_op() {
 }
 
 #[test]
+fn a_transfer_that_fails_while_the_transport_shuts_down_still_completes_its_op() {
+    // A failed transfer normally waits for a reconnect that tells its cause;
+    // during destroy none comes, so it must complete then and there.
+    let _g = serial();
+    let mut p = Pair::with(4096, |c| c.shutdown_timeout_ms = 10_000);
+    p.a.submit_ok(&[p.write(64, 0)]);
+    assert_eq!(p.a.done.wait_one(0, LIMIT), OK, "connected");
+    // The next transfer fails, and only after destroy has begun (300 ms of
+    // provider latency: destroy waits up to shutdown_timeout for it).
+    assert!(sw::set_knob(sw::Knob::LatencyNs, 300_000_000));
+    assert!(sw::set_knob(sw::Knob::FailOp, 1));
+    p.a.submit_ok(&[p.write(64, 1)]);
+    wait_until(|| p.a.stats().flagcx_transfers == 2, "the op in FlagCX");
+    assert_eq!(p.a.destroy(), OK);
+    assert_eq!(p.a.done.count(), 2, "an op never completed");
+    assert_eq!(p.a.done.exactly_once().get(&MCFX_E_TRANSFER_FAILED), Some(&1));
+}
+
+#[test]
 fn a_transfer_that_never_finishes_times_out_and_others_are_not_delayed() {
     let _g = serial();
     // Op 2 must finish while op 1 hangs toward its 1 s deadline (it takes

@@ -134,9 +134,13 @@ EntryList *as_list(void *p) { return static_cast<EntryList *>(p); }
 // One vector call over a whole entry list, which is cleared afterwards.
 template <typename Call>
 fxs_status list_call(void *conn, void *list, uint64_t *id_out, Call call) {
-  if (conn == nullptr || list == nullptr || id_out == nullptr)
+  if (list == nullptr)
     return FXS_INVALID;
   EntryList &l = *as_list(list);
+  if (conn == nullptr || id_out == nullptr) {
+    l.clear(); // empty afterwards whatever the outcome (the header's promise)
+    return FXS_INVALID;
+  }
   const size_t n = l.mrs.size();
   if (n == 0 || n > static_cast<size_t>(INT32_MAX)) {
     l.clear();

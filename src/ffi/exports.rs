@@ -362,10 +362,14 @@ pub unsafe extern "C" fn mcfx_unregister_batch(
 /// `op_timeout_ms` after the call and typically within a few ms after.
 ///
 /// Thread-safe; never blocks (except `submit_wait_us` when the queue is
-/// full) and never calls FlagCX.
+/// full) and never calls FlagCX. Ops are queued a few at a time as they are
+/// checked, so completion callbacks of the first ops may run while the call
+/// still reads the later ones: a callback must not change or free the
+/// `ops` array of a submit that has not returned.
 ///
 /// # Safety
-/// `ops` must hold `count` entries; `transport` must be a live handle.
+/// `ops` must hold `count` entries, unchanged until the call returns;
+/// `transport` must be a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn mcfx_submit(
     transport: *mut mcfx_transport,
