@@ -340,7 +340,7 @@ run_tebench() {
   env "${tb_env[@]}" LD_LIBRARY_PATH="$ldpath" MC_FLAGCX_PLUGIN="$plugin" "$bin" "${common[@]}" "${tflags[@]}" \
     >"$logs/$label.target.out" 2>"$logs/$label.target.err" &
   local tpid=$!
-  pids+=($tpid)
+  pids+=("$tpid")
   local seg=""
   for _ in $(seq 600); do
     seg=$(sed -n 's/.*--target_seg_name=\([^ ]*\).*/\1/p' "$logs/$label.target.out" 2>/dev/null | head -n 1)
