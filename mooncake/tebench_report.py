@@ -1,15 +1,26 @@
 #!/usr/bin/env python3
 """Turns the tebench runs of `scripts/mooncake.sh --ab` into a table, JSON and a plot.
 
-Input: <abdir>/raw/<mode>-<op>-<impl>-r<round>.txt, each the stdout of one
-tebench initiator (one row per block size: BlkSize, Batch, BW (GB/s), [Avg
-Inst GB/s,] Avg Lat, Avg Tx, P99 Tx, P999 Tx, in us). impl is `adapter` (this project's adapter and
-plugin) or `upstream` (Mooncake's own C++ FlagCX transport); mode is the
-software provider's `copy` mode, its modeled `nic`, or `real` FlagCX.
+Input: <abdir>/raw/<mode>-<op>-<impl>[-b<batch>]-r<round>.txt, each the
+stdout of tebench initiators (one row per block and batch size: BlkSize,
+Batch, BW (GB/s), [Avg Inst GB/s,] Avg Lat, Avg Tx, P99 Tx, P999 Tx, in us).
+impl is `adapter` (this project's adapter and plugin) or `upstream`
+(Mooncake's own C++ FlagCX transport); mode is the software provider's
+`copy` mode, its modeled `nic`, or `real` FlagCX. The batch size is read
+from the rows' Batch column.
 
-Per (mode, op, block size, impl) every number is the median over rounds; the
-ratio adapter/upstream of the mean op time is the median of the per-round
-ratios (round k against round k) with their min..max.
+tebench times batches: a batch is `batch` requests of one block size given
+to one submitTransfer, and "Avg Tx" / "P99 Tx" are the mean / 99th
+percentile of the time from submitTransfer until getTransferStatus reports
+all of them completed; "Avg Lat" is the run's wall time per batch (adds
+allocateBatchID / freeBatchID and the loop); BW is bytes moved over the
+run's wall time. The report's time per op is Avg Tx / batch (at batch 1:
+Avg Tx, as before); p99 is per batch.
+
+Per (mode, op, block size, batch, impl) every number is the median over
+rounds; the ratio adapter/upstream of the mean batch time (= of the time
+per op) is the median of the per-round ratios (round k against round k)
+with their min..max.
 Output: <abdir>/table.md (also printed), <abdir>/report.json, <abdir>/ab.png.
 """
 import argparse
@@ -23,11 +34,12 @@ from collections import defaultdict
 
 IMPLS = ["adapter", "upstream"]
 FIELDS = ["gbps", "avg_lat_us", "avg_tx_us", "p99_tx_us", "p999_tx_us"]
-NAME = re.compile(r"^(?P<mode>[a-z]+)-(?P<op>write|read)-(?P<impl>adapter|upstream)-r(?P<round>\d+)\.txt$")
+NAME = re.compile(r"^(?P<mode>[a-z]+)-(?P<op>write|read)-(?P<impl>adapter|upstream)"
+                  r"(?:-b\d+)?-r(?P<round>\d+)\.txt$")
 
 
 def load(abdir):
-    runs = defaultdict(dict)  # (mode, op, block, impl) -> {round: row}
+    runs = defaultdict(dict)  # (mode, op, block, batch, impl) -> {round: row}
     for path in sorted(glob.glob(os.path.join(abdir, "raw", "*.txt"))):
         m = NAME.match(os.path.basename(path))
         if not m:
@@ -41,7 +53,9 @@ def load(abdir):
                 # an "Avg Inst GB/s" column after it, so the rest is read
                 # from the end: Avg Lat, Avg Tx, P99 Tx, P999 Tx.
                 row = dict(zip(FIELDS, map(float, [parts[2]] + parts[-4:])))
-                key = (m["mode"], m["op"], int(parts[0]), m["impl"])
+                batch = int(parts[1])
+                row["per_op_us"] = row["avg_tx_us"] / batch
+                key = (m["mode"], m["op"], int(parts[0]), batch, m["impl"])
                 runs[key][int(m["round"])] = row
     return runs
 
@@ -51,9 +65,9 @@ def med(rounds, field):
     return statistics.median(vals) if vals else None
 
 
-def ratios(runs, mode, op, block, field="avg_tx_us"):
-    a = runs.get((mode, op, block, "adapter"), {})
-    u = runs.get((mode, op, block, "upstream"), {})
+def ratios(runs, point, field="avg_tx_us"):
+    a = runs.get(point + ("adapter",), {})
+    u = runs.get(point + ("upstream",), {})
     return [a[k][field] / u[k][field] for k in a if k in u and u[k][field] > 0]
 
 
@@ -71,26 +85,34 @@ def main():
     runs = load(args.abdir)
     if not runs:
         raise SystemExit("tebench_report: no tebench results in " + args.abdir + "/raw")
-    keys = sorted({k[:3] for k in runs}, key=lambda k: (k[0] != "copy", k[1] != "write", k[2]))
+    # (mode, op, block, batch): copy before nic, write before read, then by
+    # batch size and block size.
+    keys = sorted({k[:4] for k in runs},
+                  key=lambda k: (k[0] != "copy", k[1] != "write", k[3], k[2]))
     nrounds = max(len(v) for v in runs.values())
+    batches = sorted({k[3] for k in keys})
+    batch_text = "batch " + ", ".join(map(str, batches))
 
     lines = [
         f"tebench A/B, mooncake-flagcx {args.commit}, Mooncake {args.mooncake}: "
-        f"medians over {nrounds} rounds, {args.duration} s per block size, batch 1, "
-        "one initiator thread, target + initiator processes on loopback",
+        f"medians over {nrounds} rounds, {args.duration} s per block and batch size, "
+        f"{batch_text}, one initiator thread, target + initiator processes on loopback; "
+        "us/op = tebench's Avg Tx (submit to all completed, per batch) / batch; "
+        "p99 is per batch; ratio: adapter/upstream of Avg Tx",
         "",
-        "| mode | op | block | adapter avg us | upstream avg us | adapter p99 us "
-        "| upstream p99 us | adapter GB/s | upstream GB/s | adapter/upstream avg [min..max] |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| mode | op | block | batch | adapter us/op | upstream us/op | adapter p99 us "
+        "| upstream p99 us | adapter GB/s | upstream GB/s | adapter/upstream [min..max] |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     results = []
-    for mode, op, block in keys:
-        a = runs.get((mode, op, block, "adapter"), {})
-        u = runs.get((mode, op, block, "upstream"), {})
-        rs = ratios(runs, mode, op, block)
-        entry = {"mode": mode, "op": op, "block": block}
+    for point in keys:
+        mode, op, block, batch = point
+        a = runs.get(point + ("adapter",), {})
+        u = runs.get(point + ("upstream",), {})
+        rs = ratios(runs, point)
+        entry = {"mode": mode, "op": op, "block": block, "batch": batch}
         for impl, rounds in (("adapter", a), ("upstream", u)):
-            entry[impl] = {f: med(rounds, f) for f in FIELDS} if rounds else None
+            entry[impl] = {f: med(rounds, f) for f in FIELDS + ["per_op_us"]} if rounds else None
             if rounds:
                 entry[impl]["rounds"] = len(rounds)
         if rs:
@@ -101,9 +123,10 @@ def main():
             v = med(rounds, field) if rounds else None
             return "-" if v is None else format(v, fmt)
         ratio = f"{statistics.median(rs):.2f}x [{min(rs):.2f}..{max(rs):.2f}]" if rs else "-"
+        per_op = ".2f" if batch > 1 else ".1f"
         lines.append(
-            f"| {mode} | {op} | {size(block)} | {cell(a, 'avg_tx_us', '.1f')} | "
-            f"{cell(u, 'avg_tx_us', '.1f')} | {cell(a, 'p99_tx_us', '.1f')} | "
+            f"| {mode} | {op} | {size(block)} | {batch} | {cell(a, 'per_op_us', per_op)} | "
+            f"{cell(u, 'per_op_us', per_op)} | {cell(a, 'p99_tx_us', '.1f')} | "
             f"{cell(u, 'p99_tx_us', '.1f')} | {cell(a, 'gbps', '.3f')} | "
             f"{cell(u, 'gbps', '.3f')} | {ratio} |")
     table = "\n".join(lines) + "\n"
@@ -116,6 +139,9 @@ def main():
         "mooncake": args.mooncake,
         "seconds_per_block_size": args.duration,
         "rounds": nrounds,
+        "batches": batches,
+        "per_op_us": "avg_tx_us / batch (tebench's Avg Tx: submitTransfer until all "
+                     "requests of the batch completed)",
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "processor": cpu_model()},
         "results": results,
@@ -143,28 +169,33 @@ def plot(runs, keys, args):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted({(m, o) for m, o, _ in keys}, key=lambda p: (p[0] != "copy", p[1] != "write"))
-    fig, axes = plt.subplots(len(panels), 1, figsize=(11, 4 * len(panels)), squeeze=False)
+    panels = sorted({(m, o) for m, o, _, _ in keys}, key=lambda p: (p[0] != "copy", p[1] != "write"))
+    batches = sorted({k[3] for k in keys})
+    fig, axes = plt.subplots(len(panels), len(batches), figsize=(7 * len(batches), 4 * len(panels)),
+                             squeeze=False)
     colors = {"adapter": "#4f81bd", "upstream": "#c0504d"}
     width = 0.38
-    for ax, (mode, op) in zip(axes[:, 0], panels):
-        blocks = sorted(b for m, o, b in keys if (m, o) == (mode, op))
-        for k, impl in enumerate(IMPLS):
-            xs, ys = [], []
-            for j, b in enumerate(blocks):
-                v = med(runs.get((mode, op, b, impl), {}), "avg_tx_us")
-                if v:
-                    xs.append(j + (k - 0.5) * width)
-                    ys.append(v)
-            ax.bar(xs, ys, width, label=impl, color=colors[impl])
-        ax.set_xticks(range(len(blocks)))
-        ax.set_xticklabels([size(b) for b in blocks])
-        ax.set_yscale("log")
-        ax.set_title(f"{op}, {mode} mode: mean time per op (us, log scale; lower is better)")
-        ax.grid(axis="y", which="both", alpha=0.3)
-        ax.legend()
+    for row, (mode, op) in enumerate(panels):
+        for col, batch in enumerate(batches):
+            ax = axes[row, col]
+            blocks = sorted(b for m, o, b, n in keys if (m, o, n) == (mode, op, batch))
+            for k, impl in enumerate(IMPLS):
+                xs, ys = [], []
+                for j, b in enumerate(blocks):
+                    v = med(runs.get((mode, op, b, batch, impl), {}), "per_op_us")
+                    if v:
+                        xs.append(j + (k - 0.5) * width)
+                        ys.append(v)
+                ax.bar(xs, ys, width, label=impl, color=colors[impl])
+            ax.set_xticks(range(len(blocks)))
+            ax.set_xticklabels([size(b) for b in blocks], fontsize=8)
+            ax.set_yscale("log")
+            ax.set_title(f"{op}, {mode} mode, batch {batch}: us per op (log; lower is better)",
+                         fontsize=10)
+            ax.grid(axis="y", which="both", alpha=0.3)
+            ax.legend(fontsize=8)
     fig.suptitle(f"Mooncake tebench: this project's adapter vs upstream's FlagCX transport "
-                 f"(commit {args.commit})")
+                 f"(commit {args.commit}); us per op = Avg Tx / batch")
     fig.tight_layout()
     path = os.path.join(args.abdir, "ab.png")
     fig.savefig(path, dpi=100)

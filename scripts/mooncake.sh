@@ -24,15 +24,23 @@
 #          with upstream's own FlagCX transport (<work>/build-upstream) and
 #          runs tebench for both, interleaved over --rounds rounds (default
 #          3), on the software provider's copy mode and, when the provider
-#          has it, its modeled NIC; writes <work>/ab/{table.md,report.json,
-#          ab.png} (mooncake/tebench_report.py).
+#          has it, its modeled NIC, for each batch size of AB_BATCHES;
+#          writes <work>/ab/{table.md,report.json,ab.png}
+#          (mooncake/tebench_report.py).
 #
 # <work> defaults to target/mooncake in this repository. Missing build
 # dependencies are installed with apt-get (as root, or through sudo).
 # Environment: MOONCAKE_JOBS (build jobs, default nproc), TEBENCH_DURATION
 # (seconds per block size, default 1), AB_MODES (the --ab modes, default
 # "copy", plus "nic" when the provider has the modeled NIC),
-# AB_NIC_GBPS / AB_NIC_LATENCY_NS (modeled NIC, default 200 / 2000).
+# AB_NIC_GBPS / AB_NIC_LATENCY_NS (modeled NIC, default 200 / 2000),
+# AB_BATCHES (the --ab batch sizes: ops per submitTransfer, default
+# "1 16 64"; "1" is the A/B of before), AB_BLOCKS (the --ab block sizes in
+# bytes, e.g. "4096 65536 1048576"; default: every power of two from 4 KiB to
+# 1 MiB). Each block size of each batch size takes tebench's 1 s warm-up
+# plus TEBENCH_DURATION, per mode, op, implementation and round: the
+# defaults (9 block sizes, 3 batch sizes, 2 modes, 3 rounds) take about
+# 25 minutes.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -296,14 +304,21 @@ PY
 }
 
 tb_env=() # extra environment of both tebench processes (VAR=value ...)
+tb_blocks=(4096 $((1 << 20))) # tebench's block sizes: first and last (doubling)
+tb_batch=1                    # ops per submitTransfer (tebench's batch size)
 # run_tebench <tebench> <label> <p2p|http> <op> <extra initiator flags...>
 # Starts a target process, runs an initiator against it; the initiator's
 # stdout is in $logs/<label>.out. Returns the initiator's exit status.
 run_tebench() {
   local bin=$1 label=$2 meta=$3 op=$4
   shift 4
-  local common=(--backend=classic --xport_type=flagcx --total_buffer_size=$((64 << 20))
-    --start_block_size=4096 --max_block_size=$((1 << 20)) --duration="$duration")
+  # 64 MiB buffers, more when a batch of the largest blocks needs it (tebench
+  # skips a block and batch size that does not fit).
+  local buffer=$((64 << 20))
+  [ $((tb_blocks[1] * tb_batch)) -le $buffer ] || buffer=$((tb_blocks[1] * tb_batch))
+  local common=(--backend=classic --xport_type=flagcx --total_buffer_size="$buffer"
+    --start_block_size="${tb_blocks[0]}" --max_block_size="${tb_blocks[1]}"
+    --start_batch_size="$tb_batch" --max_batch_size="$tb_batch" --duration="$duration")
   # Mooncake's standalone transfer-engine build leaves libasio.so in
   # <build>/mooncake-common, which tebench's RPATH misses. Upstream's
   # transport links libflagcx.so itself and finds it only through the
@@ -325,7 +340,7 @@ run_tebench() {
   env "${tb_env[@]}" LD_LIBRARY_PATH="$ldpath" MC_FLAGCX_PLUGIN="$plugin" "$bin" "${common[@]}" "${tflags[@]}" \
     >"$logs/$label.target.out" 2>"$logs/$label.target.err" &
   local tpid=$!
-  pids+=($tpid)
+  pids+=("$tpid")
   local seg=""
   for _ in $(seq 600); do
     seg=$(sed -n 's/.*--target_seg_name=\([^ ]*\).*/\1/p' "$logs/$label.target.out" 2>/dev/null | head -n 1)
@@ -402,23 +417,40 @@ fi
 [ -n "$flagcx_home" ] && modes=(real)
 # AB_MODES="copy nic" chooses the modes (e.g. for a provider built elsewhere).
 [ -n "${AB_MODES:-}" ] && read -r -a modes <<<"$AB_MODES"
-log "A/B: adapter vs upstream, ${modes[*]} mode, $rounds rounds, interleaved"
+read -r -a batches <<<"${AB_BATCHES:-1 16 64}"
+# One tebench run covers a doubling range of block sizes; AB_BLOCKS picks
+# single sizes instead (one run each, their rows appended to one raw file).
+read -r -a blocks <<<"${AB_BLOCKS:-}"
+for b in "${batches[@]}" "${blocks[@]}"; do
+  [[ $b =~ ^[1-9][0-9]*$ ]] || die "AB_BATCHES / AB_BLOCKS take positive integers, not '$b'"
+done
+[ ${#blocks[@]} -gt 0 ] || blocks=("4096:$((1 << 20))")
+log "A/B: adapter vs upstream, ${modes[*]} mode, batch ${batches[*]}, $rounds rounds, interleaved"
 for r in $(seq "$rounds"); do
   for mode in "${modes[@]}"; do
     for op in write read; do
-      for impl in adapter upstream; do
-        bin=$work/build-flagcx/benchmark/tebench
-        [ "$impl" = upstream ] && bin=$work/build-upstream/benchmark/tebench
-        label=$mode-$op-$impl-r$r
-        tb_env=()
-        [ "$mode" = nic ] && tb_env=(FLAGCX_SW_NIC_GBPS="${AB_NIC_GBPS:-200}"
-          FLAGCX_SW_NIC_LATENCY_NS="${AB_NIC_LATENCY_NS:-2000}")
-        if run_tebench "$bin" "$label" p2p "$op"; then
-          cp "$logs/$label.out" "$abdir/raw/$label.txt"
-          echo "round $r $mode $op $impl: ok"
-        else
-          echo "round $r $mode $op $impl: FAILED (logs: $logs/$label.*)"
-        fi
+      for batch in "${batches[@]}"; do
+        for impl in adapter upstream; do
+          bin=$work/build-flagcx/benchmark/tebench
+          [ "$impl" = upstream ] && bin=$work/build-upstream/benchmark/tebench
+          label=$mode-$op-$impl-b$batch-r$r
+          tb_env=()
+          [ "$mode" = nic ] && tb_env=(FLAGCX_SW_NIC_GBPS="${AB_NIC_GBPS:-200}"
+            FLAGCX_SW_NIC_LATENCY_NS="${AB_NIC_LATENCY_NS:-2000}")
+          tb_batch=$batch
+          status=ok
+          : >"$abdir/raw/$label.txt"
+          for range in "${blocks[@]}"; do
+            tb_blocks=("${range%:*}" "${range#*:}") # "first:last", or one size
+            run=$label${AB_BLOCKS:+-k${tb_blocks[0]}}
+            if run_tebench "$bin" "$run" p2p "$op"; then
+              cat "$logs/$run.out" >>"$abdir/raw/$label.txt"
+            else
+              status="FAILED (logs: $logs/$run.*)"
+            fi
+          done
+          echo "round $r $mode $op batch $batch $impl: $status"
+        done
       done
     done
   done
