@@ -49,7 +49,6 @@ impl Wake {
     pub fn bind_current(&self) {
         let _ = self.consumer.set(thread::current());
         precise_naps();
-        short_slice();
     }
 
     /// True on the consumer thread (e.g. inside a completion callback).
@@ -86,6 +85,7 @@ impl Wake {
             self.state.store(AWAKE, Ordering::SeqCst);
             return;
         }
+        let pin = pin_while_asleep();
         match timeout {
             None => {
                 // Acquire: pairs with the producer's SeqCst CAS.
@@ -97,6 +97,7 @@ impl Wake {
                 park_timeout(t);
             }
         }
+        unpin(pin);
         self.state.store(AWAKE, Ordering::SeqCst);
     }
 }
@@ -115,62 +116,60 @@ fn precise_naps() {
 #[cfg(loom)]
 fn precise_naps() {}
 
-/// The scheduler slice the progress thread asks for (`sched_runtime` of
-/// `sched_setattr`, Linux's smallest): see `short_slice`.
+/// Pins the calling thread to the CPU it runs on, for the time it sleeps;
+/// returns the affinity to restore (`None`: nothing was changed).
+///
+/// Why: on the 2-vCPU KVM guests this was measured on, the scheduler packs a
+/// woken thread onto the vCPU of a busy waker rather than the idle one it
+/// slept on, so a progress thread woken by a submitter that then spins for
+/// its completion waited out the submitter's whole slice (2.8 ms at p90 for
+/// ops 2 ms apart, `examples/hotpath --batch 1 --gap-us 2000`). Pinned, it
+/// wakes where it slept: p50 58 us (the idle vCPU's wake-up), p90 80 us.
+/// Costs three system calls per sleep, which only begins after
+/// `spin_grace` (or a nap's worth) of idleness.
 #[cfg(all(target_os = "linux", not(loom)))]
-const PROGRESS_SLICE_NS: u64 = 100_000;
-/// `SCHED_FLAG_RESET_ON_FORK` of `linux/sched.h`.
-#[cfg(all(target_os = "linux", not(loom)))]
-const SCHED_FLAG_RESET_ON_FORK: u64 = 0x01;
-
-/// `struct sched_attr` up to `sched_period` (`SCHED_ATTR_SIZE_VER0`), the
-/// part this needs; the kernel takes the size from `size`.
-#[cfg(all(target_os = "linux", not(loom)))]
-#[repr(C)]
-#[derive(Default)]
-struct SchedAttr {
-    size: u32,
-    policy: u32,
-    flags: u64,
-    nice: i32,
-    priority: u32,
-    runtime: u64,
-    deadline: u64,
-    period: u64,
+fn pin_while_asleep() -> Option<libc::cpu_set_t> {
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: sched_getcpu takes no arguments.
+    let cpu = unsafe { libc::sched_getcpu() };
+    if cpu < 0 || cpu as usize >= 8 * size {
+        return None;
+    }
+    // SAFETY: an all-zero cpu_set_t is a valid (empty) set.
+    let (mut saved, mut here): (libc::cpu_set_t, libc::cpu_set_t) =
+        unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+    // SAFETY: pid 0 is this thread; `saved` is `size` writable bytes.
+    if unsafe { libc::sched_getaffinity(0, size, &mut saved) } != 0 {
+        return None;
+    }
+    // SAFETY: `cpu` is below the set's capacity (checked above); then pid 0
+    // is this thread and `here` is `size` readable bytes.
+    let pinned = unsafe {
+        libc::CPU_SET(cpu as usize, &mut here);
+        libc::sched_setaffinity(0, size, &here) == 0
+    };
+    pinned.then_some(saved)
 }
 
-/// Asks the scheduler for a short slice (Linux 6.12 and later: EEVDF's
-/// custom slice; older kernels ignore it for normal threads). A woken thread
-/// with a short slice gets an early deadline and so the CPU promptly, even
-/// when the scheduler put it on the CPU of a caller that spins waiting for
-/// its completions: on VMs whose scheduler packs woken threads onto busy
-/// vCPUs, that wait took a whole slice of the caller's (2-3.5 ms at p99 for
-/// an op after a pause; with this, about 0.1-0.3 ms). The progress thread
-/// runs in short bursts, for which a short slice is what the kernel
-/// recommends. Only a thread of the normal policy is changed, its nice value
-/// kept; failure leaves the default slice.
+/// Gives back the affinity `pin_while_asleep` saved. (If the allowed CPUs
+/// changed meanwhile, the kernel intersects; a failure leaves the pin, which
+/// the next sleep's save then keeps: harmless, the thread still runs.)
 #[cfg(all(target_os = "linux", not(loom)))]
-fn short_slice() {
-    let mut attr = SchedAttr::default();
-    let size = std::mem::size_of::<SchedAttr>() as libc::c_uint;
-    // SAFETY: sched_getattr(0 = this thread) writes at most `size` bytes
-    // into `attr`, which is that large.
-    let got = unsafe { libc::syscall(libc::SYS_sched_getattr, 0, &mut attr, size, 0) };
-    if got != 0 || attr.policy != libc::SCHED_OTHER as u32 {
-        return;
+fn unpin(saved: Option<libc::cpu_set_t>) {
+    if let Some(saved) = saved {
+        // SAFETY: pid 0 is this thread; `saved` is a whole cpu_set_t.
+        let _ =
+            unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &saved) };
     }
-    attr.size = size;
-    // Only SCHED_FLAG_RESET_ON_FORK is a lasting setting among the flags
-    // sched_getattr reports; keep it (threads a callback spawns would
-    // otherwise inherit the short slice).
-    attr.flags &= SCHED_FLAG_RESET_ON_FORK;
-    attr.runtime = PROGRESS_SLICE_NS;
-    // SAFETY: sched_setattr(0 = this thread) reads `size` bytes of `attr`.
-    let _ = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr, 0) };
 }
 
 #[cfg(any(not(target_os = "linux"), loom))]
-fn short_slice() {}
+fn pin_while_asleep() -> Option<()> {
+    None
+}
+
+#[cfg(any(not(target_os = "linux"), loom))]
+fn unpin(_saved: Option<()>) {}
 
 #[cfg(not(loom))]
 fn park_timeout(t: Duration) {

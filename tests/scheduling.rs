@@ -1,15 +1,25 @@
-//! The progress thread's scheduling attributes: a short slice (so a woken
-//! progress thread is not kept off a CPU by a caller spinning for its
-//! completions), with the creating thread's policy and nice value kept.
-//!
-//! One test in its own binary: it changes the nice value of the thread that
-//! creates the transport, which nothing else here may see.
+//! The progress thread's CPU affinity: pinned to its CPU while it sleeps (so
+//! a wake-up finds it where it slept, not queued behind the waker), and its
+//! own affinity again whenever it runs.
 
 #![cfg(target_os = "linux")]
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use mooncake_flagcx::{Config, Transport};
+use flagcx_sys::testing::AlignedBuf;
+use mooncake_flagcx::{Config, OpRequest, Opcode, Transport};
+
+/// CPUs in the calling thread's affinity mask.
+fn my_cpu_count() -> usize {
+    // SAFETY: an all-zero cpu_set_t is valid; pid 0 is this thread and the
+    // set is `size_of` writable bytes.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set), 0);
+        libc::CPU_COUNT(&set) as usize
+    }
+}
 
 /// The tids of this process's threads named `name`.
 fn threads_named(name: &str) -> Vec<i32> {
@@ -23,63 +33,68 @@ fn threads_named(name: &str) -> Vec<i32> {
         .collect()
 }
 
-/// A field of `/proc/self/task/<tid>/sched` (only kernels built with
-/// scheduler debugging have the file; only EEVDF kernels have `se.slice`).
-fn sched_field(tid: i32, field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/sched")).ok()?;
-    text.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        (k.trim() == field).then(|| v.trim().parse().ok())?
-    })
+/// `Cpus_allowed_list` of a thread of this process, e.g. "0-1" or "1".
+fn allowed_list(tid: i32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list")
+        .trim()
+        .to_owned()
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 #[test]
-fn the_progress_thread_asks_for_a_short_slice_and_keeps_its_policy_and_nice_value() {
-    // Threads inherit the nice value of the thread that creates them; the
-    // progress thread's scheduler call must keep it (raising nice needs no
-    // privilege).
-    // SAFETY: setpriority on this thread (who = 0 with PRIO_PROCESS is the
-    // calling thread on Linux); no pointers.
-    let set = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 7) };
-    assert_eq!(set, 0, "setpriority: {}", std::io::Error::last_os_error());
+fn the_progress_thread_is_pinned_only_while_it_sleeps() {
+    let cpus = my_cpu_count();
+    // What each completion callback (run on the progress thread, just
+    // woken) sees of its own affinity.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = Arc::clone(&seen);
     let t = Transport::create(
-        Config { serve_peers: false, ..Config::default() },
-        Box::new(|_, _| {}),
+        Config { serve_peers: false, spin_grace: Duration::from_micros(10), ..Config::default() },
+        Box::new(move |_, _| s.lock().unwrap().push(my_cpu_count())),
         Box::new(|_| Err("no peers here".into())),
     )
     .expect("create");
-    // The thread names itself and sets its slice before it takes any work;
-    // wait (bounded) until it shows up named.
+    let buf = AlignedBuf::new(4096);
+    // SAFETY: `buf` outlives the transport (dropped after it below).
+    unsafe { t.register(buf.addr(), buf.len()).expect("register") };
     let mut tids = Vec::new();
-    for _ in 0..2000 {
+    wait_until("the progress thread", || {
         tids = threads_named("mcfx-progress");
-        if !tids.is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    assert_eq!(tids.len(), 1, "one progress thread");
+        !tids.is_empty()
+    });
     let tid = tids[0];
-    // SAFETY: getpriority of a thread of this process; no pointers.
-    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t) };
-    assert_eq!(nice, 7, "the progress thread kept the creator's nice value");
-    // SAFETY: sched_getscheduler of a thread of this process; no pointers.
-    let policy = unsafe { libc::sched_getscheduler(tid) };
-    assert_eq!(policy, libc::SCHED_OTHER, "the progress thread kept the normal policy");
-    // The slice is set from the thread itself as it starts: wait (bounded)
-    // for it where the kernel reports it.
-    if sched_field(tid, "se.slice").is_some() {
-        let mut slice = None;
-        for _ in 0..2000 {
-            slice = sched_field(tid, "se.slice");
-            if slice == Some(100_000) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
+    for round in 0..3u64 {
+        if cpus > 1 {
+            // Idle past its grace, it sleeps pinned to one CPU.
+            wait_until("the parked thread's pin", || !allowed_list(tid).contains([',', '-']));
         }
-        assert_eq!(slice, Some(100_000), "the progress thread's slice, in ns");
-    } else {
-        eprintln!("this kernel does not report se.slice: slice not checked");
+        // An op for a peer nobody can resolve: it completes (MCFX_E_RESOLVE)
+        // on the progress thread, which the submit woke.
+        let op = OpRequest {
+            opcode: Opcode::Write,
+            local: buf.addr(),
+            len: 64,
+            peer: 1 + round,
+            remote: 0x1000,
+            user_data: round,
+        };
+        let mut accepted = 0;
+        t.submit(&[op], &mut accepted).expect("submit");
+        wait_until("the completion", || seen.lock().unwrap().len() as u64 > round);
     }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen, vec![cpus; 3], "awake, the progress thread runs on all its CPUs");
     drop(t);
+    drop(buf);
 }
