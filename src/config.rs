@@ -45,7 +45,7 @@ pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Long enough that an op arriving within a millisecond of the last one finds
 /// the progress thread awake: waking a parked thread cost 60 us at p50 on
 /// the 2-vCPU VMs this was measured on (the idle vCPU halts; examples/hotpath
-/// `--gap-us 200`: 62 us per op with a 50 us grace, 1.6-3 us with 1 ms).
+/// `--gap-us 200`: 62 us per op with a 50 us grace, 0.8-1.9 us with 1 ms).
 /// An idle transport still parks within a millisecond.
 pub(crate) const DEFAULT_SPIN_GRACE: Duration = Duration::from_millis(1);
 pub(crate) const DEFAULT_MAX_BATCH: usize = 256;
