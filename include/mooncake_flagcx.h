@@ -49,6 +49,13 @@
 // initiates; peers cannot connect to it).
 #define MCFX_FLAG_NO_SERVE 1
 
+// `mcfx_config.flags`: let the idle progress thread sleep with its own CPU
+// affinity. By default it is pinned to the CPU it sleeps on until it wakes,
+// so a wake-up finds it there instead of queued behind the waker (which
+// some VM schedulers do; see docs/design.md, "Wake-up"). Set this where the
+// CPU it slept on may be busy with other work when it is woken.
+#define MCFX_FLAG_NO_PIN_ASLEEP 2
+
 // Result of a call or of an operation. `MCFX_OK` is 0; errors are positive.
 enum mcfx_status
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L

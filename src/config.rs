@@ -36,6 +36,10 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Start FlagCX's RPC server so peers can connect to this transport.
     pub serve_peers: bool,
+    /// The idle progress thread sleeps pinned to the CPU it runs on, and
+    /// gets its own affinity back when it wakes (`MCFX_FLAG_NO_PIN_ASLEEP`
+    /// turns it off; see docs/design.md, "Wake-up").
+    pub pin_asleep: bool,
 }
 
 pub(crate) const DEFAULT_QUEUE_CAPACITY: usize = 4096;
@@ -86,6 +90,7 @@ impl Default for Config {
             connect_threads: DEFAULT_CONNECT_THREADS,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             serve_peers: true,
+            pin_asleep: true,
         }
     }
 }

@@ -318,7 +318,7 @@ impl Progress {
         } else {
             None
         };
-        shared.queue.wake().park(has_work, timeout);
+        shared.queue.wake().park(has_work, timeout, shared.config.pin_asleep);
     }
 
     // ---- 1. queue -> slots -> groups or peer wait lists ----------------------

@@ -78,14 +78,16 @@ impl Wake {
 
     /// Consumer side: sleeps unless `has_work()` is true after announcing,
     /// until a producer notifies or `timeout` (if any) passes.
-    pub fn park(&self, has_work: impl Fn() -> bool, timeout: Option<Duration>) {
+    /// With `pin`, the thread sleeps pinned to its CPU (see
+    /// `pin_while_asleep`).
+    pub fn park(&self, has_work: impl Fn() -> bool, timeout: Option<Duration>, pin: bool) {
         self.state.store(PARKED, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         if has_work() {
             self.state.store(AWAKE, Ordering::SeqCst);
             return;
         }
-        let pin = pin_while_asleep();
+        let pin = if pin { pin_while_asleep() } else { None };
         match timeout {
             None => {
                 // Acquire: pairs with the producer's SeqCst CAS.

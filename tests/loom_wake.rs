@@ -24,7 +24,7 @@ fn consume(wake: &wake::Wake, work: &AtomicUsize, expected: usize) {
             taken = available;
             continue;
         }
-        wake.park(|| work.load(Relaxed) > taken, None);
+        wake.park(|| work.load(Relaxed) > taken, None, false);
     }
 }
 
@@ -77,7 +77,7 @@ fn a_consumer_that_rechecks_after_a_timed_nap_also_sees_the_work() {
         let (wake, work) = bound_wake();
         let producer = producer(&wake, &work);
         while work.load(Relaxed) == 0 {
-            wake.park(|| work.load(Relaxed) > 0, Some(std::time::Duration::from_micros(1)));
+            wake.park(|| work.load(Relaxed) > 0, Some(std::time::Duration::from_micros(1)), false);
             loom::thread::yield_now();
         }
         producer.join().unwrap();

@@ -44,6 +44,9 @@ fn allowed_list(tid: i32) -> String {
         .to_owned()
 }
 
+/// The tests look threads up by name: one transport at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let until = Instant::now() + Duration::from_secs(30);
     while !cond() {
@@ -54,6 +57,7 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 
 #[test]
 fn the_progress_thread_is_pinned_only_while_it_sleeps() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let cpus = my_cpu_count();
     // What each completion callback (run on the progress thread, just
     // woken) sees of its own affinity.
@@ -73,6 +77,7 @@ fn the_progress_thread_is_pinned_only_while_it_sleeps() {
         tids = threads_named("mcfx-progress");
         !tids.is_empty()
     });
+    assert_eq!(tids.len(), 1, "one progress thread");
     let tid = tids[0];
     for round in 0..3u64 {
         if cpus > 1 {
@@ -97,4 +102,37 @@ fn the_progress_thread_is_pinned_only_while_it_sleeps() {
     assert_eq!(seen, vec![cpus; 3], "awake, the progress thread runs on all its CPUs");
     drop(t);
     drop(buf);
+}
+
+#[test]
+fn with_pinning_off_the_parked_progress_thread_keeps_its_affinity() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let cpus = my_cpu_count();
+    if cpus < 2 {
+        return; // one CPU: a pin would not show
+    }
+    let t = Transport::create(
+        Config {
+            serve_peers: false,
+            spin_grace: Duration::from_micros(10),
+            pin_asleep: false,
+            ..Config::default()
+        },
+        Box::new(|_, _| {}),
+        Box::new(|_| Err("no peers here".into())),
+    )
+    .expect("create");
+    let mut tids = Vec::new();
+    wait_until("the progress thread", || {
+        tids = threads_named("mcfx-progress");
+        !tids.is_empty()
+    });
+    // Idle after 10 us, it sleeps for nearly all of these 200 samples over
+    // at least 200 ms; with pinning on, every sample would show one CPU.
+    for _ in 0..200 {
+        let list = allowed_list(tids[0]);
+        assert!(list.contains([',', '-']), "pinned while asleep: {list}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(t);
 }

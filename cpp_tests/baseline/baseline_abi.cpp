@@ -125,7 +125,8 @@ Result ConvertConfig(const mcfx_config &c, Options *o) {
     return Fail(MCFX_E_INVALID_ARGUMENT, "config.on_complete is NULL");
   if (c.resolve == nullptr)
     return Fail(MCFX_E_INVALID_ARGUMENT, "config.resolve is NULL");
-  if ((c.flags & ~uint32_t(MCFX_FLAG_NO_SERVE)) != 0)
+  // NO_PIN_ASLEEP: accepted and moot (the baseline's threads never pin).
+  if ((c.flags & ~uint32_t(MCFX_FLAG_NO_SERVE | MCFX_FLAG_NO_PIN_ASLEEP)) != 0)
     return Fail(MCFX_E_BAD_CONFIG,
                 Format("unknown config flags %#x", unsigned(c.flags)));
   if (c.log_level > kMaxLogLevel)

@@ -36,7 +36,8 @@ pub(super) fn default_config() -> mcfx_config {
         max_slice_bytes: d.max_slice_bytes,
         connect_threads: d.connect_threads as u32,
         shutdown_timeout_ms: clamp(d.shutdown_timeout.as_millis()),
-        flags: if d.serve_peers { 0 } else { MCFX_FLAG_NO_SERVE },
+        flags: if d.serve_peers { 0 } else { MCFX_FLAG_NO_SERVE }
+            | if d.pin_asleep { 0 } else { MCFX_FLAG_NO_PIN_ASLEEP },
         log_level: mcfx_log_level::MCFX_LOG_WARN as u32,
         log: None,
         log_ctx: ptr::null_mut(),
@@ -93,7 +94,7 @@ pub(super) fn convert_config(c: &mcfx_config) -> Result<Converted> {
     let Some(resolve) = c.resolve else {
         return invalid("config.resolve is NULL");
     };
-    if c.flags & !MCFX_FLAG_NO_SERVE != 0 {
+    if c.flags & !(MCFX_FLAG_NO_SERVE | MCFX_FLAG_NO_PIN_ASLEEP) != 0 {
         return fail(Status::MCFX_E_BAD_CONFIG, format!("unknown config flags {:#x}", c.flags));
     }
     let d = Config::default();
@@ -110,6 +111,7 @@ pub(super) fn convert_config(c: &mcfx_config) -> Result<Converted> {
         connect_threads: or_default(c.connect_threads as usize, d.connect_threads),
         shutdown_timeout: or_default(ms(c.shutdown_timeout_ms), d.shutdown_timeout),
         serve_peers: c.flags & MCFX_FLAG_NO_SERVE == 0,
+        pin_asleep: c.flags & MCFX_FLAG_NO_PIN_ASLEEP == 0,
     };
     let complete_ctx = Ctx(c.complete_ctx);
     let resolve_ctx = Ctx(c.resolve_ctx);

@@ -26,6 +26,12 @@ const _: () = assert!(MCFX_MAX_ENDPOINT_LEN as usize == MAX_ENDPOINT_LEN);
 /// `mcfx_config.flags`: do not start FlagCX's RPC server (this transport only
 /// initiates; peers cannot connect to it).
 pub const MCFX_FLAG_NO_SERVE: u32 = 1;
+/// `mcfx_config.flags`: let the idle progress thread sleep with its own CPU
+/// affinity. By default it is pinned to the CPU it sleeps on until it wakes,
+/// so a wake-up finds it there instead of queued behind the waker (which
+/// some VM schedulers do; see docs/design.md, "Wake-up"). Set this where the
+/// CPU it slept on may be busy with other work when it is woken.
+pub const MCFX_FLAG_NO_PIN_ASLEEP: u32 = 2;
 
 /// Severity of a message passed to `mcfx_config.log`.
 #[repr(i32)]
