@@ -620,6 +620,27 @@ TEST_F(AdapterPluginLoading, MalformedKnobFailsInstall) {
     EXPECT_NE(log.find("MC_FLAGCX_OP_TIMEOUT_MS"), std::string::npos) << log;
 }
 
+TEST_F(AdapterPluginLoading, SchedulingKnobsAreReadAndAccepted) {
+    {
+        // Read: a malformed value fails the install and names the knob.
+        ScopedEnv grace("MC_FLAGCX_SPIN_GRACE_US", "1ms");
+        std::string log;
+        EXPECT_LT(install(MCFX_TEST_PLUGIN_PATH, log), 0);
+        EXPECT_NE(log.find("MC_FLAGCX_SPIN_GRACE_US"), std::string::npos) << log;
+    }
+    {
+        ScopedEnv pin("MC_FLAGCX_NO_PIN_ASLEEP", "yes");
+        std::string log;
+        EXPECT_LT(install(MCFX_TEST_PLUGIN_PATH, log), 0);
+        EXPECT_NE(log.find("MC_FLAGCX_NO_PIN_ASLEEP"), std::string::npos) << log;
+    }
+    // Accepted: the real plugin takes the values (and the flag bit).
+    ScopedEnv grace("MC_FLAGCX_SPIN_GRACE_US", "200");
+    ScopedEnv pin("MC_FLAGCX_NO_PIN_ASLEEP", "1");
+    std::string log;
+    EXPECT_EQ(install(MCFX_TEST_PLUGIN_PATH, log), 0) << log;
+}
+
 TEST_F(AdapterPluginLoading, DefaultIsThePluginNextToTheAdapterLibrary) {
     // The build puts libmooncake_flagcx.so (a link to the real plugin) next
     // to the adapter's shared library.

@@ -205,7 +205,7 @@ TEST(BaselineAbi, RejectsBadConfigsAndArguments) {
       {[](mcfx_config &c) { c.struct_size = 8; }, MCFX_E_BAD_CONFIG},
       {[](mcfx_config &c) { c.on_complete = nullptr; }, MCFX_E_INVALID_ARGUMENT},
       {[](mcfx_config &c) { c.resolve = nullptr; }, MCFX_E_INVALID_ARGUMENT},
-      {[](mcfx_config &c) { c.flags = 2; }, MCFX_E_BAD_CONFIG},
+      {[](mcfx_config &c) { c.flags = 1u << 7; }, MCFX_E_BAD_CONFIG},
       {[](mcfx_config &c) { c.log_level = 6; }, MCFX_E_BAD_CONFIG},
   };
   for (const Case &c : cases) {

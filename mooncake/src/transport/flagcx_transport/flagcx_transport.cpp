@@ -179,8 +179,12 @@ constexpr EnvKnob kEnvKnobs[] = {
     {"MC_FLAGCX_CONNECT_TIMEOUT_MS", &mcfx_config::connect_timeout_ms},
     {"MC_FLAGCX_CONNECT_THREADS", &mcfx_config::connect_threads},
     {"MC_FLAGCX_SHUTDOWN_TIMEOUT_MS", &mcfx_config::shutdown_timeout_ms},
+    {"MC_FLAGCX_SPIN_GRACE_US", &mcfx_config::spin_grace_us},
     {"MC_FLAGCX_LOG_LEVEL", &mcfx_config::log_level},
 };
+
+// A non-zero MC_FLAGCX_NO_PIN_ASLEEP sets MCFX_FLAG_NO_PIN_ASLEEP.
+constexpr char kNoPinEnv[] = "MC_FLAGCX_NO_PIN_ASLEEP";
 
 // A whole unsigned decimal number that fits in 32 bits.
 bool parseU32(const char *text, uint32_t &out) {
@@ -207,6 +211,15 @@ bool applyEnvKnobs(mcfx_config &config, std::string &error) {
         }
         // 0 keeps the default config_init wrote.
         if (value != 0) config.*knob.field = value;
+    }
+    const char *no_pin = std::getenv(kNoPinEnv);
+    if (no_pin != nullptr && *no_pin != '\0') {
+        uint32_t value = 0;
+        if (!parseU32(no_pin, value)) {
+            error = std::string(kNoPinEnv) + "=\"" + no_pin + "\" is not 0 or 1";
+            return false;
+        }
+        if (value != 0) config.flags |= MCFX_FLAG_NO_PIN_ASLEEP;
     }
     return true;
 }
