@@ -4,9 +4,12 @@
 
 #![cfg(target_os = "linux")]
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::wait_until;
 use flagcx_sys::testing::AlignedBuf;
 use mooncake_flagcx::{Config, OpRequest, Opcode, Transport};
 
@@ -47,14 +50,6 @@ fn allowed_list(tid: i32) -> String {
 /// The tests look threads up by name: one transport at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let until = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 #[test]
 fn the_progress_thread_is_pinned_only_while_it_sleeps() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -73,16 +68,19 @@ fn the_progress_thread_is_pinned_only_while_it_sleeps() {
     // SAFETY: `buf` outlives the transport (dropped after it below).
     unsafe { t.register(buf.addr(), buf.len()).expect("register") };
     let mut tids = Vec::new();
-    wait_until("the progress thread", || {
-        tids = threads_named("mcfx-progress");
-        !tids.is_empty()
-    });
+    wait_until(
+        || {
+            tids = threads_named("mcfx-progress");
+            !tids.is_empty()
+        },
+        "the progress thread",
+    );
     assert_eq!(tids.len(), 1, "one progress thread");
     let tid = tids[0];
     for round in 0..3u64 {
         if cpus > 1 {
             // Idle past its grace, it sleeps pinned to one CPU.
-            wait_until("the parked thread's pin", || !allowed_list(tid).contains([',', '-']));
+            wait_until(|| !allowed_list(tid).contains([',', '-']), "the parked thread's pin");
         }
         // An op for a peer nobody can resolve: it completes (MCFX_E_RESOLVE)
         // on the progress thread, which the submit woke.
@@ -96,7 +94,7 @@ fn the_progress_thread_is_pinned_only_while_it_sleeps() {
         };
         let mut accepted = 0;
         t.submit(&[op], &mut accepted).expect("submit");
-        wait_until("the completion", || seen.lock().unwrap().len() as u64 > round);
+        wait_until(|| seen.lock().unwrap().len() as u64 > round, "the completion");
     }
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen, vec![cpus; 3], "awake, the progress thread runs on all its CPUs");
@@ -123,10 +121,13 @@ fn with_pinning_off_the_parked_progress_thread_keeps_its_affinity() {
     )
     .expect("create");
     let mut tids = Vec::new();
-    wait_until("the progress thread", || {
-        tids = threads_named("mcfx-progress");
-        !tids.is_empty()
-    });
+    wait_until(
+        || {
+            tids = threads_named("mcfx-progress");
+            !tids.is_empty()
+        },
+        "the progress thread",
+    );
     // Idle after 10 us, it sleeps for nearly all of these 200 samples over
     // at least 200 ms; with pinning on, every sample would show one CPU.
     for _ in 0..200 {

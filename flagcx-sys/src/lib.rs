@@ -293,30 +293,6 @@ impl Conn {
         Ok(desc)
     }
 
-    /// Appends an entry moving `[local, local + len)` to or from the remote
-    /// range at `remote_addr`, its descriptor made in place (no copies of the
-    /// 64-byte descriptor on the way). On error nothing is appended.
-    pub fn push_iov(
-        &self,
-        iovs: &mut Vec<Iov>,
-        mr: MrId,
-        local: usize,
-        len: u32,
-        remote_addr: u64,
-    ) -> Result<()> {
-        let zero =
-            RemoteDesc { addr: 0, size: 0, rkey: 0, nmsgs: 0, rid: 0, idx: 0, padding: [0; 32] };
-        iovs.push(Iov::new(mr, local, len as usize, zero));
-        let remote = &mut iovs.last_mut().expect("just pushed").remote;
-        // SAFETY: live conn, valid out-pointer.
-        let status = unsafe { ffi::fxs_make_desc(self.ptr.as_ptr(), remote_addr, len, remote) };
-        if let Err(e) = check(status) {
-            iovs.pop();
-            return Err(e);
-        }
-        Ok(())
-    }
-
     fn count(iovs: &[Iov]) -> Result<c_int> {
         match c_int::try_from(iovs.len()) {
             Ok(n) if n > 0 => Ok(n),
