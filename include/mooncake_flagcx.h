@@ -113,6 +113,22 @@ enum mcfx_status
   // The transport does not serve peers (created with
   // `MCFX_FLAG_NO_SERVE`), so it has no endpoint to give out.
   MCFX_E_NOT_SERVING = 21,
+  // Memory the call needed could not be allocated (e.g. under an
+  // address-space limit); the call changed nothing and the host was not
+  // aborted. Retrying later may succeed.
+  MCFX_E_NO_MEMORY = 22,
+  // Registering would exceed the transport's `max_regions`; nothing was
+  // registered.
+  MCFX_E_TOO_MANY_REGIONS = 23,
+  // The handle was created before this process was forked from its
+  // parent: in the child only `mcfx_destroy` is allowed (it releases the
+  // handle without touching the parent's threads or FlagCX state).
+  MCFX_E_FORKED = 24,
+  // `mcfx_destroy` from a callback would wait for a transport whose own
+  // thread is, at that moment, destroying the caller's transport (two
+  // callbacks destroying each other's transports): nothing was changed.
+  // Destroy from a thread that is not a callback of any transport.
+  MCFX_E_WOULD_DEADLOCK = 25,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -227,6 +243,15 @@ typedef struct mcfx_config {
   mcfx_log_fn log;
   // Passed to `log` untouched.
   void *log_ctx;
+  // Ops the transport holds at once: queued, waiting for a connection
+  // and inside FlagCX (default 65536, at most 16777216). A submit beyond
+  // it is refused with `MCFX_E_QUEUE_FULL` (after `submit_wait_us`), as
+  // for a full queue; the memory a slow or dead peer can make the
+  // transport hold is bounded by it.
+  uint32_t max_in_flight;
+  // Regions the transport may have registered at once (default 65536, at
+  // most 4194304); one more is `MCFX_E_TOO_MANY_REGIONS`.
+  uint32_t max_regions;
 } mcfx_config;
 
 // One region for `mcfx_register_batch`.

@@ -40,6 +40,13 @@ pub struct Config {
     /// gets its own affinity back when it wakes (`MCFX_FLAG_NO_PIN_ASLEEP`
     /// turns it off; see docs/design.md, "Wake-up").
     pub pin_asleep: bool,
+    /// Ops the transport holds at once (queued, waiting for a connection,
+    /// inside FlagCX); a submit beyond it waits `submit_wait` and then gets
+    /// `MCFX_E_QUEUE_FULL`. Bounds the memory a slow or dead peer can make
+    /// the transport hold.
+    pub max_in_flight: usize,
+    /// Regions registered at once; one more is `MCFX_E_TOO_MANY_REGIONS`.
+    pub max_regions: usize,
 }
 
 pub(crate) const DEFAULT_QUEUE_CAPACITY: usize = 4096;
@@ -59,6 +66,10 @@ pub(crate) const DEFAULT_MAX_BATCH: usize = 256;
 pub(crate) const DEFAULT_MAX_SLICE_BYTES: u64 = 1 << 30;
 pub(crate) const DEFAULT_CONNECT_THREADS: usize = 4;
 pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
+/// Fits a vLLM-shaped burst (10 threads, each a request of 2 048 pages)
+/// three times over.
+pub(crate) const DEFAULT_MAX_IN_FLIGHT: usize = 65536;
+pub(crate) const DEFAULT_MAX_REGIONS: usize = 65536;
 
 // Maxima of the numeric settings (documented in the C header): a value
 // beyond one is MCFX_E_BAD_CONFIG. They keep every allocation and every wait
@@ -71,6 +82,8 @@ pub(crate) const MAX_SPIN_GRACE: Duration = Duration::from_millis(10);
 pub(crate) const MAX_MAX_BATCH: usize = 65536;
 pub(crate) const MAX_CONNECT_THREADS: usize = 64;
 pub(crate) const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const MAX_MAX_IN_FLIGHT: usize = 1 << 24;
+pub(crate) const MAX_MAX_REGIONS: usize = 1 << 22;
 
 /// Longest endpoint (`host:port`, without the NUL) a resolver may return
 /// (longer is `MCFX_E_RESOLVE`). The resolver callback gets a buffer of
@@ -91,6 +104,8 @@ impl Default for Config {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             serve_peers: true,
             pin_asleep: true,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_regions: DEFAULT_MAX_REGIONS,
         }
     }
 }
@@ -129,6 +144,18 @@ impl Config {
             return bad(format!(
                 "connect_threads {} is outside 1..={MAX_CONNECT_THREADS}",
                 self.connect_threads
+            ));
+        }
+        if self.max_in_flight == 0 || self.max_in_flight > MAX_MAX_IN_FLIGHT {
+            return bad(format!(
+                "max_in_flight {} is outside 1..={MAX_MAX_IN_FLIGHT}",
+                self.max_in_flight
+            ));
+        }
+        if self.max_regions == 0 || self.max_regions > MAX_MAX_REGIONS {
+            return bad(format!(
+                "max_regions {} is outside 1..={MAX_MAX_REGIONS}",
+                self.max_regions
             ));
         }
         if self.op_timeout.is_zero() || self.connect_timeout.is_zero() {
@@ -181,6 +208,10 @@ mod tests {
             Config { connect_timeout: MAX_CONNECT_TIMEOUT * 2, ..Config::default() },
             Config { shutdown_timeout: MAX_SHUTDOWN_TIMEOUT * 2, ..Config::default() },
             Config { connect_threads: MAX_CONNECT_THREADS + 1, ..Config::default() },
+            Config { max_in_flight: 0, ..Config::default() },
+            Config { max_in_flight: MAX_MAX_IN_FLIGHT + 1, ..Config::default() },
+            Config { max_regions: 0, ..Config::default() },
+            Config { max_regions: MAX_MAX_REGIONS + 1, ..Config::default() },
         ] {
             assert_eq!(c.validate().unwrap_err().status, Status::MCFX_E_BAD_CONFIG);
         }
@@ -198,6 +229,8 @@ mod tests {
             max_slice_bytes: flagcx_sys::MAX_DESC_LEN,
             connect_threads: MAX_CONNECT_THREADS,
             shutdown_timeout: MAX_SHUTDOWN_TIMEOUT,
+            max_in_flight: MAX_MAX_IN_FLIGHT,
+            max_regions: MAX_MAX_REGIONS,
             ..Config::default()
         }
         .validate()

@@ -64,13 +64,29 @@ pub enum mcfx_status {
     /// The transport does not serve peers (created with
     /// `MCFX_FLAG_NO_SERVE`), so it has no endpoint to give out.
     MCFX_E_NOT_SERVING = 21,
+    /// Memory the call needed could not be allocated (e.g. under an
+    /// address-space limit); the call changed nothing and the host was not
+    /// aborted. Retrying later may succeed.
+    MCFX_E_NO_MEMORY = 22,
+    /// Registering would exceed the transport's `max_regions`; nothing was
+    /// registered.
+    MCFX_E_TOO_MANY_REGIONS = 23,
+    /// The handle was created before this process was forked from its
+    /// parent: in the child only `mcfx_destroy` is allowed (it releases the
+    /// handle without touching the parent's threads or FlagCX state).
+    MCFX_E_FORKED = 24,
+    /// `mcfx_destroy` from a callback would wait for a transport whose own
+    /// thread is, at that moment, destroying the caller's transport (two
+    /// callbacks destroying each other's transports): nothing was changed.
+    /// Destroy from a thread that is not a callback of any transport.
+    MCFX_E_WOULD_DEADLOCK = 25,
 }
 
 pub use mcfx_status as Status;
 
 impl Status {
     /// Every status, for tables and tests.
-    pub const ALL: [Status; 22] = [
+    pub const ALL: [Status; 26] = [
         Status::MCFX_OK,
         Status::MCFX_E_INVALID_ARGUMENT,
         Status::MCFX_E_BAD_CONFIG,
@@ -93,6 +109,10 @@ impl Status {
         Status::MCFX_E_INTERNAL,
         Status::MCFX_E_IN_CALLBACK,
         Status::MCFX_E_NOT_SERVING,
+        Status::MCFX_E_NO_MEMORY,
+        Status::MCFX_E_TOO_MANY_REGIONS,
+        Status::MCFX_E_FORKED,
+        Status::MCFX_E_WOULD_DEADLOCK,
     ];
 
     pub fn from_i32(v: i32) -> Option<Status> {
@@ -124,6 +144,12 @@ impl Status {
             Status::MCFX_E_INTERNAL => c"internal error",
             Status::MCFX_E_IN_CALLBACK => c"not allowed from the transport's own callback",
             Status::MCFX_E_NOT_SERVING => c"transport does not serve peers (MCFX_FLAG_NO_SERVE)",
+            Status::MCFX_E_NO_MEMORY => c"out of memory",
+            Status::MCFX_E_TOO_MANY_REGIONS => c"too many registered regions (max_regions)",
+            Status::MCFX_E_FORKED => c"handle belongs to the parent process (forked child)",
+            Status::MCFX_E_WOULD_DEADLOCK => {
+                c"destroy would deadlock (transports destroying each other from callbacks)"
+            }
         }
     }
 

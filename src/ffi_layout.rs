@@ -34,12 +34,12 @@ mod lp64 {
         };
     }
 
-    pin!(mcfx_config, 104;
+    pin!(mcfx_config, 112;
         struct_size 0, abi_version 4, on_complete 8, complete_ctx 16, resolve 24,
         resolve_ctx 32, queue_capacity 40, submit_wait_us 44, op_timeout_ms 48,
         connect_timeout_ms 52, spin_grace_us 56, max_batch 60, max_slice_bytes 64,
         connect_threads 72, shutdown_timeout_ms 76, flags 80, log_level 84, log 88,
-        log_ctx 96);
+        log_ctx 96, max_in_flight 104, max_regions 108);
 
     pin!(mcfx_op, 48;
         opcode 0, reserved 4, local_addr 8, length 16, peer_id 24, remote_addr 32,

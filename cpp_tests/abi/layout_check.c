@@ -13,7 +13,7 @@
 #define SIZE(T, n) _Static_assert(sizeof(T) == (n), "size of " #T)
 #define AT(T, f, n) _Static_assert(offsetof(T, f) == (n), "offset of " #T "." #f)
 
-SIZE(mcfx_config, 104);
+SIZE(mcfx_config, 112);
 AT(mcfx_config, struct_size, 0);
 AT(mcfx_config, abi_version, 4);
 AT(mcfx_config, on_complete, 8);
@@ -33,6 +33,8 @@ AT(mcfx_config, flags, 80);
 AT(mcfx_config, log_level, 84);
 AT(mcfx_config, log, 88);
 AT(mcfx_config, log_ctx, 96);
+AT(mcfx_config, max_in_flight, 104);
+AT(mcfx_config, max_regions, 108);
 
 SIZE(mcfx_op, 48);
 AT(mcfx_op, opcode, 0);

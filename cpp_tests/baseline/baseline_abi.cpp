@@ -72,6 +72,8 @@ constexpr uint32_t kMaxQueueCapacity = 1u << 20;
 constexpr uint64_t kMaxSliceBytes = UINT32_MAX;
 constexpr uint32_t kMaxConnectThreads = 64;
 constexpr uint32_t kMaxLogLevel = MCFX_LOG_TRACE;
+constexpr uint32_t kMaxInFlight = 1u << 24;
+constexpr uint32_t kMaxRegions = 1u << 22;
 
 // What mcfx_config_init writes: the Rust library's defaults (src/config.rs;
 // baseline_test compares the two libraries' mcfx_config_init byte for byte).
@@ -91,6 +93,8 @@ mcfx_config DefaultConfig() {
   c.connect_threads = 4;
   c.shutdown_timeout_ms = 1000;
   c.log_level = MCFX_LOG_WARN;
+  c.max_in_flight = 65536;
+  c.max_regions = 65536;
   return c;
 }
 
@@ -146,6 +150,12 @@ Result ConvertConfig(const mcfx_config &c, Options *o) {
     return Fail(MCFX_E_BAD_CONFIG,
                 Format("connect_threads %u is outside 1..=%u",
                        c.connect_threads, kMaxConnectThreads));
+  if (c.max_in_flight > kMaxInFlight)
+    return Fail(MCFX_E_BAD_CONFIG, Format("max_in_flight %u is outside 1..=%u",
+                                          c.max_in_flight, kMaxInFlight));
+  if (c.max_regions > kMaxRegions)
+    return Fail(MCFX_E_BAD_CONFIG, Format("max_regions %u is outside 1..=%u",
+                                          c.max_regions, kMaxRegions));
   o->on_complete = c.on_complete;
   o->complete_ctx = c.complete_ctx;
   o->resolve = c.resolve;
@@ -205,6 +215,11 @@ const char *mcfx_strerror(int32_t status) {
   case MCFX_E_CANCELED: return "operation canceled";
   case MCFX_E_PANIC: return "internal panic (bug)";
   case MCFX_E_INTERNAL: return "internal error";
+  case MCFX_E_NO_MEMORY: return "out of memory";
+  case MCFX_E_TOO_MANY_REGIONS: return "too many registered regions (max_regions)";
+  case MCFX_E_FORKED: return "handle belongs to the parent process (forked child)";
+  case MCFX_E_WOULD_DEADLOCK:
+    return "destroy would deadlock (transports destroying each other from callbacks)";
   default: return "unknown status code";
   }
 }

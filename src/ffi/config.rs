@@ -41,6 +41,8 @@ pub(super) fn default_config() -> mcfx_config {
         log_level: mcfx_log_level::MCFX_LOG_WARN as u32,
         log: None,
         log_ctx: ptr::null_mut(),
+        max_in_flight: d.max_in_flight as u32,
+        max_regions: d.max_regions as u32,
     }
 }
 
@@ -112,6 +114,8 @@ pub(super) fn convert_config(c: &mcfx_config) -> Result<Converted> {
         shutdown_timeout: or_default(ms(c.shutdown_timeout_ms), d.shutdown_timeout),
         serve_peers: c.flags & MCFX_FLAG_NO_SERVE == 0,
         pin_asleep: c.flags & MCFX_FLAG_NO_PIN_ASLEEP == 0,
+        max_in_flight: or_default(c.max_in_flight as usize, d.max_in_flight),
+        max_regions: or_default(c.max_regions as usize, d.max_regions),
     };
     let complete_ctx = Ctx(c.complete_ctx);
     let resolve_ctx = Ctx(c.resolve_ctx);

@@ -137,6 +137,15 @@ pub struct mcfx_config {
     pub log: mcfx_log_fn,
     /// Passed to `log` untouched.
     pub log_ctx: *mut c_void,
+    /// Ops the transport holds at once: queued, waiting for a connection
+    /// and inside FlagCX (default 65536, at most 16777216). A submit beyond
+    /// it is refused with `MCFX_E_QUEUE_FULL` (after `submit_wait_us`), as
+    /// for a full queue; the memory a slow or dead peer can make the
+    /// transport hold is bounded by it.
+    pub max_in_flight: u32,
+    /// Regions the transport may have registered at once (default 65536, at
+    /// most 4194304); one more is `MCFX_E_TOO_MANY_REGIONS`.
+    pub max_regions: u32,
 }
 
 /// One operation of a submit.
