@@ -189,7 +189,9 @@ typedef void (*mcfx_log_fn)(void *ctx, mcfx_log_level level, const char *message
 // `MCFX_E_BAD_CONFIG`. Fields are only ever appended: a caller built against
 // an older header passes a smaller `struct_size` and gets defaults for the
 // newer fields. The smallest accepted `struct_size` covers the fields up to
-// `resolve_ctx`; `abi_version` may be any version from 1 to
+// `resolve_ctx`; a `struct_size` below `sizeof(mcfx_config)` must end where
+// a field ends (one that cuts a field is `MCFX_E_BAD_CONFIG`: no field is
+// ever read in part); `abi_version` may be any version from 1 to
 // `MCFX_ABI_VERSION`. The layout has no padding (pinned by compile-time
 // asserts of every offset).
 typedef struct mcfx_config {
@@ -359,7 +361,8 @@ size_t mcfx_last_error(char *buf, size_t cap);
 // the caller compiled it) with the defaults: `struct_size` (the part
 // written), `abi_version`, every numeric default (queue_capacity 4096,
 // op_timeout_ms 30000, ...), NULL callbacks, flags 0. A caller built against
-// an older, smaller header is never written past its struct. NULL, or `size`
+// an older, smaller header is never written past its struct, and only whole
+// fields are written (`struct_size` says how many bytes). NULL, or `size`
 // below 8, is ignored. Thread-safe.
 //
 // # Safety

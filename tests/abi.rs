@@ -159,6 +159,92 @@ fn config_init_writes_the_real_defaults_and_only_into_the_callers_struct() {
     assert!(bytes[short..].iter().all(|&b| b == 0xa5), "wrote past the caller's struct");
 }
 
+/// Every `struct_size` from 0 to sizeof + 64 with every field set (a log
+/// callback included): a size that ends inside a field is refused, a size
+/// at a field's end uses exactly the fields before it, a larger one all of
+/// them. A log pointer cut short and zero-extended used to be called
+/// (SIGSEGV at 89..=93 on LP64).
+#[test]
+fn every_config_size_reads_whole_fields_or_is_refused() {
+    let _g = serial();
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    static LINES: AtomicUsize = AtomicUsize::new(0);
+    // A size that ends between `log` and `log_ctx` passes a NULL context.
+    unsafe extern "C-unwind" fn count_line(_: *mut c_void, _: mcfx_log_level, _: *const c_char) {
+        LINES.fetch_add(1, Relaxed);
+    }
+    let full = std::mem::size_of::<mcfx_config>();
+    let (mut ok, mut refused) = (0, 0);
+    for size in 0..=full + 64 {
+        let r = Node::try_with(|c| {
+            c.log = Some(count_line);
+            c.log_ctx = 0x5a5a as *mut c_void;
+            c.log_level = mcfx_log_level::MCFX_LOG_INFO as u32;
+            c.struct_size = size as u32;
+        });
+        let at_field_end = size >= full
+            || (std::mem::offset_of!(mcfx_config, queue_capacity)..full).contains(&size)
+                && field_ends().contains(&size);
+        match r {
+            Ok(mut node) => {
+                assert!(at_field_end, "struct_size {size} cuts a field but was accepted");
+                assert_eq!(node.destroy(), OK);
+                ok += 1;
+            }
+            Err((st, msg)) => {
+                assert!(!at_field_end, "struct_size {size} was refused: {st:?} {msg}");
+                assert_eq!(st, MCFX_E_BAD_CONFIG, "struct_size {size}: {msg}");
+                assert!(msg.contains("struct_size"), "struct_size {size}: {msg}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(ok > 64 && refused > 40, "{ok} accepted, {refused} refused");
+    // The sizes that hold the log pointer whole used it.
+    assert!(LINES.load(Relaxed) > 0);
+}
+
+/// Where each field of mcfx_config ends, from the field list of the header.
+fn field_ends() -> Vec<usize> {
+    use std::mem::offset_of;
+    let p = 8; // pointers and function pointers on LP64
+    vec![
+        4,
+        8,
+        offset_of!(mcfx_config, on_complete) + p,
+        offset_of!(mcfx_config, complete_ctx) + p,
+        offset_of!(mcfx_config, resolve) + p,
+        offset_of!(mcfx_config, resolve_ctx) + p,
+        offset_of!(mcfx_config, queue_capacity) + 4,
+        offset_of!(mcfx_config, submit_wait_us) + 4,
+        offset_of!(mcfx_config, op_timeout_ms) + 4,
+        offset_of!(mcfx_config, connect_timeout_ms) + 4,
+        offset_of!(mcfx_config, spin_grace_us) + 4,
+        offset_of!(mcfx_config, max_batch) + 4,
+        offset_of!(mcfx_config, max_slice_bytes) + 8,
+        offset_of!(mcfx_config, connect_threads) + 4,
+        offset_of!(mcfx_config, shutdown_timeout_ms) + 4,
+        offset_of!(mcfx_config, flags) + 4,
+        offset_of!(mcfx_config, log_level) + 4,
+        offset_of!(mcfx_config, log) + p,
+        offset_of!(mcfx_config, log_ctx) + p,
+        offset_of!(mcfx_config, max_in_flight) + 4,
+        offset_of!(mcfx_config, max_regions) + 4,
+    ]
+}
+
+#[test]
+fn config_init_writes_only_whole_fields() {
+    for size in 8..=std::mem::size_of::<mcfx_config>() {
+        let mut bytes = [0xa5u8; 160];
+        // SAFETY: 160 writable bytes, of which config_init may write `size`.
+        unsafe { mcfx_config_init(bytes.as_mut_ptr().cast(), size) };
+        let written = u32::from_ne_bytes(bytes[..4].try_into().unwrap()) as usize;
+        assert!(written <= size && field_ends().contains(&written), "size {size}: {written}");
+        assert!(bytes[written..].iter().all(|&b| b == 0xa5), "size {size}: wrote a part field");
+    }
+}
+
 // ---- the host log callback ----------------------------------------------------
 
 /// Every message a log callback received.

@@ -16,6 +16,26 @@ use crate::host_log;
 /// The fields every caller must pass (everything up to `resolve_ctx`).
 pub(super) const MIN_CONFIG_SIZE: usize = std::mem::offset_of!(mcfx_config, queue_capacity);
 
+/// Where each field of `mcfx_config` ends: a `struct_size` below the full
+/// size must be one of these, so that no field is read in part (a pointer
+/// cut short and zero-extended would be called).
+const CONFIG_FIELD_ENDS: [usize; 21] = {
+    use std::mem::{offset_of, size_of};
+    macro_rules! ends {
+        ($($f:ident: $t:ty),+) => { [$(offset_of!(mcfx_config, $f) + size_of::<$t>()),+] };
+    }
+    ends!(struct_size: u32, abi_version: u32, on_complete: mcfx_complete_fn,
+        complete_ctx: *mut c_void, resolve: mcfx_resolve_fn, resolve_ctx: *mut c_void,
+        queue_capacity: u32, submit_wait_us: u32, op_timeout_ms: u32, connect_timeout_ms: u32,
+        spin_grace_us: u32, max_batch: u32, max_slice_bytes: u64, connect_threads: u32,
+        shutdown_timeout_ms: u32, flags: u32, log_level: u32, log: mcfx_log_fn,
+        log_ctx: *mut c_void, max_in_flight: u32, max_regions: u32)
+};
+const _: () = assert!(
+    CONFIG_FIELD_ENDS[CONFIG_FIELD_ENDS.len() - 1] == std::mem::size_of::<mcfx_config>(),
+    "CONFIG_FIELD_ENDS must list every field of mcfx_config"
+);
+
 /// The defaults as the C struct carries them (from `Config::default()`).
 pub(super) fn default_config() -> mcfx_config {
     let d = Config::default();
@@ -46,6 +66,12 @@ pub(super) fn default_config() -> mcfx_config {
     }
 }
 
+/// The bytes of a `size`-byte config that hold whole fields (for
+/// `mcfx_config_init`, which never writes part of a field).
+pub(super) fn whole_fields(size: usize) -> usize {
+    CONFIG_FIELD_ENDS.iter().copied().filter(|&end| end <= size).max().unwrap_or(0)
+}
+
 /// Copies a caller's config of any size into a zero-filled current one.
 ///
 /// # Safety
@@ -68,8 +94,17 @@ pub(super) unsafe fn read_config(config: *const mcfx_config) -> Result<mcfx_conf
             format!("config struct_size {size} is below the minimum {MIN_CONFIG_SIZE} (use mcfx_config_init)"),
         );
     }
-    let mut c = std::mem::MaybeUninit::<mcfx_config>::zeroed();
     let n = size.min(std::mem::size_of::<mcfx_config>());
+    if !CONFIG_FIELD_ENDS.contains(&n) {
+        return fail(
+            Status::MCFX_E_BAD_CONFIG,
+            format!(
+                "config struct_size {size} ends inside a field (it must be sizeof(mcfx_config) \
+                 of some header version; use mcfx_config_init)"
+            ),
+        );
+    }
+    let mut c = std::mem::MaybeUninit::<mcfx_config>::zeroed();
     // SAFETY: reads n <= struct_size bytes the caller vouched for; all-zero
     // is a valid mcfx_config (NULL pointers, None callbacks, zeros).
     unsafe {

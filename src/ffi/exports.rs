@@ -7,7 +7,7 @@ use std::mem::ManuallyDrop;
 use std::panic::catch_unwind;
 use std::ptr;
 
-use super::config::{convert_config, convert_log, default_config, read_config};
+use super::config::{convert_config, convert_log, default_config, read_config, whole_fields};
 use super::guard::{guard, invalid, live, live_transport, mcfx_transport, LAST_ERROR};
 use super::op::slice;
 use super::types::*;
@@ -68,7 +68,8 @@ pub unsafe extern "C" fn mcfx_last_error(buf: *mut c_char, cap: usize) -> usize 
 /// the caller compiled it) with the defaults: `struct_size` (the part
 /// written), `abi_version`, every numeric default (queue_capacity 4096,
 /// op_timeout_ms 30000, ...), NULL callbacks, flags 0. A caller built against
-/// an older, smaller header is never written past its struct. NULL, or `size`
+/// an older, smaller header is never written past its struct, and only whole
+/// fields are written (`struct_size` says how many bytes). NULL, or `size`
 /// below 8, is ignored. Thread-safe.
 ///
 /// # Safety
@@ -78,7 +79,7 @@ pub unsafe extern "C" fn mcfx_config_init(config: *mut mcfx_config, size: usize)
     if config.is_null() || size < 8 {
         return;
     }
-    let n = size.min(std::mem::size_of::<mcfx_config>());
+    let n = whole_fields(size);
     let init = mcfx_config { struct_size: n as u32, ..default_config() };
     // SAFETY: checked non-NULL; the caller made `size` >= n bytes writable;
     // mcfx_config has no padding, so every byte copied is initialized.

@@ -82,7 +82,9 @@ pub type mcfx_log_fn = Option<
 /// `MCFX_E_BAD_CONFIG`. Fields are only ever appended: a caller built against
 /// an older header passes a smaller `struct_size` and gets defaults for the
 /// newer fields. The smallest accepted `struct_size` covers the fields up to
-/// `resolve_ctx`; `abi_version` may be any version from 1 to
+/// `resolve_ctx`; a `struct_size` below `sizeof(mcfx_config)` must end where
+/// a field ends (one that cuts a field is `MCFX_E_BAD_CONFIG`: no field is
+/// ever read in part); `abi_version` may be any version from 1 to
 /// `MCFX_ABI_VERSION`. The layout has no padding (pinned by compile-time
 /// asserts of every offset).
 #[repr(C)]
