@@ -158,7 +158,8 @@ typedef int32_t mcfx_log_level;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
-// An opaque transport handle.
+// An opaque transport handle (C sees only a pointer to it: the address of
+// the transport's slot).
 typedef struct mcfx_transport mcfx_transport;
 
 // Completion callback: `status` is `MCFX_OK` or the op's error. Runs on the
@@ -390,19 +391,26 @@ void mcfx_config_init(struct mcfx_config *config, size_t size);
 // `mcfx_destroy` returns.
 mcfx_status mcfx_create(const struct mcfx_config *config, struct mcfx_transport **out);
 
-// Destroys a transport: stops accepting submits (concurrent submits get
-// `MCFX_E_SHUTTING_DOWN`), delivers exactly one completion to every accepted
-// op (`MCFX_E_CANCELED` for ops that never ran or did not finish within
-// `shutdown_timeout_ms`), joins the progress thread, unregisters the
-// transport's memory and frees the handle. No callback runs after it
-// returns. NULL is a no-op (`MCFX_OK`); a handle that was already destroyed
-// gives `MCFX_E_INVALID_ARGUMENT` (unless its memory was reused by a newer
-// transport: do not rely on it).
+// Destroys a transport: stops accepting calls on the handle (concurrent
+// calls get `MCFX_E_SHUTTING_DOWN`; calls already running, e.g. an
+// `mcfx_unregister_batch` on another thread, are waited for), delivers
+// exactly one completion to every accepted op (`MCFX_E_CANCELED` for ops
+// that never ran or did not finish within `shutdown_timeout_ms`), joins the
+// progress thread, unregisters the transport's memory and frees the
+// transport. No callback runs after it returns. NULL is a no-op
+// (`MCFX_OK`). A handle that was already destroyed, or is being destroyed
+// by another thread, gives `MCFX_E_INVALID_ARGUMENT` (the handle's memory
+// is never freed, so a late call is answered, not a use of freed memory;
+// once a newer transport reuses it the answer is that transport's: do not
+// rely on it).
 //
 // Called from one of this transport's own callbacks (completion or
 // resolver), it returns `MCFX_E_IN_CALLBACK` and changes nothing: destroy
 // it from another thread. Destroying another transport from a callback is
-// allowed.
+// allowed, except when that transport's own thread is at that moment
+// destroying the caller's transport (directly or through a chain of such
+// destroys): that would wait for ever, so it returns
+// `MCFX_E_WOULD_DEADLOCK` and changes nothing.
 //
 // Blocking: destroy waits for a resolver call that is running to return
 // (the callback may use its context until destroy returns, so it cannot be
@@ -411,6 +419,13 @@ mcfx_status mcfx_create(const struct mcfx_config *config, struct mcfx_transport 
 // `MCFX_E_CONNECT` at `connect_timeout_ms` regardless. A FlagCX connect
 // still running after `connect_timeout_ms` is detached (it calls nothing
 // of the caller's).
+//
+// Fork: in a child forked from the process that created the transport
+// (Linux 4.14 or later), every call on the handle but this one returns
+// `MCFX_E_FORKED`; destroy returns `MCFX_OK` and releases the handle
+// without touching the parent's threads, FlagCX state or locks (the
+// child's copy of that memory is not freed). The child may create
+// transports of its own.
 //
 // Other transports of the process are not affected: they share the
 // process's FlagCX engine, which goes with the last transport, and memory

@@ -48,8 +48,9 @@ impl Shared {
     }
 }
 
-/// The engine and how many [`EngineRef`]s hold it.
-static CURRENT: Mutex<Option<(Arc<ProcessEngine>, usize)>> = Mutex::new(None);
+/// The engine, how many [`EngineRef`]s hold it, and the process that made
+/// it (a forked child must not use its parent's: its threads are gone).
+static CURRENT: Mutex<Option<(Arc<ProcessEngine>, usize, u32)>> = Mutex::new(None);
 
 /// A transport's hold on the process engine; the last one dropped destroys
 /// the FlagCX engine.
@@ -64,8 +65,14 @@ impl EngineRef {
     pub fn acquire() -> flagcx_sys::Result<EngineRef> {
         static OWNERS: AtomicU64 = AtomicU64::new(1);
         let mut current = CURRENT.lock();
+        let pid = std::process::id();
+        if current.as_ref().is_some_and(|&(_, _, made_by)| made_by != pid) {
+            // Inherited through fork: the parent's engine is left alone (its
+            // threads and sockets are the parent's); the child makes its own.
+            std::mem::forget(current.take());
+        }
         let engine = match current.as_mut() {
-            Some((engine, users)) => {
+            Some((engine, users, _)) => {
                 *users += 1;
                 Arc::clone(engine)
             }
@@ -75,7 +82,7 @@ impl EngineRef {
                     regs: Mutex::new(HashMap::new()),
                     serving: Mutex::new(false),
                 });
-                *current = Some((Arc::clone(&engine), 1));
+                *current = Some((Arc::clone(&engine), 1, pid));
                 engine
             }
         };
@@ -96,7 +103,7 @@ impl Drop for EngineRef {
         let ours = self.engine.take();
         let mut current = CURRENT.lock();
         let last = match current.as_mut() {
-            Some((_, users)) => {
+            Some((_, users, _)) => {
                 *users -= 1;
                 *users == 0
             }

@@ -4,7 +4,13 @@
 //! States, in order: `OPEN` (submitters are admitted), `CLOSING` (no new
 //! submitter is admitted; those inside may still push), `CLOSED` (nobody is
 //! inside any more and nobody can enter: everything ever pushed is
-//! published). Invariant (no op after close, none lost):
+//! published), then `FREE` once the transport is gone (the gate lives in a
+//! handle slot that is reused, see `crate::slots`; `reopen` starts it over
+//! at `OPEN`). `FORKED` is zero on purpose: it is what a gate reads in a
+//! forked child, whose copy of the slot's page the kernel zeroed. Every C
+//! call on a handle is admitted here (not only submits), so destroy waits
+//! for the calls already inside before it frees anything. Invariant (no op
+//! after close, none lost):
 //!
 //! - submitter: increment `inside`; load `state`; proceed only if `OPEN`;
 //!   decrement `inside` when done (also when refused).
@@ -32,12 +38,26 @@ use loom::sync::atomic::{AtomicU8, AtomicUsize, Ordering::SeqCst};
 #[cfg(not(loom))]
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::SeqCst};
 
-const OPEN: u8 = 0;
-const CLOSING: u8 = 1;
-const CLOSED: u8 = 2;
+const FORKED: u8 = 0;
+const OPEN: u8 = 1;
+const CLOSING: u8 = 2;
+const CLOSED: u8 = 3;
+const FREE: u8 = 4;
+
+/// Why a gate refused entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Closing began: the transport is being destroyed.
+    Closing,
+    /// The transport is gone (destroyed; the slot may wait for reuse).
+    Gone,
+    /// The gate was inherited through `fork` (the page was wiped).
+    Forked,
+}
 
 pub(crate) struct Gate {
-    /// `OPEN`, then `CLOSING`, then `CLOSED`; never goes back.
+    /// `OPEN`, then `CLOSING`, then `CLOSED`, then `FREE`; back to `OPEN`
+    /// only through `reopen` (slot reuse).
     state: AtomicU8,
     /// Submitters between `enter` and the drop of their [`Admission`];
     /// `close` waits for it to reach 0 after leaving `OPEN`.
@@ -68,13 +88,35 @@ impl Gate {
 
     /// Admits a submitter, or `None` once closing began.
     pub(crate) fn enter(&self) -> Option<Admission<'_>> {
+        self.admit().ok()
+    }
+
+    /// Admits a caller, or says why not.
+    #[inline]
+    pub(crate) fn admit(&self) -> Result<Admission<'_>, Refused> {
         self.inside.fetch_add(1, SeqCst);
         let admission = Admission { gate: self };
-        (self.state.load(SeqCst) == OPEN).then_some(admission)
+        match self.state.load(SeqCst) {
+            OPEN => Ok(admission),
+            CLOSING => Err(Refused::Closing),
+            FORKED => Err(Refused::Forked),
+            _ => Err(Refused::Gone),
+        }
+    }
+
+    /// Marks a closed gate free (its transport is gone).
+    pub(crate) fn free(&self) {
+        self.state.store(FREE, SeqCst);
+    }
+
+    /// Opens a free (or wiped) gate for a new transport.
+    pub(crate) fn reopen(&self) {
+        self.state.store(OPEN, SeqCst);
     }
 
     /// Stops admitting, waits for the admitted to leave, then marks the gate
-    /// closed. Idempotent (the state never goes back).
+    /// closed. Idempotent (the state never goes back). A caller that is
+    /// itself inside (holds an `Admission`) must drop it first.
     pub(crate) fn close(&self) {
         let _ = self.state.compare_exchange(OPEN, CLOSING, SeqCst, SeqCst);
         // An RMW, not a load: see the module doc.
@@ -84,7 +126,9 @@ impl Gate {
             #[cfg(not(loom))]
             std::thread::yield_now();
         }
-        self.state.store(CLOSED, SeqCst);
+        // CLOSING -> CLOSED only: a second close of a freed (or reopened)
+        // gate changes nothing.
+        let _ = self.state.compare_exchange(CLOSING, CLOSED, SeqCst, SeqCst);
     }
 
     /// Closing began: nothing new is admitted (new registrations and
@@ -96,6 +140,17 @@ impl Gate {
     /// `close` finished: nobody pushes any more; the progress thread may
     /// drain for the last time and exit.
     pub(crate) fn is_closed(&self) -> bool {
-        self.state.load(SeqCst) == CLOSED
+        self.state.load(SeqCst) >= CLOSED
+    }
+
+    /// Whether the gate was inherited through `fork` (see `FORKED`).
+    pub(crate) fn is_forked(&self) -> bool {
+        self.state.load(SeqCst) == FORKED
+    }
+
+    /// Claims the gate for the one destroyer: `OPEN` -> `CLOSING`; false when
+    /// another call got there first (or the gate is not open).
+    pub(crate) fn begin_close(&self) -> bool {
+        self.state.compare_exchange(OPEN, CLOSING, SeqCst, SeqCst).is_ok()
     }
 }

@@ -16,6 +16,9 @@
 //! - `peers`: resolver + connector threads (a narrow context), per-peer state
 //! - `registry` + `holds`: registered local memory (lock-free lookups) and
 //!   the hold/unregister protocol
+//! - `slots`: the never-freed, fork-wiped handle slots that hold each
+//!   transport's gate; `wait_graph`: destroys from callbacks that would wait
+//!   for each other
 //! - `engine`: the process's one FlagCX engine
 //! - `host_log` + `log`: log events to the host's callback or `MCFX_LOG`
 //! - `config`, `error`, `stats`, `op`
@@ -43,8 +46,10 @@ pub(crate) mod queue;
 pub(crate) mod registry;
 mod ring;
 mod shared;
+pub(crate) mod slots;
 pub(crate) mod stats;
 pub(crate) mod transport;
+pub(crate) mod wait_graph;
 pub(crate) mod wake;
 
 pub use config::Config;

@@ -23,25 +23,26 @@ use crate::wake::Wake;
 pub(crate) struct SubmitQueue {
     ops: Ring<Op>,
     wake: Wake,
-    gate: Gate,
+    /// The transport's handle slot's gate (`crate::slots`).
+    gate: &'static Gate,
 }
 
 impl SubmitQueue {
     /// A queue of `capacity` slots; `MCFX_E_INTERNAL` when the memory for
     /// them cannot be had (the host is not aborted for a capacity the system
     /// cannot give).
-    pub fn new(capacity: usize) -> crate::error::Result<SubmitQueue> {
+    pub fn new(capacity: usize, gate: &'static Gate) -> crate::error::Result<SubmitQueue> {
         let Some(ops) = Ring::try_new(capacity) else {
             return fail(
                 Status::MCFX_E_INTERNAL,
                 format!("no memory for a queue of {capacity} slots"),
             );
         };
-        Ok(SubmitQueue { ops, wake: Wake::new(), gate: Gate::new() })
+        Ok(SubmitQueue { ops, wake: Wake::new(), gate })
     }
 
     /// Admits a submitter, or `None` once the queue is closing.
-    pub fn enter(&self) -> Option<Admission<'_>> {
+    pub fn enter(&self) -> Option<Admission<'static>> {
         self.gate.enter()
     }
 

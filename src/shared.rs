@@ -13,6 +13,7 @@ use crate::error::Status;
 use crate::peers::{Connector, Connects, ResolverFn};
 use crate::queue::SubmitQueue;
 use crate::registry::Registry;
+use crate::slots::{self, Slot};
 use crate::stats::Stats;
 
 /// Called once per accepted op, on the progress thread: `(user_data, status)`.
@@ -37,6 +38,18 @@ pub(crate) struct Shared {
     /// The process's FlagCX engine (shared with the process's other
     /// transports).
     pub engine: Arc<EngineRef>,
+    /// The transport's handle slot (its gate): given back last, when no
+    /// thread of the transport (a detached connector included) is left.
+    pub slot: Lease,
+}
+
+/// A leased handle slot, given back on drop.
+pub(crate) struct Lease(pub &'static Slot);
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        slots::give_back(self.0);
+    }
 }
 
 impl Shared {
@@ -66,9 +79,11 @@ impl Shared {
 pub(crate) fn test_shared(config: Config) -> Arc<Shared> {
     let engine = Arc::new(EngineRef::acquire().expect("FlagCX engine"));
     engine.serve().expect("RPC server");
+    let slot = slots::lease().unwrap();
     Arc::new(Shared {
         registry: Registry::new(Arc::clone(&engine)),
-        queue: SubmitQueue::new(config.queue_capacity).unwrap(),
+        queue: SubmitQueue::new(config.queue_capacity, &slot.gate).unwrap(),
+        slot: Lease(slot),
         stats: Stats::default(),
         connects: Connects::default(),
         on_complete: Box::new(|_, _| {}),

@@ -10,12 +10,14 @@ use parking_lot::Mutex;
 use crate::config::Config;
 use crate::engine::EngineRef;
 use crate::error::{fail, Error, Result, Status};
+use crate::gate::Admission;
 use crate::op::{CoarseTime, Op, OpRequest, OpSource};
 use crate::peers::{run_connector, Connects};
 use crate::progress::Progress;
 use crate::queue::SubmitQueue;
 use crate::registry::{not_registered, RegionRef, Registry, View};
-use crate::shared::Shared;
+use crate::shared::{Lease, Shared};
+use crate::slots::{self, Slot};
 
 pub use crate::peers::ResolverFn;
 pub use crate::shared::CompletionFn;
@@ -81,9 +83,11 @@ impl Transport {
             } else {
                 None
             };
+        let slot = Lease(slots::lease()?);
         let shared = Arc::new(Shared {
             registry: Registry::new(Arc::clone(&engine)),
-            queue: SubmitQueue::new(config.queue_capacity)?,
+            queue: SubmitQueue::new(config.queue_capacity, &slot.0.gate)?,
+            slot,
             stats: Stats::default(),
             connects: Connects::default(),
             on_complete,
@@ -100,13 +104,21 @@ impl Transport {
             deadline_after_ns: u64::try_from(after.as_nanos()).unwrap_or(u64::MAX),
         };
         let progress = Progress::new(Arc::clone(&shared))?;
-        let h = spawn("mcfx-progress", move || progress.run())?;
+        let id = shared.slot.0.id.load(std::sync::atomic::Ordering::Relaxed);
+        let h = spawn("mcfx-progress", move || {
+            crate::wait_graph::set_owner(id);
+            progress.run()
+        })?;
         transport.thread_ids.lock().push(h.thread().id());
         transport.threads.lock().progress = Some(h);
         for i in 0..shared.config.connect_threads {
             let s = Arc::clone(&shared);
             shared.connects.thread_started();
-            match spawn(&format!("mcfx-connect-{i}"), move || run_connector(s.connector())) {
+            let run = move || {
+                crate::wait_graph::set_owner(id);
+                run_connector(s.connector())
+            };
+            match spawn(&format!("mcfx-connect-{i}"), run) {
                 Ok(h) => {
                     transport.thread_ids.lock().push(h.thread().id());
                     transport.threads.lock().connectors.push(h);
@@ -125,6 +137,11 @@ impl Transport {
     /// when it does not serve peers.
     pub fn endpoint(&self) -> Option<&str> {
         self.shared.endpoint.as_deref()
+    }
+
+    /// The transport's handle slot (its gate; the C handle's address).
+    pub(crate) fn slot(&self) -> &'static Slot {
+        self.shared.slot.0
     }
 
     /// Whether the calling thread is one of this transport's own (so the
@@ -179,6 +196,18 @@ impl Transport {
         let Some(admission) = self.shared.queue.enter() else {
             return fail(Status::MCFX_E_SHUTTING_DOWN, "submit: transport is shutting down");
         };
+        self.submit_admitted(&admission, reqs, accepted)
+    }
+
+    /// [`Transport::submit`] for a caller already admitted by the
+    /// transport's gate (the C exports admit every call on a handle).
+    pub(crate) fn submit_admitted<T: OpSource>(
+        &self,
+        admission: &Admission<'static>,
+        reqs: &[T],
+        accepted: &mut usize,
+    ) -> Result<()> {
+        *accepted = 0;
         let mut view = self.shared.registry.view();
         let deadline = CoarseTime::now().plus_ns(self.deadline_after_ns);
         let wait = self.shared.config.submit_wait;
@@ -193,7 +222,7 @@ impl Transport {
                 // complete it at once); the ops not queued are taken back.
                 Stats::add(&self.shared.stats.callers.submitted, n as u64);
                 let mut ops = staged.drain(..);
-                let pushed = self.shared.queue.push_batch(&admission, n, wait, |_| {
+                let pushed = self.shared.queue.push_batch(admission, n, wait, |_| {
                     let (req, region) = ops.next().expect("staged above");
                     Op { req, region, deadline }
                 });
@@ -312,6 +341,12 @@ impl Transport {
     /// `MCFX_E_SHUTTING_DOWN`); `Drop` calls it.
     pub fn shutdown(&self) {
         let mut threads = self.threads.lock();
+        if self.is_forked() {
+            // The threads did not survive the fork: nothing to join, and
+            // FlagCX's state belongs to the parent. Leak it all.
+            std::mem::forget(std::mem::take(&mut *threads));
+            return;
+        }
         let Some(progress) = threads.progress.take() else { return };
         let shared = &self.shared;
         // The one shutdown flag: closing stops admissions and the connectors;
@@ -336,9 +371,22 @@ impl Transport {
     }
 }
 
+impl Transport {
+    /// Whether this is a forked child's copy of a transport of its parent
+    /// (its slot's page was wiped by the fork; see `crate::slots`).
+    pub(crate) fn is_forked(&self) -> bool {
+        self.shared.slot.0.gate.is_forked()
+    }
+}
+
 impl Drop for Transport {
     fn drop(&mut self) {
         self.shutdown();
+        if self.is_forked() {
+            // Keeps the shared state (its engine hold, registry, queue)
+            // from being torn down in the child: see `shutdown`.
+            std::mem::forget(Arc::clone(&self.shared));
+        }
     }
 }
 

@@ -1,14 +1,15 @@
 //! The exported `extern "C"` functions (each a thin shell around a call of
 //! the core inside [`guard`]).
 
-use std::collections::HashSet;
 use std::ffi::{c_char, c_void};
 use std::mem::ManuallyDrop;
 use std::panic::catch_unwind;
 use std::ptr;
 
 use super::config::{convert_config, convert_log, default_config, read_config, whole_fields};
-use super::guard::{guard, invalid, live, live_transport, mcfx_transport, LAST_ERROR};
+use super::guard::{
+    guard, invalid, live_transport, mcfx_transport, publish, refused, slot_of, Body, LAST_ERROR,
+};
 use super::op::slice;
 use super::types::*;
 use crate::error::{fail, mcfx_status, Error, Status};
@@ -137,28 +138,33 @@ pub unsafe extern "C" fn mcfx_create(
             }
         };
         drop(scope);
-        let handle =
-            Box::into_raw(Box::new(mcfx_transport { inner: ManuallyDrop::new(inner), log }));
-        live().get_or_insert_with(HashSet::new).insert(handle as usize);
+        let handle = publish(Body { inner: ManuallyDrop::new(inner), log });
         // SAFETY: as above.
         unsafe { out.write(handle) };
         Ok(())
     })
 }
 
-/// Destroys a transport: stops accepting submits (concurrent submits get
-/// `MCFX_E_SHUTTING_DOWN`), delivers exactly one completion to every accepted
-/// op (`MCFX_E_CANCELED` for ops that never ran or did not finish within
-/// `shutdown_timeout_ms`), joins the progress thread, unregisters the
-/// transport's memory and frees the handle. No callback runs after it
-/// returns. NULL is a no-op (`MCFX_OK`); a handle that was already destroyed
-/// gives `MCFX_E_INVALID_ARGUMENT` (unless its memory was reused by a newer
-/// transport: do not rely on it).
+/// Destroys a transport: stops accepting calls on the handle (concurrent
+/// calls get `MCFX_E_SHUTTING_DOWN`; calls already running, e.g. an
+/// `mcfx_unregister_batch` on another thread, are waited for), delivers
+/// exactly one completion to every accepted op (`MCFX_E_CANCELED` for ops
+/// that never ran or did not finish within `shutdown_timeout_ms`), joins the
+/// progress thread, unregisters the transport's memory and frees the
+/// transport. No callback runs after it returns. NULL is a no-op
+/// (`MCFX_OK`). A handle that was already destroyed, or is being destroyed
+/// by another thread, gives `MCFX_E_INVALID_ARGUMENT` (the handle's memory
+/// is never freed, so a late call is answered, not a use of freed memory;
+/// once a newer transport reuses it the answer is that transport's: do not
+/// rely on it).
 ///
 /// Called from one of this transport's own callbacks (completion or
 /// resolver), it returns `MCFX_E_IN_CALLBACK` and changes nothing: destroy
 /// it from another thread. Destroying another transport from a callback is
-/// allowed.
+/// allowed, except when that transport's own thread is at that moment
+/// destroying the caller's transport (directly or through a chain of such
+/// destroys): that would wait for ever, so it returns
+/// `MCFX_E_WOULD_DEADLOCK` and changes nothing.
 ///
 /// Blocking: destroy waits for a resolver call that is running to return
 /// (the callback may use its context until destroy returns, so it cannot be
@@ -167,6 +173,13 @@ pub unsafe extern "C" fn mcfx_create(
 /// `MCFX_E_CONNECT` at `connect_timeout_ms` regardless. A FlagCX connect
 /// still running after `connect_timeout_ms` is detached (it calls nothing
 /// of the caller's).
+///
+/// Fork: in a child forked from the process that created the transport
+/// (Linux 4.14 or later), every call on the handle but this one returns
+/// `MCFX_E_FORKED`; destroy returns `MCFX_OK` and releases the handle
+/// without touching the parent's threads, FlagCX state or locks (the
+/// child's copy of that memory is not freed). The child may create
+/// transports of its own.
 ///
 /// Other transports of the process are not affected: they share the
 /// process's FlagCX engine, which goes with the last transport, and memory
@@ -181,23 +194,48 @@ pub unsafe extern "C" fn mcfx_destroy(transport: *mut mcfx_transport) -> mcfx_st
         return mcfx_status::MCFX_OK;
     }
     guard("mcfx_destroy", || {
-        {
-            let mut live = live();
-            let Some(set) = live.as_mut().filter(|set| set.contains(&(transport as usize))) else {
-                return invalid("not a live transport (destroyed twice?)");
-            };
-            // SAFETY: the handle is live (in the set, which we hold locked).
-            if unsafe { &(*transport).inner }.on_own_thread() {
-                return fail(
-                    Status::MCFX_E_IN_CALLBACK,
-                    "called from one of the transport's own callbacks; nothing was changed",
-                );
+        let slot = slot_of(transport)?;
+        let admission = match slot.gate.admit() {
+            Ok(admission) => admission,
+            Err(crate::gate::Refused::Forked) => {
+                // A child's copy of its parent's transport: nothing of it
+                // can be torn down here; the handle's slot is reusable.
+                crate::slots::give_back(slot);
+                return Ok(());
             }
-            set.remove(&(transport as usize));
+            Err(crate::gate::Refused::Closing) => {
+                return invalid("the transport is already being destroyed by another call")
+            }
+            Err(why) => return refused(why),
+        };
+        let body = crate::slots::body(slot).cast::<Body>();
+        if body.is_null() {
+            return invalid("the transport is already being destroyed by another call");
         }
-        // SAFETY: the handle was live (came from Box::into_raw in
-        // mcfx_create) and is now removed from the live set: freed once.
-        drop(unsafe { Box::from_raw(transport) });
+        // SAFETY: admitted while the body was published: it stays until the
+        // gate closes, which waits for `admission`.
+        let t = unsafe { &(*body).inner };
+        if t.on_own_thread() {
+            return fail(
+                Status::MCFX_E_IN_CALLBACK,
+                "called from one of the transport's own callbacks; nothing was changed",
+            );
+        }
+        let id = slot.id.load(std::sync::atomic::Ordering::Relaxed);
+        let waiting = crate::wait_graph::wait_for(id)?;
+        if !slot.gate.begin_close() {
+            return invalid("the transport is already being destroyed by another call");
+        }
+        // This call owns the body now: later admissions find none.
+        slot.body.store(std::ptr::null_mut(), std::sync::atomic::Ordering::Release);
+        drop(admission);
+        // Waits for the calls still inside (the gate), then stops the threads.
+        t.shutdown();
+        // SAFETY: published by mcfx_create from Box::into_raw; this call
+        // won the gate's one OPEN -> CLOSING claim, so it frees it once, and
+        // no call is inside any more (shutdown closed the gate).
+        drop(unsafe { Box::from_raw(body) });
+        drop(waiting);
         Ok(())
     })
 }
@@ -382,7 +420,7 @@ pub unsafe extern "C" fn mcfx_submit(
     let status = guard("mcfx_submit", || {
         let t = live_transport(transport)?;
         // SAFETY: the caller provides count entries (checked non-NULL).
-        t.submit(unsafe { slice(ops, count)? }, &mut n)
+        t.submit_admitted(t.admission(), unsafe { slice(ops, count)? }, &mut n)
     });
     if !accepted.is_null() {
         // SAFETY: checked non-NULL; the caller provides a writable size_t.

@@ -1,26 +1,39 @@
 //! The guard every export runs in (panics and errors become a status, the
-//! message is kept for `mcfx_last_error`), the opaque handle and the set of
-//! live handles (so a double destroy is reported, not a double free).
+//! message is kept for `mcfx_last_error`), the opaque handle, and the
+//! admission of every call on a handle by its transport's gate.
+//!
+//! A handle is the address of the transport's slot (`crate::slots`), which
+//! is never freed: a call on a handle that is being (or was) destroyed reads
+//! a gate that refuses it, and a call admitted before destroy began is
+//! waited for by destroy before the transport goes.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::ffi::c_void;
 use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::error::{fail, mcfx_status, Result, Status};
+use crate::gate::{Admission, Refused};
 use crate::host_log::{self, Scope, Sink};
+use crate::slots::{self, Slot};
 use crate::transport::Transport;
 
-/// An opaque transport handle.
+/// An opaque transport handle (C sees only a pointer to it: the address of
+/// the transport's slot).
 pub struct mcfx_transport {
-    /// Dropped by this handle's `Drop`, inside its log scope.
+    _opaque: [u8; 0],
+}
+
+/// What a live handle owns, behind its slot's `body`.
+pub(super) struct Body {
+    /// Dropped by this body's `Drop`, inside its log scope.
     pub(super) inner: ManuallyDrop<Transport>,
     /// The host's log callback, if the config had one.
     pub(super) log: Option<Arc<Sink>>,
 }
 
-impl Drop for mcfx_transport {
+impl Drop for Body {
     fn drop(&mut self) {
         // Shutdown's events go to this transport's callback, which is closed
         // before mcfx_destroy returns (detached threads see it closed).
@@ -31,6 +44,14 @@ impl Drop for mcfx_transport {
             host_log::close(sink);
         }
     }
+}
+
+/// The handle of a new transport: publishes its body in its slot.
+pub(super) fn publish(body: Body) -> *mut mcfx_transport {
+    let slot = body.inner.slot();
+    let raw = Box::into_raw(Box::new(body));
+    slot.body.store(raw.cast::<c_void>(), std::sync::atomic::Ordering::Release);
+    (slot as *const Slot).cast_mut().cast::<mcfx_transport>()
 }
 
 thread_local! {
@@ -72,18 +93,15 @@ pub(super) fn invalid<T>(what: &str) -> Result<T> {
     fail(Status::MCFX_E_INVALID_ARGUMENT, what)
 }
 
-/// Live handles, so a double destroy is reported instead of freeing twice.
-static LIVE: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
-
-pub(super) fn live() -> std::sync::MutexGuard<'static, Option<HashSet<usize>>> {
-    LIVE.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A live transport borrowed by an export; while it lives, the thread's
-/// log events go to the transport's log callback.
+/// A live transport borrowed by an export, admitted by its gate (destroy
+/// waits until it is dropped); while it lives, the thread's log events go
+/// to the transport's log callback.
 pub(super) struct Live<'a> {
-    transport: &'a Transport,
+    // Fields drop in order: the log scope, then the admission (leaving the
+    // gate is the last use of the body).
     _log: Scope,
+    transport: &'a Transport,
+    admission: Admission<'static>,
 }
 
 impl std::ops::Deref for Live<'_> {
@@ -93,12 +111,48 @@ impl std::ops::Deref for Live<'_> {
     }
 }
 
-/// Borrows the transport behind a handle the caller vouches is live.
-pub(super) fn live_transport<'a>(t: *const mcfx_transport) -> Result<Live<'a>> {
-    // SAFETY: non-NULL handles come from mcfx_create and, by the documented
-    // contract, are not used after mcfx_destroy returned.
-    match unsafe { t.as_ref() } {
-        Some(t) => Ok(Live { transport: &t.inner, _log: Scope::enter_if_any(t.log.as_ref()) }),
+impl Live<'_> {
+    pub(super) fn admission(&self) -> &Admission<'static> {
+        &self.admission
+    }
+}
+
+/// The slot a handle names (NULL: `MCFX_E_INVALID_ARGUMENT`).
+pub(super) fn slot_of(t: *const mcfx_transport) -> Result<&'static Slot> {
+    // SAFETY: non-NULL handles come from mcfx_create: slot addresses, never
+    // freed (a pointer that never came from mcfx_create is outside the
+    // contract).
+    match unsafe { slots::from_handle(t) } {
+        Some(slot) => Ok(slot),
         None => invalid("NULL transport"),
     }
+}
+
+/// The status of a call its handle's gate refused.
+pub(super) fn refused<T>(why: Refused) -> Result<T> {
+    match why {
+        Refused::Closing => fail(Status::MCFX_E_SHUTTING_DOWN, "the transport is being destroyed"),
+        Refused::Gone => invalid("not a live transport (destroyed?)"),
+        Refused::Forked => fail(
+            Status::MCFX_E_FORKED,
+            "the transport belongs to the parent process (this is a forked child): only \
+             mcfx_destroy is allowed",
+        ),
+    }
+}
+
+/// Admits a call on a handle and borrows its transport until the call ends.
+pub(super) fn live_transport<'a>(t: *const mcfx_transport) -> Result<Live<'a>> {
+    let slot = slot_of(t)?;
+    let admission = slot.gate.admit().or_else(refused)?;
+    let body = slots::body(slot).cast::<Body>();
+    if body.is_null() {
+        // Admitted just as destroy claimed the handle.
+        return fail(Status::MCFX_E_SHUTTING_DOWN, "the transport is being destroyed");
+    }
+    // SAFETY: the body was published before the handle was handed out and
+    // is freed only after destroy closed the gate, which waits for this
+    // admission to end (it lives as long as the borrow: see `Live`).
+    let body: &'a Body = unsafe { &*body };
+    Ok(Live { _log: Scope::enter_if_any(body.log.as_ref()), transport: &body.inner, admission })
 }
