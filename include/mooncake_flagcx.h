@@ -56,6 +56,17 @@
 // CPU it slept on may be busy with other work when it is woken.
 #define MCFX_FLAG_NO_PIN_ASLEEP 2
 
+// `mcfx_capabilities` bit: the loaded FlagCX tells a failed transfer apart
+// from a finished one, so such an op completes `MCFX_E_TRANSFER_FAILED`.
+// Without it (real FlagCX today: its status call returns only "done") a
+// transfer that failed completes `MCFX_OK`: verify data end to end (e.g. a
+// checksum the reader checks) where that matters.
+#define MCFX_CAP_REPORTS_TRANSFER_FAILURES 1
+
+// `mcfx_capabilities` bit: the loaded FlagCX is the in-tree software
+// provider (a test double: copies in software or models a NIC; never RDMA).
+#define MCFX_CAP_SOFTWARE_PROVIDER 2
+
 // Result of a call or of an operation. `MCFX_OK` is 0; errors are positive.
 enum mcfx_status
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
@@ -330,6 +341,9 @@ typedef struct mcfx_api_v1 {
                         size_t count,
                         size_t *accepted);
   mcfx_status (*get_stats)(const struct mcfx_transport *transport, struct mcfx_stats *out);
+  // Appended (the table's `struct_size` covers it in libraries that have
+  // it: check before calling).
+  uint64_t (*capabilities)(void);
 } mcfx_api_v1;
 
 
@@ -345,6 +359,14 @@ uint32_t mcfx_abi_version(void);
 // The implementation's name: "rust" for this library (the C++ baseline
 // says "cpp"). Static string; do not free. Thread-safe.
 const char *mcfx_impl_name(void);
+
+// What the loaded FlagCX can do, as `MCFX_CAP_*` bits: whether a failed
+// transfer can be reported (`MCFX_CAP_REPORTS_TRANSFER_FAILURES`; without
+// it a failed transfer completes `MCFX_OK`) and whether it is the in-tree
+// software provider, a test double (`MCFX_CAP_SOFTWARE_PROVIDER`). The
+// same for every transport of the process; `mcfx_create` logs a warning
+// for each that a production host should know about. Thread-safe.
+uint64_t mcfx_capabilities(void);
 
 // A static description of a status code (unknown codes included). Never
 // NULL; do not free. Thread-safe.

@@ -129,6 +129,7 @@ impl Transport {
                 }
             }
         }
+        warn_capabilities();
         tracing::info!(endpoint = ?shared.endpoint, "transport created");
         Ok(transport)
     }
@@ -387,6 +388,37 @@ impl Drop for Transport {
             // from being torn down in the child: see `shutdown`.
             std::mem::forget(Arc::clone(&self.shared));
         }
+    }
+}
+
+/// `MCFX_CAP_*` bits of the loaded FlagCX (see `mcfx_capabilities`).
+pub(crate) fn capabilities() -> u64 {
+    use crate::ffi::{MCFX_CAP_REPORTS_TRANSFER_FAILURES, MCFX_CAP_SOFTWARE_PROVIDER};
+    let mut caps = 0;
+    if flagcx_sys::reports_failures() {
+        caps |= MCFX_CAP_REPORTS_TRANSFER_FAILURES;
+    }
+    if flagcx_sys::sw::available() {
+        caps |= MCFX_CAP_SOFTWARE_PROVIDER;
+    }
+    caps
+}
+
+/// Says at every create what a production host must know about the loaded
+/// FlagCX (to the transport's log callback and `MCFX_LOG`, at WARN: what a
+/// default setup shows).
+fn warn_capabilities() {
+    use crate::ffi::{MCFX_CAP_REPORTS_TRANSFER_FAILURES, MCFX_CAP_SOFTWARE_PROVIDER};
+    let caps = capabilities();
+    if caps & MCFX_CAP_SOFTWARE_PROVIDER != 0 {
+        tracing::warn!(
+            "running on the software FlagCX provider, a test double (no RDMA): not for production"
+        );
+    } else if caps & MCFX_CAP_REPORTS_TRANSFER_FAILURES == 0 {
+        tracing::warn!(
+            "this FlagCX cannot report failed transfers: an op whose transfer fails completes \
+             MCFX_OK (verify data end to end where that matters; see mcfx_capabilities)"
+        );
     }
 }
 

@@ -25,11 +25,31 @@ fn version_name_and_table_agree() {
     let api = unsafe { &*mcfx_get_api_v1() };
     assert_eq!(api.abi_version, 1, "the v1 table says 1 for ever");
     #[cfg(target_pointer_width = "64")]
-    assert_eq!(api.struct_size, 112, "13 entries after the two words");
+    assert_eq!(api.struct_size, 120, "14 entries after the two words");
     assert_eq!(api.submit as usize, mcfx_submit as *const () as usize);
     assert_eq!(api.create as usize, mcfx_create as *const () as usize);
     // SAFETY: static string.
     assert_eq!(unsafe { CStr::from_ptr((api.impl_name)()) }.to_str().unwrap(), "rust");
+    // SAFETY: a plain function of the table.
+    assert_eq!(unsafe { (api.capabilities)() }, mcfx_capabilities());
+}
+
+/// The tests run on the software provider, which reports failed transfers:
+/// both bits are set, and every create says it runs on a test double.
+#[test]
+fn capabilities_name_the_software_provider_and_create_warns_about_it() {
+    let _g = serial();
+    assert_eq!(
+        mcfx_capabilities(),
+        MCFX_CAP_REPORTS_TRANSFER_FAILURES | MCFX_CAP_SOFTWARE_PROVIDER
+    );
+    let logged = Arc::new(Logged::default());
+    let _a = Node::with(with_log(&logged, mcfx_log_level::MCFX_LOG_WARN));
+    assert_eq!(
+        logged.wait_for("software FlagCX provider"),
+        Some(mcfx_log_level::MCFX_LOG_WARN),
+        "create says at WARN that the provider is a test double"
+    );
 }
 
 #[test]

@@ -161,6 +161,7 @@ __attribute__((visibility("default"))) const mcfx_api_v1 *FAKE_ENTRY(void) {
         nullptr,  // unregister_batch
         fakeSubmit,
         nullptr,  // get_stats
+        nullptr,  // capabilities
     };
     return &table;
 }

@@ -5,6 +5,8 @@
 // records the message of a failed call and turns any C++ exception into
 // MCFX_E_INTERNAL (nothing unwinds into C).
 
+#include <dlfcn.h>
+
 #include <algorithm>
 #include <cstddef>
 #include <cstdlib>
@@ -369,6 +371,14 @@ mcfx_status mcfx_get_stats(const struct mcfx_transport *transport,
   });
 }
 
+// The C++ design cannot report a failed transfer (it completes such an op
+// as a success, as upstream did); it says only which FlagCX is loaded.
+uint64_t mcfx_capabilities(void) {
+  return dlsym(RTLD_DEFAULT, "flagcxSwSetKnob") != nullptr
+             ? uint64_t(MCFX_CAP_SOFTWARE_PROVIDER)
+             : 0;
+}
+
 namespace {
 const mcfx_api_v1 kApiV1 = {
     1, // this table's version, not MCFX_ABI_VERSION: stays 1
@@ -386,6 +396,7 @@ const mcfx_api_v1 kApiV1 = {
     mcfx_unregister_batch,
     mcfx_submit,
     mcfx_get_stats,
+    mcfx_capabilities,
 };
 } // namespace
 

@@ -30,6 +30,17 @@ pub extern "C" fn mcfx_impl_name() -> *const c_char {
     c"rust".as_ptr()
 }
 
+/// What the loaded FlagCX can do, as `MCFX_CAP_*` bits: whether a failed
+/// transfer can be reported (`MCFX_CAP_REPORTS_TRANSFER_FAILURES`; without
+/// it a failed transfer completes `MCFX_OK`) and whether it is the in-tree
+/// software provider, a test double (`MCFX_CAP_SOFTWARE_PROVIDER`). The
+/// same for every transport of the process; `mcfx_create` logs a warning
+/// for each that a production host should know about. Thread-safe.
+#[no_mangle]
+pub extern "C" fn mcfx_capabilities() -> u64 {
+    catch_unwind(crate::transport::capabilities).unwrap_or(0)
+}
+
 /// A static description of a status code (unknown codes included). Never
 /// NULL; do not free. Thread-safe.
 #[no_mangle]

@@ -23,10 +23,15 @@ static API_V1: mcfx_api_v1 = mcfx_api_v1 {
     unregister_batch: mcfx_unregister_batch,
     submit: mcfx_submit,
     get_stats: mcfx_get_stats,
+    capabilities: capabilities_entry,
 };
 
 unsafe extern "C" fn impl_name_entry() -> *const c_char {
     mcfx_impl_name()
+}
+
+unsafe extern "C" fn capabilities_entry() -> u64 {
+    mcfx_capabilities()
 }
 
 unsafe extern "C" fn strerror_entry(status: i32) -> *const c_char {

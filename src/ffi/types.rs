@@ -75,6 +75,16 @@ pub type mcfx_log_fn = Option<
     unsafe extern "C-unwind" fn(ctx: *mut c_void, level: mcfx_log_level, message: *const c_char),
 >;
 
+/// `mcfx_capabilities` bit: the loaded FlagCX tells a failed transfer apart
+/// from a finished one, so such an op completes `MCFX_E_TRANSFER_FAILED`.
+/// Without it (real FlagCX today: its status call returns only "done") a
+/// transfer that failed completes `MCFX_OK`: verify data end to end (e.g. a
+/// checksum the reader checks) where that matters.
+pub const MCFX_CAP_REPORTS_TRANSFER_FAILURES: u64 = 1;
+/// `mcfx_capabilities` bit: the loaded FlagCX is the in-tree software
+/// provider (a test double: copies in software or models a NIC; never RDMA).
+pub const MCFX_CAP_SOFTWARE_PROVIDER: u64 = 2;
+
 /// Transport configuration. Start from `mcfx_config_init`, which writes
 /// `struct_size`, `abi_version` and every default, then set the callbacks.
 /// Zero in a numeric field also means "default" (except `submit_wait_us`,
@@ -249,6 +259,9 @@ pub struct mcfx_api_v1 {
     ) -> mcfx_status,
     pub get_stats:
         unsafe extern "C" fn(transport: *const mcfx_transport, out: *mut mcfx_stats) -> mcfx_status,
+    /// Appended (the table's `struct_size` covers it in libraries that have
+    /// it: check before calling).
+    pub capabilities: unsafe extern "C" fn() -> u64,
 }
 
 /// The C copy of the counters, generated from the one list in `stats`: a
