@@ -10,9 +10,16 @@
  * dlopen users: dlsym "mcfx_get_api_v1" and check abi_version == 1 and
  * struct_size. The structs only grow at the end; their layouts are pinned.
  *
- * Thread safety: every function may be called from any thread at any time,
- * except that a handle must not be used after mcfx_destroy returned;
- * mcfx_destroy from the transport's own callback returns MCFX_E_IN_CALLBACK.
+ * Thread safety: every function may be called from any thread at any time.
+ * Every call on a handle is admitted by the transport: while mcfx_destroy
+ * runs, new calls get MCFX_E_SHUTTING_DOWN and calls already running are
+ * waited for; after it returned, calls get MCFX_E_INVALID_ARGUMENT (the
+ * handle's memory is never freed; a newer transport may reuse it, so do not
+ * rely on that answer). mcfx_destroy from the transport's own callback
+ * returns MCFX_E_IN_CALLBACK; two callbacks destroying each other's
+ * transports get MCFX_E_WOULD_DEADLOCK (one of them). In a forked child,
+ * calls on the parent's handles return MCFX_E_FORKED, except mcfx_destroy.
+ * Memory allocation failure is a status (MCFX_E_NO_MEMORY), never an abort.
  * Nothing is printed unless MCFX_LOG is set. On failure a function
  * returns a non-zero mcfx_status; mcfx_last_error gives this thread's message.
  *
@@ -20,7 +27,7 @@
  * with MCFX_E_TRANSFER_FAILED. Real FlagCX cannot tell a failed transfer from
  * a finished one (its status call reports both as done), so with real FlagCX
  * such an op completes as MCFX_OK; only remote-range, connect and timeout
- * failures are reported.
+ * failures are reported. mcfx_capabilities() says which FlagCX is loaded.
  */
 
 
