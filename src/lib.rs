@@ -32,6 +32,7 @@
 pub(crate) mod config;
 pub(crate) mod engine;
 pub(crate) mod error;
+pub(crate) mod failure_log;
 pub mod ffi;
 mod ffi_layout;
 pub(crate) mod gate;
