@@ -1,7 +1,8 @@
-//! Generates the C header `include/mooncake_flagcx.h` with cbindgen (the
-//! committed copy must match: CI regenerates and diffs it), gives the cdylib
-//! its SONAME (`libmooncake_flagcx.so.<ABI major>`) and points its rpath at
-//! the libflagcx.so that flagcx-sys linked.
+//! Generates the C header with cbindgen into `OUT_DIR` (the committed
+//! `include/mooncake_flagcx.h` must match it: tests/header.rs checks, and
+//! `scripts/header.sh` copies it over), gives the cdylib its SONAME
+//! (`libmooncake_flagcx.so.<ABI major>`) and points its rpath at the
+//! libflagcx.so that flagcx-sys linked.
 
 use std::env;
 use std::path::PathBuf;
@@ -12,13 +13,16 @@ fn main() {
     println!("cargo:rerun-if-changed=src/error.rs");
     println!("cargo:rerun-if-changed=cbindgen.toml");
 
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap());
     let config = cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("cbindgen.toml");
+    let header = out.join("mooncake_flagcx.h");
     cbindgen::Builder::new()
         .with_crate(&root)
         .with_config(config)
         .generate()
         .expect("cbindgen could not generate the header")
-        .write_to_file(root.join("include/mooncake_flagcx.h"));
+        .write_to_file(&header);
+    println!("cargo:rustc-env=MCFX_GENERATED_HEADER={}", header.display());
 
     // The SONAME carries the ABI major version, so a program linked against
     // this library records `libmooncake_flagcx.so.1` and a future ABI v2
@@ -26,10 +30,8 @@ fn main() {
     // link (target/<profile>/libmooncake_flagcx.so.1 -> libmooncake_flagcx.so)
     // so programs linked against target/<profile>/ run from there too;
     // scripts/install.sh installs the real file under that name.
-    let abi_major = abi_version(&root.join("src/ffi/types.rs"));
-    let soname = format!("libmooncake_flagcx.so.{abi_major}");
+    let soname = format!("libmooncake_flagcx.so.{MCFX_ABI_VERSION}");
     println!("cargo:rustc-link-arg-cdylib=-Wl,-soname,{soname}");
-    let out = PathBuf::from(env::var("OUT_DIR").unwrap());
     if let Some(profile_dir) = out.ancestors().nth(3) {
         let link = profile_dir.join(&soname);
         if std::fs::read_link(&link).is_err() {
@@ -58,17 +60,5 @@ fn main() {
     }
 }
 
-/// `MCFX_ABI_VERSION` as src/ffi/types.rs defines it (`pub const MCFX_ABI_VERSION: u32 = N;`).
-fn abi_version(ffi: &std::path::Path) -> u32 {
-    let text = std::fs::read_to_string(ffi).expect("src/ffi/types.rs");
-    text.lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("pub const MCFX_ABI_VERSION: u32 = ")?
-                .strip_suffix(';')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .expect("src/ffi/types.rs defines no `pub const MCFX_ABI_VERSION: u32 = N;`")
-}
+// The library's own definition of MCFX_ABI_VERSION, compiled here too.
+include!("src/ffi/abi_version.rs");

@@ -1,5 +1,6 @@
-//! The generated C header compiles alone as C11 and C++17, and the README's
-//! C example (examples/c/readme_example.c, quoted verbatim in README.md)
+//! The committed C header is what cbindgen generates from this source (the
+//! build writes it to OUT_DIR; `scripts/header.sh` copies it to include/),
+//! it compiles alone as C11 and C++17, and the README's C example (examples/c/readme_example.c, quoted verbatim in README.md)
 //! builds against the cdylib and runs.
 
 use std::path::{Path, PathBuf};
@@ -7,6 +8,16 @@ use std::process::Command;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn the_committed_header_is_the_generated_one() {
+    let generated = std::fs::read_to_string(env!("MCFX_GENERATED_HEADER")).unwrap();
+    let committed = std::fs::read_to_string(root().join("include/mooncake_flagcx.h")).unwrap();
+    assert!(
+        generated == committed,
+        "include/mooncake_flagcx.h is out of date: run scripts/header.sh and commit it"
+    );
 }
 
 /// target/<profile>/, where cargo puts the cdylib and libflagcx.so.

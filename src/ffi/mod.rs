@@ -14,8 +14,10 @@
 //! - `config`: the C config read and turned into the core's settings
 //!   (zero-means-default lives in `crate::config`); `op`: C ops and arrays.
 //!
-//! cbindgen reads these files for `include/mooncake_flagcx.h`.
+//! cbindgen reads these files for `include/mooncake_flagcx.h` (build.rs
+//! generates it into `OUT_DIR`; `scripts/header.sh` copies it to include/).
 
+mod abi_version;
 mod config;
 mod exports;
 mod guard;

@@ -8,10 +8,7 @@ use crate::config::MAX_ENDPOINT_LEN;
 use crate::error::mcfx_status;
 use crate::stats::Snapshot;
 
-/// Newest version of the C ABI this library implements. `mcfx_create`
-/// accepts a config of any version from 1 up to this one; the v1 table
-/// (`mcfx_get_api_v1`) always reports 1.
-pub const MCFX_ABI_VERSION: u32 = 1;
+pub use super::abi_version::MCFX_ABI_VERSION;
 
 /// `mcfx_op.opcode`: read remote memory into local memory.
 pub const MCFX_OP_READ: u32 = 0;
