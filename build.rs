@@ -26,19 +26,13 @@ fn main() {
 
     // The SONAME carries the ABI major version, so a program linked against
     // this library records `libmooncake_flagcx.so.1` and a future ABI v2
-    // library can be installed beside it. The build tree gets the matching
-    // link (target/<profile>/libmooncake_flagcx.so.1 -> libmooncake_flagcx.so)
-    // so programs linked against target/<profile>/ run from there too;
-    // scripts/install.sh installs the real file under that name.
+    // library can be installed beside it. The link of that name next to
+    // cargo's output is made by whoever runs such programs from the build
+    // tree (the top-level CMake, tests/header.rs), not here: a build script
+    // writes only to OUT_DIR. scripts/install.sh installs the real file
+    // under that name.
     let soname = format!("libmooncake_flagcx.so.{MCFX_ABI_VERSION}");
     println!("cargo:rustc-link-arg-cdylib=-Wl,-soname,{soname}");
-    if let Some(profile_dir) = out.ancestors().nth(3) {
-        let link = profile_dir.join(&soname);
-        if std::fs::read_link(&link).is_err() {
-            let _ = std::fs::remove_file(&link);
-            let _ = std::os::unix::fs::symlink("libmooncake_flagcx.so", &link);
-        }
-    }
 
     // The cdylib's rpath. With the software provider, libflagcx.so is copied
     // next to the cdylib (target/<profile>/) and installed next to it, so
