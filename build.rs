@@ -11,6 +11,7 @@ fn main() {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     println!("cargo:rerun-if-changed=src/ffi");
     println!("cargo:rerun-if-changed=src/error.rs");
+    println!("cargo:rerun-if-changed=src/config.rs");
     println!("cargo:rerun-if-changed=cbindgen.toml");
 
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());

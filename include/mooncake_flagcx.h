@@ -37,6 +37,78 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// Default `mcfx_config.queue_capacity` (submission queue slots).
+#define MCFX_DEFAULT_QUEUE_CAPACITY 4096
+
+// Largest `mcfx_config.queue_capacity`.
+#define MCFX_MAX_QUEUE_CAPACITY (1 << 20)
+
+// Default `mcfx_config.submit_wait_us` (0: a full queue fails at once).
+#define MCFX_DEFAULT_SUBMIT_WAIT_US 0
+
+// Largest `mcfx_config.submit_wait_us` (10 s).
+#define MCFX_MAX_SUBMIT_WAIT_US 10000000
+
+// Default `mcfx_config.op_timeout_ms` (30 s).
+#define MCFX_DEFAULT_OP_TIMEOUT_MS 30000
+
+// Largest `mcfx_config.op_timeout_ms` (1 h).
+#define MCFX_MAX_OP_TIMEOUT_MS 3600000
+
+// Default `mcfx_config.connect_timeout_ms` (10 s).
+#define MCFX_DEFAULT_CONNECT_TIMEOUT_MS 10000
+
+// Largest `mcfx_config.connect_timeout_ms` (10 min).
+#define MCFX_MAX_CONNECT_TIMEOUT_MS 600000
+
+// Default `mcfx_config.spin_grace_us`: long enough that an op arriving
+// within a millisecond of the last one finds the progress thread awake
+// (waking a parked thread cost 60 us at p50 on the 2-vCPU VMs measured;
+// see docs/design.md, "Wake-up").
+#define MCFX_DEFAULT_SPIN_GRACE_US 1000
+
+// Largest `mcfx_config.spin_grace_us` (10 ms).
+#define MCFX_MAX_SPIN_GRACE_US 10000
+
+// Default `mcfx_config.max_batch` (ops taken from the queue per pass).
+#define MCFX_DEFAULT_MAX_BATCH 256
+
+// Largest `mcfx_config.max_batch`.
+#define MCFX_MAX_MAX_BATCH 65536
+
+// Default `mcfx_config.max_slice_bytes`: FlagCX cuts entries into 1 GiB
+// slices itself; matching it keeps one of our pieces per FlagCX slice.
+#define MCFX_DEFAULT_MAX_SLICE_BYTES (1 << 30)
+
+// Largest `mcfx_config.max_slice_bytes`: FlagCX descriptors carry a
+// 32-bit size.
+#define MCFX_MAX_MAX_SLICE_BYTES 4294967295
+
+// Default `mcfx_config.connect_threads`.
+#define MCFX_DEFAULT_CONNECT_THREADS 4
+
+// Largest `mcfx_config.connect_threads`.
+#define MCFX_MAX_CONNECT_THREADS 64
+
+// Default `mcfx_config.shutdown_timeout_ms` (1 s).
+#define MCFX_DEFAULT_SHUTDOWN_TIMEOUT_MS 1000
+
+// Largest `mcfx_config.shutdown_timeout_ms` (1 min).
+#define MCFX_MAX_SHUTDOWN_TIMEOUT_MS 60000
+
+// Default `mcfx_config.max_in_flight`: a vLLM-shaped burst (10 threads,
+// each a request of 2 048 pages) three times over.
+#define MCFX_DEFAULT_MAX_IN_FLIGHT 65536
+
+// Largest `mcfx_config.max_in_flight`.
+#define MCFX_MAX_MAX_IN_FLIGHT (1 << 24)
+
+// Default `mcfx_config.max_regions`.
+#define MCFX_DEFAULT_MAX_REGIONS 65536
+
+// Largest `mcfx_config.max_regions`.
+#define MCFX_MAX_MAX_REGIONS (1 << 22)
+
 // Newest version of the C ABI this library implements. `mcfx_create`
 // accepts a config of any version from 1 up to this one; the v1 table
 // (`mcfx_get_api_v1`) always reports 1.
@@ -226,32 +298,39 @@ typedef struct mcfx_config {
   mcfx_resolve_fn resolve;
   // Passed to `resolve` untouched.
   void *resolve_ctx;
-  // Submission queue slots (default 4096, at most 1048576).
+  // Submission queue slots (default `MCFX_DEFAULT_QUEUE_CAPACITY`, at most
+  // `MCFX_MAX_QUEUE_CAPACITY`).
   uint32_t queue_capacity;
-  // Microseconds a submit waits for queue space before
-  // `MCFX_E_QUEUE_FULL` (default 0: fail at once; at most 10000000).
+  // Microseconds a submit waits for queue space (or in-flight room) before
+  // `MCFX_E_QUEUE_FULL` (default 0: fail at once; at most
+  // `MCFX_MAX_SUBMIT_WAIT_US`).
   uint32_t submit_wait_us;
   // Per-op deadline, in ms, counted from the `mcfx_submit` call that
   // queued the op (coarse clock: granularity 1-4 ms; never early). Default
-  // 30000, at most 3600000.
+  // `MCFX_DEFAULT_OP_TIMEOUT_MS`, at most `MCFX_MAX_OP_TIMEOUT_MS`.
   uint32_t op_timeout_ms;
-  // How long an op waits for its peer's connection, in ms (default 10000,
-  // at most 600000).
+  // How long an op waits for its peer's connection, in ms (default
+  // `MCFX_DEFAULT_CONNECT_TIMEOUT_MS`, at most `MCFX_MAX_CONNECT_TIMEOUT_MS`).
   uint32_t connect_timeout_ms;
   // Microseconds the idle progress thread spins before parking
-  // (default 1000, at most 10000). Waking a parked thread costs tens of
+  // (default `MCFX_DEFAULT_SPIN_GRACE_US`, at most `MCFX_MAX_SPIN_GRACE_US`).
+  // Waking a parked thread costs tens of
   // microseconds on many VMs; spinning costs a core while it lasts.
   uint32_t spin_grace_us;
-  // Ops taken from the queue per progress pass (default 256, at most
-  // 65536).
+  // Ops taken from the queue per progress pass (default
+  // `MCFX_DEFAULT_MAX_BATCH`, at most `MCFX_MAX_MAX_BATCH`).
   uint32_t max_batch;
-  // Longest piece of one op per FlagCX entry, in bytes (default 1 GiB,
-  // at most 4 GiB - 1). Longer ops are split and complete once.
+  // Longest piece of one op per FlagCX entry, in bytes (default
+  // `MCFX_DEFAULT_MAX_SLICE_BYTES`, 1 GiB; at most
+  // `MCFX_MAX_MAX_SLICE_BYTES`, 4 GiB - 1). Longer ops are split and
+  // complete once.
   uint64_t max_slice_bytes;
-  // Threads that resolve and connect peers (default 4, at most 64).
+  // Threads that resolve and connect peers (default
+  // `MCFX_DEFAULT_CONNECT_THREADS`, at most `MCFX_MAX_CONNECT_THREADS`).
   uint32_t connect_threads;
-  // On destroy, ms that in-flight ops may take to finish (default 1000,
-  // at most 60000).
+  // On destroy, ms that in-flight ops may take to finish (default
+  // `MCFX_DEFAULT_SHUTDOWN_TIMEOUT_MS`, at most
+  // `MCFX_MAX_SHUTDOWN_TIMEOUT_MS`).
   uint32_t shutdown_timeout_ms;
   // `MCFX_FLAG_*` bits.
   uint32_t flags;
@@ -265,13 +344,15 @@ typedef struct mcfx_config {
   // Passed to `log` untouched.
   void *log_ctx;
   // Ops the transport holds at once: queued, waiting for a connection
-  // and inside FlagCX (default 65536, at most 16777216). A submit beyond
+  // and inside FlagCX (default `MCFX_DEFAULT_MAX_IN_FLIGHT`, at most
+  // `MCFX_MAX_MAX_IN_FLIGHT`). A submit beyond
   // it is refused with `MCFX_E_QUEUE_FULL` (after `submit_wait_us`), as
   // for a full queue; the memory a slow or dead peer can make the
   // transport hold is bounded by it.
   uint32_t max_in_flight;
-  // Regions the transport may have registered at once (default 65536, at
-  // most 4194304); one more is `MCFX_E_TOO_MANY_REGIONS`.
+  // Regions the transport may have registered at once (default
+  // `MCFX_DEFAULT_MAX_REGIONS`, at most `MCFX_MAX_MAX_REGIONS`); one more
+  // is `MCFX_E_TOO_MANY_REGIONS`.
   uint32_t max_regions;
 } mcfx_config;
 

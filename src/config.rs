@@ -49,41 +49,94 @@ pub struct Config {
     pub max_regions: usize,
 }
 
-pub(crate) const DEFAULT_QUEUE_CAPACITY: usize = 4096;
-pub(crate) const MAX_QUEUE_CAPACITY: usize = 1 << 20;
-pub(crate) const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(30);
-pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Long enough that an op arriving within a millisecond of the last one finds
-/// the progress thread awake: waking a parked thread cost 60 us at p50 on
-/// the 2-vCPU VMs this was measured on (the idle vCPU halts; examples/hotpath
-/// `--gap-us 200`: 62 us per op with a 50 us grace, 0.8-1.9 us with 1 ms).
-/// An idle transport still parks within a millisecond.
-pub(crate) const DEFAULT_SPIN_GRACE: Duration = Duration::from_millis(1);
-pub(crate) const DEFAULT_MAX_BATCH: usize = 256;
-/// FlagCX cuts entries into 1 GiB slices itself; matching it keeps one of our
-/// pieces per FlagCX slice. Descriptors carry a u32 size, so 4 GiB - 1 is the
-/// hard limit.
-pub(crate) const DEFAULT_MAX_SLICE_BYTES: u64 = 1 << 30;
-pub(crate) const DEFAULT_CONNECT_THREADS: usize = 4;
-pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
-/// Fits a vLLM-shaped burst (10 threads, each a request of 2 048 pages)
-/// three times over.
-pub(crate) const DEFAULT_MAX_IN_FLIGHT: usize = 65536;
-pub(crate) const DEFAULT_MAX_REGIONS: usize = 65536;
+// ---- every default and maximum, once -------------------------------------
+//
+// In the units of the C config's fields, exported to the C header as
+// `MCFX_DEFAULT_*` and `MCFX_MAX_*` (cbindgen), used by the config checks
+// below, `mcfx_config_init`, the C++ baseline and the tests. A value above
+// a maximum is MCFX_E_BAD_CONFIG: the maxima keep every allocation and every
+// wait the caller sizes bounded.
 
-// Maxima of the numeric settings (documented in the C header): a value
-// beyond one is MCFX_E_BAD_CONFIG. They keep every allocation and every wait
-// the caller sizes bounded.
-pub(crate) const MAX_SUBMIT_WAIT: Duration = Duration::from_secs(10);
-pub(crate) const MAX_OP_TIMEOUT: Duration = Duration::from_secs(3600);
-pub(crate) const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(600);
-/// The idle progress thread spins at most this long before parking.
-pub(crate) const MAX_SPIN_GRACE: Duration = Duration::from_millis(10);
-pub(crate) const MAX_MAX_BATCH: usize = 65536;
-pub(crate) const MAX_CONNECT_THREADS: usize = 64;
-pub(crate) const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
-pub(crate) const MAX_MAX_IN_FLIGHT: usize = 1 << 24;
-pub(crate) const MAX_MAX_REGIONS: usize = 1 << 22;
+/// Default `mcfx_config.queue_capacity` (submission queue slots).
+pub const MCFX_DEFAULT_QUEUE_CAPACITY: u32 = 4096;
+/// Largest `mcfx_config.queue_capacity`.
+pub const MCFX_MAX_QUEUE_CAPACITY: u32 = 1 << 20;
+/// Default `mcfx_config.submit_wait_us` (0: a full queue fails at once).
+pub const MCFX_DEFAULT_SUBMIT_WAIT_US: u32 = 0;
+/// Largest `mcfx_config.submit_wait_us` (10 s).
+pub const MCFX_MAX_SUBMIT_WAIT_US: u32 = 10_000_000;
+/// Default `mcfx_config.op_timeout_ms` (30 s).
+pub const MCFX_DEFAULT_OP_TIMEOUT_MS: u32 = 30_000;
+/// Largest `mcfx_config.op_timeout_ms` (1 h).
+pub const MCFX_MAX_OP_TIMEOUT_MS: u32 = 3_600_000;
+/// Default `mcfx_config.connect_timeout_ms` (10 s).
+pub const MCFX_DEFAULT_CONNECT_TIMEOUT_MS: u32 = 10_000;
+/// Largest `mcfx_config.connect_timeout_ms` (10 min).
+pub const MCFX_MAX_CONNECT_TIMEOUT_MS: u32 = 600_000;
+/// Default `mcfx_config.spin_grace_us`: long enough that an op arriving
+/// within a millisecond of the last one finds the progress thread awake
+/// (waking a parked thread cost 60 us at p50 on the 2-vCPU VMs measured;
+/// see docs/design.md, "Wake-up").
+pub const MCFX_DEFAULT_SPIN_GRACE_US: u32 = 1000;
+/// Largest `mcfx_config.spin_grace_us` (10 ms).
+pub const MCFX_MAX_SPIN_GRACE_US: u32 = 10_000;
+/// Default `mcfx_config.max_batch` (ops taken from the queue per pass).
+pub const MCFX_DEFAULT_MAX_BATCH: u32 = 256;
+/// Largest `mcfx_config.max_batch`.
+pub const MCFX_MAX_MAX_BATCH: u32 = 65536;
+/// Default `mcfx_config.max_slice_bytes`: FlagCX cuts entries into 1 GiB
+/// slices itself; matching it keeps one of our pieces per FlagCX slice.
+pub const MCFX_DEFAULT_MAX_SLICE_BYTES: u64 = 1 << 30;
+/// Largest `mcfx_config.max_slice_bytes`: FlagCX descriptors carry a
+/// 32-bit size.
+pub const MCFX_MAX_MAX_SLICE_BYTES: u64 = 0xffff_ffff;
+/// Default `mcfx_config.connect_threads`.
+pub const MCFX_DEFAULT_CONNECT_THREADS: u32 = 4;
+/// Largest `mcfx_config.connect_threads`.
+pub const MCFX_MAX_CONNECT_THREADS: u32 = 64;
+/// Default `mcfx_config.shutdown_timeout_ms` (1 s).
+pub const MCFX_DEFAULT_SHUTDOWN_TIMEOUT_MS: u32 = 1000;
+/// Largest `mcfx_config.shutdown_timeout_ms` (1 min).
+pub const MCFX_MAX_SHUTDOWN_TIMEOUT_MS: u32 = 60_000;
+/// Default `mcfx_config.max_in_flight`: a vLLM-shaped burst (10 threads,
+/// each a request of 2 048 pages) three times over.
+pub const MCFX_DEFAULT_MAX_IN_FLIGHT: u32 = 65536;
+/// Largest `mcfx_config.max_in_flight`.
+pub const MCFX_MAX_MAX_IN_FLIGHT: u32 = 1 << 24;
+/// Default `mcfx_config.max_regions`.
+pub const MCFX_DEFAULT_MAX_REGIONS: u32 = 65536;
+/// Largest `mcfx_config.max_regions`.
+pub const MCFX_MAX_MAX_REGIONS: u32 = 1 << 22;
+
+const fn ms(v: u32) -> Duration {
+    Duration::from_millis(v as u64)
+}
+const fn us(v: u32) -> Duration {
+    Duration::from_micros(v as u64)
+}
+
+pub(crate) const DEFAULT_QUEUE_CAPACITY: usize = MCFX_DEFAULT_QUEUE_CAPACITY as usize;
+pub(crate) const MAX_QUEUE_CAPACITY: usize = MCFX_MAX_QUEUE_CAPACITY as usize;
+pub(crate) const DEFAULT_SUBMIT_WAIT: Duration = us(MCFX_DEFAULT_SUBMIT_WAIT_US);
+pub(crate) const DEFAULT_OP_TIMEOUT: Duration = ms(MCFX_DEFAULT_OP_TIMEOUT_MS);
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = ms(MCFX_DEFAULT_CONNECT_TIMEOUT_MS);
+pub(crate) const DEFAULT_SPIN_GRACE: Duration = us(MCFX_DEFAULT_SPIN_GRACE_US);
+pub(crate) const DEFAULT_MAX_BATCH: usize = MCFX_DEFAULT_MAX_BATCH as usize;
+pub(crate) const DEFAULT_MAX_SLICE_BYTES: u64 = MCFX_DEFAULT_MAX_SLICE_BYTES;
+pub(crate) const DEFAULT_CONNECT_THREADS: usize = MCFX_DEFAULT_CONNECT_THREADS as usize;
+pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = ms(MCFX_DEFAULT_SHUTDOWN_TIMEOUT_MS);
+pub(crate) const DEFAULT_MAX_IN_FLIGHT: usize = MCFX_DEFAULT_MAX_IN_FLIGHT as usize;
+pub(crate) const DEFAULT_MAX_REGIONS: usize = MCFX_DEFAULT_MAX_REGIONS as usize;
+pub(crate) const MAX_SUBMIT_WAIT: Duration = us(MCFX_MAX_SUBMIT_WAIT_US);
+pub(crate) const MAX_OP_TIMEOUT: Duration = ms(MCFX_MAX_OP_TIMEOUT_MS);
+pub(crate) const MAX_CONNECT_TIMEOUT: Duration = ms(MCFX_MAX_CONNECT_TIMEOUT_MS);
+pub(crate) const MAX_SPIN_GRACE: Duration = us(MCFX_MAX_SPIN_GRACE_US);
+pub(crate) const MAX_MAX_BATCH: usize = MCFX_MAX_MAX_BATCH as usize;
+pub(crate) const MAX_CONNECT_THREADS: usize = MCFX_MAX_CONNECT_THREADS as usize;
+pub(crate) const MAX_SHUTDOWN_TIMEOUT: Duration = ms(MCFX_MAX_SHUTDOWN_TIMEOUT_MS);
+pub(crate) const MAX_MAX_IN_FLIGHT: usize = MCFX_MAX_MAX_IN_FLIGHT as usize;
+pub(crate) const MAX_MAX_REGIONS: usize = MCFX_MAX_MAX_REGIONS as usize;
+const _: () = assert!(MCFX_MAX_MAX_SLICE_BYTES == flagcx_sys::MAX_DESC_LEN);
 
 /// Longest endpoint (`host:port`, without the NUL) a resolver may return
 /// (longer is `MCFX_E_RESOLVE`). The resolver callback gets a buffer of
@@ -94,7 +147,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
-            submit_wait: Duration::ZERO,
+            submit_wait: DEFAULT_SUBMIT_WAIT,
             op_timeout: DEFAULT_OP_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             spin_grace: DEFAULT_SPIN_GRACE,

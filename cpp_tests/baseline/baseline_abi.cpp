@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <iterator>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -70,33 +71,29 @@ std::unordered_set<const mcfx_transport *> &Live() {
 
 // Everything up to `resolve_ctx` must be present (as in the Rust library).
 constexpr size_t kMinConfigSize = offsetof(mcfx_config, queue_capacity);
-constexpr uint32_t kMaxQueueCapacity = 1u << 20;
-constexpr uint64_t kMaxSliceBytes = UINT32_MAX;
-constexpr uint32_t kMaxConnectThreads = 64;
 constexpr uint32_t kMaxLogLevel = MCFX_LOG_TRACE;
-constexpr uint32_t kMaxInFlight = 1u << 24;
-constexpr uint32_t kMaxRegions = 1u << 22;
 
-// What mcfx_config_init writes: the Rust library's defaults (src/config.rs;
-// baseline_test compares the two libraries' mcfx_config_init byte for byte).
-// The baseline uses only op_timeout_ms and flags of them.
+// What mcfx_config_init writes: the defaults the header exports
+// (MCFX_DEFAULT_*, from the Rust library's src/config.rs; baseline_test
+// compares the two libraries' mcfx_config_init byte for byte). The baseline
+// uses only op_timeout_ms and flags of them.
 mcfx_config DefaultConfig() {
   mcfx_config c;
   std::memset(&c, 0, sizeof c);
   c.struct_size = sizeof c;
   c.abi_version = MCFX_ABI_VERSION;
-  c.queue_capacity = 4096;
-  c.submit_wait_us = 0;
-  c.op_timeout_ms = 30000; // upstream's fixed deadline
-  c.connect_timeout_ms = 10000;
-  c.spin_grace_us = 1000;
-  c.max_batch = 256;
-  c.max_slice_bytes = uint64_t(1) << 30;
-  c.connect_threads = 4;
-  c.shutdown_timeout_ms = 1000;
+  c.queue_capacity = MCFX_DEFAULT_QUEUE_CAPACITY;
+  c.submit_wait_us = MCFX_DEFAULT_SUBMIT_WAIT_US;
+  c.op_timeout_ms = MCFX_DEFAULT_OP_TIMEOUT_MS; // upstream's fixed deadline
+  c.connect_timeout_ms = MCFX_DEFAULT_CONNECT_TIMEOUT_MS;
+  c.spin_grace_us = MCFX_DEFAULT_SPIN_GRACE_US;
+  c.max_batch = MCFX_DEFAULT_MAX_BATCH;
+  c.max_slice_bytes = MCFX_DEFAULT_MAX_SLICE_BYTES;
+  c.connect_threads = MCFX_DEFAULT_CONNECT_THREADS;
+  c.shutdown_timeout_ms = MCFX_DEFAULT_SHUTDOWN_TIMEOUT_MS;
   c.log_level = MCFX_LOG_WARN;
-  c.max_in_flight = 65536;
-  c.max_regions = 65536;
+  c.max_in_flight = MCFX_DEFAULT_MAX_IN_FLIGHT;
+  c.max_regions = MCFX_DEFAULT_MAX_REGIONS;
   return c;
 }
 
@@ -116,8 +113,27 @@ Result ReadConfig(const mcfx_config *config, mcfx_config *out) {
                 Format("config struct_size %zu is below the minimum %zu (use "
                        "mcfx_config_init)",
                        size, kMinConfigSize));
+  // Whole fields only, as the Rust library: a size below the full struct
+  // must end where a field ends.
+#define MCFX_END(f) (offsetof(mcfx_config, f) + sizeof(((mcfx_config *)0)->f))
+  static const size_t kFieldEnds[] = {
+      MCFX_END(resolve_ctx), MCFX_END(queue_capacity), MCFX_END(submit_wait_us),
+      MCFX_END(op_timeout_ms), MCFX_END(connect_timeout_ms),
+      MCFX_END(spin_grace_us), MCFX_END(max_batch), MCFX_END(max_slice_bytes),
+      MCFX_END(connect_threads), MCFX_END(shutdown_timeout_ms), MCFX_END(flags),
+      MCFX_END(log_level), MCFX_END(log), MCFX_END(log_ctx),
+      MCFX_END(max_in_flight), MCFX_END(max_regions)};
+#undef MCFX_END
+  const size_t n = std::min(size, sizeof *out);
+  if (std::find(std::begin(kFieldEnds), std::end(kFieldEnds), n) ==
+      std::end(kFieldEnds))
+    return Fail(MCFX_E_BAD_CONFIG,
+                Format("config struct_size %zu ends inside a field (it must be "
+                       "sizeof(mcfx_config) of some header version; use "
+                       "mcfx_config_init)",
+                       size));
   std::memset(out, 0, sizeof *out);
-  std::memcpy(out, config, std::min(size, sizeof *out));
+  std::memcpy(out, config, n);
   return {};
 }
 
@@ -138,26 +154,30 @@ Result ConvertConfig(const mcfx_config &c, Options *o) {
   if (c.log_level > kMaxLogLevel)
     return Fail(MCFX_E_BAD_CONFIG, Format("log_level %u is outside 1..=%u",
                                           c.log_level, kMaxLogLevel));
-  if (c.queue_capacity > kMaxQueueCapacity)
-    return Fail(MCFX_E_BAD_CONFIG,
-                Format("queue_capacity %u is outside 1..=%u", c.queue_capacity,
-                       kMaxQueueCapacity));
-  if (c.max_slice_bytes > kMaxSliceBytes)
-    return Fail(MCFX_E_BAD_CONFIG,
-                Format("max_slice_bytes %llu is outside 1..=%llu (FlagCX "
-                       "descriptors carry a 32-bit size)",
-                       (unsigned long long)c.max_slice_bytes,
-                       (unsigned long long)kMaxSliceBytes));
-  if (c.connect_threads > kMaxConnectThreads)
-    return Fail(MCFX_E_BAD_CONFIG,
-                Format("connect_threads %u is outside 1..=%u",
-                       c.connect_threads, kMaxConnectThreads));
-  if (c.max_in_flight > kMaxInFlight)
-    return Fail(MCFX_E_BAD_CONFIG, Format("max_in_flight %u is outside 1..=%u",
-                                          c.max_in_flight, kMaxInFlight));
-  if (c.max_regions > kMaxRegions)
-    return Fail(MCFX_E_BAD_CONFIG, Format("max_regions %u is outside 1..=%u",
-                                          c.max_regions, kMaxRegions));
+  // Every maximum the Rust library checks (zero means the default, so only
+  // the upper bound can be broken), with its message.
+  struct Max {
+    const char *name;
+    uint64_t value, max;
+  };
+  const Max maxima[] = {
+      {"queue_capacity", c.queue_capacity, MCFX_MAX_QUEUE_CAPACITY},
+      {"submit_wait_us", c.submit_wait_us, MCFX_MAX_SUBMIT_WAIT_US},
+      {"op_timeout_ms", c.op_timeout_ms, MCFX_MAX_OP_TIMEOUT_MS},
+      {"connect_timeout_ms", c.connect_timeout_ms, MCFX_MAX_CONNECT_TIMEOUT_MS},
+      {"spin_grace_us", c.spin_grace_us, MCFX_MAX_SPIN_GRACE_US},
+      {"max_batch", c.max_batch, MCFX_MAX_MAX_BATCH},
+      {"max_slice_bytes", c.max_slice_bytes, MCFX_MAX_MAX_SLICE_BYTES},
+      {"connect_threads", c.connect_threads, MCFX_MAX_CONNECT_THREADS},
+      {"shutdown_timeout_ms", c.shutdown_timeout_ms, MCFX_MAX_SHUTDOWN_TIMEOUT_MS},
+      {"max_in_flight", c.max_in_flight, MCFX_MAX_MAX_IN_FLIGHT},
+      {"max_regions", c.max_regions, MCFX_MAX_MAX_REGIONS},
+  };
+  for (const Max &m : maxima)
+    if (m.value > m.max)
+      return Fail(MCFX_E_BAD_CONFIG,
+                  Format("%s %llu is above its maximum %llu", m.name,
+                         (unsigned long long)m.value, (unsigned long long)m.max));
   o->on_complete = c.on_complete;
   o->complete_ctx = c.complete_ctx;
   o->resolve = c.resolve;

@@ -180,6 +180,69 @@ TEST(BaselineAbi, ConfigInitWritesTheSameDefaultsAsTheRustLibrary) {
   EXPECT_EQ(std::memcmp(&ours, &theirs, sizeof ours), 0);
   dlclose(rust);
 }
+
+// The baseline checks what the Rust library checks: every config field at
+// its maximum and one above, every struct_size, bad versions, flags and log
+// levels get the same status from both libraries' mcfx_create.
+TEST(BaselineAbi, BadConfigAnswersMatchTheRustLibrary) {
+  void *rust = dlopen(MCFX_RUST_LIB, RTLD_NOW | RTLD_LOCAL);
+  ASSERT_NE(rust, nullptr) << dlerror();
+  auto rust_create = reinterpret_cast<decltype(&mcfx_create)>(
+      dlsym(rust, "mcfx_create"));
+  auto rust_destroy = reinterpret_cast<decltype(&mcfx_destroy)>(
+      dlsym(rust, "mcfx_destroy"));
+  ASSERT_NE(rust_create, nullptr);
+  ASSERT_NE(rust_destroy, nullptr);
+  Completions done;
+  Peers peers;
+  mcfx_config good;
+  mcfx_config_init(&good, sizeof good);
+  good.on_complete = Completions::OnComplete;
+  good.complete_ctx = &done;
+  good.resolve = Peers::Resolve;
+  good.resolve_ctx = &peers;
+  good.flags = MCFX_FLAG_NO_SERVE; // no RPC server per accepted row
+
+  std::vector<std::pair<std::string, mcfx_config>> rows;
+  auto add = [&](std::string name, auto mutate) {
+    mcfx_config c = good;
+    mutate(c);
+    rows.emplace_back(std::move(name), c);
+  };
+#define MCFX_ROW(field, max)                                                   \
+  add(#field " at max", [](mcfx_config &c) { c.field = (max); });              \
+  add(#field " above max", [](mcfx_config &c) { c.field = (max) + 1; })
+  MCFX_ROW(queue_capacity, MCFX_MAX_QUEUE_CAPACITY);
+  MCFX_ROW(submit_wait_us, MCFX_MAX_SUBMIT_WAIT_US);
+  MCFX_ROW(op_timeout_ms, MCFX_MAX_OP_TIMEOUT_MS);
+  MCFX_ROW(connect_timeout_ms, MCFX_MAX_CONNECT_TIMEOUT_MS);
+  MCFX_ROW(spin_grace_us, MCFX_MAX_SPIN_GRACE_US);
+  MCFX_ROW(max_batch, MCFX_MAX_MAX_BATCH);
+  MCFX_ROW(max_slice_bytes, MCFX_MAX_MAX_SLICE_BYTES);
+  MCFX_ROW(connect_threads, 8u); // a valid count, then the real maximum:
+  MCFX_ROW(connect_threads, MCFX_MAX_CONNECT_THREADS);
+  MCFX_ROW(shutdown_timeout_ms, MCFX_MAX_SHUTDOWN_TIMEOUT_MS);
+  MCFX_ROW(max_in_flight, MCFX_MAX_MAX_IN_FLIGHT);
+  MCFX_ROW(max_regions, MCFX_MAX_MAX_REGIONS);
+  MCFX_ROW(log_level, uint32_t(MCFX_LOG_TRACE));
+#undef MCFX_ROW
+  add("abi_version 0", [](mcfx_config &c) { c.abi_version = 0; });
+  add("abi_version next", [](mcfx_config &c) { c.abi_version = MCFX_ABI_VERSION + 1; });
+  add("unknown flag", [](mcfx_config &c) { c.flags |= 1u << 7; });
+  for (uint32_t size = 0; size <= sizeof(mcfx_config) + 16; ++size)
+    rows.emplace_back("struct_size " + std::to_string(size), good),
+        rows.back().second.struct_size = size;
+
+  for (auto &[name, cfg] : rows) {
+    mcfx_transport *ours = nullptr, *theirs = nullptr;
+    const mcfx_status a = mcfx_create(&cfg, &ours);
+    const mcfx_status b = rust_create(&cfg, &theirs);
+    EXPECT_EQ(a, b) << name;
+    if (ours != nullptr) mcfx_destroy(ours);
+    if (theirs != nullptr) rust_destroy(theirs);
+  }
+  dlclose(rust);
+}
 #endif
 
 TEST(BaselineAbi, RejectsBadConfigsAndArguments) {

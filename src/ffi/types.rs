@@ -108,32 +108,39 @@ pub struct mcfx_config {
     pub resolve: mcfx_resolve_fn,
     /// Passed to `resolve` untouched.
     pub resolve_ctx: *mut c_void,
-    /// Submission queue slots (default 4096, at most 1048576).
+    /// Submission queue slots (default `MCFX_DEFAULT_QUEUE_CAPACITY`, at most
+    /// `MCFX_MAX_QUEUE_CAPACITY`).
     pub queue_capacity: u32,
-    /// Microseconds a submit waits for queue space before
-    /// `MCFX_E_QUEUE_FULL` (default 0: fail at once; at most 10000000).
+    /// Microseconds a submit waits for queue space (or in-flight room) before
+    /// `MCFX_E_QUEUE_FULL` (default 0: fail at once; at most
+    /// `MCFX_MAX_SUBMIT_WAIT_US`).
     pub submit_wait_us: u32,
     /// Per-op deadline, in ms, counted from the `mcfx_submit` call that
     /// queued the op (coarse clock: granularity 1-4 ms; never early). Default
-    /// 30000, at most 3600000.
+    /// `MCFX_DEFAULT_OP_TIMEOUT_MS`, at most `MCFX_MAX_OP_TIMEOUT_MS`.
     pub op_timeout_ms: u32,
-    /// How long an op waits for its peer's connection, in ms (default 10000,
-    /// at most 600000).
+    /// How long an op waits for its peer's connection, in ms (default
+    /// `MCFX_DEFAULT_CONNECT_TIMEOUT_MS`, at most `MCFX_MAX_CONNECT_TIMEOUT_MS`).
     pub connect_timeout_ms: u32,
     /// Microseconds the idle progress thread spins before parking
-    /// (default 1000, at most 10000). Waking a parked thread costs tens of
+    /// (default `MCFX_DEFAULT_SPIN_GRACE_US`, at most `MCFX_MAX_SPIN_GRACE_US`).
+    /// Waking a parked thread costs tens of
     /// microseconds on many VMs; spinning costs a core while it lasts.
     pub spin_grace_us: u32,
-    /// Ops taken from the queue per progress pass (default 256, at most
-    /// 65536).
+    /// Ops taken from the queue per progress pass (default
+    /// `MCFX_DEFAULT_MAX_BATCH`, at most `MCFX_MAX_MAX_BATCH`).
     pub max_batch: u32,
-    /// Longest piece of one op per FlagCX entry, in bytes (default 1 GiB,
-    /// at most 4 GiB - 1). Longer ops are split and complete once.
+    /// Longest piece of one op per FlagCX entry, in bytes (default
+    /// `MCFX_DEFAULT_MAX_SLICE_BYTES`, 1 GiB; at most
+    /// `MCFX_MAX_MAX_SLICE_BYTES`, 4 GiB - 1). Longer ops are split and
+    /// complete once.
     pub max_slice_bytes: u64,
-    /// Threads that resolve and connect peers (default 4, at most 64).
+    /// Threads that resolve and connect peers (default
+    /// `MCFX_DEFAULT_CONNECT_THREADS`, at most `MCFX_MAX_CONNECT_THREADS`).
     pub connect_threads: u32,
-    /// On destroy, ms that in-flight ops may take to finish (default 1000,
-    /// at most 60000).
+    /// On destroy, ms that in-flight ops may take to finish (default
+    /// `MCFX_DEFAULT_SHUTDOWN_TIMEOUT_MS`, at most
+    /// `MCFX_MAX_SHUTDOWN_TIMEOUT_MS`).
     pub shutdown_timeout_ms: u32,
     /// `MCFX_FLAG_*` bits.
     pub flags: u32,
@@ -147,13 +154,15 @@ pub struct mcfx_config {
     /// Passed to `log` untouched.
     pub log_ctx: *mut c_void,
     /// Ops the transport holds at once: queued, waiting for a connection
-    /// and inside FlagCX (default 65536, at most 16777216). A submit beyond
+    /// and inside FlagCX (default `MCFX_DEFAULT_MAX_IN_FLIGHT`, at most
+    /// `MCFX_MAX_MAX_IN_FLIGHT`). A submit beyond
     /// it is refused with `MCFX_E_QUEUE_FULL` (after `submit_wait_us`), as
     /// for a full queue; the memory a slow or dead peer can make the
     /// transport hold is bounded by it.
     pub max_in_flight: u32,
-    /// Regions the transport may have registered at once (default 65536, at
-    /// most 4194304); one more is `MCFX_E_TOO_MANY_REGIONS`.
+    /// Regions the transport may have registered at once (default
+    /// `MCFX_DEFAULT_MAX_REGIONS`, at most `MCFX_MAX_MAX_REGIONS`); one more
+    /// is `MCFX_E_TOO_MANY_REGIONS`.
     pub max_regions: u32,
 }
 
