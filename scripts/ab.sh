@@ -32,7 +32,7 @@ echo "== building (cargo release + CMake)"
 cmake -S . -B build/ab -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build/ab -j"$(nproc)" --target mcfx_ab_bench >/dev/null
 
-bench=build/ab/cpp_tests/bench/mcfx_ab_bench
+bench=build/ab/bench/mcfx_ab_bench
 rust_lib=$PWD/target/release/libmooncake_flagcx.so
 peer_bin=$PWD/target/release/flagcx-sw-peer
 out=target/ab
@@ -59,4 +59,4 @@ for ((r = 1; r <= rounds; r++)); do
 done
 
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-/usr/bin/python3 scripts/ab_report.py "$runs" --commit "$commit" --out "$out"
+/usr/bin/python3 bench/report/ab_report.py "$runs" --commit "$commit" --out "$out"

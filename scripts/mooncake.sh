@@ -26,7 +26,7 @@
 #          3), on the software provider's copy mode and, when the provider
 #          has it, its modeled NIC, for each batch size of AB_BATCHES;
 #          writes <work>/ab/{table.md,report.json,ab.png}
-#          (mooncake/tebench_report.py).
+#          (bench/report/tebench_report.py).
 #
 # <work> defaults to target/mooncake in this repository. Missing build
 # dependencies are installed with apt-get (as root, or through sudo).
@@ -457,5 +457,5 @@ for r in $(seq "$rounds"); do
 done
 commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 mc_commit=$(git -C "$checkout" rev-parse --short HEAD 2>/dev/null || echo "snapshot")
-"$py" "$root/mooncake/tebench_report.py" "$abdir" --commit "$commit" \
+"$py" "$root/bench/report/tebench_report.py" "$abdir" --commit "$commit" \
   --mooncake "$layout ($mc_commit)" --duration "$duration"

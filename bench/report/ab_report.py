@@ -9,10 +9,11 @@ trip is the median over every benchmark process of the run.
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 from collections import defaultdict
+
+from common import machine, summary, write_report
 
 IMPLS = ["cpp", "rust", "raw"]
 COPY_SCENARIOS = ["single_64b", "single_4k", "single_64k", "single_1m", "single_4k_wire2us",
@@ -46,13 +47,6 @@ def per_round_ratio(rows, scen, metric, num="rust", den="cpp"):
     a = {r["round"]: r.get(metric) for r in rows.get((scen, num), [])}
     b = {r["round"]: r.get(metric) for r in rows.get((scen, den), [])}
     return [a[k] / b[k] for k in a if k in b and a[k] and b[k]]
-
-
-def summary(ratios):
-    """{median, min, max} of per-round ratios, or None."""
-    if not ratios:
-        return None
-    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
 
 
 def fmt_ns(ns):
@@ -210,9 +204,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     report = {
         "commit": args.commit,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "processor": platform.processor() or platform.machine(),
-                    "cpu_model": cpu_model()},
+        "machine": machine(),
         "round_trip_ns": round_trip,
         "round_trip_samples_ns": rt_vals,
         "nic_model": {"gbps": 200, "latency_ns": 2000},
@@ -221,22 +213,9 @@ def main():
         "ratios_rust_over_cpp": ratios,
         "targets": targets,
     }
-    path = os.path.join(args.out, "report.json")
-    with open(path, "w") as f:
-        json.dump(report, f, indent=1)
+    path = write_report(args.out, report)
     png = plot(rows, scenarios, args)
     print(f"\nreport: {path}\nplot:   {png}")
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 def check_targets(rows, ratios, round_trip):

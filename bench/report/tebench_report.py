@@ -25,12 +25,12 @@ Output: <abdir>/table.md (also printed), <abdir>/report.json, <abdir>/ab.png.
 """
 import argparse
 import glob
-import json
 import os
-import platform
 import re
 import statistics
 from collections import defaultdict
+
+from common import machine, write_report
 
 IMPLS = ["adapter", "upstream"]
 FIELDS = ["gbps", "avg_lat_us", "avg_tx_us", "p99_tx_us", "p999_tx_us"]
@@ -142,26 +142,12 @@ def main():
         "batches": batches,
         "per_op_us": "avg_tx_us / batch (tebench's Avg Tx: submitTransfer until all "
                      "requests of the batch completed)",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "processor": cpu_model()},
+        "machine": machine(),
         "results": results,
     }
-    path = os.path.join(args.abdir, "report.json")
-    with open(path, "w") as f:
-        json.dump(report, f, indent=1)
+    path = write_report(args.abdir, report)
     png = plot(runs, keys, args)
     print(f"table:  {os.path.join(args.abdir, 'table.md')}\nreport: {path}\nplot:   {png}")
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def plot(runs, keys, args):
