@@ -1,14 +1,18 @@
 //! Ops to a region a peer process unregistered (still mapped there) never
 //! complete `MCFX_OK` and never change its bytes: the provider fails the
 //! transfer (the peer's deregistration revoked the key this side learned
-//! at connect time) and the transport judges it against a fresh connection.
+//! at connect time, see flagcx-sys/provider/src/keys.cpp) and the transport
+//! judges the failure against a fresh connection (`judge_failed` in
+//! src/progress.rs).
 //!
-//! The status: `MCFX_E_REMOTE_RANGE` when the fresh connection no longer
-//! describes the range (the usual case), `MCFX_E_TRANSFER_FAILED` when the
-//! failure was judged against a connection made before the peer
-//! unregistered (the peer had been refreshed within the last 100 ms, see
-//! `judge_failed` in src/progress.rs). Both are accepted here; `MCFX_OK`
-//! never is.
+//! Which status: `MCFX_E_REMOTE_RANGE` when the connection it is judged
+//! against no longer describes the range: the first failure refreshes the
+//! connection, and later ops miss in its snapshot (what the first test
+//! sees, every op). `MCFX_E_TRANSFER_FAILED` when that connection still
+//! describes it: the peer registered the base again (a new key; the second
+//! test's first op), or a refresh made before the unregistration finished
+//! less than 100 ms before the failure (the op is then judged against it).
+//! Both are accepted; `MCFX_OK` never is.
 
 mod common;
 

@@ -128,3 +128,38 @@ fn nic_mode_fails_transfers_through_a_revoked_key_too() {
     assert_eq!(read(&conn, &src, peer.addr), Poll::Failed);
     common::assert_no_violations();
 }
+
+/// A forked child has a key table of its own: its deregistration of a region
+/// it inherited revokes nothing the parent's peers use.
+#[test]
+fn a_forked_childs_deregistration_leaves_the_parents_keys_alone() {
+    let _g = serial();
+    let mut peer = Peer::spawn(LEN);
+    let engine = Engine::create().unwrap();
+    engine.start_rpc_server().unwrap();
+    let mut ours = Buf::new(&engine, LEN);
+    let (mr, addr) = (ours.mr, ours.addr());
+    // SAFETY: fork; the child makes provider calls only (no handshake is in
+    // progress: this test holds the provider alone) and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        engine.deregister(mr);
+        // And a registration of its own works in its own table.
+        let mine = flagcx_sys::testing::AlignedBuf::new(LEN);
+        // SAFETY: leaked with the child.
+        let ok = unsafe { engine.register(mine.addr(), LEN) }.is_ok();
+        // SAFETY: leaves the child without running the parent's destructors.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: our child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child: {status:#x}");
+    // The peer process connects to us now and writes: our key is live.
+    assert_eq!(peer.cmd(&format!("fill 10 0 {LEN}")), "ok");
+    let ep = engine.endpoint().unwrap();
+    assert_eq!(peer.cmd(&format!("write {ep} {addr} 0 {LEN}")), "ok");
+    assert_eq!(pattern::checksum(ours.bytes()), peer.sum(0, LEN as u64));
+    common::assert_no_violations();
+}
