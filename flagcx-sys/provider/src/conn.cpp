@@ -79,10 +79,16 @@ Conn *handshake(Link *link, const std::string &host,
   if (s.fd < 0) return nullptr;
 
   auto conn = std::make_unique<Conn>();
+  int keyFd = -1;
   if (!sendHello(s.fd, deadline, nullptr) ||
-      !recvHello(s.fd, deadline, nullptr, &conn->peerPid, &conn->regions))
+      !recvHello(s.fd, deadline, nullptr, &conn->peerPid, &conn->regions,
+                 &keyFd))
     return nullptr;
   conn->sameProcess = conn->peerPid == getpid();
+  // Cross-process: the peer's deregistrations must be visible (keys.cpp).
+  if (!conn->sameProcess &&
+      !keysAttach(&conn->peerKeys, conn->peerPid, keyFd, conn->regions))
+    return nullptr;
   conn->link = linkRetain(link);
 #ifdef SYS_pidfd_open
   if (!conn->sameProcess)

@@ -7,6 +7,8 @@
 //   failure return; internal functions may throw (std::bad_alloc).
 // - A connection's region snapshot is sorted by base and never changes after
 //   the handshake, so the transfer path reads it without a lock.
+// - A cross-process connection checks each remote entry's key against the
+//   peer's key table (keys.cpp) right before it moves bytes.
 // - Process-wide state lives in function-local statics that are never
 //   destroyed, so calls racing with process exit cannot touch freed memory.
 
@@ -31,11 +33,14 @@
 
 namespace flagcx_sw __attribute__((visibility("hidden"))) {
 
-// One registered region as peers see it.
+// One registered region as peers see it. `slot` is its word in the owner's
+// key table (keys.cpp), which holds `id` (the MR id) while it is registered.
 struct Region {
   uint64_t base;
   uint64_t size;
   uint32_t rkey;
+  uint32_t slot;
+  uint64_t id;
 };
 
 // [addr, addr + len) inside [base, base + size), without overflow.
@@ -68,6 +73,26 @@ inline void linkRelease(Link *l) {
   if (l != nullptr && l->refs.fetch_sub(1) == 1) delete l;
 }
 
+// A cross-process connection's read-only view of the peer's key table
+// (keys.cpp): the words [0, slots) of it, unmapped with the connection.
+struct PeerKeys {
+  PeerKeys() = default;
+  PeerKeys(const PeerKeys &) = delete;
+  PeerKeys &operator=(const PeerKeys &) = delete;
+  ~PeerKeys();
+  const std::atomic<uint64_t> *words = nullptr;
+  size_t bytes = 0;
+  uint32_t slots = 0;
+};
+
+// Whether the registration the snapshot entry r was taken from is still
+// live in the peer: one acquire load. Every snapshot slot is < slots
+// (keysAttach), the bound check is defensive.
+inline bool keyLive(const PeerKeys &k, const Region &r) {
+  return r.slot < k.slots &&
+         k.words[r.slot].load(std::memory_order_acquire) == r.id;
+}
+
 // The objects behind the API's opaque handles. They live in this hidden
 // namespace (the public handle types stay incomplete) so that neither they
 // nor the std templates instantiated over them leak into the dynamic symbol
@@ -86,6 +111,7 @@ struct Conn {
   int peerPidFd = -1; // pidfd of the peer; -1: fall back to kill(pid, 0)
   std::atomic<uint64_t> nextLivenessCheckNs{0};
   std::atomic<bool> peerGone{false}; // sticky
+  PeerKeys peerKeys; // cross-process: the peer's key table (keys.cpp)
 };
 
 struct Engine {
@@ -124,7 +150,8 @@ std::atomic<uint64_t> &issuedCounter();
 int regAdd(uintptr_t addr, size_t size, FlagcxP2pMr *id);
 void regRemove(FlagcxP2pMr id);
 void regClear();
-std::vector<Region> regSnapshot();
+// The live MRs, and in *keyFd this process's key table fd (-1: none).
+std::vector<Region> regSnapshot(int *keyFd);
 // Every local iov [addrs[i], +sizes[i]) inside MR ids[i], one lock for all.
 bool regCheckLocal(const FlagcxP2pMr *ids, void *const *addrs,
                    const size_t *sizes, size_t n);
@@ -149,10 +176,13 @@ bool sendAll(int fd, const void *buf, size_t len, uint64_t deadlineNs,
              const std::atomic<bool> *stop);
 bool recvAll(int fd, void *buf, size_t len, uint64_t deadlineNs,
              const std::atomic<bool> *stop);
-// Hello = {magic, version, pid, count, count x region}; both sides send one.
+// Both sides send a hello.
 bool sendHello(int fd, uint64_t deadlineNs, const std::atomic<bool> *stop);
+// Hello = {magic, version, pid, count, key table fd, count x region};
+// *keyFd (when not null) gets the sender's key table fd, -1 for none.
 bool recvHello(int fd, uint64_t deadlineNs, const std::atomic<bool> *stop,
-               pid_t *pid, std::vector<Region> *regions);
+               pid_t *pid, std::vector<Region> *regions,
+               int *keyFd = nullptr);
 
 // ---- conn.cpp ----------------------------------------------------------------
 // First region of the (sorted) snapshot that holds [addr, +len) and carries
@@ -160,6 +190,24 @@ bool recvHello(int fd, uint64_t deadlineNs, const std::atomic<bool> *stop,
 constexpr uint32_t kAnyKey = 0;
 const Region *findRegion(const std::vector<Region> &regions, uint64_t addr,
                          uint64_t len, uint32_t rkey);
+
+// ---- keys.cpp: remote-key revocation across processes ---------------------
+constexpr uint32_t kKeySlots = 1u << 22; // live MRs per process at most
+// Owner side; callers hold the registry's exclusive lock.
+// 0: this process's table is ready; 1: it was just made (first use, or the
+// first since a fork): every live MR must be published into it; -1: no
+// table (memfd_create or mmap failed).
+int keysPrepare();
+int keysFd(); // this process's table, -1 when it has none
+bool keySlotTake(uint32_t *slot); // false when every slot is taken
+void keySlotGive(uint32_t slot);  // never allocates
+void keyPublish(uint32_t slot, uint64_t id);
+void keyRevoke(uint32_t slot);
+// Initiator side: maps the words of the peer's table (fd in process pid)
+// that the snapshot's regions use; false (and a line on stderr) when it
+// cannot. An empty snapshot maps nothing.
+bool keysAttach(PeerKeys *k, pid_t pid, int fd,
+                const std::vector<Region> &regions);
 
 // ---- transfer.cpp ----------------------------------------------------------
 int submit(bool write, Conn *conn, const std::vector<FlagcxP2pMr> &mrs,

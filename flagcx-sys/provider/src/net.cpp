@@ -9,6 +9,8 @@
 // - Both peers live on one host, so the message uses native byte order.
 // - A malformed hello (bad magic/version/pid, absurd count, short read) is
 //   rejected as a whole; the caller only closes the socket.
+// - Version 2 added the key table (keys.cpp): the sender's table fd in the
+//   header, each region's slot and MR id.
 
 #include <poll.h>
 #include <sys/socket.h>
@@ -24,7 +26,7 @@ namespace flagcx_sw {
 namespace {
 
 constexpr uint32_t kMagic = 0x46435357; // "FCSW"
-constexpr uint32_t kVersion = 1;
+constexpr uint32_t kVersion = 2;
 constexpr uint32_t kMaxRegions = 1u << 20;
 constexpr int kSliceMs = 100;
 
@@ -33,15 +35,18 @@ struct WireHeader {
   uint32_t version;
   int32_t pid;
   uint32_t count;
+  int32_t keyFd; // -1: no key table
+  uint32_t reserved;
 };
 
 struct WireRegion {
   uint64_t base;
   uint64_t size;
   uint32_t rkey;
-  uint32_t reserved;
+  uint32_t slot;
+  uint64_t id;
 };
-static_assert(sizeof(WireHeader) == 16 && sizeof(WireRegion) == 24,
+static_assert(sizeof(WireHeader) == 24 && sizeof(WireRegion) == 32,
               "wire layout has no padding surprises");
 
 bool transferAll(int fd, char *buf, size_t len, bool out, uint64_t deadlineNs,
@@ -104,14 +109,16 @@ bool recvAll(int fd, void *buf, size_t len, uint64_t deadlineNs,
 }
 
 bool sendHello(int fd, uint64_t deadlineNs, const std::atomic<bool> *stop) {
-  std::vector<Region> regions = regSnapshot();
+  int keyFd = -1;
+  std::vector<Region> regions = regSnapshot(&keyFd);
   if (regions.size() > kMaxRegions) regions.resize(kMaxRegions);
   std::vector<char> msg(sizeof(WireHeader) + regions.size() * sizeof(WireRegion));
-  WireHeader h{kMagic, kVersion, int32_t(getpid()), uint32_t(regions.size())};
+  WireHeader h{kMagic,     kVersion, int32_t(getpid()), uint32_t(regions.size()),
+               int32_t(keyFd), 0};
   std::memcpy(msg.data(), &h, sizeof h);
   char *p = msg.data() + sizeof h;
   for (const Region &r : regions) {
-    WireRegion w{r.base, r.size, r.rkey, 0};
+    WireRegion w{r.base, r.size, r.rkey, r.slot, r.id};
     std::memcpy(p, &w, sizeof w);
     p += sizeof w;
   }
@@ -119,7 +126,7 @@ bool sendHello(int fd, uint64_t deadlineNs, const std::atomic<bool> *stop) {
 }
 
 bool recvHello(int fd, uint64_t deadlineNs, const std::atomic<bool> *stop,
-               pid_t *pid, std::vector<Region> *regions) {
+               pid_t *pid, std::vector<Region> *regions, int *keyFd) {
   WireHeader h{};
   if (!recvAll(fd, &h, sizeof h, deadlineNs, stop)) return false;
   if (h.magic != kMagic || h.version != kVersion || h.pid <= 0 ||
@@ -132,9 +139,10 @@ bool recvHello(int fd, uint64_t deadlineNs, const std::atomic<bool> *stop,
   regions->clear();
   regions->reserve(wire.size());
   for (const WireRegion &w : wire)
-    if (w.size != 0 && w.rkey != 0)
-      regions->push_back(Region{w.base, w.size, w.rkey});
+    if (w.size != 0 && w.rkey != 0 && w.id != 0)
+      regions->push_back(Region{w.base, w.size, w.rkey, w.slot, w.id});
   *pid = pid_t(h.pid);
+  if (keyFd != nullptr) *keyFd = h.keyFd;
   return true;
 }
 

@@ -10,6 +10,9 @@
 // - rkeys are nonzero and mix in the pid, so two processes that register the
 //   same id hand out different keys.
 // - byId and byBase always describe the same set of MRs (one shared_mutex).
+// - Every MR in byId holds its own key-table slot whose word is its id
+//   (keys.cpp): published before it can appear in a snapshot, revoked
+//   before it leaves byId. The key functions run under the exclusive lock.
 
 #include <unistd.h>
 
@@ -49,6 +52,15 @@ uint32_t makeRkey(FlagcxP2pMr id) {
   return key == 0 ? 1 : key;
 }
 
+// Makes sure this process has a key table; a new one (first use, or the
+// first call since a fork) gets every MR the registry holds. Exclusive lock.
+bool keysReady(Registry &r) {
+  int k = keysPrepare();
+  if (k == 1)
+    for (const auto &kv : r.byId) keyPublish(kv.second.slot, kv.second.id);
+  return k >= 0;
+}
+
 } // namespace
 
 int regAdd(uintptr_t addr, size_t size, FlagcxP2pMr *id) {
@@ -62,13 +74,17 @@ int regAdd(uintptr_t addr, size_t size, FlagcxP2pMr *id) {
     return 0;
   }
   FlagcxP2pMr fresh = r.nextId;
-  r.byId.emplace(fresh, Region{addr, size, makeRkey(fresh)});
+  uint32_t slot = 0;
+  if (!keysReady(r) || !keySlotTake(&slot)) return -1;
   try {
+    r.byId.emplace(fresh, Region{addr, size, makeRkey(fresh), slot, fresh});
     r.byBase.emplace(addr, fresh);
   } catch (...) {
     r.byId.erase(fresh); // keep the two maps consistent
+    keySlotGive(slot);
     throw;
   }
+  keyPublish(slot, fresh);
   r.nextId++;
   *id = fresh;
   return 0;
@@ -79,6 +95,9 @@ void regRemove(FlagcxP2pMr id) {
   std::unique_lock<std::shared_mutex> lock(r.mu);
   auto it = r.byId.find(id);
   if (it == r.byId.end()) return;
+  keysReady(r); // after a fork: revoke in this process's table
+  keyRevoke(it->second.slot);
+  keySlotGive(it->second.slot);
   r.byBase.erase(it->second.base);
   r.byId.erase(it);
 }
@@ -86,13 +105,23 @@ void regRemove(FlagcxP2pMr id) {
 void regClear() {
   Registry &r = registry();
   std::unique_lock<std::shared_mutex> lock(r.mu);
+  keysReady(r);
+  for (const auto &kv : r.byId) {
+    keyRevoke(kv.second.slot);
+    keySlotGive(kv.second.slot);
+  }
   r.byId.clear();
   r.byBase.clear();
 }
 
-std::vector<Region> regSnapshot() {
+std::vector<Region> regSnapshot(int *keyFd) {
   Registry &r = registry();
-  std::shared_lock<std::shared_mutex> lock(r.mu);
+  // Exclusive: a process forked since its last registration makes its own
+  // table here, so peers never learn the parent's. (A lock_guard: a
+  // unique_lock here would put its unlock() in the dynamic symbol table.)
+  std::lock_guard<std::shared_mutex> lock(r.mu);
+  keysReady(r);
+  *keyFd = keysFd();
   std::vector<Region> out;
   out.reserve(r.byId.size());
   for (const auto &kv : r.byId) out.push_back(kv.second);

@@ -25,11 +25,17 @@
 //   (a bad key or range moves nothing); a copy failure afterwards (dead peer,
 //   unmapped page) stops at that iov, earlier iovs may have landed, and the
 //   whole transfer finishes FAILED.
-// - Remote checks use the connection's snapshot (range + rkey). In-process,
-//   the live registry is consulted too, so a deregistered (or re-registered,
-//   hence re-keyed) MR fails the op. Cross-process we cannot see the peer's
-//   registry: an MR it dropped after our connect is still written if the
-//   memory is mapped, and fails (EFAULT) if it is not.
+// - Remote checks use the connection's snapshot (range + rkey), then whether
+//   that registration is still live, before any byte of the transfer moves:
+//   in-process in the registry itself (which also sees a base re-registered
+//   in place with another size); cross-process with one acquire load per
+//   entry from the peer's key table (keys.cpp), so an MR the peer
+//   deregistered (or registered again: a new id and key) fails the op, in
+//   copy and in NIC mode, even while its memory is still mapped. The check
+//   and the copy are not atomic: a deregistration after the check does not
+//   stop a copy already past it (as on RDMA for an operation in flight).
+//   Cross-process, a size changed by re-registering a base in place is not
+//   seen (the id stays): the snapshot's size applies.
 // - FAIL_OP / HANG_OP transfers move no bytes. They, and transfers that fail
 //   a check, do not use the modeled link.
 
@@ -117,9 +123,10 @@ Pool &pool() {
   return *p;
 }
 
-// Every remote iov lies in one snapshot region carrying its rkey, and, for
-// an in-process peer, that region is still registered (a deregistered MR
-// must fail the op, as it would on a NIC).
+// Every remote iov lies in one snapshot region carrying its rkey, and that
+// region is still registered (a deregistered MR must fail the op, as it
+// would on a NIC): for an in-process peer in the registry, for another
+// process in its key table.
 bool checkRemote(const Conn &c, const std::vector<size_t> &sizes,
                  const std::vector<FlagcxP2pRdmaDesc> &descs, size_t n) {
   const Region *regions[kCheckBatch];
@@ -131,6 +138,7 @@ bool checkRemote(const Conn &c, const std::vector<size_t> &sizes,
       if (d.rkey == kAnyKey) return false; // no MR has key 0
       regions[j] = findRegion(c.regions, d.addr, sizes[first + j], d.rkey);
       if (regions[j] == nullptr) return false;
+      if (!c.sameProcess && !keyLive(c.peerKeys, *regions[j])) return false;
       addrs[j] = d.addr;
     }
     if (c.sameProcess && !regCheckLive(regions, addrs, &sizes[first], k))

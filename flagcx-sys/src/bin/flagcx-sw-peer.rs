@@ -16,6 +16,8 @@
 //! | `reg LEN`                        | `reg addr=ADDR len=LEN`             |
 //! | `write ENDPOINT RADDR OFF LEN`   | `ok` / `err WHY` (our range -> peer)|
 //! | `read ENDPOINT RADDR OFF LEN`    | `ok` / `err WHY` (peer -> our range)|
+//! | `dereg [I]`                      | `ok` (deregisters buffer I, default 0; it stays mapped) |
+//! | `rereg [I]`                      | `ok mr=ID` (registers buffer I again: a new id and key) |
 //! | `exit` (or end of input)         | exits 0                             |
 //!
 //! `write` and `read` open a fresh connection each time (so the other side's
@@ -153,6 +155,17 @@ fn main() {
                 let reply = format!("reg addr={:#x} len={}", r.addr, r.len);
                 regions.push(r);
                 Ok(reply)
+            })(),
+            Some(cmd @ ("dereg" | "rereg")) => (|| {
+                let i = words.next().map_or(Ok(0), |w| parse_num(Some(w)))? as usize;
+                let r = regions.get_mut(i).ok_or("no such buffer")?;
+                if cmd == "dereg" {
+                    engine.deregister(r.mr);
+                    return Ok("ok".to_string());
+                }
+                // SAFETY: the buffer is leaked (see alloc_region).
+                r.mr = unsafe { engine.register(r.addr, r.len) }.map_err(|e| e.to_string())?;
+                Ok(format!("ok mr={}", r.mr.0))
             })(),
             Some(cmd @ ("write" | "read")) => {
                 transfer(&engine, &regions[0], cmd == "write", &mut words).map(|_| "ok".to_string())

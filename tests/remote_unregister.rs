@@ -1,0 +1,122 @@
+//! Ops to a region a peer process unregistered (still mapped there) never
+//! complete `MCFX_OK` and never change its bytes: the provider fails the
+//! transfer (the peer's deregistration revoked the key this side learned
+//! at connect time, see flagcx-sys/provider/src/keys.cpp) and the transport
+//! judges the failure against a fresh connection (`judge_failed` in
+//! src/progress.rs).
+//!
+//! Which status: `MCFX_E_REMOTE_RANGE` when the connection it is judged
+//! against no longer describes the range: the first failure refreshes the
+//! connection, and later ops miss in its snapshot (what the first test
+//! sees, every op). `MCFX_E_TRANSFER_FAILED` when that connection still
+//! describes it: the peer registered the base again (a new key; the second
+//! test's first op), or a refresh made before the unregistration finished
+//! less than 100 ms before the failure (the op is then judged against it).
+//! Both are accepted; `MCFX_OK` never is.
+
+mod common;
+
+use common::*;
+use flagcx_sys::testing::AlignedBuf;
+
+use mooncake_flagcx::ffi::mcfx_status::{self, *};
+
+const LEN: u64 = 4096;
+
+fn failed_for_unregistered(st: mcfx_status) -> bool {
+    matches!(st, MCFX_E_REMOTE_RANGE | MCFX_E_TRANSFER_FAILED)
+}
+
+/// Fills `buf` with the pattern of `seed`.
+fn fill(buf: &AlignedBuf, seed: u64) {
+    // SAFETY: no transfer touches the buffer while the test looks at it.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(buf.addr() as *mut u8, buf.len()) };
+    pattern::fill(bytes, seed);
+}
+
+fn sum(buf: &AlignedBuf) -> u64 {
+    // SAFETY: as in fill.
+    pattern::checksum(unsafe { std::slice::from_raw_parts(buf.addr() as *const u8, buf.len()) })
+}
+
+#[test]
+fn ops_to_a_region_a_peer_process_unregistered_fail_and_leave_its_bytes_alone() {
+    let _g = serial();
+    let mut peer = PeerProcess::spawn(1 << 20);
+    let a = Node::new();
+    a.dir.insert(1, &peer.endpoint);
+    let src = AlignedBuf::new(LEN as usize);
+    let dst = AlignedBuf::new(LEN as usize);
+    a.register(&src);
+    a.register(&dst);
+
+    // Connected, and the region works.
+    fill(&src, 1);
+    a.submit_ok(&[write(src.addr(), LEN, 1, peer.addr, 0)]);
+    assert_eq!(a.done.wait_one(0, LIMIT), OK);
+    assert_eq!(peer.sum(0, LEN), sum(&src));
+
+    assert_eq!(peer.cmd(&format!("fill 2 0 {LEN}")), "ok");
+    let before = peer.sum(0, LEN);
+    assert_eq!(peer.cmd("dereg"), "ok"); // the memory stays mapped in the peer
+    fill(&src, 3);
+    fill(&dst, 4);
+    let mine = sum(&dst);
+    for ud in 1..=6 {
+        let op = if ud % 2 == 1 {
+            write(src.addr(), LEN, 1, peer.addr, ud)
+        } else {
+            read(dst.addr(), LEN, 1, peer.addr, ud)
+        };
+        a.submit_ok(&[op]);
+        let st = a.done.wait_one(ud, LIMIT);
+        assert!(failed_for_unregistered(st), "op {ud} (opcode {}): {st:?}", op.opcode);
+        assert_eq!(peer.sum(0, LEN), before, "op {ud}: the peer's bytes changed");
+        assert_eq!(sum(&dst), mine, "op {ud}: a read moved bytes");
+    }
+    a.done.exactly_once();
+    assert_no_violations();
+}
+
+#[test]
+fn a_region_the_peer_registers_again_is_reached_through_a_fresh_connection() {
+    let _g = serial();
+    let mut peer = PeerProcess::spawn(LEN as usize);
+    let a = Node::new();
+    a.dir.insert(1, &peer.endpoint);
+    let src = AlignedBuf::new(LEN as usize);
+    a.register(&src);
+    fill(&src, 5);
+    a.submit_ok(&[write(src.addr(), LEN, 1, peer.addr, 0)]);
+    assert_eq!(a.done.wait_one(0, LIMIT), OK);
+
+    // Unregistered and registered again at the same base: a new key. The
+    // transport's connection still holds the old one.
+    assert_eq!(peer.cmd(&format!("fill 6 0 {LEN}")), "ok");
+    let before = peer.sum(0, LEN);
+    assert_eq!(peer.cmd("dereg"), "ok");
+    assert!(peer.cmd("rereg").starts_with("ok mr="));
+    fill(&src, 7);
+    a.submit_ok(&[write(src.addr(), LEN, 1, peer.addr, 1)]);
+    let st = a.done.wait_one(1, LIMIT);
+    assert!(failed_for_unregistered(st), "through the revoked key: {st:?}");
+    assert_eq!(peer.sum(0, LEN), before);
+
+    // Later ops reach the region again once a connection made after the
+    // re-registration is in use (the failure above asked for one; a miss
+    // within 100 ms of the last refresh fails without a new one).
+    let mut ud = 2;
+    wait_until(
+        || {
+            a.submit_ok(&[write(src.addr(), LEN, 1, peer.addr, ud)]);
+            let st = a.done.wait_one(ud, LIMIT);
+            ud += 1;
+            assert!(st == OK || failed_for_unregistered(st), "op {}: {st:?}", ud - 1);
+            st == OK
+        },
+        "a write through a fresh connection",
+    );
+    assert_eq!(peer.sum(0, LEN), sum(&src));
+    a.done.exactly_once();
+    assert_no_violations();
+}
