@@ -28,6 +28,8 @@ use std::sync::Arc;
 use flagcx_sys::{Engine, MrId};
 use parking_lot::Mutex;
 
+use crate::error::{Error, Result, Status};
+
 /// The process's shared FlagCX engine and its registration counts.
 pub struct ProcessEngine {
     pub engine: Engine,
@@ -122,25 +124,45 @@ impl ProcessEngine {
         Ok(())
     }
 
-    /// Registers `[addr, addr + len)` for `owner`.
+    /// Registers `[addr, addr + len)` for `owner`: `MCFX_E_FLAGCX` when
+    /// FlagCX refuses, `MCFX_E_NO_MEMORY` (nothing changed) when the
+    /// bookkeeping cannot be allocated.
     ///
     /// # Safety
     /// As [`Engine::register`]: the range stays valid memory until `owner`
     /// deregisters it.
-    pub unsafe fn register(&self, owner: u64, addr: usize, len: usize) -> flagcx_sys::Result<MrId> {
+    pub unsafe fn register(&self, owner: u64, addr: usize, len: usize) -> Result<MrId> {
+        let refused = |e| {
+            Error::new(
+                Status::MCFX_E_FLAGCX,
+                format!("FlagCX refused to register [{addr:#x}, +{len}): {e}"),
+            )
+        };
+        let no_memory = |_| Error::new(Status::MCFX_E_NO_MEMORY, "register: out of memory");
         let mut regs = self.regs.lock();
         if let Some(s) = regs.get_mut(&addr) {
+            s.owners.try_reserve(1).map_err(no_memory)?;
             if len > s.longest() {
                 // SAFETY: the caller vouches for the longer range.
-                s.mr = unsafe { self.engine.register(addr, len) }?;
+                s.mr = unsafe { self.engine.register(addr, len) }.map_err(refused)?;
             }
             s.owners.push((owner, len));
             return Ok(s.mr);
         }
+        regs.try_reserve(1).map_err(no_memory)?;
+        let mut owners = Vec::new();
+        owners.try_reserve_exact(1).map_err(no_memory)?;
         // SAFETY: as above.
-        let mr = unsafe { self.engine.register(addr, len) }?;
-        regs.insert(addr, Shared { mr, owners: vec![(owner, len)] });
+        let mr = unsafe { self.engine.register(addr, len) }.map_err(refused)?;
+        owners.push((owner, len));
+        regs.insert(addr, Shared { mr, owners });
         Ok(mr)
+    }
+
+    /// Whether some owner has `addr` registered (tests).
+    #[cfg(test)]
+    pub fn is_registered(&self, addr: usize) -> bool {
+        self.regs.lock().contains_key(&addr)
     }
 
     /// Drops `owner`'s registration of `addr`; FlagCX forgets the base when

@@ -67,7 +67,7 @@ pub(crate) fn test_shared(config: Config) -> Arc<Shared> {
     let engine = Arc::new(EngineRef::acquire().expect("FlagCX engine"));
     engine.serve().expect("RPC server");
     Arc::new(Shared {
-        registry: Registry::new(Arc::clone(&engine)),
+        registry: Registry::new(Arc::clone(&engine), config.max_regions).unwrap(),
         queue: SubmitQueue::new(config.queue_capacity).unwrap(),
         stats: Stats::default(),
         connects: Connects::default(),

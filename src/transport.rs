@@ -82,7 +82,7 @@ impl Transport {
                 None
             };
         let shared = Arc::new(Shared {
-            registry: Registry::new(Arc::clone(&engine)),
+            registry: Registry::new(Arc::clone(&engine), config.max_regions)?,
             queue: SubmitQueue::new(config.queue_capacity)?,
             stats: Stats::default(),
             connects: Connects::default(),
