@@ -30,7 +30,10 @@
 //!   reused), so a submitter holding a table from before the slot was reused
 //!   cannot take a hold on the new owner's behalf;
 //! - FlagCX registration is process-wide: the table registers through the
-//!   process engine ([`crate::engine`]), which counts owners per base.
+//!   process engine ([`crate::engine`]), which counts owners per base and
+//!   never registers a base twice with FlagCX (another transport's base with
+//!   another length is refused), so a region's FlagCX id stays valid until
+//!   it is unregistered, whatever FlagCX does with a second registration.
 
 mod fallible;
 mod tree;
@@ -51,7 +54,7 @@ use tree::{Node, NodeRef, Region};
 const CHUNK: usize = 256;
 
 /// An op's hold on its region: the slot to release when it completes, and
-/// the FlagCX id of the registration.
+/// the FlagCX id of the registration (valid while the region is registered).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct RegionRef {
     slot: u32,
