@@ -15,10 +15,29 @@
 //!   (A FlagCX connection keeps the FlagCX engine alive; transports drop
 //!   their connections before their engine hold, so the engine is not
 //!   destroyed later, outside the lock, after a new one was created.)
-//! - a base is registered with FlagCX for the longest length any of its
-//!   owners registered (FlagCX keeps one registration per base); it is
-//!   registered again when that longest length changes, and deregistered
-//!   when its last owner unregisters.
+//! - a base is registered with FlagCX once, by its first owner, and
+//!   deregistered when its last owner unregisters; every owner registers it
+//!   with the same length, and all of them use the one FlagCX id it got
+//!   (another length is `MCFX_E_ALREADY_REGISTERED`, see below).
+//!
+//! Why one length per base: FlagCX keeps one registration per base in the
+//! software provider (registering a base again resizes it and keeps its
+//! id), but what a FlagCX does when a registered base is registered again
+//! is not part of its API: one built on `ibv_reg_mr` hands out a new id and
+//! keeps the old registration. Growing or shrinking a shared base by
+//! registering it again, as this module did, then left transports with a
+//! stale id and leaked the other registrations (a shrink left the longer one
+//! open to remote writes into memory no owner vouched for any more).
+//! Following the ids instead (the current id per base looked up when an op
+//! is issued, earlier ids freed when no op uses them) would still depend on
+//! FlagCX's answer to a second registration, and a shrink cannot take an id
+//! away from transfers already in flight on it. So the engine never
+//! registers a base FlagCX already has: the id a transport gets stays valid
+//! until the last owner leaves, whatever FlagCX does with a second
+//! registration (it never sees one). The cost is a rule for callers: the
+//! transports of a process share a base only with one length (they
+//! register the same buffers; a different length is refused, with a message
+//! naming the length already registered).
 
 use std::collections::HashMap;
 use std::ops::Deref;
@@ -27,6 +46,8 @@ use std::sync::Arc;
 
 use flagcx_sys::{Engine, MrId};
 use parking_lot::Mutex;
+
+use crate::error::{fail, Error, Result, Status};
 
 /// The process's shared FlagCX engine and its registration counts.
 pub struct ProcessEngine {
@@ -37,15 +58,12 @@ pub struct ProcessEngine {
 
 /// One base address registered by one or more transports.
 struct Shared {
+    /// The FlagCX registration of `[base, base + len)`, made by the first
+    /// owner.
     mr: MrId,
-    /// (owner, length) per transport that registered this base.
-    owners: Vec<(u64, usize)>,
-}
-
-impl Shared {
-    fn longest(&self) -> usize {
-        self.owners.iter().map(|&(_, len)| len).max().unwrap_or(0)
-    }
+    len: usize,
+    /// The transports that registered this base.
+    owners: Vec<u64>,
 }
 
 /// The engine, how many [`EngineRef`]s hold it, and the process that made
@@ -129,25 +147,54 @@ impl ProcessEngine {
         Ok(())
     }
 
-    /// Registers `[addr, addr + len)` for `owner`.
+    /// Registers `[addr, addr + len)` for `owner`: with FlagCX if no other
+    /// transport has this base, otherwise as another owner of its
+    /// registration, which must have the same length
+    /// (`MCFX_E_ALREADY_REGISTERED` if not; see the module doc).
+    /// `MCFX_E_FLAGCX` when FlagCX refuses, `MCFX_E_NO_MEMORY` (nothing
+    /// changed) when the bookkeeping cannot be allocated.
     ///
     /// # Safety
     /// As [`Engine::register`]: the range stays valid memory until `owner`
     /// deregisters it.
-    pub unsafe fn register(&self, owner: u64, addr: usize, len: usize) -> flagcx_sys::Result<MrId> {
+    pub unsafe fn register(&self, owner: u64, addr: usize, len: usize) -> Result<MrId> {
+        let no_memory = |_| Error::new(Status::MCFX_E_NO_MEMORY, "register: out of memory");
         let mut regs = self.regs.lock();
         if let Some(s) = regs.get_mut(&addr) {
-            if len > s.longest() {
-                // SAFETY: the caller vouches for the longer range.
-                s.mr = unsafe { self.engine.register(addr, len) }?;
+            if s.len != len {
+                return fail(
+                    Status::MCFX_E_ALREADY_REGISTERED,
+                    format!(
+                        "register: [{addr:#x}, +{len}): another transport of this process \
+                         registered this base with length {}; transports may share a base \
+                         only with the same length (FlagCX keeps one registration per base)",
+                        s.len
+                    ),
+                );
             }
-            s.owners.push((owner, len));
+            s.owners.try_reserve(1).map_err(no_memory)?;
+            s.owners.push(owner);
             return Ok(s.mr);
         }
-        // SAFETY: as above.
-        let mr = unsafe { self.engine.register(addr, len) }?;
-        regs.insert(addr, Shared { mr, owners: vec![(owner, len)] });
+        regs.try_reserve(1).map_err(no_memory)?;
+        let mut owners = Vec::new();
+        owners.try_reserve_exact(1).map_err(no_memory)?;
+        // SAFETY: the caller vouches for the range.
+        let mr = unsafe { self.engine.register(addr, len) }.map_err(|e| {
+            Error::new(
+                Status::MCFX_E_FLAGCX,
+                format!("FlagCX refused to register [{addr:#x}, +{len}): {e}"),
+            )
+        })?;
+        owners.push(owner);
+        regs.insert(addr, Shared { mr, len, owners });
         Ok(mr)
+    }
+
+    /// Whether some owner has `addr` registered (tests).
+    #[cfg(test)]
+    pub fn is_registered(&self, addr: usize) -> bool {
+        self.regs.lock().contains_key(&addr)
     }
 
     /// Drops `owner`'s registration of `addr`; FlagCX forgets the base when
@@ -155,24 +202,11 @@ impl ProcessEngine {
     pub fn deregister(&self, owner: u64, addr: usize) {
         let mut regs = self.regs.lock();
         let Some(s) = regs.get_mut(&addr) else { return };
-        let Some(at) = s.owners.iter().position(|&(o, _)| o == owner) else { return };
-        let before = s.longest();
+        let Some(at) = s.owners.iter().position(|&o| o == owner) else { return };
         s.owners.swap_remove(at);
         if s.owners.is_empty() {
             self.engine.deregister(s.mr);
             regs.remove(&addr);
-            return;
-        }
-        let after = s.longest();
-        if after < before {
-            // Shrink to what the remaining owners vouch for.
-            // SAFETY: a remaining owner registered [addr, addr + after).
-            match unsafe { self.engine.register(addr, after) } {
-                Ok(mr) => s.mr = mr,
-                Err(e) => {
-                    tracing::warn!(addr, error = %e, "FlagCX refused to re-register a shrunk region")
-                }
-            }
         }
     }
 }

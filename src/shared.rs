@@ -81,7 +81,7 @@ pub(crate) fn test_shared(config: Config) -> Arc<Shared> {
     engine.serve().expect("RPC server");
     let slot = slots::lease().unwrap();
     Arc::new(Shared {
-        registry: Registry::new(Arc::clone(&engine)),
+        registry: Registry::new(Arc::clone(&engine), config.max_regions).unwrap(),
         queue: SubmitQueue::new(config.queue_capacity, &slot.gate).unwrap(),
         slot: Lease(slot),
         stats: Stats::default(),

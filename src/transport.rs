@@ -85,7 +85,7 @@ impl Transport {
             };
         let slot = Lease(slots::lease()?);
         let shared = Arc::new(Shared {
-            registry: Registry::new(Arc::clone(&engine)),
+            registry: Registry::new(Arc::clone(&engine), config.max_regions)?,
             queue: SubmitQueue::new(config.queue_capacity, &slot.0.gate)?,
             slot,
             stats: Stats::default(),

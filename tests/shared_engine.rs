@@ -110,3 +110,23 @@ fn a_transport_destroyed_from_anothers_resolver_leaves_its_ops_intact() {
     p.a.submit_ok(&[p.write(64, 200)]);
     assert_eq!(p.a.done.wait_one(200, LIMIT), OK, "after the victim is gone");
 }
+
+/// FlagCX keeps one registration per base, and what a second registration
+/// of a base does differs between FlagCX builds: transports share a base
+/// only with one length (see src/engine.rs), another length is refused and
+/// changes nothing.
+#[test]
+fn a_base_another_transport_registered_with_another_length_is_refused() {
+    let p = Pair::new(4096);
+    let c = Node::new();
+    for len in [2048, 8192] {
+        // SAFETY: live handle; the pair's buffer is only read by this call.
+        let st = unsafe { mcfx_register(c.t, p.src.addr() as *mut c_void, len) };
+        assert_eq!(st, mcfx_status::MCFX_E_ALREADY_REGISTERED, "length {len}");
+        let msg = last_error();
+        assert!(msg.contains("length 4096") && msg.contains("same length"), "{msg}");
+    }
+    // The pair's registration is as it was.
+    p.a.submit_ok(&[p.write(4096, 1)]);
+    assert_eq!(p.a.done.wait_one(1, LIMIT), OK);
+}

@@ -36,6 +36,12 @@ pub enum Knob {
     /// `FLAGCX_SW_NIC_LATENCY_NS`: NIC mode only, added to every transfer's
     /// completion after its last bit left the link (default 0).
     NicLatencyNs = 7,
+    /// `FLAGCX_SW_NEW_ID_ON_REREGISTER`: non-zero makes registering a base
+    /// that is already registered hand out a new id (and rkey) and keep the
+    /// earlier registration until its own id is destroyed, as a FlagCX built
+    /// on `ibv_reg_mr` does; 0 (default): the base's one registration is
+    /// resized and keeps its id.
+    NewIdOnReregister = 8,
 }
 
 /// Misuse the provider caught (all zero in a correct program).

@@ -72,6 +72,7 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
         (Knob::ConnectTimeoutMs, 10_000),
         (Knob::NicGbps, 0),
         (Knob::NicLatencyNs, 0),
+        (Knob::NewIdOnReregister, 0),
     ] {
         assert!(sw::set_knob(k, v));
     }

@@ -301,7 +301,10 @@ pub unsafe extern "C" fn mcfx_local_endpoint(
 /// Registers `[addr, addr + length)` with FlagCX so ops can use it (and peers
 /// can address it, from connections they make afterwards). Errors:
 /// `MCFX_E_INVALID_ARGUMENT`, `MCFX_E_OVERFLOW`, `MCFX_E_ALREADY_REGISTERED`
-/// (overlaps a region), `MCFX_E_FLAGCX`. Thread-safe.
+/// (overlaps a region, or another transport of the process registered this
+/// base with another length), `MCFX_E_TOO_MANY_REGIONS` (`max_regions`
+/// reached), `MCFX_E_NO_MEMORY` (nothing changed), `MCFX_E_FLAGCX`,
+/// `MCFX_E_SHUTTING_DOWN`. Thread-safe.
 ///
 /// # Safety
 /// The range must stay valid memory until it is unregistered (or the

@@ -79,7 +79,12 @@ enum flagcx_sw_knob {
   // FLAGCX_SW_NIC_LATENCY_NS: in NIC mode, added to every transfer's
   // completion time after its last bit left the link. Default 0.
   FLAGCX_SW_KNOB_NIC_LATENCY_NS = 7,
-  FLAGCX_SW_KNOB_COUNT = 8,
+  // FLAGCX_SW_NEW_ID_ON_REREGISTER: non-zero: registering a registered base
+  // makes another MR (new id and rkey) and keeps the earlier one until its
+  // id is destroyed, as ibv_reg_mr does. Default 0: the base's MR is
+  // resized, same id.
+  FLAGCX_SW_KNOB_NEW_ID_ON_REREGISTER = 8,
+  FLAGCX_SW_KNOB_COUNT = 9,
 };
 
 // Returns 0, or -1 for an unknown knob. Setting FAIL_OP or HANG_OP counts N

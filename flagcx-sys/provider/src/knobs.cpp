@@ -18,13 +18,18 @@
 namespace flagcx_sw {
 namespace {
 
-const char *const kEnvNames[FLAGCX_SW_KNOB_COUNT] = {
+// The knobs of flagcx_sw.h's enum, by number.
+constexpr int kKnobCount = FLAGCX_SW_KNOB_COUNT;
+static_assert(kKnobCount == 9, "a knob was added to flagcx_sw.h: update this table");
+
+const char *const kEnvNames[kKnobCount] = {
     "FLAGCX_SW_LATENCY_NS",       "FLAGCX_SW_FAIL_OP",
     "FLAGCX_SW_HANG_OP",          "FLAGCX_SW_CONNECT_DELAY_MS",
     "FLAGCX_SW_REFUSE_CONNECT",   "FLAGCX_SW_CONNECT_TIMEOUT_MS",
     "FLAGCX_SW_NIC_GBPS",         "FLAGCX_SW_NIC_LATENCY_NS",
+    "FLAGCX_SW_NEW_ID_ON_REREGISTER",
 };
-const uint64_t kDefaults[FLAGCX_SW_KNOB_COUNT] = {0, 0, 0, 0, 0, 10000, 0, 0};
+const uint64_t kDefaults[kKnobCount] = {0, 0, 0, 0, 0, 10000, 0, 0, 0};
 
 const char *const kViolationNames[FLAGCX_SW_VIOLATION_KINDS] = {
     "REPEATED_POLL", "CONCURRENT_POLL", "UNKNOWN_POLL"};
@@ -35,13 +40,13 @@ std::atomic<uint64_t> g_violations[FLAGCX_SW_VIOLATION_KINDS] = {};
 std::atomic<uint64_t> g_violationsLogged{0};
 
 struct Knobs {
-  std::atomic<uint64_t> value[FLAGCX_SW_KNOB_COUNT];
+  std::atomic<uint64_t> value[kKnobCount];
   // Absolute sequence numbers for FAIL_OP / HANG_OP; 0 = off.
   std::atomic<uint64_t> failTarget{0};
   std::atomic<uint64_t> hangTarget{0};
 
   Knobs() {
-    for (int i = 0; i < FLAGCX_SW_KNOB_COUNT; ++i)
+    for (int i = 0; i < kKnobCount; ++i)
       value[i].store(fromEnv(i), std::memory_order_relaxed);
     // The environment was "set" at process start: count from transfer 1,
     // even if a submit already took its sequence number before this ran.
@@ -74,7 +79,7 @@ Knobs &knobs() {
   return *k;
 }
 
-bool validKnob(int which) { return which >= 0 && which < FLAGCX_SW_KNOB_COUNT; }
+bool validKnob(int which) { return which >= 0 && which < kKnobCount; }
 
 } // namespace
 

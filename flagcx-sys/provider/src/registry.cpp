@@ -2,14 +2,21 @@
 // not per engine).
 //
 // Invariants:
-// - At most one MR per base address; registering a known base again returns
-//   its id (no refcount) and adopts the new size; its rkey never changes.
+// - By default at most one MR per base address; registering a known base
+//   again returns its id (no refcount) and adopts the new size; its rkey
+//   never changes. With FLAGCX_SW_NEW_ID_ON_REREGISTER set, registering a
+//   known base makes another MR of it (a new id and rkey, the new size) and
+//   leaves the earlier ones registered until their own ids are destroyed, as
+//   ibv_reg_mr does for memory registered twice (a FlagCX built on it hands
+//   out a new id per call); a transport that keeps a stale id or forgets one
+//   then shows (the forgotten MR stays open to peers).
 // - Ids come from one counter starting at 1 and are never reused, so an MR
 //   that is destroyed and registered again gets a new id and a new rkey:
 //   descriptors built for the old registration stop working.
 // - rkeys are nonzero and mix in the pid, so two processes that register the
 //   same id hand out different keys.
-// - byId and byBase always describe the same set of MRs (one shared_mutex).
+// - byId and byBase always describe the same set of MRs (one shared_mutex);
+//   byBase lists a base's MRs oldest first, never an empty list.
 // - Every MR in byId holds its own key-table slot whose word is its id
 //   (keys.cpp): published before it can appear in a snapshot, revoked
 //   before it leaves byId. The key functions run under the exclusive lock.
@@ -25,6 +32,14 @@ namespace {
 
 // A hasher of our own keeps this map's template instantiation hidden
 // (an all-builtin-types one would be exported as a weak symbol).
+// One MR of a base. A type of ours, so the vector's template instances stay
+// hidden like the maps' (a std::vector<uint64_t> one would be exported).
+struct BaseMr {
+  FlagcxP2pMr id;
+};
+
+constexpr int kKnobNewIdOnReregister = FLAGCX_SW_KNOB_NEW_ID_ON_REREGISTER;
+
 struct BaseHash {
   size_t operator()(uint64_t base) const { return std::hash<uint64_t>()(base); }
 };
@@ -32,7 +47,7 @@ struct BaseHash {
 struct Registry {
   std::shared_mutex mu;
   std::unordered_map<FlagcxP2pMr, Region> byId;
-  std::unordered_map<uint64_t, FlagcxP2pMr, BaseHash> byBase;
+  std::unordered_map<uint64_t, std::vector<BaseMr>, BaseHash> byBase;
   FlagcxP2pMr nextId = 1;
 };
 
@@ -68,9 +83,10 @@ int regAdd(uintptr_t addr, size_t size, FlagcxP2pMr *id) {
   Registry &r = registry();
   std::unique_lock<std::shared_mutex> lock(r.mu);
   auto known = r.byBase.find(addr);
-  if (known != r.byBase.end()) {
-    r.byId[known->second].size = size;
-    *id = known->second;
+  if (known != r.byBase.end() && knob(kKnobNewIdOnReregister) == 0) {
+    FlagcxP2pMr newest = known->second.back().id;
+    r.byId[newest].size = size;
+    *id = newest;
     return 0;
   }
   FlagcxP2pMr fresh = r.nextId;
@@ -78,7 +94,13 @@ int regAdd(uintptr_t addr, size_t size, FlagcxP2pMr *id) {
   if (!keysReady(r) || !keySlotTake(&slot)) return -1;
   try {
     r.byId.emplace(fresh, Region{addr, size, makeRkey(fresh), slot, fresh});
-    r.byBase.emplace(addr, fresh);
+    std::vector<BaseMr> &mrs = r.byBase[addr];
+    try {
+      mrs.push_back(BaseMr{fresh});
+    } catch (...) {
+      if (mrs.empty()) r.byBase.erase(addr);
+      throw;
+    }
   } catch (...) {
     r.byId.erase(fresh); // keep the two maps consistent
     keySlotGive(slot);
@@ -98,7 +120,17 @@ void regRemove(FlagcxP2pMr id) {
   keysReady(r); // after a fork: revoke in this process's table
   keyRevoke(it->second.slot);
   keySlotGive(it->second.slot);
-  r.byBase.erase(it->second.base);
+  auto base = r.byBase.find(it->second.base);
+  if (base != r.byBase.end()) {
+    std::vector<BaseMr> &mrs = base->second;
+    for (auto m = mrs.begin(); m != mrs.end(); ++m) {
+      if (m->id == id) {
+        mrs.erase(m);
+        break;
+      }
+    }
+    if (mrs.empty()) r.byBase.erase(base);
+  }
   r.byId.erase(it);
 }
 
@@ -149,10 +181,16 @@ bool regCheckLive(const Region *const *regions, const uint64_t *addrs,
   for (size_t i = 0; i < n; ++i) {
     auto base = r.byBase.find(regions[i]->base);
     if (base == r.byBase.end()) return false;
-    const Region &live = r.byId.find(base->second)->second;
-    if (live.rkey != regions[i]->rkey ||
-        !contains(live.base, live.size, addrs[i], lens[i]))
-      return false;
+    bool live = false;
+    for (const BaseMr &m : base->second) {
+      const Region &mr = r.byId.find(m.id)->second;
+      if (mr.rkey == regions[i]->rkey &&
+          contains(mr.base, mr.size, addrs[i], lens[i])) {
+        live = true;
+        break;
+      }
+    }
+    if (!live) return false;
   }
   return true;
 }
