@@ -6,7 +6,7 @@
 #
 #   scripts/oom_backtrace.sh [-n RUNS] SPEC ...
 #
-# SPEC is a child as the tests name it: a scenario (sweep-warm-16m,
+# SPEC is a child as the tests name it: a scenario (create-warm-16m, sweep-warm-64m,
 # inject-connect) or scenario@budget (squeeze-connect@64,
 # squeeze-create-as@2097152); `all` runs every spec of the three tests.
 # Sweep children differ by thread timing, so several runs find more sites.
@@ -28,7 +28,8 @@ for l in sys.stdin:
         print(m["executable"])')
 specs=("$@")
 if [ "$1" = all ]; then
-  specs=(sweep-warm-64m sweep-warm-16m sweep-warm-1m sweep-cold-64m sweep-cold-8m inject-connect)
+  specs=(create-warm-64m create-warm-16m create-warm-1m create-cold-64m create-cold-8m
+    sweep-warm-64m sweep-warm-16m sweep-cold-64m inject-connect)
   for b in 0 16384 262144 1048576 2097152 2113536 2359296 3145728 4259840 5242880 6324224 \
     7340032 8454144 9437184 10551296 11534336 12582912 16777216; do
     specs+=("squeeze-create-as@$b")
@@ -43,7 +44,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 for spec in "${specs[@]}"; do
   case $spec in
-    sweep-* | squeeze-create-as@[1-9]*) test=create_under_an_address_space_limit_never_aborts_the_host ;;
+    create-* | squeeze-create-as@[1-9][0-9][0-9][0-9][0-9][0-9]*) test=create_under_an_address_space_limit_never_aborts_the_host ;;
     inject-*) test=a_connector_thread_survives_failing_allocations_at_every_step ;;
     *) test=every_caller_path_under_an_exhausted_heap_never_aborts_the_host ;;
   esac

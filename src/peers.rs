@@ -18,16 +18,19 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
+use std::fmt;
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arrayvec::ArrayVec;
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::config::MAX_ENDPOINT_LEN;
 use crate::engine::EngineRef;
 use crate::error::{Error, Status};
+use crate::log::message;
 use crate::queue::SubmitQueue;
 use crate::stats::Stats;
 use flagcx_sys::Conn;
@@ -74,19 +77,29 @@ pub struct ConnectResult {
 
 /// The request and result queues between the progress thread and the
 /// connector threads.
+///
+/// Memory (issue 17): nothing here aborts when an allocation fails. A
+/// request that cannot be queued fails its connect at once; results have
+/// room reserved (one slot per connector thread, at its start), and a
+/// connector that finds none waits for the progress thread to take them;
+/// messages are made on the stack (`log::message`).
 #[derive(Default)]
 pub(crate) struct Connects {
-    /// Peers to connect, in order; the progress thread pushes, connector
-    /// threads pop. A connector checks the stop flag (the queue's gate) and
-    /// waits on `requested` only while holding this lock.
+    /// Peers to connect, in order, at most one per peer; the progress
+    /// thread pushes, connector threads pop. A connector checks the stop
+    /// flag (the queue's gate) and waits on `requested` only while holding
+    /// this lock.
     requests: Mutex<VecDeque<ConnectRequest>>,
     /// Signaled once per pushed request, and for all at shutdown (after the
     /// gate closed and the `requests` lock was taken and dropped, so no
     /// waiter misses it).
     requested: Condvar,
     /// Finished connects for the progress thread; connectors push, only the
-    /// progress thread takes.
-    results: Mutex<Vec<ConnectResult>>,
+    /// progress thread takes. Its capacity only grows.
+    results: Mutex<Results>,
+    /// Signaled when the progress thread took results (a connector waiting
+    /// for room in a full `results` retries).
+    taken: Condvar,
     /// True whenever `results` may be non-empty: set after each push,
     /// cleared under the lock just before taking everything; so a result is
     /// never left behind a false flag (at worst the progress thread takes an
@@ -103,10 +116,40 @@ pub(crate) struct Connects {
     exited: Condvar,
 }
 
+/// Finished connects, and the requests that could not be queued for want
+/// of memory (each becomes a failed connect when the progress thread takes
+/// the results).
+#[derive(Default)]
+struct Results {
+    done: Vec<ConnectResult>,
+    unqueued: ArrayVec<(u64, ConnectKind), 16>,
+}
+
 impl Connects {
+    /// Files a connect for `peer`, unless one is already queued for it (one
+    /// peer's requests never fill the queue). When there is no memory to
+    /// queue it, the connect fails at once (`MCFX_E_CONNECT`), so the
+    /// peer's ops fail instead of waiting for a connect that never comes.
     pub fn request(&self, peer: u64, kind: ConnectKind) {
-        self.requests.lock().push_back(ConnectRequest { peer, kind });
-        self.requested.notify_one();
+        let mut q = self.requests.lock();
+        if q.iter().any(|r| r.peer == peer) {
+            return;
+        }
+        if q.try_reserve(1).is_ok() {
+            q.push_back(ConnectRequest { peer, kind });
+            drop(q);
+            self.requested.notify_one();
+            return;
+        }
+        drop(q);
+        let mut results = self.results.lock();
+        if results.unqueued.try_push((peer, kind)).is_err() {
+            // Sixteen peers already wait for memory to fail their connects:
+            // this one's ops fail at connect_timeout instead.
+            tracing::error!(peer, "no memory to queue a connect (its ops fail at the timeout)");
+            return;
+        }
+        self.has_results.store(true, SeqCst);
     }
 
     /// True when results wait; a cheap check the progress thread makes every
@@ -115,18 +158,57 @@ impl Connects {
         self.has_results.load(SeqCst)
     }
 
-    /// Moves all results into `out` (which keeps its capacity across calls).
+    /// Moves the results into `out` (which keeps its capacity across calls).
+    /// When `out` cannot grow for all of them, moves what fits and leaves
+    /// the rest for the next call.
     pub fn take_results(&self, out: &mut Vec<ConnectResult>) {
         if !self.has_results() {
             return;
         }
         let mut results = self.results.lock();
         self.has_results.store(false, SeqCst);
-        out.append(&mut results);
+        let want = results.done.len() + results.unqueued.len();
+        if out.capacity() - out.len() < want {
+            let _ = out.try_reserve(want);
+        }
+        let fit = (out.capacity() - out.len()).min(results.done.len());
+        out.extend(results.done.drain(..fit));
+        while out.len() < out.capacity() {
+            let Some((peer, kind)) = results.unqueued.pop() else { break };
+            let why = message(format_args!("peer {peer}: no memory to queue its connect"));
+            out.push(ConnectResult {
+                peer,
+                kind,
+                outcome: Err(Error::new(Status::MCFX_E_CONNECT, why)),
+            });
+        }
+        if !results.done.is_empty() || !results.unqueued.is_empty() {
+            self.has_results.store(true, SeqCst);
+        }
+        drop(results);
+        self.taken.notify_all();
     }
 
-    fn push_result(&self, result: ConnectResult) {
-        self.results.lock().push(result);
+    /// Hands a finished connect to the progress thread. Allocates only when
+    /// more results wait than there are connector threads; when even that
+    /// fails, waits for the progress thread to take some (or for shutdown,
+    /// which drops the result).
+    fn push_result(&self, result: ConnectResult, queue: &SubmitQueue) {
+        let mut results = self.results.lock();
+        loop {
+            let done = &mut results.done;
+            if done.len() < done.capacity() || done.try_reserve(1).is_ok() {
+                done.push(result);
+                break;
+            }
+            if queue.is_closed() {
+                return;
+            }
+            // The progress thread takes results every pass once woken.
+            self.has_results.store(true, SeqCst);
+            queue.notify();
+            self.taken.wait_for(&mut results, Duration::from_millis(10));
+        }
         self.has_results.store(true, SeqCst);
     }
 
@@ -143,6 +225,7 @@ impl Connects {
         // connect_timeout, with the engine it held).
         drop(self.requests.lock());
         self.requested.notify_all();
+        self.taken.notify_all();
         // A resolver call may be running (the caller's code, which may use
         // its context until destroy returns): wait for it, without limit,
         // and say so.
@@ -168,9 +251,10 @@ impl Connects {
     }
 
     /// Counts a connector thread about to start (before `spawn`, so
-    /// `shutdown` never misses it).
+    /// `shutdown` never misses it), and reserves a result slot for it.
     pub fn thread_started(&self) {
         *self.running.lock() += 1;
+        let _ = self.results.lock().done.try_reserve(1);
     }
 
     /// Undoes `thread_started` when the spawn failed.
@@ -179,7 +263,9 @@ impl Connects {
     }
 }
 
-/// Body of one connector thread.
+/// Body of one connector thread. Allocates nothing of its own after the
+/// resolver returned (messages on the stack, results in reserved room), so
+/// failed allocations fail a connect but never abort the host.
 pub(crate) fn run_connector(ctx: Connector<'_>) {
     let connects = ctx.connects;
     loop {
@@ -207,7 +293,8 @@ pub(crate) fn run_connector(ctx: Connector<'_>) {
         if request.kind == ConnectKind::Refresh && outcome.is_ok() {
             Stats::add(&ctx.stats.connectors.reconnects, 1);
         }
-        connects.push_result(ConnectResult { peer: request.peer, kind: request.kind, outcome });
+        let result = ConnectResult { peer: request.peer, kind: request.kind, outcome };
+        connects.push_result(result, ctx.queue);
         ctx.queue.notify();
     }
     *connects.running.lock() -= 1;
@@ -218,51 +305,90 @@ fn connect(ctx: &Connector<'_>, peer: u64) -> Result<Conn, Error> {
     let endpoint = {
         let _gate = ctx.connects.resolver_gate.read();
         if ctx.queue.is_closing() {
-            return Err(Error::new(Status::MCFX_E_CANCELED, "transport is shutting down"));
+            let why = message(format_args!("peer {peer}: the transport is shutting down"));
+            return Err(Error::new(Status::MCFX_E_CANCELED, why));
         }
-        (ctx.resolver)(peer)
-            .map_err(|why| Error::new(Status::MCFX_E_RESOLVE, format!("peer {peer}: {why}")))?
+        (ctx.resolver)(peer).map_err(|why| {
+            Error::new(Status::MCFX_E_RESOLVE, message(format_args!("peer {peer}: {why}")))
+        })?
     };
-    let (host, port) = parse_endpoint(&endpoint)
-        .map_err(|why| Error::new(Status::MCFX_E_RESOLVE, format!("peer {peer}: {why}")))?;
+    let (host, port) = parse_endpoint(&endpoint).map_err(|why| {
+        let status = match why {
+            BadEndpoint::NoMemory => Status::MCFX_E_CONNECT,
+            _ => Status::MCFX_E_RESOLVE,
+        };
+        Error::new(status, message(format_args!("peer {peer}: endpoint {endpoint:?} {why}")))
+    })?;
     tracing::debug!(peer, %endpoint, "connecting");
     ctx.engine.engine.connect(&host, 0, port).map_err(|e| {
-        Error::new(
-            Status::MCFX_E_CONNECT,
-            format!("peer {peer} at {endpoint}: FlagCX connect: {e}"),
-        )
+        let why = message(format_args!("peer {peer} at {endpoint}: FlagCX connect: {e}"));
+        Error::new(Status::MCFX_E_CONNECT, why)
     })
 }
 
+/// What is wrong with an endpoint (see [`parse_endpoint`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BadEndpoint {
+    Length,
+    Characters,
+    NoPort,
+    UnclosedBracket,
+    UnbracketedIpv6,
+    EmptyHost,
+    BadPort,
+    /// Not the endpoint's fault: no memory for the host's C string.
+    NoMemory,
+}
+
+impl fmt::Display for BadEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BadEndpoint::Length => write!(f, "must be 1..={MAX_ENDPOINT_LEN} bytes of host:port"),
+            BadEndpoint::Characters => f.write_str("has spaces or non-printable characters"),
+            BadEndpoint::NoPort => f.write_str("has no :port"),
+            BadEndpoint::UnclosedBracket => f.write_str("has an unclosed [ in its host"),
+            BadEndpoint::UnbracketedIpv6 => f.write_str("has an IPv6 host without brackets"),
+            BadEndpoint::EmptyHost => f.write_str("has an empty host"),
+            BadEndpoint::BadPort => f.write_str("has no valid port (1..=65535)"),
+            BadEndpoint::NoMemory => f.write_str("could not be copied (no memory)"),
+        }
+    }
+}
+
 /// Splits `host:port` (IPv6 as `[addr]:port`) into FlagCX's connect
-/// arguments, rejecting anything malformed.
-pub fn parse_endpoint(endpoint: &str) -> Result<(CString, u16), String> {
-    let bad = |why: &str| Err(format!("endpoint {endpoint:?} {why}"));
+/// arguments, rejecting anything malformed. The host's C string is the one
+/// allocation, made fallibly.
+pub fn parse_endpoint(endpoint: &str) -> Result<(CString, u16), BadEndpoint> {
     if endpoint.is_empty() || endpoint.len() > MAX_ENDPOINT_LEN {
-        return bad(&format!("must be 1..={MAX_ENDPOINT_LEN} bytes of host:port"));
+        return Err(BadEndpoint::Length);
     }
     if !endpoint.bytes().all(|b| b.is_ascii_graphic()) {
-        return bad("has spaces or non-printable characters");
+        return Err(BadEndpoint::Characters);
     }
     let Some((host, port)) = endpoint.rsplit_once(':') else {
-        return bad("has no :port");
+        return Err(BadEndpoint::NoPort);
     };
     let host = match host.strip_prefix('[') {
         Some(v6) => match v6.strip_suffix(']') {
             Some(inner) => inner,
-            None => return bad("has an unclosed [ in its host"),
+            None => return Err(BadEndpoint::UnclosedBracket),
         },
-        None if host.contains(':') => return bad("has an IPv6 host without brackets"),
+        None if host.contains(':') => return Err(BadEndpoint::UnbracketedIpv6),
         None => host,
     };
     if host.is_empty() {
-        return bad("has an empty host");
+        return Err(BadEndpoint::EmptyHost);
     }
     let port = match port.parse::<u16>() {
         Ok(p) if p != 0 => p,
-        _ => return bad("has no valid port (1..=65535)"),
+        _ => return Err(BadEndpoint::BadPort),
     };
-    Ok((CString::new(host).expect("checked printable"), port))
+    // With room for the NUL reserved, CString::new allocates nothing more.
+    let mut bytes = Vec::new();
+    bytes.try_reserve_exact(host.len() + 1).map_err(|_| BadEndpoint::NoMemory)?;
+    bytes.extend_from_slice(host.as_bytes());
+    let host = CString::new(bytes).map_err(|_| BadEndpoint::Characters)?;
+    Ok((host, port))
 }
 
 /// Connection state of one peer (progress thread only).

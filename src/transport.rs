@@ -446,13 +446,19 @@ fn validate(r: &OpRequest) -> Result<()> {
 
 /// Starts a thread of this transport; its log events take the route of the
 /// creating thread (the transport's log callback, see `host_log`).
+/// `MCFX_E_NO_MEMORY` when there is no room for the thread (its stack and
+/// what std and glibc need to start it: see `log::spawn`), so that
+/// `mcfx_create` fails with a status (and tears down what it started)
+/// rather than the new thread aborting the host; `MCFX_E_INTERNAL` when the
+/// system refuses for another reason. The message is made without
+/// allocating when memory is short.
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
-    let log = crate::host_log::inherit();
-    let f = move || {
-        log.enter();
-        f()
-    };
-    std::thread::Builder::new().name(name.to_owned()).spawn(f).map_err(|e| {
-        Error::new(Status::MCFX_E_INTERNAL, format!("cannot start thread {name}: {e}"))
+    use crate::log::{message, SpawnError};
+    crate::log::spawn(name, f).map_err(|e| {
+        let status = match e {
+            SpawnError::NoMemory => Status::MCFX_E_NO_MEMORY,
+            SpawnError::Os(_) => Status::MCFX_E_INTERNAL,
+        };
+        Error::new(status, message(format_args!("cannot start thread {name}: {e}")))
     })
 }
