@@ -56,7 +56,7 @@ for spec in "${specs[@]}"; do
     rm -f "$work"/core*
     rc=0
     (cd "$work" && ulimit -c unlimited &&
-      env "${env[@]}" timeout 300 "$bin" --exact "$test" --nocapture \
+      env "${env[@]}" timeout 300 "$bin" --exact "$test" --include-ignored --nocapture \
         --test-threads=1 >"$work/out" 2>&1) 2>/dev/null || rc=$?
     if [ "$rc" = 0 ]; then
       echo "== $spec #$i: exited normally"
@@ -68,9 +68,13 @@ for spec in "${specs[@]}"; do
       tail -5 "$work/out"
       continue
     fi
-    gdb -q -batch -ex 'set pagination off' -ex 'bt 150' "$bin" "$core" 2>/dev/null |
+    # The frames below the outermost failure (an allocation error, a glibc
+    # fatal error, std's failed signal stack), without the runtime's own.
+    gdb -q -batch -ex 'set pagination off' -ex 'bt 200' "$bin" "$core" 2>/dev/null |
       grep -E '^#[0-9]+ ' |
-      grep -vE " (std::alloc|alloc::|core::|std::sys::backtrace|std::process::abort|std::panic::get_backtrace|std::env|std::sys::env|std::sys::helpers|__pthread_kill|__GI_raise|raise|__GI_abort|abort|__libc_message|std::sys::pal::unix::abort|__rust_|std::panicking|std::thread::lifecycle|start_thread|clone3|test::)" |
+      awk '/handle_alloc_error|__libc_fatal|stack_overflow::imp::get_stack|core::panicking::panic/ { n = 0; delete kept; next }
+           { kept[n++] = $0 } END { for (i = 0; i < n; i++) print kept[i] }' |
+      grep -vE " (std::alloc|alloc::|core::|std::sys::backtrace|std::panicking|std::thread::lifecycle|start_thread|clone3|test::|__rust_|std::panic::catch_unwind|<alloc)" |
       sed -E 's/ \([^()]*\) at / at /; s/0x[0-9a-f]+ in //; s/\/rustc\/[0-9a-f]+\///' |
       head -"${FRAMES:-10}" | cut -c1-200
   done

@@ -256,7 +256,7 @@ fn run_children(test: &str, runs: &[(String, bool)]) {
 /// `scripts/oom_backtrace.sh` runs the same.
 fn child_command(test: &str, spec: &str, one_arena: bool) -> Command {
     let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args(["--exact", test, "--nocapture", "--test-threads=1"])
+    c.args(["--exact", test, "--include-ignored", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, spec)
         .env_remove("MCFX_LOG");
     if one_arena {
@@ -643,6 +643,13 @@ impl Child {
     }
 }
 
+/// Threads of this process named `mcfx-*` (started, see `child`).
+fn library_threads() -> usize {
+    let tasks = std::fs::read_dir("/proc/self/task").unwrap();
+    let comm = |t: std::fs::DirEntry| std::fs::read_to_string(t.path().join("comm")).ok();
+    tasks.filter_map(|t| comm(t.ok()?)).filter(|name| name.starts_with("mcfx-")).count()
+}
+
 fn vm_size() -> usize {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("VmSize:")).unwrap();
@@ -708,6 +715,13 @@ fn child(s: Scenario, budget: usize) {
         c.write(t, 1, 1);
         assert_eq!(DONE[0].load(SeqCst), MCFX_OK as i32 + 1, "the warm-up write");
         live[0] = Some(t);
+        // Its threads must be past their start-up (which needs memory)
+        // before the limit: a thread names itself once started.
+        let until = Instant::now() + Duration::from_secs(30);
+        while library_threads() < 5 {
+            assert!(Instant::now() < until, "the warm transport's 5 threads did not start");
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
     if let Kind::Inject = s.kind {
         inject(&mut c, live[0].unwrap());
