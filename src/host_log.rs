@@ -96,8 +96,15 @@ pub fn register(level: u32, f: LogFn) -> Arc<Sink> {
     });
     install();
     let mut sinks = SINKS.write();
-    sinks.push(Arc::clone(&sink));
-    update_max_level(&sinks);
+    // Without memory for the list, the sink still gets its transport's
+    // events (until another sink closes and the level is recomputed without
+    // it), only not those of no transport.
+    if sinks.try_reserve(1).is_ok() {
+        sinks.push(Arc::clone(&sink));
+        update_max_level(&sinks);
+    } else if MAX_LEVEL.fetch_max(sink.level, Relaxed) < sink.level {
+        tracing::callsite::rebuild_interest_cache();
+    }
     sink
 }
 
