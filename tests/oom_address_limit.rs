@@ -346,6 +346,8 @@ const LIVE: usize = 8;
 static DONE: [AtomicI32; MAX_OPS] = [const { AtomicI32::new(0) }; MAX_OPS];
 static DUPLICATES: AtomicUsize = AtomicUsize::new(0);
 static LOG_LINES: AtomicU64 = AtomicU64::new(0);
+/// Failed creates after which more threads ran than before.
+static LEFT_RUNNING: AtomicUsize = AtomicUsize::new(0);
 /// The peer's endpoint, NUL-terminated (written before the limit).
 static ENDPOINT: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
 
@@ -479,9 +481,21 @@ impl Child {
         c.connect_timeout_ms = 2000;
         c.shutdown_timeout_ms = 200;
         let mut t = std::ptr::null_mut();
+        let before = num_threads();
         // SAFETY: valid config and out pointer; the callbacks use statics only.
         let st = unsafe { mcfx_create(&c, &mut t) };
         self.add(Call::Create, st);
+        if st != MCFX_OK {
+            // Everything the failed create started was torn down (the
+            // kernel may take a moment to drop a joined thread).
+            let until = Instant::now() + Duration::from_secs(10);
+            while num_threads() > before && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if num_threads() > before {
+                LEFT_RUNNING.fetch_add(1, SeqCst);
+            }
+        }
         (st == MCFX_OK).then_some(t)
     }
 
@@ -632,15 +646,38 @@ impl Child {
         }
         let pending = DONE[..self.ud].iter().filter(|d| d.load(SeqCst) == 0).count();
         println!(
-            "oom: {name} ops={} pending={pending} duplicates={} log_lines={}",
+            "oom: {name} ops={} pending={pending} duplicates={} log_lines={} threads={}",
             self.ud,
             DUPLICATES.load(SeqCst),
             LOG_LINES.load(SeqCst),
+            num_threads(),
         );
         assert!(bad.is_empty(), "undocumented statuses: {bad:?}");
         assert_eq!(DUPLICATES.load(SeqCst), 0, "an op completed twice");
         assert_eq!(pending, 0, "ops never completed (all transports were destroyed)");
+        let left = LEFT_RUNNING.load(SeqCst);
+        assert_eq!(left, 0, "{left} failed creates left threads running");
     }
+}
+
+/// Threads of this process (field 20 of /proc/self/stat), read without
+/// allocating.
+fn num_threads() -> usize {
+    let mut buf = [0u8; 1024];
+    // SAFETY: a NUL-terminated path; read into a buffer of its length; the
+    // descriptor is closed once.
+    let n = unsafe {
+        let fd = libc::open(c"/proc/self/stat".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        assert!(fd >= 0, "open /proc/self/stat");
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+        n
+    };
+    let stat = &buf[..usize::try_from(n).expect("read /proc/self/stat")];
+    // After the command name (in parentheses, maybe with spaces): field 3 on.
+    let after = stat.iter().rposition(|&b| b == b')').expect("comm") + 1;
+    let field = stat[after..].split(|&b| b == b' ').filter(|f| !f.is_empty()).nth(17).unwrap();
+    std::str::from_utf8(field).unwrap().parse().unwrap()
 }
 
 /// Threads of this process named `mcfx-*` (started, see `child`).
