@@ -326,7 +326,10 @@ typedef struct mcfx_config {
   // complete once.
   uint64_t max_slice_bytes;
   // Threads that resolve and connect peers (default
-  // `MCFX_DEFAULT_CONNECT_THREADS`, at most `MCFX_MAX_CONNECT_THREADS`).
+  // `MCFX_DEFAULT_CONNECT_THREADS`, at most `MCFX_MAX_CONNECT_THREADS`). A
+  // connect running longer than 200 ms stops counting against them
+  // (another thread takes its place): up to 5 x connect_threads + 1
+  // connector threads exist while peers are stuck.
   uint32_t connect_threads;
   // On destroy, ms that in-flight ops may take to finish (default
   // `MCFX_DEFAULT_SHUTDOWN_TIMEOUT_MS`, at most
@@ -488,8 +491,9 @@ void mcfx_config_init(struct mcfx_config *config, size_t size);
 // `MCFX_E_BAD_CONFIG` (struct_size too small, abi_version 0 or above
 // `MCFX_ABI_VERSION`, values out of range: see each field's maximum),
 // `MCFX_E_FLAGCX` (no engine: e.g. no RDMA device with real FlagCX),
-// `MCFX_E_INTERNAL` (threads, or memory for the queue and op slots could not
-// be allocated; the host is never aborted).
+// `MCFX_E_NO_MEMORY` (no room for a thread's stack and start-up, or memory
+// the call needed; everything started is torn down, the host is never
+// aborted), `MCFX_E_INTERNAL` (a thread refused for another reason).
 //
 // The transports of one process share one FlagCX engine (FlagCX
 // registration is process-wide); they are otherwise independent and may be
@@ -522,13 +526,13 @@ mcfx_status mcfx_create(const struct mcfx_config *config, struct mcfx_transport 
 // destroys): that would wait for ever, so it returns
 // `MCFX_E_WOULD_DEADLOCK` and changes nothing.
 //
-// Blocking: destroy waits for a resolver call that is running to return
-// (the callback may use its context until destroy returns, so it cannot be
-// abandoned), logging a warning while it waits; a resolver that blocks
-// forever blocks destroy forever. Ops waiting for that peer fail
-// `MCFX_E_CONNECT` at `connect_timeout_ms` regardless. A FlagCX connect
-// still running after `connect_timeout_ms` is detached (it calls nothing
-// of the caller's).
+// Blocking: destroy waits for every resolver call that is running to
+// return, on any connector thread (the callback may use its context until
+// destroy returns), logging a warning while it waits; a resolver that
+// blocks forever blocks destroy forever. Ops waiting for that peer fail
+// `MCFX_E_CONNECT` at `connect_timeout_ms` regardless. Destroy never waits
+// for FlagCX's connect, which calls nothing of the caller's: a thread
+// inside it is left to finish on its own, holding its own references.
 //
 // Fork: in a child forked from the process that created the transport
 // (Linux 4.14 or later), every call on the handle but this one returns

@@ -88,7 +88,7 @@ pub(crate) const DETACHED_PER_THREAD: usize = 4;
 
 /// Name of the threads the pool starts itself (the transport's are
 /// `mcfx-connect-<i>`).
-const HELPER_NAME: &str = "mcfx-connect-x";
+pub(crate) const STANDBY_NAME: &str = "mcfx-connect-x";
 
 /// Why a connection is wanted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,7 +148,15 @@ pub(crate) struct Connects {
     /// Helper threads that still hold a context; in an `Arc` of its own
     /// (see `spawn_helper`).
     helpers: Arc<Helpers>,
+    /// Starts a standby helper thread with its own hold on the transport's
+    /// shared state (set by the transport at create; see `spawn_helper`).
+    standby: std::sync::OnceLock<StandbySpawner>,
 }
+
+/// Starts one standby connector thread that runs [`run_standby`] (the
+/// transport builds it: only it can give the thread a hold on the shared
+/// state the context borrows from).
+pub(crate) type StandbySpawner = Box<dyn Fn() -> Result<(), crate::log::SpawnError> + Send + Sync>;
 
 /// The pool's bookkeeping (under `Connects::pool`).
 #[derive(Default)]
@@ -562,22 +570,12 @@ fn watch(ctx: &Connector<'_>, pool: &mut MutexGuard<'_, Pool>) -> Watch {
 fn spawn_helper(ctx: &Connector<'_>) {
     let c = ctx.connects;
     *c.helpers.alive.lock() += 1;
-    let helpers = Arc::clone(&c.helpers);
-    // SAFETY: the references in `ctx` point into the transport's shared
-    // state, which the transport's connector threads keep alive (an `Arc`
-    // in their closures) until `run_connector` returns; each of them
-    // returns only once `helpers.alive` is 0, and this thread decrements
-    // it after its last use of the context, touching only `helpers` (its
-    // own `Arc`) from then on. So the context outlives every use here.
-    let ctx: Connector<'static> = unsafe { std::mem::transmute(*ctx) };
-    let run = move || {
-        work(ctx, Role::Standby);
-        let mut alive = helpers.alive.lock();
-        *alive -= 1;
-        helpers.gone.notify_all();
+    let started = match c.standby.get() {
+        Some(spawn) => spawn(),
+        None => Err(crate::log::SpawnError::NoMemory),
     };
-    if let Err(e) = crate::log::spawn(HELPER_NAME, run) {
-        // The closure was dropped unrun: undo what it would have.
+    if let Err(e) = started {
+        // The thread did not start: undo what it would have.
         *c.helpers.alive.lock() -= 1;
         let mut pool = c.pool.lock();
         pool.standby = false;
@@ -585,6 +583,23 @@ fn spawn_helper(ctx: &Connector<'_>) {
         drop(pool);
         c.changed.notify_all();
         tracing::warn!(error = %e, "cannot start a standby connector thread; the pool goes on without");
+    }
+}
+
+/// Body of a standby helper thread (started through the transport's
+/// [`StandbySpawner`], which gives it its own hold on the shared state).
+pub(crate) fn run_standby(ctx: Connector<'_>) {
+    work(ctx, Role::Standby);
+    let helpers = &ctx.connects.helpers;
+    let mut alive = helpers.alive.lock();
+    *alive -= 1;
+    helpers.gone.notify_all();
+}
+
+impl Connects {
+    /// Gives the pool the way to start standby threads (once, at create).
+    pub(crate) fn set_standby_spawner(&self, spawn: StandbySpawner) {
+        let _ = self.standby.set(spawn);
     }
 }
 

@@ -12,7 +12,7 @@ use crate::engine::EngineRef;
 use crate::error::{fail, Error, Result, Status};
 use crate::gate::Admission;
 use crate::op::{CoarseTime, Op, OpRequest, OpSource};
-use crate::peers::{run_connector, Connects};
+use crate::peers::{run_connector, run_standby, Connects, STANDBY_NAME};
 use crate::progress::Progress;
 use crate::queue::SubmitQueue;
 use crate::registry::{not_registered, RegionRef, Registry, View};
@@ -111,6 +111,20 @@ impl Transport {
         })?;
         transport.thread_ids.lock().push(h.thread().id());
         transport.threads.lock().progress = Some(h);
+        // Standby connector threads (a stuck connect leaves the pool): each
+        // holds the shared state itself; a weak reference here, so the
+        // spawner stored inside it does not keep it alive.
+        let weak = Arc::downgrade(&shared);
+        shared.connects.set_standby_spawner(Box::new(move || {
+            let Some(s) = weak.upgrade() else {
+                return Err(crate::log::SpawnError::NoMemory);
+            };
+            let run = move || {
+                crate::wait_graph::set_owner(id);
+                run_standby(s.connector())
+            };
+            crate::log::spawn(STANDBY_NAME, run).map(drop)
+        }));
         for i in 0..shared.config.connect_threads {
             let s = Arc::clone(&shared);
             shared.connects.thread_started();
@@ -149,7 +163,7 @@ impl Transport {
     /// caller is inside one of its callbacks).
     pub fn on_own_thread(&self) -> bool {
         let me = std::thread::current().id();
-        self.thread_ids.lock().contains(&me)
+        self.thread_ids.lock().contains(&me) || self.shared.connects.on_own_thread()
     }
 
     /// Registers local memory for transfers.

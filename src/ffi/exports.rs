@@ -108,8 +108,9 @@ pub unsafe extern "C" fn mcfx_config_init(config: *mut mcfx_config, size: usize)
 /// `MCFX_E_BAD_CONFIG` (struct_size too small, abi_version 0 or above
 /// `MCFX_ABI_VERSION`, values out of range: see each field's maximum),
 /// `MCFX_E_FLAGCX` (no engine: e.g. no RDMA device with real FlagCX),
-/// `MCFX_E_INTERNAL` (threads, or memory for the queue and op slots could not
-/// be allocated; the host is never aborted).
+/// `MCFX_E_NO_MEMORY` (no room for a thread's stack and start-up, or memory
+/// the call needed; everything started is torn down, the host is never
+/// aborted), `MCFX_E_INTERNAL` (a thread refused for another reason).
 ///
 /// The transports of one process share one FlagCX engine (FlagCX
 /// registration is process-wide); they are otherwise independent and may be
@@ -177,13 +178,13 @@ pub unsafe extern "C" fn mcfx_create(
 /// destroys): that would wait for ever, so it returns
 /// `MCFX_E_WOULD_DEADLOCK` and changes nothing.
 ///
-/// Blocking: destroy waits for a resolver call that is running to return
-/// (the callback may use its context until destroy returns, so it cannot be
-/// abandoned), logging a warning while it waits; a resolver that blocks
-/// forever blocks destroy forever. Ops waiting for that peer fail
-/// `MCFX_E_CONNECT` at `connect_timeout_ms` regardless. A FlagCX connect
-/// still running after `connect_timeout_ms` is detached (it calls nothing
-/// of the caller's).
+/// Blocking: destroy waits for every resolver call that is running to
+/// return, on any connector thread (the callback may use its context until
+/// destroy returns), logging a warning while it waits; a resolver that
+/// blocks forever blocks destroy forever. Ops waiting for that peer fail
+/// `MCFX_E_CONNECT` at `connect_timeout_ms` regardless. Destroy never waits
+/// for FlagCX's connect, which calls nothing of the caller's: a thread
+/// inside it is left to finish on its own, holding its own references.
 ///
 /// Fork: in a child forked from the process that created the transport
 /// (Linux 4.14 or later), every call on the handle but this one returns

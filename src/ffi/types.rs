@@ -136,7 +136,10 @@ pub struct mcfx_config {
     /// complete once.
     pub max_slice_bytes: u64,
     /// Threads that resolve and connect peers (default
-    /// `MCFX_DEFAULT_CONNECT_THREADS`, at most `MCFX_MAX_CONNECT_THREADS`).
+    /// `MCFX_DEFAULT_CONNECT_THREADS`, at most `MCFX_MAX_CONNECT_THREADS`). A
+    /// connect running longer than 200 ms stops counting against them
+    /// (another thread takes its place): up to 5 x connect_threads + 1
+    /// connector threads exist while peers are stuck.
     pub connect_threads: u32,
     /// On destroy, ms that in-flight ops may take to finish (default
     /// `MCFX_DEFAULT_SHUTDOWN_TIMEOUT_MS`, at most
