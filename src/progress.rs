@@ -1178,7 +1178,8 @@ mod tests {
             std::mem::size_of::<Op>(),
             std::mem::size_of::<Transfer>(),
             std::mem::size_of::<crate::peers::Peer>(),
-            std::mem::size_of::<(std::sync::atomic::AtomicUsize, std::cell::UnsafeCell<Option<Op>>)>(),
+            std::mem::size_of::<(std::sync::atomic::AtomicUsize, std::cell::UnsafeCell<Option<Op>>)>(
+            ),
         );
     }
     use crate::error::Error;

@@ -169,7 +169,7 @@ impl SubmitQueue {
         mut reserved: impl FnMut(usize),
         mut make: impl FnMut(usize) -> Op,
     ) -> (usize, Limit) {
-        let (done, limit) = self.try_push(n, max_in_flight, &mut reserved, &mut make);
+        let (done, limit) = self.try_push(n, max_in_flight, false, &mut reserved, &mut make);
         if done == n {
             return (done, limit);
         }
@@ -177,11 +177,13 @@ impl SubmitQueue {
     }
 
     /// One attempt: takes credits for up to `n` ops, then slots for as many.
+    /// `waiting`: called from `RoomWait::wait`'s try, under its lock.
     #[inline]
     fn try_push(
         &self,
         n: usize,
         max_in_flight: usize,
+        waiting: bool,
         reserved: &mut impl FnMut(usize),
         make: &mut impl FnMut(usize) -> Op,
     ) -> (usize, Limit) {
@@ -191,19 +193,25 @@ impl SubmitQueue {
         }
         let pushed = self.ops.push_counted(credits, reserved, make);
         if pushed < credits {
-            self.give_back_unused(credits - pushed);
+            self.give_back_unused(credits - pushed, waiting);
             return (pushed, Limit::Queue);
         }
         (pushed, Limit::InFlight)
     }
 
-    /// Credits taken for ops the full queue did not take. Cold.
+    /// Credits taken for ops the full queue did not take. Another submitter
+    /// may have been refused for these and be waiting: it is woken (from a
+    /// waiter's try, which holds the room lock, without taking it again).
+    /// Cold.
     #[cold]
     #[inline(never)]
-    fn give_back_unused(&self, n: usize) {
+    fn give_back_unused(&self, n: usize, waiting: bool) {
         self.credits.give_back(n);
-        // Another submitter may be waiting for exactly these.
-        self.room.wake_waiters();
+        if waiting {
+            self.room.wake_all_from_try();
+        } else {
+            self.room.wake_waiters();
+        }
     }
 
     /// `push_batch` after its first attempt fell short: on the progress
@@ -223,14 +231,14 @@ impl SubmitQueue {
         reserved: &mut impl FnMut(usize),
         make: &mut impl FnMut(usize) -> Op,
     ) -> (usize, Limit) {
-        let mut take = |done: usize| {
+        let mut take = |done: usize, waiting: bool| {
             let base = done;
-            self.try_push(n - base, max_in_flight, reserved, &mut |j| make(base + j))
+            self.try_push(n - base, max_in_flight, waiting, reserved, &mut |j| make(base + j))
         };
         if self.wake.is_consumer() {
             if limit == Limit::InFlight && self.credits.return_completed() {
                 self.room.wake_waiters();
-                let (more, l) = take(done);
+                let (more, l) = take(done, false);
                 (done, limit) = (done + more, l);
             }
             return (done, limit);
@@ -252,7 +260,7 @@ impl SubmitQueue {
                     if self.closing.load(SeqCst) {
                         return true;
                     }
-                    let (m, l) = take(done);
+                    let (m, l) = take(done, true);
                     (more, limit) = (m, l);
                     m > 0
                 },

@@ -18,7 +18,9 @@
 //! before its callback runs (`Progress::complete`), so a thread that has seen
 //! the completion (synchronized with the callback) reads them counted.
 
-use std::sync::atomic::{fence, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
+use std::sync::atomic::{
+    fence, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 
 use crossbeam_utils::CachePadded;
 
@@ -53,7 +55,7 @@ macro_rules! counters {
                 /// back).
                 submitted,
                 /// Submit calls refused (in part or whole) because the queue
-                /// was full.
+                /// was full or `max_in_flight` ops were held.
                 queue_full,
                 /// Times a submitter had to wake the sleeping progress thread.
                 wakeups,

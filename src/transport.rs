@@ -316,7 +316,10 @@ impl Transport {
                 format!("{} ops are in flight (max_in_flight)", config.max_in_flight)
             }
         };
-        Error::new(Status::MCFX_E_QUEUE_FULL, format!("submit: {why}; {done} of {total} ops queued"))
+        Error::new(
+            Status::MCFX_E_QUEUE_FULL,
+            format!("submit: {why}; {done} of {total} ops queued"),
+        )
     }
 
     #[cold]

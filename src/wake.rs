@@ -154,7 +154,8 @@ impl RoomWait {
         RoomWait { waiters: AtomicUsize::new(0), lock: Mutex::new(()), freed: Condvar::new() }
     }
 
-    /// Waiter side: calls `try_take` (under the lock) until it returns true,
+    /// Waiter side: calls `try_take` (under the lock: it must not call
+    /// `wake_waiters` or `wake_all`, but `wake_all_from_try`) until it returns true,
     /// sleeping between calls until the consumer frees room, or until
     /// `timeout` has passed since the call. Returns what the last
     /// `try_take` returned (false: timed out).
@@ -195,6 +196,13 @@ impl RoomWait {
             return;
         }
         self.wake_all();
+    }
+
+    /// Wakes every waiter; only from inside a `wait`'s `try_take`, which
+    /// runs under the lock (so a waiter either sleeps already and is woken,
+    /// or tries after this one and sees what it freed).
+    pub fn wake_all_from_try(&self) {
+        self.freed.notify_all();
     }
 
     /// Wakes every waiter unconditionally (a waiter's `try_take` decides
