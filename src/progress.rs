@@ -1169,19 +1169,6 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn print_sizes() {
-        eprintln!(
-            "SIZES slot={} op={} transfer={} peer={} ringslot={}",
-            std::mem::size_of::<Slot>(),
-            std::mem::size_of::<Op>(),
-            std::mem::size_of::<Transfer>(),
-            std::mem::size_of::<crate::peers::Peer>(),
-            std::mem::size_of::<(std::sync::atomic::AtomicUsize, std::cell::UnsafeCell<Option<Op>>)>(
-            ),
-        );
-    }
     use crate::error::Error;
     use crate::peers::parse_endpoint;
 

@@ -151,10 +151,10 @@ impl SubmitQueue {
     /// slots, or `max_in_flight` ops held: this queue's and those the
     /// progress thread took from it and has not completed), after waiting
     /// up to `wait` for room while an op waited (`wait` restarts whenever
-    /// one fits). `max_in_flight` is the transport's, the same every call. `reserved(k)` is
-    /// called for every `k` ops about to be published, before the progress
-    /// thread can see them (see `Ring::push_counted`): the count of accepted
-    /// ops.
+    /// one fits). `max_in_flight` is the transport's, the same every call.
+    /// `reserved(k)` is called for every `k` ops about to be published,
+    /// before the progress thread can see them (see `Ring::push_counted`):
+    /// the count of accepted ops.
     ///
     /// Hot path: one CAS takes credits, one CAS reserves slots, and they
     /// are published together; no lock, no syscall. Waiting (cold) sleeps
