@@ -385,23 +385,48 @@ typedef struct mcfx_op {
 
 // Counters (see `mcfx_get_stats`). Set `struct_size` before the call (at
 // least 8: the size and reserved words).
+//
+// Every field but `in_flight` is a counter that only grows: two reads, in
+// any threads, never see one go down (each is counted once, after the fact,
+// and never taken back). `in_flight` is their difference, a gauge.
 typedef struct mcfx_stats {
   uint32_t struct_size;
   uint32_t reserved;
+  // Ops accepted by `mcfx_submit` (counted once queued; ops a full queue
+  // or `max_in_flight` refused are never counted). Monotonic.
   uint64_t submitted;
+  // Ops completed with `MCFX_OK`. Monotonic.
   uint64_t completed;
+  // Ops completed with an error other than `MCFX_E_TIMEOUT` and
+  // `MCFX_E_CANCELED`. Monotonic.
   uint64_t failed;
+  // Ops completed with `MCFX_E_TIMEOUT`. Monotonic.
   uint64_t timed_out;
+  // Ops completed with `MCFX_E_CANCELED` (destroy). Monotonic.
   uint64_t canceled;
+  // Bytes moved by ops completed with `MCFX_OK`. Monotonic.
   uint64_t bytes;
+  // `mcfx_submit` calls that returned `MCFX_E_QUEUE_FULL` (no room in the
+  // queue or within `max_in_flight`). Monotonic.
   uint64_t queue_full;
+  // Times a submit woke the sleeping progress thread. Monotonic.
   uint64_t wakeups;
+  // Peer connections made (reconnects included). Monotonic.
   uint64_t connects;
+  // Peer connection attempts that failed (resolve or connect). Monotonic.
   uint64_t connect_failures;
+  // Reconnects made to refresh a peer's region list. Monotonic.
   uint64_t reconnects;
+  // FlagCX vector transfers issued. Monotonic.
   uint64_t flagcx_transfers;
+  // Completion callbacks that panicked (Rust callbacks; caught).
+  // Monotonic.
   uint64_t callback_panics;
-  // Accepted ops not yet completed.
+  // Accepted ops not yet completed: `submitted` minus the four completion
+  // counters, never below zero. The copy is retried (a few times) while
+  // ops complete under it, so it is the count at one moment, at most
+  // `max_in_flight`, unless ops keep completing through every retry.
+  // Goes up and down.
   uint64_t in_flight;
 } mcfx_stats;
 
