@@ -78,6 +78,7 @@ use std::time::{Duration, Instant};
 use flagcx_sys::{Conn, IovList, Poll, TransferId};
 
 use crate::error::{fail, Result, Status};
+use crate::failure_log::FailureLog;
 use crate::group::{pieces, Groups};
 use crate::op::{CoarseTime, Op, Opcode};
 use crate::peers::{ConnectKind, ConnectResult, PeerTable};
@@ -214,6 +215,8 @@ pub(crate) struct Progress {
     /// The transport's shared state; read here, written only through its own
     /// synchronized methods (queue pops, registry releases, counters).
     shared: Arc<Shared>,
+    /// Failed ops in the log: grouped and counted, not a line each.
+    failures: FailureLog,
     /// Every op taken from the queue and not yet completed, by slot index.
     /// A slot holds an op (`Some`) exactly while its index is in one place:
     /// a group, a peer's `waiting` list, a transfer's `members`, or
@@ -299,6 +302,7 @@ impl Progress {
             coarse: None,
             epoch: now,
             shared,
+            failures: FailureLog::default(),
         })
     }
 
@@ -390,10 +394,6 @@ impl Progress {
     /// bandwidth), while a long wait costs a wake-up per nap instead of a
     /// spinning core.
     fn sleep(&mut self, idle: Duration) {
-        let shared = &self.shared;
-        let has_work = || {
-            !shared.queue.is_empty() || shared.connects.has_results() || shared.queue.is_closed()
-        };
         let timeout = if !self.inflight.is_empty() {
             Some((idle / 16).clamp(MIN_INFLIGHT_NAP, MAX_INFLIGHT_NAP))
         } else if self.waiting > 0 {
@@ -402,6 +402,21 @@ impl Progress {
             Some(Duration::from_millis(10))
         } else {
             None
+        };
+        // Failures still counted get their summary when it is due, not at
+        // the next op (which may never come).
+        let now = CoarseTime::now().ns();
+        self.failures.flush(now);
+        let timeout = match self.failures.next_due() {
+            Some(due) => {
+                let until = Duration::from_nanos(due.saturating_sub(now));
+                Some(timeout.map_or(until, |t| t.min(until)))
+            }
+            None => timeout,
+        };
+        let shared = &self.shared;
+        let has_work = || {
+            !shared.queue.is_empty() || shared.connects.has_results() || shared.queue.is_closed()
         };
         shared.queue.wake().park(has_work, timeout, shared.config.pin_asleep);
     }
@@ -1078,7 +1093,8 @@ impl Progress {
         // Released before the callback, so the callback may unregister.
         self.shared.registry.release(region);
         if let Some(msg) = msg {
-            tracing::warn!(peer, user_data, status = ?status, "op failed: {msg}");
+            let now = self.coarse_now().ns();
+            self.failures.failed(now, peer, status, user_data, msg);
         }
         // Counted before the callback, so whoever has seen the completion sees
         // it counted: these stores are sequenced before the callback, the
@@ -1144,6 +1160,7 @@ impl Progress {
         // if a path is added that does.
         self.cancel_waiting();
         self.zombies.clear();
+        self.failures.finish(CoarseTime::now().ns());
         debug_assert!(self.slots.iter().all(|s| s.op.is_none()), "an op never completed");
     }
 
