@@ -4,14 +4,14 @@
 #
 #   scripts/two_hosts.sh
 #
-#   1. builds the release plugin (cargo), installs it with the software
-#      provider into a temporary prefix (scripts/install.sh --with-sw-flagcx)
-#      and builds tests/two_hosts/two_hosts.c against it (pkg-config): both
-#      sides go through the C ABI;
-#   2. makes two network namespaces, mcfx2h-t-<pid> and mcfx2h-i-<pid>, and a
+#   1. makes two network namespaces, mcfx2h-t-<pid> and mcfx2h-i-<pid>, and a
 #      veth pair created inside them (never in the host's namespace), with
 #      10.231.0.1/30 (target) and 10.231.0.2/30 (initiator): the only
 #      addresses it assigns, each inside a namespace it made;
+#   2. builds the release plugin (cargo), installs it with the software
+#      provider into a temporary prefix (scripts/install.sh --with-sw-flagcx)
+#      and builds tests/two_hosts/two_hosts.c against it (pkg-config): both
+#      sides go through the C ABI;
 #   3. data: a target in the first namespace with FLAGCX_SW_LISTEN_ADDR=
 #      10.231.0.1 must publish 10.231.0.1:<port>; an initiator in the second
 #      reads its buffer, writes it, reads it back, checking every byte;
@@ -78,18 +78,7 @@ reap() {
 }
 trap 'exit 130' INT TERM
 
-# ---- 1. build -------------------------------------------------------------
-log "build: cargo (release), install with the software provider, tests/two_hosts/two_hosts.c"
-cargo build --release --locked -q 2>/dev/null || cargo build --release --locked
-scripts/install.sh "$tmp/prefix" --with-sw-flagcx >/dev/null
-export PKG_CONFIG_PATH=$tmp/prefix/lib/pkgconfig
-# shellcheck disable=SC2046 # pkg-config's output is a list of flags
-cc -std=c11 -O2 -Wall -Wextra -Werror tests/two_hosts/two_hosts.c -o "$tmp/two_hosts" \
-  $(pkg-config --cflags --libs mooncake_flagcx) \
-  -Wl,-rpath,"$(pkg-config --variable=libdir mooncake_flagcx)"
-bin=$tmp/two_hosts
-
-# ---- 2. namespaces --------------------------------------------------------
+# ---- 1. namespaces --------------------------------------------------------
 log "namespaces $ns_t ($addr_t) and $ns_i ($addr_i), joined by a veth pair"
 err=$(ip netns add "$ns_t" 2>&1) || skip "cannot create a network namespace: $err"
 made_ns+=("$ns_t")
@@ -106,8 +95,25 @@ for n in "$ns_t" "$ns_i"; do
 done
 ip -n "$ns_t" link set mcfx-t up
 ip -n "$ns_i" link set mcfx-i up
+# Both ends carry (LOWER_UP) before anything connects: up to 5 s.
+for ((i = 0; i < 50; i++)); do
+  ip -n "$ns_t" link show mcfx-t | grep -q LOWER_UP &&
+    ip -n "$ns_i" link show mcfx-i | grep -q LOWER_UP && break
+  sleep 0.1
+done
 ip -n "$ns_t" -brief addr show
 ip -n "$ns_i" -brief addr show
+
+# ---- 2. build -------------------------------------------------------------
+log "build: cargo (release), install with the software provider, tests/two_hosts/two_hosts.c"
+cargo build --release --locked -q 2>/dev/null || cargo build --release --locked
+scripts/install.sh "$tmp/prefix" --with-sw-flagcx >/dev/null
+export PKG_CONFIG_PATH=$tmp/prefix/lib/pkgconfig
+# shellcheck disable=SC2046 # pkg-config's output is a list of flags
+cc -std=c11 -O2 -Wall -Wextra -Werror tests/two_hosts/two_hosts.c -o "$tmp/two_hosts" \
+  $(pkg-config --cflags --libs mooncake_flagcx) \
+  -Wl,-rpath,"$(pkg-config --variable=libdir mooncake_flagcx)"
+bin=$tmp/two_hosts
 
 # in_ns NS ADDR CMD...: execs CMD in namespace NS, the provider bound to
 # ADDR. Call it in a subshell: `(in_ns ...)`, or `in_ns ... &`, whose $! is
