@@ -52,7 +52,8 @@ fn an_ipv6_address_is_published_in_brackets() {
         eprintln!("no IPv6 loopback here: nothing to check");
         return;
     }
-    let mut peer = Peer::spawn_with(1 << 20, &[(ENV, "::1")]);
+    // Published in canonical form.
+    let mut peer = Peer::spawn_with(1 << 20, &[(ENV, "0:0::0001")]);
     assert!(peer.endpoint.starts_with("[::1]:"), "published {}", peer.endpoint);
     write_through_published_endpoint(&mut peer);
 }

@@ -39,24 +39,27 @@ constexpr int kBacklog = 128;
 constexpr const char *kListenAddrEnv = "FLAGCX_SW_LISTEN_ADDR";
 
 // Where to listen: FLAGCX_SW_LISTEN_ADDR, or 127.0.0.1 when unset or empty.
-// Fills *addr (port 0: ephemeral, like FlagCX) and *host (as published:
-// IPv6 in brackets); false, with a line on stderr, for a value that cannot
-// be published.
+// Fills *addr (port 0: ephemeral, like FlagCX) and *host (as published: the
+// address's canonical text, IPv6 in brackets); false, with a line on stderr,
+// for a value that cannot be published.
 bool listenAddress(sockaddr_storage *addr, socklen_t *len, std::string *host) {
   const char *env = std::getenv(kListenAddrEnv);
   const char *text = env != nullptr && *env != '\0' ? env : "127.0.0.1";
   std::memset(addr, 0, sizeof *addr);
   auto *v4 = reinterpret_cast<sockaddr_in *>(addr);
   auto *v6 = reinterpret_cast<sockaddr_in6 *>(addr);
-  if (inet_pton(AF_INET, text, &v4->sin_addr) == 1) {
+  char canon[INET6_ADDRSTRLEN];
+  if (inet_pton(AF_INET, text, &v4->sin_addr) == 1 &&
+      inet_ntop(AF_INET, &v4->sin_addr, canon, sizeof canon) != nullptr) {
     v4->sin_family = AF_INET;
     *len = sizeof *v4;
-    *host = text;
+    *host = canon;
     if (v4->sin_addr.s_addr != htonl(INADDR_ANY)) return true;
-  } else if (inet_pton(AF_INET6, text, &v6->sin6_addr) == 1) {
+  } else if (inet_pton(AF_INET6, text, &v6->sin6_addr) == 1 &&
+             inet_ntop(AF_INET6, &v6->sin6_addr, canon, sizeof canon) != nullptr) {
     v6->sin6_family = AF_INET6;
     *len = sizeof *v6;
-    *host = std::string("[") + text + "]";
+    *host = std::string("[") + canon + "]";
     if (!IN6_IS_ADDR_UNSPECIFIED(&v6->sin6_addr) &&
         !IN6_IS_ADDR_LINKLOCAL(&v6->sin6_addr))
       return true;
