@@ -73,4 +73,7 @@ ctest --test-dir build/asan --output-on-failure -j"$jobs"
 log "install check: cmake --install, pkg-config + CMake consumers, readelf -d"
 scripts/install_check.sh
 
+log "two hosts: target and initiator in two network namespaces (skips unless root)"
+scripts/two_hosts.sh
+
 log "all tests passed"
