@@ -220,9 +220,10 @@ echo "adapter copied into $te (upstream's files kept in $work/upstream-files/)"
 # ---- 4. configure and build --------------------------------------------------------
 configure_and_build() { # $1: transfer-engine source dir, $2: build dir, $3: label
   log "building Mooncake's transfer engine + tebench ($3) in $2"
-  # mooncake_flagcx.h is in FLAGCX_HOME/include (on Mooncake's include path)
-  # unless FLAGCX_HOME is a real FlagCX; yalantinglibs' headers are not put
-  # on the path by Mooncake's standalone transfer-engine build.
+  # mooncake_flagcx.h is in the prefix's include/, which is not FLAGCX_HOME
+  # (the software provider has its own lib/mooncake_flagcx/sw-flagcx/);
+  # yalantinglibs' headers are not put on the path by Mooncake's standalone
+  # transfer-engine build.
   local cxxflags=""
   [ "$prefix" = "$mc_flagcx_home" ] || cxxflags="-I$prefix/include"
   [ -n "$ylt_prefix" ] && cxxflags="${cxxflags:+$cxxflags }-I$ylt_prefix/include"
