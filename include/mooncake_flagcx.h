@@ -301,9 +301,9 @@ typedef struct mcfx_config {
   // Submission queue slots (default `MCFX_DEFAULT_QUEUE_CAPACITY`, at most
   // `MCFX_MAX_QUEUE_CAPACITY`).
   uint32_t queue_capacity;
-  // Microseconds a submit waits for queue space (or in-flight room) before
-  // `MCFX_E_QUEUE_FULL` (default 0: fail at once; at most
-  // `MCFX_MAX_SUBMIT_WAIT_US`).
+  // Microseconds a submit waits for room (queue slots or `max_in_flight`)
+  // before `MCFX_E_QUEUE_FULL`, asleep, woken as room frees (default 0:
+  // fail at once; at most `MCFX_MAX_SUBMIT_WAIT_US`).
   uint32_t submit_wait_us;
   // Per-op deadline, in ms, counted from the `mcfx_submit` call that
   // queued the op (coarse clock: granularity 1-4 ms; never early). Default
@@ -645,8 +645,11 @@ mcfx_status mcfx_unregister_batch(struct mcfx_transport *transport,
 // and resubmits `ops + *accepted + 1` in one call (after a per-op error), or
 // `ops + *accepted` later (queue full). Errors of the call itself queue
 // nothing and set `*accepted` to 0: a NULL `transport`, NULL `ops` with a
-// non-zero `count` (`MCFX_E_INVALID_ARGUMENT`), `MCFX_E_SHUTTING_DOWN`.
-// `accepted` may be NULL.
+// non-zero `count` (`MCFX_E_INVALID_ARGUMENT`), `MCFX_E_SHUTTING_DOWN`,
+// `MCFX_E_FORKED`. `accepted` may be NULL. `MCFX_E_QUEUE_FULL` means no
+// room in the queue (`queue_capacity`) or within `max_in_flight` (ops the
+// transport holds: queued, waiting for a connection, inside FlagCX), after
+// waiting up to `submit_wait_us`.
 //
 // Each queued op's deadline (`op_timeout_ms`) counts from this call,
 // wherever the op is when it passes (queued, waiting for its connection, or
@@ -654,8 +657,8 @@ mcfx_status mcfx_unregister_batch(struct mcfx_transport *transport,
 // granularity 1-4 ms on Linux), so an op times out no earlier than
 // `op_timeout_ms` after the call and typically within a few ms after.
 //
-// Thread-safe; never blocks (except `submit_wait_us` when the queue is
-// full) and never calls FlagCX. Ops are queued a few at a time as they are
+// Thread-safe; never blocks, except waiting asleep up to `submit_wait_us`
+// for room (woken as ops complete), and never calls FlagCX. Ops are queued a few at a time as they are
 // checked, so completion callbacks of the first ops may run while the call
 // still reads the later ones: a callback must not change or free the
 // `ops` array of a submit that has not returned.

@@ -406,8 +406,11 @@ pub unsafe extern "C" fn mcfx_unregister_batch(
 /// and resubmits `ops + *accepted + 1` in one call (after a per-op error), or
 /// `ops + *accepted` later (queue full). Errors of the call itself queue
 /// nothing and set `*accepted` to 0: a NULL `transport`, NULL `ops` with a
-/// non-zero `count` (`MCFX_E_INVALID_ARGUMENT`), `MCFX_E_SHUTTING_DOWN`.
-/// `accepted` may be NULL.
+/// non-zero `count` (`MCFX_E_INVALID_ARGUMENT`), `MCFX_E_SHUTTING_DOWN`,
+/// `MCFX_E_FORKED`. `accepted` may be NULL. `MCFX_E_QUEUE_FULL` means no
+/// room in the queue (`queue_capacity`) or within `max_in_flight` (ops the
+/// transport holds: queued, waiting for a connection, inside FlagCX), after
+/// waiting up to `submit_wait_us`.
 ///
 /// Each queued op's deadline (`op_timeout_ms`) counts from this call,
 /// wherever the op is when it passes (queued, waiting for its connection, or
@@ -415,8 +418,8 @@ pub unsafe extern "C" fn mcfx_unregister_batch(
 /// granularity 1-4 ms on Linux), so an op times out no earlier than
 /// `op_timeout_ms` after the call and typically within a few ms after.
 ///
-/// Thread-safe; never blocks (except `submit_wait_us` when the queue is
-/// full) and never calls FlagCX. Ops are queued a few at a time as they are
+/// Thread-safe; never blocks, except waiting asleep up to `submit_wait_us`
+/// for room (woken as ops complete), and never calls FlagCX. Ops are queued a few at a time as they are
 /// checked, so completion callbacks of the first ops may run while the call
 /// still reads the later ones: a callback must not change or free the
 /// `ops` array of a submit that has not returned.

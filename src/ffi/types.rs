@@ -111,9 +111,9 @@ pub struct mcfx_config {
     /// Submission queue slots (default `MCFX_DEFAULT_QUEUE_CAPACITY`, at most
     /// `MCFX_MAX_QUEUE_CAPACITY`).
     pub queue_capacity: u32,
-    /// Microseconds a submit waits for queue space (or in-flight room) before
-    /// `MCFX_E_QUEUE_FULL` (default 0: fail at once; at most
-    /// `MCFX_MAX_SUBMIT_WAIT_US`).
+    /// Microseconds a submit waits for room (queue slots or `max_in_flight`)
+    /// before `MCFX_E_QUEUE_FULL`, asleep, woken as room frees (default 0:
+    /// fail at once; at most `MCFX_MAX_SUBMIT_WAIT_US`).
     pub submit_wait_us: u32,
     /// Per-op deadline, in ms, counted from the `mcfx_submit` call that
     /// queued the op (coarse clock: granularity 1-4 ms; never early). Default
