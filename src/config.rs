@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::error::{fail, Result, Status};
+use crate::error::{fail, message, Result, Status};
 
 /// Validated transport settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -177,40 +177,43 @@ pub(crate) fn or_default<T: Copy + PartialEq + Default>(value: T, default: T) ->
 impl Config {
     /// Checks ranges; called by `Transport::create`.
     pub fn validate(&self) -> Result<()> {
-        let bad = |what: String| fail(Status::MCFX_E_BAD_CONFIG, what);
+        let bad = |what: std::borrow::Cow<'static, str>| fail(Status::MCFX_E_BAD_CONFIG, what);
         if self.queue_capacity == 0 || self.queue_capacity > MAX_QUEUE_CAPACITY {
-            return bad(format!(
+            return bad(message(format_args!(
                 "queue_capacity {} is outside 1..={MAX_QUEUE_CAPACITY}",
                 self.queue_capacity
-            ));
+            )));
         }
         if self.max_batch == 0 || self.max_batch > MAX_MAX_BATCH {
-            return bad(format!("max_batch {} is outside 1..={MAX_MAX_BATCH}", self.max_batch));
+            return bad(message(format_args!(
+                "max_batch {} is outside 1..={MAX_MAX_BATCH}",
+                self.max_batch
+            )));
         }
         if self.max_slice_bytes == 0 || self.max_slice_bytes > flagcx_sys::MAX_DESC_LEN {
-            return bad(format!(
+            return bad(message(format_args!(
                 "max_slice_bytes {} is outside 1..={} (FlagCX descriptors carry a 32-bit size)",
                 self.max_slice_bytes,
                 flagcx_sys::MAX_DESC_LEN
-            ));
+            )));
         }
         if self.connect_threads == 0 || self.connect_threads > MAX_CONNECT_THREADS {
-            return bad(format!(
+            return bad(message(format_args!(
                 "connect_threads {} is outside 1..={MAX_CONNECT_THREADS}",
                 self.connect_threads
-            ));
+            )));
         }
         if self.max_in_flight == 0 || self.max_in_flight > MAX_MAX_IN_FLIGHT {
-            return bad(format!(
+            return bad(message(format_args!(
                 "max_in_flight {} is outside 1..={MAX_MAX_IN_FLIGHT}",
                 self.max_in_flight
-            ));
+            )));
         }
         if self.max_regions == 0 || self.max_regions > MAX_MAX_REGIONS {
-            return bad(format!(
+            return bad(message(format_args!(
                 "max_regions {} is outside 1..={MAX_MAX_REGIONS}",
                 self.max_regions
-            ));
+            )));
         }
         if self.op_timeout.is_zero() || self.connect_timeout.is_zero() {
             return bad("timeouts must be positive".into());
@@ -223,7 +226,7 @@ impl Config {
             ("shutdown_timeout", self.shutdown_timeout, MAX_SHUTDOWN_TIMEOUT),
         ] {
             if value > max {
-                return bad(format!("{name} {value:?} is above its maximum {max:?}"));
+                return bad(message(format_args!("{name} {value:?} is above its maximum {max:?}")));
             }
         }
         Ok(())

@@ -47,7 +47,7 @@ use std::sync::Arc;
 use flagcx_sys::{Engine, MrId};
 use parking_lot::Mutex;
 
-use crate::error::{fail, Error, Result, Status};
+use crate::error::{fail, message, Error, Result, Status};
 
 /// The process's shared FlagCX engine and its registration counts.
 pub struct ProcessEngine {
@@ -164,12 +164,12 @@ impl ProcessEngine {
             if s.len != len {
                 return fail(
                     Status::MCFX_E_ALREADY_REGISTERED,
-                    format!(
+                    message(format_args!(
                         "register: [{addr:#x}, +{len}): another transport of this process \
                          registered this base with length {}; transports may share a base \
                          only with the same length (FlagCX keeps one registration per base)",
                         s.len
-                    ),
+                    )),
                 );
             }
             s.owners.try_reserve(1).map_err(no_memory)?;
@@ -183,7 +183,7 @@ impl ProcessEngine {
         let mr = unsafe { self.engine.register(addr, len) }.map_err(|e| {
             Error::new(
                 Status::MCFX_E_FLAGCX,
-                format!("FlagCX refused to register [{addr:#x}, +{len}): {e}"),
+                message(format_args!("FlagCX refused to register [{addr:#x}, +{len}): {e}")),
             )
         })?;
         owners.push(owner);

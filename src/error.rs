@@ -7,6 +7,7 @@
 //! failed *operation* reports its status through the completion callback and
 //! logs its message through `tracing`.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// Result of a call or of an operation. `MCFX_OK` is 0; errors are positive.
@@ -164,17 +165,28 @@ impl fmt::Display for Status {
     }
 }
 
-/// A failed call: a status plus a message for humans.
+/// A failed call: a status plus a message for humans. A fixed message is
+/// kept as it is and a formatted one is made with [`message`], so that
+/// making an error never allocates in a way that could abort the host when
+/// memory runs out (the message is then empty; the status still says what
+/// failed).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Error {
     pub status: Status,
-    pub message: String,
+    pub message: Cow<'static, str>,
 }
 
 impl Error {
-    pub fn new(status: Status, message: impl Into<String>) -> Error {
+    pub fn new(status: Status, message: impl Into<Cow<'static, str>>) -> Error {
         Error { status, message: message.into() }
     }
+}
+
+/// `args` formatted as an error message without aborting when memory runs
+/// out (formatted on the stack, cut at 511 bytes, copied fallibly; empty
+/// when there is no room).
+pub fn message(args: fmt::Arguments<'_>) -> Cow<'static, str> {
+    Cow::Owned(crate::log::message(args))
 }
 
 impl fmt::Display for Error {
@@ -188,6 +200,6 @@ impl std::error::Error for Error {}
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// Shorthand for `Err(Error::new(..))`.
-pub fn fail<T>(status: Status, message: impl Into<String>) -> Result<T> {
+pub fn fail<T>(status: Status, message: impl Into<Cow<'static, str>>) -> Result<T> {
     Err(Error::new(status, message))
 }

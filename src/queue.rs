@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 
-use crate::error::{fail, Status};
+use crate::error::{fail, message, Status};
 use crate::gate::{Admission, Gate};
 use crate::op::Op;
 use crate::ring::Ring;
@@ -126,7 +126,7 @@ impl SubmitQueue {
         let Some(ops) = Ring::try_new(capacity) else {
             return fail(
                 Status::MCFX_E_INTERNAL,
-                format!("no memory for a queue of {capacity} slots"),
+                message(format_args!("no memory for a queue of {capacity} slots")),
             );
         };
         Ok(SubmitQueue {

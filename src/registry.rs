@@ -44,7 +44,7 @@ use arc_swap::ArcSwapAny;
 use parking_lot::Mutex;
 
 use crate::engine::EngineRef;
-use crate::error::{fail, Error, Result, Status};
+use crate::error::{fail, message, Error, Result, Status};
 use crate::holds::Holds;
 use fallible::{NoMemory, TryArc};
 use flagcx_sys::MrId;
@@ -98,7 +98,10 @@ struct Slots {
 
 #[cold]
 fn no_memory(call: &str) -> Error {
-    Error::new(Status::MCFX_E_NO_MEMORY, format!("{call}: out of memory for the region table"))
+    Error::new(
+        Status::MCFX_E_NO_MEMORY,
+        message(format_args!("{call}: out of memory for the region table")),
+    )
 }
 
 impl Registry {
@@ -139,7 +142,10 @@ impl Registry {
             return fail(Status::MCFX_E_INVALID_ARGUMENT, "register: NULL address or zero length");
         }
         let Some(end) = addr.checked_add(len) else {
-            return fail(Status::MCFX_E_OVERFLOW, format!("register: {addr:#x} + {len} overflows"));
+            return fail(
+                Status::MCFX_E_OVERFLOW,
+                message(format_args!("register: {addr:#x} + {len} overflows")),
+            );
         };
         let mut slots = self.write.lock();
         let table = self.table.load_full();
@@ -148,21 +154,21 @@ impl Registry {
         if let Some(r) = table.floor(end - 1).filter(|r| r.end() > addr) {
             return fail(
                 Status::MCFX_E_ALREADY_REGISTERED,
-                format!(
+                message(format_args!(
                     "register: [{addr:#x}, {end:#x}) overlaps registered [{:#x}, {:#x})",
                     r.base,
                     r.end()
-                ),
+                )),
             );
         }
         if slots.count >= self.max_regions {
             return fail(
                 Status::MCFX_E_TOO_MANY_REGIONS,
-                format!(
+                message(format_args!(
                     "register: {} regions are registered, the transport's max_regions; \
                      unregister one or create the transport with a larger max_regions",
                     slots.count
-                ),
+                )),
             );
         }
         // SAFETY: this function's own contract, passed on unchanged.
@@ -234,7 +240,7 @@ impl Registry {
         let Some(&region) = table.get(addr) else {
             return fail(
                 Status::MCFX_E_NOT_FOUND,
-                format!("unregister: no region starts at {addr:#x}"),
+                message(format_args!("unregister: no region starts at {addr:#x}")),
             );
         };
         // Built first: a failed allocation must leave the slot open.
@@ -245,7 +251,9 @@ impl Registry {
         if let Err(busy) = self.counters(region.slot).try_close() {
             return fail(
                 Status::MCFX_E_BUSY,
-                format!("unregister: {busy} ops on the region at {addr:#x} are in flight"),
+                message(format_args!(
+                    "unregister: {busy} ops on the region at {addr:#x} are in flight"
+                )),
             );
         }
         self.table.store(next);
@@ -327,7 +335,9 @@ impl View {
 pub(crate) fn not_registered(addr: usize, len: usize) -> Error {
     Error::new(
         Status::MCFX_E_NOT_REGISTERED,
-        format!("local range [{addr:#x}, +{len}) is not inside one registered region"),
+        message(format_args!(
+            "local range [{addr:#x}, +{len}) is not inside one registered region"
+        )),
     )
 }
 

@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 
 use crate::config::Config;
 use crate::engine::EngineRef;
-use crate::error::{fail, Error, Result, Status};
+use crate::error::{fail, message, Error, Result, Status};
 use crate::gate::Admission;
 use crate::op::{CoarseTime, Op, OpRequest, OpSource};
 use crate::peers::{run_connector, run_standby, Connects, STANDBY_NAME};
@@ -69,20 +69,21 @@ impl Transport {
         let engine = Arc::new(EngineRef::acquire().map_err(|e| {
             Error::new(
                 Status::MCFX_E_FLAGCX,
-                format!("flagcxP2pEngineCreate failed ({e}): no usable FlagCX device?"),
+                message(format_args!(
+                    "flagcxP2pEngineCreate failed ({e}): no usable FlagCX device?"
+                )),
             )
         })?);
-        let endpoint =
-            if config.serve_peers {
-                engine.serve().map_err(|e| {
-                    Error::new(Status::MCFX_E_FLAGCX, format!("FlagCX RPC server: {e}"))
-                })?;
-                Some(engine.engine.endpoint().map_err(|e| {
-                    Error::new(Status::MCFX_E_FLAGCX, format!("FlagCX metadata: {e}"))
-                })?)
-            } else {
-                None
-            };
+        let endpoint = if config.serve_peers {
+            engine.serve().map_err(|e| {
+                Error::new(Status::MCFX_E_FLAGCX, message(format_args!("FlagCX RPC server: {e}")))
+            })?;
+            Some(engine.engine.endpoint().map_err(|e| {
+                Error::new(Status::MCFX_E_FLAGCX, message(format_args!("FlagCX metadata: {e}")))
+            })?)
+        } else {
+            None
+        };
         let slot = Lease(slots::lease()?);
         let shared = Arc::new(Shared {
             registry: Registry::new(Arc::clone(&engine), config.max_regions)?,
@@ -132,7 +133,7 @@ impl Transport {
                 crate::wait_graph::set_owner(id);
                 run_connector(s.connector())
             };
-            match spawn(&format!("mcfx-connect-{i}"), run) {
+            match spawn(&message(format_args!("mcfx-connect-{i}")), run) {
                 Ok(h) => {
                     transport.thread_ids.lock().push(h.thread().id());
                     transport.threads.lock().connectors.push(h);
@@ -289,7 +290,9 @@ impl Transport {
     ) -> (usize, Option<Error>) {
         let registry = &self.shared.registry;
         let at = |i: usize| {
-            move |e: Error| Error::new(e.status, format!("op {}: {}", base + i, e.message))
+            move |e: Error| {
+                Error::new(e.status, message(format_args!("op {}: {}", base + i, e.message)))
+            }
         };
         // The current run: (its region, its first op).
         let mut run: Option<(RegionRef, usize)> = None;
@@ -355,14 +358,14 @@ impl Transport {
     fn full(&self, limit: Limit, done: usize, total: usize) -> Error {
         let config = &self.shared.config;
         let why = match limit {
-            Limit::Queue => format!("queue of {} is full", config.queue_capacity),
+            Limit::Queue => message(format_args!("queue of {} is full", config.queue_capacity)),
             Limit::InFlight => {
-                format!("{} ops are in flight (max_in_flight)", config.max_in_flight)
+                message(format_args!("{} ops are in flight (max_in_flight)", config.max_in_flight))
             }
         };
         Error::new(
             Status::MCFX_E_QUEUE_FULL,
-            format!("submit: {why}; {done} of {total} ops queued"),
+            message(format_args!("submit: {why}; {done} of {total} ops queued")),
         )
     }
 
@@ -472,13 +475,13 @@ fn validate(r: &OpRequest) -> Result<()> {
     if usize::try_from(r.len).ok().and_then(|l| r.local.checked_add(l)).is_none() {
         return fail(
             Status::MCFX_E_OVERFLOW,
-            format!("local {:#x} + length {} overflows", r.local, r.len),
+            message(format_args!("local {:#x} + length {} overflows", r.local, r.len)),
         );
     }
     if r.remote.checked_add(r.len).is_none() {
         return fail(
             Status::MCFX_E_OVERFLOW,
-            format!("remote {:#x} + length {} overflows", r.remote, r.len),
+            message(format_args!("remote {:#x} + length {} overflows", r.remote, r.len)),
         );
     }
     Ok(())

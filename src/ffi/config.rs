@@ -86,23 +86,25 @@ pub(super) unsafe fn read_config(config: *const mcfx_config) -> Result<mcfx_conf
     if !(1..=MCFX_ABI_VERSION).contains(&version) {
         return fail(
             Status::MCFX_E_BAD_CONFIG,
-            format!("config abi_version {version}, this library accepts 1..={MCFX_ABI_VERSION}"),
+            message(format_args!(
+                "config abi_version {version}, this library accepts 1..={MCFX_ABI_VERSION}"
+            )),
         );
     }
     if size < MIN_CONFIG_SIZE {
         return fail(
             Status::MCFX_E_BAD_CONFIG,
-            format!("config struct_size {size} is below the minimum {MIN_CONFIG_SIZE} (use mcfx_config_init)"),
+            message(format_args!("config struct_size {size} is below the minimum {MIN_CONFIG_SIZE} (use mcfx_config_init)")),
         );
     }
     let n = size.min(std::mem::size_of::<mcfx_config>());
     if !CONFIG_FIELD_ENDS.contains(&n) {
         return fail(
             Status::MCFX_E_BAD_CONFIG,
-            format!(
+            message(format_args!(
                 "config struct_size {size} ends inside a field (it must be sizeof(mcfx_config) \
                  of some header version; use mcfx_config_init)"
-            ),
+            )),
         );
     }
     let mut c = std::mem::MaybeUninit::<mcfx_config>::zeroed();
@@ -133,7 +135,10 @@ pub(super) fn convert_config(c: &mcfx_config) -> Result<Converted> {
         return invalid("config.resolve is NULL");
     };
     if c.flags & !(MCFX_FLAG_NO_SERVE | MCFX_FLAG_NO_PIN_ASLEEP) != 0 {
-        return fail(Status::MCFX_E_BAD_CONFIG, format!("unknown config flags {:#x}", c.flags));
+        return fail(
+            Status::MCFX_E_BAD_CONFIG,
+            message(format_args!("unknown config flags {:#x}", c.flags)),
+        );
     }
     let d = Config::default();
     let ms = |v: u32| Duration::from_millis(u64::from(v));
@@ -155,14 +160,14 @@ pub(super) fn convert_config(c: &mcfx_config) -> Result<Converted> {
     };
     let complete_ctx = Ctx(c.complete_ctx);
     let resolve_ctx = Ctx(c.resolve_ctx);
-    let on_complete = Box::new(move |user_data: u64, status: Status| {
+    let on_complete = try_box(move |user_data: u64, status: Status| {
         let ctx = complete_ctx;
         // SAFETY: the caller's callback and context, valid until destroy
         // returns (mcfx_create's contract); the progress thread catches a
         // Rust panic unwinding out of it.
         unsafe { complete(ctx.0, user_data, status) }
-    });
-    let resolver = Box::new(move |peer: u64| -> std::result::Result<String, String> {
+    })?;
+    let resolver = try_box(move |peer: u64| -> std::result::Result<String, String> {
         let ctx = resolve_ctx;
         let mut buf = [0u8; MAX_ENDPOINT_LEN + 1];
         let rc = catch_unwind(AssertUnwindSafe(|| {
@@ -190,8 +195,28 @@ pub(super) fn convert_config(c: &mcfx_config) -> Result<Converted> {
             endpoint.push_str(text);
         }
         Ok(endpoint)
-    });
+    })?;
     Ok((config, on_complete, resolver))
+}
+
+/// `value` in a new box, or `MCFX_E_NO_MEMORY` when there is no memory
+/// for it (`Box::new` would abort the host).
+fn try_box<T>(value: T) -> Result<Box<T>> {
+    let layout = std::alloc::Layout::new::<T>();
+    if layout.size() == 0 {
+        return Ok(Box::new(value)); // no allocation
+    }
+    // SAFETY: a non-zero-sized layout; the result is checked before use.
+    let p = unsafe { std::alloc::alloc(layout) }.cast::<T>();
+    if p.is_null() {
+        return fail(Status::MCFX_E_NO_MEMORY, "no memory for the config's callbacks");
+    }
+    // SAFETY: `p` is a fresh allocation of T's layout from the global
+    // allocator, which is what Box owns and frees.
+    unsafe {
+        p.write(value);
+        Ok(Box::from_raw(p))
+    }
 }
 
 /// The log callback and its level, if the config has one.
@@ -202,13 +227,13 @@ pub(super) fn convert_log(c: &mcfx_config) -> Result<Option<(u32, host_log::LogF
         l => {
             return fail(
                 Status::MCFX_E_BAD_CONFIG,
-                format!("log_level {l} is outside 1..={}", host_log::TRACE),
+                message(format_args!("log_level {l} is outside 1..={}", host_log::TRACE)),
             )
         }
     };
     let Some(log) = c.log else { return Ok(None) };
     let ctx = Ctx(c.log_ctx);
-    let f = Box::new(move |level: u32, message: &std::ffi::CStr| {
+    let f = try_box(move |level: u32, message: &std::ffi::CStr| {
         let ctx = ctx;
         let level = match level {
             host_log::ERROR => mcfx_log_level::MCFX_LOG_ERROR,
@@ -221,6 +246,6 @@ pub(super) fn convert_log(c: &mcfx_config) -> Result<Option<(u32, host_log::LogF
         // returns (mcfx_create's contract; host_log never calls a closed
         // sink); the message is NUL-terminated and outlives the call.
         unsafe { log(ctx.0, level, message.as_ptr()) }
-    });
+    })?;
     Ok(Some((level, f)))
 }

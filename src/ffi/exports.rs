@@ -12,7 +12,7 @@ use super::guard::{
 };
 use super::op::slice;
 use super::types::*;
-use crate::error::{fail, mcfx_status, Error, Status};
+use crate::error::{fail, mcfx_status, message, Error, Status};
 use crate::host_log::{self, Scope};
 use crate::transport::Transport;
 
@@ -287,7 +287,7 @@ pub unsafe extern "C" fn mcfx_local_endpoint(
         if ep.len() >= cap {
             return fail(
                 Status::MCFX_E_BUFFER_TOO_SMALL,
-                format!("endpoint needs {} bytes, buffer has {cap}", ep.len() + 1),
+                message(format_args!("endpoint needs {} bytes, buffer has {cap}", ep.len() + 1)),
             );
         }
         // SAFETY: buf is writable for cap > ep.len() bytes.
@@ -361,8 +361,9 @@ pub unsafe extern "C" fn mcfx_register_batch(
         // SAFETY: the caller provides count entries (checked non-NULL).
         for (i, r) in unsafe { slice(regions, count)? }.iter().enumerate() {
             // SAFETY: mcfx_register's contract, per region.
-            unsafe { t.register(r.addr as usize, r.length) }
-                .map_err(|e| Error::new(e.status, format!("region {i}: {}", e.message)))?;
+            unsafe { t.register(r.addr as usize, r.length) }.map_err(|e| {
+                Error::new(e.status, message(format_args!("region {i}: {}", e.message)))
+            })?;
         }
         Ok(())
     })
@@ -385,10 +386,11 @@ pub unsafe extern "C" fn mcfx_unregister_batch(
         // SAFETY: the caller provides count entries (checked non-NULL).
         for (i, a) in unsafe { slice(addrs, count)? }.iter().enumerate() {
             if a.is_null() {
-                return invalid(&format!("region {i}: NULL address"));
+                return invalid(message(format_args!("region {i}: NULL address")));
             }
-            t.unregister(*a as usize)
-                .map_err(|e| Error::new(e.status, format!("region {i}: {}", e.message)))?;
+            t.unregister(*a as usize).map_err(|e| {
+                Error::new(e.status, message(format_args!("region {i}: {}", e.message)))
+            })?;
         }
         Ok(())
     })

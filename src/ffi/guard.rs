@@ -13,7 +13,7 @@ use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use crate::error::{fail, mcfx_status, Result, Status};
+use crate::error::{fail, mcfx_status, message, Result, Status};
 use crate::gate::{Admission, Refused};
 use crate::host_log::{self, Scope, Sink};
 use crate::slots::{self, Slot};
@@ -90,13 +90,13 @@ pub(super) fn guard(name: &str, body: impl FnOnce() -> Result<()>) -> mcfx_statu
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
             let _ = catch_unwind(|| tracing::error!(function = name, "panic: {what}"));
-            set_last_error(name, &format!("internal panic: {what}"));
+            set_last_error(name, &message(format_args!("internal panic: {what}")));
             mcfx_status::MCFX_E_PANIC
         }
     }
 }
 
-pub(super) fn invalid<T>(what: &str) -> Result<T> {
+pub(super) fn invalid<T>(what: impl Into<std::borrow::Cow<'static, str>>) -> Result<T> {
     fail(Status::MCFX_E_INVALID_ARGUMENT, what)
 }
 

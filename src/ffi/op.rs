@@ -2,7 +2,7 @@
 
 use super::guard::invalid;
 use super::types::{mcfx_op, MCFX_OP_READ, MCFX_OP_WRITE};
-use crate::error::Result;
+use crate::error::{message, Result};
 use crate::op::{OpRequest, OpSource, Opcode};
 
 /// # Safety
@@ -47,6 +47,6 @@ impl OpSource for mcfx_op {
 fn bad_op(op: &mcfx_op) -> Result<OpRequest> {
     match op.opcode {
         MCFX_OP_READ | MCFX_OP_WRITE => invalid("reserved field is not 0"),
-        other => invalid(&format!("unknown opcode {other}")),
+        other => invalid(message(format_args!("unknown opcode {other}"))),
     }
 }
