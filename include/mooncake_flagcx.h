@@ -490,11 +490,12 @@ const char *mcfx_strerror(int32_t status);
 
 // Copies the message of this thread's last failed call into `buf` (at most
 // `cap - 1` bytes plus a NUL) and returns the message's full length, like
-// `snprintf`. `buf` may be NULL when `cap` is 0. Thread-safe (per thread).
+// `snprintf` (messages are at most 512 bytes). `buf` may be NULL when `cap` is 0. Thread-safe (per thread).
 //
 // # Safety
 // `buf` must be writable for `cap` bytes.
-size_t mcfx_last_error(char *buf, size_t cap);
+size_t mcfx_last_error(char *buf,
+                       size_t cap);
 
 // Fills the first `size` bytes of `*config` (pass `sizeof(mcfx_config)` as
 // the caller compiled it) with the defaults: `struct_size` (the part

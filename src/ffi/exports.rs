@@ -53,7 +53,7 @@ pub extern "C" fn mcfx_strerror(status: i32) -> *const c_char {
 
 /// Copies the message of this thread's last failed call into `buf` (at most
 /// `cap - 1` bytes plus a NUL) and returns the message's full length, like
-/// `snprintf`. `buf` may be NULL when `cap` is 0. Thread-safe (per thread).
+/// `snprintf` (messages are at most 512 bytes). `buf` may be NULL when `cap` is 0. Thread-safe (per thread).
 ///
 /// # Safety
 /// `buf` must be writable for `cap` bytes.
@@ -62,6 +62,7 @@ pub unsafe extern "C" fn mcfx_last_error(buf: *mut c_char, cap: usize) -> usize 
     catch_unwind(|| {
         LAST_ERROR.with(|m| {
             let m = m.borrow();
+            let m = m.as_bytes();
             if !buf.is_null() && cap > 0 {
                 let n = m.len().min(cap - 1);
                 // SAFETY: the caller made buf writable for cap > n bytes.

@@ -54,22 +54,50 @@ pub(super) fn publish(body: Body) -> *mut mcfx_transport {
     (slot as *const Slot).cast_mut().cast::<mcfx_transport>()
 }
 
-thread_local! {
-    pub(super) static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
+/// This thread's last error message: a fixed buffer, not a `String`. A
+/// thread-local with a destructor makes glibc register it on the thread's
+/// first use, which allocates and, with no memory left, aborts the process
+/// ("failed to register TLS destructor"); this one has nothing to drop and
+/// nothing to allocate.
+pub(super) struct LastError {
+    text: [u8; LAST_ERROR_CAP],
+    len: usize,
 }
 
-/// Keeps `name: message` as this thread's last error. Never aborts: when
-/// there is no memory for the text, the message is left empty (the status
-/// says what failed).
+/// The longest last-error message kept, in bytes (longer ones are cut at a
+/// character boundary).
+const LAST_ERROR_CAP: usize = 512;
+
+impl LastError {
+    pub(super) fn as_bytes(&self) -> &[u8] {
+        &self.text[..self.len]
+    }
+
+    fn push(&mut self, s: &str) {
+        let room = LAST_ERROR_CAP - self.len;
+        let mut n = s.len().min(room);
+        while !s.is_char_boundary(n) {
+            n -= 1;
+        }
+        self.text[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+    }
+}
+
+thread_local! {
+    pub(super) static LAST_ERROR: RefCell<LastError> =
+        const { RefCell::new(LastError { text: [0; LAST_ERROR_CAP], len: 0 }) };
+}
+
+/// Keeps `name: message` as this thread's last error (at most 512 bytes).
+/// Never allocates.
 pub(super) fn set_last_error(name: &str, message: &str) {
     let _ = LAST_ERROR.try_with(|m| {
         let mut m = m.borrow_mut();
-        m.clear();
-        if m.try_reserve(name.len() + 2 + message.len()).is_ok() {
-            m.push_str(name);
-            m.push_str(": ");
-            m.push_str(message);
-        }
+        m.len = 0;
+        m.push(name);
+        m.push(": ");
+        m.push(message);
     });
 }
 
