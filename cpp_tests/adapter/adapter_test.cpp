@@ -645,6 +645,22 @@ TEST_F(AdapterPluginLoading, ShortFunctionTableIsRejected) {
     EXPECT_NE(log.find("function table has"), std::string::npos) << log;
 }
 
+// A plugin built before `capabilities` was appended to the v1 table still
+// loads; the adapter says it cannot tell what the plugin's FlagCX can do.
+TEST_F(AdapterPluginLoading, FirstV1TableIsAcceptedWithoutCapabilities) {
+    std::string log;
+    EXPECT_GE(install(MCFX_TEST_FAKE_FIRST_V1_TABLE, log), 0) << log;
+    EXPECT_NE(log.find("does not report its capabilities"), std::string::npos) << log;
+}
+
+// The real plugin on the software provider: Mooncake's log says it is a
+// test double.
+TEST_F(AdapterPluginLoading, InstallSaysTheSoftwareProviderIsATestDouble) {
+    std::string log;
+    EXPECT_GE(install(MCFX_TEST_PLUGIN_PATH, log), 0) << log;
+    EXPECT_NE(log.find("software FlagCX provider"), std::string::npos) << log;
+}
+
 TEST_F(AdapterPluginLoading, LibraryWithoutEntryPointIsRejected) {
     std::string log;
     EXPECT_LT(install(MCFX_TEST_FAKE_NO_ENTRY, log), 0);

@@ -98,6 +98,7 @@ class FlagCxTransport : public Transport {
 
     int createPluginTransport();
     int publishLocalSegment();
+    void logCapabilities() const;
     void destroyPluginTransport();
     // Hands `count` ops (ops[i] belongs to slices[i]) to the plugin; while
     // the plugin is full it waits and resubmits (until the ops' deadline);

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -147,10 +148,13 @@ bool loadPlugin(Plugin &out, std::string &error) {
                 "; this FlagCxTransport needs version 1";
         return false;
     }
-    if (api->struct_size < sizeof(mcfx_api_v1)) {
+    // The table only grows at the end: entries appended after the first v1
+    // table (`capabilities`) are used only when struct_size covers them.
+    constexpr size_t kFirstV1TableSize = offsetof(mcfx_api_v1, capabilities);
+    if (api->struct_size < kFirstV1TableSize) {
         error = where + ": its function table has " +
                 std::to_string(api->struct_size) + " bytes, expected at least " +
-                std::to_string(sizeof(mcfx_api_v1));
+                std::to_string(kFirstV1TableSize);
         return false;
     }
     if (!api->impl_name || !api->strerror || !api->last_error ||
@@ -503,7 +507,31 @@ int FlagCxTransport::createPluginTransport() {
     FCX_LOG(INFO) << "FlagCxTransport: plugin " << plugin_path_ << " ("
                   << plugin.origin << "), implementation "
                   << api_->impl_name();
+    logCapabilities();
     return 0;
+}
+
+// Says in Mooncake's log what the loaded FlagCX cannot do: a production
+// deployment must know when it runs on the software provider (a test
+// double), or when a failed transfer would complete as a success.
+void FlagCxTransport::logCapabilities() const {
+    const bool has = api_->struct_size >= offsetof(mcfx_api_v1, capabilities) +
+                                              sizeof(api_->capabilities) &&
+                     api_->capabilities != nullptr;
+    if (!has) {
+        FCX_LOG(INFO) << "FlagCxTransport: the plugin does not report its "
+                         "capabilities (an older plugin)";
+        return;
+    }
+    const uint64_t caps = api_->capabilities();
+    if (caps & MCFX_CAP_SOFTWARE_PROVIDER)
+        FCX_LOG(WARNING) << "FlagCxTransport: the plugin runs on the software "
+                            "FlagCX provider, a test double (no RDMA): not for "
+                            "production";
+    if (!(caps & MCFX_CAP_REPORTS_TRANSFER_FAILURES))
+        FCX_LOG(WARNING) << "FlagCxTransport: this FlagCX cannot report failed "
+                            "transfers: a transfer that fails completes as a "
+                            "success (verify data end to end where it matters)";
 }
 
 // Publishes this engine's segment: protocol "flagcx" and, in
