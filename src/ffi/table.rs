@@ -40,7 +40,11 @@ unsafe extern "C" fn strerror_entry(status: i32) -> *const c_char {
 
 /// The version-1 function table, for `dlopen` + `dlsym("mcfx_get_api_v1")`
 /// users. Check `abi_version == 1` (always, also in libraries of a later ABI
-/// version) and `struct_size >= sizeof(mcfx_api_v1)` before using it.
+/// version) and that `struct_size` covers the entries you call: the table
+/// only grows at the end, so a library older than your header may end
+/// before its newest entries (`offsetof(mcfx_api_v1, capabilities)`, 112 on
+/// LP64, is the size of the first v1 table; call `capabilities` only when
+/// `struct_size` covers it).
 /// Static; never NULL; thread-safe.
 #[no_mangle]
 pub extern "C" fn mcfx_get_api_v1() -> *const mcfx_api_v1 {
