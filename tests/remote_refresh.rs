@@ -21,7 +21,8 @@
 
 mod common;
 
-use std::ffi::c_void;
+use std::ffi::{c_char, c_void};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::Duration;
 
 use common::*;
@@ -181,5 +182,67 @@ fn a_region_the_peer_registers_again_is_reached_by_the_next_op() {
     for ud in 1..=3 {
         assert_eq!(write_one(&p.a, &p.src, p.dst.addr() as u64, ud), OK, "op {ud}");
     }
+    assert_no_violations();
+}
+
+#[test]
+fn a_failed_transfer_is_resubmitted_once_on_a_fresh_connection() {
+    let _g = serial();
+    let p = Pair::new(LEN);
+    assert_eq!(write_one(&p.a, &p.src, p.dst.addr() as u64, 0), OK);
+    let before = p.a.stats();
+    // The next transfer fails (no bytes move); the refresh it asks for
+    // still describes the range, so the op goes to FlagCX again.
+    assert!(sw::set_knob(Knob::FailOp, 1));
+    assert_eq!(write_one(&p.a, &p.src, p.dst.addr() as u64, 1), OK);
+    let after = p.a.stats();
+    assert_eq!(after.flagcx_transfers - before.flagcx_transfers, 2, "one resubmit");
+    assert_eq!(after.reconnects - before.reconnects, 1, "one refresh");
+    assert_no_violations();
+}
+
+/// Set: the next resolver call makes the transfer after it fail.
+static FAIL_AFTER_RESOLVE: AtomicBool = AtomicBool::new(false);
+
+/// The fixture's resolver (`ctx` is the node's `Directory`), which also
+/// arms `FailOp` when `FAIL_AFTER_RESOLVE` is set: the refresh a failed
+/// transfer asks for then makes its resubmit fail too.
+unsafe extern "C-unwind" fn resolve_then_fail_next(
+    ctx: *mut c_void,
+    peer: u64,
+    buf: *mut c_char,
+    cap: usize,
+) -> i32 {
+    if FAIL_AFTER_RESOLVE.swap(false, SeqCst) {
+        assert!(sw::set_knob(Knob::FailOp, 1));
+    }
+    // SAFETY: ctx is the Directory the node keeps alive past destroy.
+    let dir = unsafe { &*(ctx as *const Directory) };
+    let Some(ep) = dir.lookup(peer) else { return -1 };
+    if ep.len() >= cap {
+        return -2;
+    }
+    // SAFETY: buf is writable for cap > ep.len() bytes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(ep.as_ptr(), buf.cast::<u8>(), ep.len());
+        *buf.add(ep.len()) = 0;
+    }
+    0
+}
+
+#[test]
+fn a_transfer_that_fails_again_after_its_resubmit_fails_its_op() {
+    let _g = serial();
+    let p = Pair::with(LEN, |c| c.resolve = Some(resolve_then_fail_next));
+    assert_eq!(write_one(&p.a, &p.src, p.dst.addr() as u64, 0), OK);
+    let before = p.a.stats();
+    assert!(sw::set_knob(Knob::FailOp, 1));
+    FAIL_AFTER_RESOLVE.store(true, SeqCst);
+    assert_eq!(write_one(&p.a, &p.src, p.dst.addr() as u64, 1), MCFX_E_TRANSFER_FAILED);
+    let after = p.a.stats();
+    assert_eq!(after.flagcx_transfers - before.flagcx_transfers, 2, "one resubmit, no more");
+    assert_eq!(after.reconnects - before.reconnects, 1, "one refresh");
+    // The peer stays usable.
+    assert_eq!(write_one(&p.a, &p.src, p.dst.addr() as u64, 2), OK);
     assert_no_violations();
 }
