@@ -184,9 +184,11 @@ enum mcfx_status
   // connect timeout.
   MCFX_E_CONNECT = 13,
   // Operation: the remote range is not inside memory the peer registered,
-  // even after reconnecting to refresh the peer's region list.
+  // as seen by a connection made after the op was submitted (see
+  // `mcfx_op.remote_addr`).
   MCFX_E_REMOTE_RANGE = 14,
-  // Operation: FlagCX reported the transfer failed.
+  // Operation: FlagCX reported the transfer failed (again after one
+  // resubmit, or with no new connection to the peer to resubmit on).
   MCFX_E_TRANSFER_FAILED = 15,
   // Operation: not finished by its deadline.
   MCFX_E_TIMEOUT = 16,
@@ -377,7 +379,16 @@ typedef struct mcfx_op {
   uint64_t length;
   // The peer, resolved through the resolver callback on first use.
   uint64_t peer_id;
-  // Absolute address in the peer's registered memory.
+  // Absolute address in the peer's registered memory: memory the peer
+  // registered before this op's `mcfx_submit` call. FlagCX knows a
+  // peer's regions as they were when a connection was made, so the op
+  // fails `MCFX_E_REMOTE_RANGE` only if `[remote_addr, +length)` is not
+  // in them as seen by a connection made after the op was submitted: a
+  // lookup that misses on an older connection waits for a reconnect (the
+  // one under way for that peer, or one it starts; the misses of a peer
+  // share it) and is retried on it, where a miss fails at once. A
+  // transfer that fails is resubmitted once on such a connection when it
+  // still describes the range (the peer registered the base again).
   uint64_t remote_addr;
   // Returned in the completion.
   uint64_t user_data;

@@ -46,9 +46,11 @@ pub enum mcfx_status {
     /// connect timeout.
     MCFX_E_CONNECT = 13,
     /// Operation: the remote range is not inside memory the peer registered,
-    /// even after reconnecting to refresh the peer's region list.
+    /// as seen by a connection made after the op was submitted (see
+    /// `mcfx_op.remote_addr`).
     MCFX_E_REMOTE_RANGE = 14,
-    /// Operation: FlagCX reported the transfer failed.
+    /// Operation: FlagCX reported the transfer failed (again after one
+    /// resubmit, or with no new connection to the peer to resubmit on).
     MCFX_E_TRANSFER_FAILED = 15,
     /// Operation: not finished by its deadline.
     MCFX_E_TIMEOUT = 16,

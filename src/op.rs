@@ -74,6 +74,17 @@ impl CoarseTime {
         CoarseTime(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
     }
 
+    /// The precise monotonic clock (`CLOCK_MONOTONIC`), on the same scale:
+    /// never behind a coarse reading taken before it. For stamps that a
+    /// coarse reading is compared with (when a connection was made, see
+    /// `peers::Connection`), off the hot path.
+    pub fn precise_now() -> CoarseTime {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: as in `now`; CLOCK_MONOTONIC exists on every target.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        CoarseTime(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+    }
+
     /// The clock's tick: a reading lags the true time by less than this.
     pub fn resolution() -> Duration {
         let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -96,5 +107,11 @@ impl CoarseTime {
     #[inline]
     pub fn plus_ns(self, after: u64) -> CoarseTime {
         CoarseTime(self.0.saturating_add(after))
+    }
+
+    /// `before` earlier (at 0 at the earliest).
+    #[inline]
+    pub fn minus_ns(self, before: u64) -> CoarseTime {
+        CoarseTime(self.0.saturating_sub(before))
     }
 }

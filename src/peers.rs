@@ -53,6 +53,7 @@ use crate::config::MAX_ENDPOINT_LEN;
 use crate::engine::EngineRef;
 use crate::error::{Error, Status};
 use crate::log::message;
+use crate::op::CoarseTime;
 use crate::queue::SubmitQueue;
 use crate::stats::Stats;
 use flagcx_sys::Conn;
@@ -95,8 +96,9 @@ pub(crate) const STANDBY_NAME: &str = "mcfx-connect-x";
 pub enum ConnectKind {
     /// The peer has no connection yet.
     First,
-    /// A descriptor lookup failed: connect again so the peer's region list
-    /// (FlagCX snapshots it at connect time) includes newer registrations.
+    /// A descriptor lookup failed on a connection older than its op, or a
+    /// transfer failed: connect again so the peer's region list (FlagCX
+    /// snapshots it at connect time) includes newer registrations and keys.
     Refresh,
 }
 
@@ -109,7 +111,41 @@ pub struct ConnectRequest {
 pub struct ConnectResult {
     pub peer: u64,
     pub kind: ConnectKind,
-    pub outcome: Result<Conn, Error>,
+    pub outcome: Result<Connection, Error>,
+}
+
+/// A connection to a peer and what tells which ops it can judge: FlagCX
+/// describes the peer's regions as they were when it was made (its
+/// snapshot), so a remote range it does not describe is missing for an op
+/// only when it was made after that op was submitted (see
+/// `progress::Progress::covers`).
+pub struct Connection {
+    conn: Conn,
+    /// When its FlagCX connect began, on the precise monotonic clock
+    /// (`CoarseTime::precise_now`, the scale of the ops' coarse stamps):
+    /// the snapshot was taken after this.
+    pub made: CoarseTime,
+    /// The number of the connect request that made it
+    /// (`PeerTable::requested`, set by the progress thread when it lands):
+    /// every op that left the queue before that request was filed was
+    /// submitted before the connection was made.
+    pub request: u32,
+}
+
+impl std::ops::Deref for Connection {
+    type Target = Conn;
+    #[inline]
+    fn deref(&self) -> &Conn {
+        &self.conn
+    }
+}
+
+impl Connection {
+    /// A connection made by hand (tests), stamped now.
+    #[cfg(test)]
+    pub(crate) fn for_test(conn: Conn) -> Connection {
+        Connection { conn, made: CoarseTime::precise_now(), request: 0 }
+    }
 }
 
 /// The request and result queues between the progress thread and the
@@ -624,7 +660,7 @@ fn attempt(ctx: &Connector<'_>, request: ConnectRequest) {
     ctx.queue.notify();
 }
 
-fn connect(ctx: &Connector<'_>, peer: u64) -> Result<Conn, Error> {
+fn connect(ctx: &Connector<'_>, peer: u64) -> Result<Connection, Error> {
     let closing = || {
         let why = message(format_args!("peer {peer}: the transport is shutting down"));
         Err(Error::new(Status::MCFX_E_CANCELED, why))
@@ -653,16 +689,19 @@ fn connect(ctx: &Connector<'_>, peer: u64) -> Result<Conn, Error> {
         }
         pool.in_flagcx += 1;
     }
+    // Before the handshake, in which the peer sends its regions.
+    let made = CoarseTime::precise_now();
     let conn = ctx.engine.engine.connect(&host, 0, port);
     {
         let mut pool = ctx.connects.pool.lock();
         pool.in_flagcx -= 1;
     }
     ctx.connects.changed.notify_all();
-    conn.map_err(|e| {
+    let conn = conn.map_err(|e| {
         let why = message(format_args!("peer {peer} at {endpoint}: FlagCX connect: {e}"));
         Error::new(Status::MCFX_E_CONNECT, why)
-    })
+    })?;
+    Ok(Connection { conn, made, request: 0 })
 }
 
 /// What is wrong with an endpoint (see [`parse_endpoint`]).
@@ -732,14 +771,14 @@ pub fn parse_endpoint(endpoint: &str) -> Result<(CString, u16), BadEndpoint> {
 
 /// Connection state of one peer (progress thread only).
 pub struct Peer {
-    pub conn: Option<Arc<Conn>>,
+    pub conn: Option<Arc<Connection>>,
     /// A connect (first or refresh) is under way.
     pub connecting: bool,
     /// Ops (slot indices) waiting for `connecting` to finish.
     pub waiting: Vec<u32>,
-    /// When the last refresh reconnect finished (see `REFRESH_INTERVAL` in
-    /// `progress`).
-    pub refreshed_at: Option<std::time::Instant>,
+    /// The number of its latest connect request (see
+    /// `PeerTable::requested`); the connection it brings carries it.
+    pub request: u32,
 }
 
 /// Hashes a peer id with one multiply: ids are chosen by the caller, not by
@@ -767,16 +806,42 @@ impl std::hash::Hasher for IdHasher {
 #[derive(Default)]
 pub struct PeerTable {
     pub peers: HashMap<u64, Peer, BuildHasherDefault<IdHasher>>,
+    /// Connect requests filed so far, all peers together (wrapping): the
+    /// progress thread records it in each op it takes from the queue, so an
+    /// op whose record is below a connection's `request` number left the
+    /// queue, and so was submitted, before that connection was asked for.
+    pub requested: u32,
 }
 
 impl PeerTable {
     /// The peer's entry, created (and its first connect requested) if new.
     pub fn entry(&mut self, peer: u64, connects: &Connects) -> &mut Peer {
+        let requested = &mut self.requested;
         self.peers.entry(peer).or_insert_with(|| {
+            *requested = requested.wrapping_add(1);
             connects.request(peer, ConnectKind::First);
-            Peer { conn: None, connecting: true, waiting: Vec::new(), refreshed_at: None }
+            Peer { conn: None, connecting: true, waiting: Vec::new(), request: *requested }
         })
     }
+
+    /// Asks for a refresh of `peer`'s connection (a reconnect), which must
+    /// have none under way.
+    pub fn refresh(&mut self, peer_id: u64, connects: &Connects) {
+        let Some(peer) = self.peers.get_mut(&peer_id) else { return };
+        debug_assert!(!peer.connecting, "a second connect for one peer");
+        self.requested = self.requested.wrapping_add(1);
+        peer.connecting = true;
+        peer.request = self.requested;
+        connects.request(peer_id, ConnectKind::Refresh);
+    }
+}
+
+/// Whether an op that left the queue when `drained_at` requests were filed
+/// did so before request number `request` was filed (wrapping: the two are
+/// less than 2^31 requests apart, which an op's life never sees).
+#[inline]
+pub fn drained_before(drained_at: u32, request: u32) -> bool {
+    (request.wrapping_sub(drained_at) as i32) > 0
 }
 
 #[cfg(test)]

@@ -75,13 +75,13 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flagcx_sys::{Conn, IovList, Poll, TransferId};
+use flagcx_sys::{IovList, Poll, TransferId};
 
 use crate::error::{fail, Result, Status};
 use crate::failure_log::FailureLog;
 use crate::group::{pieces, Groups};
 use crate::op::{CoarseTime, Op, Opcode};
-use crate::peers::{ConnectKind, ConnectResult, PeerTable};
+use crate::peers::{drained_before, ConnectKind, ConnectResult, Connection, PeerTable};
 use crate::registry::RegionRef;
 use crate::shared::Shared;
 use crate::stats::Stats;
@@ -115,20 +115,19 @@ const MAX_ZOMBIES: usize = 4096;
 /// A peer's waiting list that emptied keeps at most this capacity (more is
 /// freed): a burst for a slow peer does not leave its memory behind.
 const SPARE_WAITING: usize = 64;
-/// At most one refresh reconnect per peer per interval: a remote-range miss
-/// (or a failed transfer) within this time after a refresh finished is
-/// judged against that fresh connection at once, without reconnecting.
-pub const REFRESH_INTERVAL: Duration = Duration::from_millis(100);
-
 struct Slot {
     op: Option<Op>,
-    /// Set once the op waited for a refresh reconnect; a second descriptor
-    /// failure then fails it.
-    refreshed: bool,
-    /// Its FlagCX transfer failed; it waits for a fresh connection that
-    /// tells whether its remote range is still registered
-    /// (`MCFX_E_REMOTE_RANGE`) or not the cause (`MCFX_E_TRANSFER_FAILED`).
+    /// `PeerTable::requested` when the op left the queue: a connection
+    /// whose request number is higher was asked for after the op was
+    /// submitted (see `covers`).
+    drained_at: u32,
+    /// Its FlagCX transfer failed; it waits for a connection made after its
+    /// submit, which tells whether its remote range is still registered
+    /// (resubmitted once on it) or gone (`MCFX_E_REMOTE_RANGE`).
     failed_transfer: bool,
+    /// It was resubmitted after a failed transfer: another failure is its
+    /// last (`MCFX_E_TRANSFER_FAILED`).
+    retried: bool,
     /// When it started waiting for a connection (for `connect_timeout`;
     /// its deadline is the op's own, `Op::deadline`).
     waiting_since: Instant,
@@ -141,7 +140,7 @@ struct Transfer {
     /// on the same connection (the common case) takes no new reference. A
     /// refresh that replaces a connection clears it in every spare transfer
     /// (`forget_spare_conns`).
-    conn: Option<Arc<Conn>>,
+    conn: Option<Arc<Connection>>,
     /// `Some` exactly while in flight.
     id: Option<TransferId>,
     /// Its ops (slot indices): at least one while in flight; the ops of the
@@ -229,7 +228,7 @@ pub(crate) struct Progress {
     peers: PeerTable,
     /// This pass's ops of connected peers, by (peer, opcode); empty between
     /// passes (`flush_groups` turns every group into FlagCX calls).
-    groups: Groups<Arc<Conn>>,
+    groups: Groups<Arc<Connection>>,
     /// FlagCX vector calls issued and not yet reported finished (the live
     /// ones; each has an id and at least one member), then spare ones, the
     /// first of which collects the call being built.
@@ -237,7 +236,7 @@ pub(crate) struct Progress {
     /// Timed-out transfers whose ops already completed, still polled (so
     /// FlagCX can recycle the ids); at most `MAX_ZOMBIES`; an entry whose id
     /// reported finished (`None`) is dropped at the end of the poll.
-    zombies: Vec<(Arc<Conn>, Option<TransferId>)>,
+    zombies: Vec<(Arc<Connection>, Option<TransferId>)>,
     /// Entries of the FlagCX call being built; empty between calls (`submit`
     /// empties it), `IOVS_PER_CALL` plus the pieces of its last op at most.
     /// Its ops are the members of
@@ -263,6 +262,9 @@ pub(crate) struct Progress {
     /// Placeholder time for fields not yet stamped (never compared as a
     /// deadline: `waiting_since` is stamped before it is read).
     epoch: Instant,
+    /// `op_timeout` in ns: an op's deadline less this is a time no earlier
+    /// than its submit (see `covers`).
+    op_timeout_ns: u64,
 }
 
 impl Progress {
@@ -301,6 +303,7 @@ impl Progress {
             clock: None,
             coarse: None,
             epoch: now,
+            op_timeout_ns: u64::try_from(config.op_timeout.as_nanos()).unwrap_or(u64::MAX),
             shared,
             failures: FailureLog::default(),
         })
@@ -370,6 +373,10 @@ impl Progress {
         }
         if !self.inflight.is_empty() {
             moved |= self.poll_inflight();
+            // Ops resubmitted after a failed transfer (`judge_failed`).
+            if !self.groups.is_empty() {
+                self.flush_groups();
+            }
         }
         if self.waiting > 0 && self.now() >= self.next_wait_scan {
             self.expire_waiting();
@@ -480,8 +487,9 @@ impl Progress {
         // (`park_stamp`), so it is left as it is.
         let slot = &mut self.slots[i as usize];
         slot.op = Some(op);
-        slot.refreshed = false;
+        slot.drained_at = self.peers.requested;
         slot.failed_transfer = false;
+        slot.retried = false;
         Some(i)
     }
 
@@ -507,8 +515,9 @@ impl Progress {
         }
         self.slots.push(Slot {
             op: Some(op),
-            refreshed: false,
+            drained_at: self.peers.requested,
             failed_transfer: false,
+            retried: false,
             waiting_since: self.epoch,
         });
         Some(len as u32)
@@ -559,11 +568,11 @@ impl Progress {
             let msg = "no memory for the peer's list of waiting ops";
             return self.complete(idx, Status::MCFX_E_NO_MEMORY, Some(msg));
         }
-        if refresh && !peer.connecting {
-            peer.connecting = true;
-            connects.request(peer_id, ConnectKind::Refresh);
-        }
+        let ask = refresh && !peer.connecting;
         peer.waiting.push(idx);
+        if ask {
+            self.peers.refresh(peer_id, connects);
+        }
         self.waiting += 1;
         self.park_stamp(idx);
     }
@@ -631,7 +640,7 @@ impl Progress {
     /// A refresh replaced a peer's connection: spare transfers and groups
     /// drop the references they kept for reuse, so the replaced connection
     /// closes once the transfers still in flight on it finish (cold: a
-    /// refresh is at most one per peer per `REFRESH_INTERVAL`).
+    /// refresh follows a remote-range miss or a failed transfer).
     #[cold]
     fn forget_spare_conns(&mut self) {
         for t in &mut self.inflight.all[self.inflight.live..] {
@@ -646,36 +655,21 @@ impl Progress {
         // vector (`keep_larger`): every path below ends there.
         let mut waiting = Vec::new();
         let refresh = r.kind == ConnectKind::Refresh;
-        let now = if refresh { Some(self.now()) } else { None };
         match r.outcome {
-            Ok(conn) => {
-                let conn = Arc::new(conn);
+            Ok(mut conn) => {
                 let mut replaced = false;
                 if let Some(peer) = self.peers.peers.get_mut(&r.peer) {
-                    replaced = peer.conn.replace(Arc::clone(&conn)).is_some();
+                    conn.request = peer.request;
+                    let conn = Arc::new(conn);
+                    replaced = peer.conn.replace(conn).is_some();
                     peer.connecting = false;
-                    if now.is_some() {
-                        peer.refreshed_at = now;
-                    }
                     waiting = std::mem::take(&mut peer.waiting);
                 }
                 if replaced {
                     self.forget_spare_conns();
                 }
                 self.waiting -= waiting.len();
-                let max_batch = self.shared.config.max_batch;
-                for (i, &idx) in waiting.iter().enumerate() {
-                    if self.slots[idx as usize].failed_transfer {
-                        self.judge_failed(idx, &conn);
-                    } else {
-                        self.route(idx);
-                    }
-                    // The groups take at most a drain's worth at a time (up
-                    // to max_in_flight ops may have waited).
-                    if (i + 1) % max_batch == 0 {
-                        self.flush_groups();
-                    }
-                }
+                self.retry_waiting(r.peer, &waiting);
             }
             Err(e) => {
                 if let Some(mut peer) = self.peers.peers.remove(&r.peer) {
@@ -686,7 +680,6 @@ impl Progress {
                         // fail below. (Re-inserted where it was removed
                         // from: no allocation.)
                         peer.connecting = false;
-                        peer.refreshed_at = now;
                         self.peers.peers.insert(r.peer, peer);
                     }
                 }
@@ -704,6 +697,53 @@ impl Progress {
         self.keep_larger(waiting);
     }
 
+    /// The ops that waited for `peer_id`'s connection, which just landed:
+    /// they go to FlagCX on it (a remote-range miss there is judged by
+    /// `remote_range_miss`), and those whose transfer failed are judged
+    /// against it (`judge_failed`) when it was made after their submit, or
+    /// wait for one that is.
+    fn retry_waiting(&mut self, peer_id: u64, waiting: &[u32]) {
+        let max_batch = self.shared.config.max_batch;
+        for (i, &idx) in waiting.iter().enumerate() {
+            if self.slots[idx as usize].failed_transfer {
+                match self.current_conn(peer_id) {
+                    Some(conn) if self.covers(idx, &conn) => self.judge_failed(idx, &conn),
+                    _ => self.wait_for_conn(peer_id, idx, true),
+                }
+            } else {
+                self.route(idx);
+            }
+            // The groups take at most a drain's worth at a time (up to
+            // max_in_flight ops may have waited).
+            if (i + 1) % max_batch == 0 {
+                self.flush_groups();
+            }
+        }
+    }
+
+    /// The peer's connection when it has one and no connect is under way.
+    fn current_conn(&self, peer_id: u64) -> Option<Arc<Connection>> {
+        let peer = self.peers.peers.get(&peer_id)?;
+        match (&peer.conn, peer.connecting) {
+            (Some(conn), false) => Some(Arc::clone(conn)),
+            _ => None,
+        }
+    }
+
+    /// Whether `conn` was made after op `idx` was submitted, so that what it
+    /// describes of the peer's regions includes everything the peer
+    /// registered before that submit: when the op left the queue before the
+    /// connection was asked for (exact: both happen on this thread), or when
+    /// the connection's FlagCX connect began after the latest time the op's
+    /// submit call can have read the clock (its deadline less `op_timeout`:
+    /// the coarse reading plus the clock's resolution).
+    fn covers(&self, idx: u32, conn: &Connection) -> bool {
+        let slot = &self.slots[idx as usize];
+        let op = slot.op.as_ref().expect("live slot");
+        drained_before(slot.drained_at, conn.request)
+            || conn.made > op.deadline.minus_ns(self.op_timeout_ns)
+    }
+
     /// Keeps the larger of `list` (a list of ops just handled) and the
     /// scratch vector, emptied, as the scratch vector; frees the other. So
     /// no peer keeps spare capacity after its list was handled, and the
@@ -715,41 +755,35 @@ impl Progress {
         }
     }
 
-    /// Completes an op whose transfer failed: `MCFX_E_REMOTE_RANGE` when
-    /// `conn` (made after the failure) no longer describes its remote range
-    /// (the peer unregistered it: the same status a later op gets from its
-    /// descriptor lookup), else `MCFX_E_TRANSFER_FAILED`.
-    fn judge_failed(&mut self, idx: u32, conn: &Conn) {
+    /// Judges an op whose transfer failed against `conn`, a connection made
+    /// after its submit (see `covers`) other than the one it failed on:
+    /// `MCFX_E_REMOTE_RANGE` when `conn` does not describe its remote range
+    /// (the peer unregistered it: the same status its descriptor lookup
+    /// gives a later op); otherwise it goes to FlagCX again, on `conn`, once
+    /// (the peer registered the base again: a new key), and a second
+    /// failure is `MCFX_E_TRANSFER_FAILED`.
+    #[cold]
+    #[inline(never)]
+    fn judge_failed(&mut self, idx: u32, conn: &Connection) {
         let max = self.shared.config.max_slice_bytes;
         let op = self.op(idx);
         let (peer, remote, len) = (op.req.peer, op.req.remote, op.req.len);
         let gone = pieces(len, max)
             .find(|&(off, piece)| conn.make_desc(remote + off, piece as u32).is_err());
-        match gone {
-            Some((off, piece)) => {
-                let msg = format!(
-                    "peer {peer}: remote range [{:#x}, +{piece}) is no longer in any region the \
-                     peer registered (the transfer failed)",
-                    remote + off
-                );
-                self.complete(idx, Status::MCFX_E_REMOTE_RANGE, Some(&msg));
-            }
-            None => self.complete(
-                idx,
-                Status::MCFX_E_TRANSFER_FAILED,
-                Some("FlagCX reported the transfer failed"),
-            ),
+        if let Some((off, piece)) = gone {
+            let msg = format!(
+                "peer {peer}: remote range [{:#x}, +{piece}) is no longer in any region the \
+                 peer registered (the transfer failed)",
+                remote + off
+            );
+            return self.complete(idx, Status::MCFX_E_REMOTE_RANGE, Some(&msg));
         }
-    }
-
-    /// Whether `peer` had a refresh finish within `REFRESH_INTERVAL`.
-    fn refreshed_recently(&mut self, peer_id: u64) -> bool {
-        let now = self.now();
-        self.peers
-            .peers
-            .get(&peer_id)
-            .and_then(|p| p.refreshed_at)
-            .is_some_and(|at| now < at + REFRESH_INTERVAL)
+        let slot = &mut self.slots[idx as usize];
+        slot.failed_transfer = false;
+        slot.retried = true;
+        // Into a group on the peer's connection (`conn`, unless a miss of
+        // another op asked for a refresh since; then it waits for that).
+        self.route(idx);
     }
 
     // ---- 3. groups -> FlagCX vector calls ------------------------------------
@@ -783,9 +817,9 @@ impl Progress {
     }
 
     /// Appends the op's entries (one per `max_slice_bytes` piece). On a
-    /// descriptor failure, parks the op for a refresh reconnect (once) or
-    /// fails it; returns false then.
-    fn add_iovs(&mut self, conn: &Conn, peer: u64, idx: u32) -> bool {
+    /// descriptor failure (`remote_range_miss`) the op waits for a refresh
+    /// or fails; returns false then.
+    fn add_iovs(&mut self, conn: &Connection, peer: u64, idx: u32) -> bool {
         let max = self.shared.config.max_slice_bytes;
         let op = self.slots[idx as usize].op.as_ref().expect("live slot");
         let (mr, local, len, remote) = (op.region.mr, op.req.local, op.req.len, op.req.remote);
@@ -794,43 +828,49 @@ impl Progress {
             if self.iovs.push(conn, mr, local, len as u32, remote).is_ok() {
                 return true;
             }
-            self.remote_range_miss(peer, idx, remote, len);
+            self.remote_range_miss(conn, peer, idx, remote, len);
             return false;
         }
         let first = self.iovs.len();
         for (off, piece) in pieces(len, max) {
             if self.iovs.push(conn, mr, local + off as usize, piece as u32, remote + off).is_err() {
                 self.iovs.truncate(first);
-                self.remote_range_miss(peer, idx, remote + off, piece);
+                self.remote_range_miss(conn, peer, idx, remote + off, piece);
                 return false;
             }
         }
         true
     }
 
+    /// FlagCX knows the peer's regions as they were when `conn` was made.
+    /// A range it does not describe is missing for the op only if `conn`
+    /// was made after the op's submit (`covers`): then the op fails at
+    /// once. Otherwise the op waits for a refresh, the one under way (misses
+    /// of a peer share it) or one it asks for, and is retried on it.
     #[cold]
     #[inline(never)]
-    fn remote_range_miss(&mut self, peer_id: u64, idx: u32, addr: u64, len: u64) {
-        let connecting = self.peers.peers.get(&peer_id).is_some_and(|p| p.connecting);
-        if self.slots[idx as usize].refreshed || (!connecting && self.refreshed_recently(peer_id)) {
+    fn remote_range_miss(
+        &mut self,
+        conn: &Connection,
+        peer_id: u64,
+        idx: u32,
+        addr: u64,
+        len: u64,
+    ) {
+        if self.covers(idx, conn) {
             let msg = format!(
                 "peer {peer_id}: remote range [{addr:#x}, +{len}) is not in any region the peer \
-                 registered (as of a reconnect at most {} ms old)",
-                REFRESH_INTERVAL.as_millis()
+                 registered (as of a connection made after the op was submitted)"
             );
             self.complete(idx, Status::MCFX_E_REMOTE_RANGE, Some(&msg));
             return;
         }
-        // FlagCX knows only the regions the peer had when we connected:
-        // reconnect once to see newer ones (at most once per peer per
-        // REFRESH_INTERVAL; ops missing meanwhile share it), then retry.
-        self.slots[idx as usize].refreshed = true;
         self.wait_for_conn(peer_id, idx, true);
     }
 
     /// Issues the call being built (`iovs`, members in `inflight.next()`):
     /// on success that transfer becomes live; otherwise its ops fail.
-    fn submit(&mut self, conn: &Arc<Conn>, opcode: Opcode) {
+    fn submit(&mut self, conn: &Arc<Connection>, opcode: Opcode) {
         let result = match opcode {
             Opcode::Write => conn.write_list(&mut self.iovs),
             Opcode::Read => conn.read_list(&mut self.iovs),
@@ -910,7 +950,8 @@ impl Progress {
                 self.complete(m, status, None);
             }
         } else {
-            self.finish_failed(&mut members, status);
+            let conn = self.inflight.all[i].conn.clone();
+            self.finish_failed(conn, &mut members, status);
         }
         members.clear();
         let last = self.inflight.live - 1;
@@ -925,29 +966,36 @@ impl Progress {
     /// `finish` for a transfer that failed or timed out.
     #[cold]
     #[inline(never)]
-    fn finish_failed(&mut self, members: &mut Vec<u32>, status: Status) {
+    fn finish_failed(
+        &mut self,
+        conn: Option<Arc<Connection>>,
+        members: &mut Vec<u32>,
+        status: Status,
+    ) {
         let msg = match status {
             Status::MCFX_E_TIMEOUT => "FlagCX did not report the transfer done by its deadline",
             _ => "FlagCX reported the transfer failed",
         };
-        if status == Status::MCFX_E_TRANSFER_FAILED {
-            // Parks or judges every member: nothing is left to complete.
-            self.failed_transfer(members);
+        if let (Status::MCFX_E_TRANSFER_FAILED, Some(conn)) = (status, conn) {
+            // Parks, judges or fails every member: nothing is left to
+            // complete.
+            self.failed_transfer(&conn, members);
         }
         for &m in members.iter() {
             self.complete(m, status, Some(msg));
         }
     }
 
-    /// A failed transfer's ops wait for a fresh connection to the peer,
-    /// which tells whether their remote ranges are still registered (see
-    /// `judge_failed`); within `REFRESH_INTERVAL` of the last refresh they
-    /// are judged against the current connection at once. A refresh also
-    /// replaces a connection that may be dead (peer restarted or gone).
+    /// The ops of a transfer that failed on `failed_on`: each is judged
+    /// (`judge_failed`) against a connection made after its submit other
+    /// than `failed_on`: the peer's current one if it is such, else a
+    /// refresh (the one under way, or one it asks for), which also replaces
+    /// a connection that may be dead (peer restarted or gone). An op that
+    /// was already resubmitted once fails (`MCFX_E_TRANSFER_FAILED`).
     /// Empties `members`.
     #[cold]
     #[inline(never)]
-    fn failed_transfer(&mut self, members: &mut Vec<u32>) {
+    fn failed_transfer(&mut self, failed_on: &Arc<Connection>, members: &mut Vec<u32>) {
         let Some(&first) = members.first() else { return };
         let peer_id = self.op(first).req.peer;
         if self.shared.queue.is_closed() {
@@ -958,30 +1006,27 @@ impl Progress {
             }
             return;
         }
-        let recent = self.refreshed_recently(peer_id);
-        for &m in members.iter() {
-            let peer = self.peers.peers.get(&peer_id);
-            match peer.map(|p| (&p.conn, p.connecting)) {
-                Some((Some(conn), false)) if recent => {
-                    let conn = Arc::clone(conn);
-                    self.judge_failed(m, &conn);
-                }
-                _ => {
-                    let slot = &mut self.slots[m as usize];
-                    slot.failed_transfer = true;
-                    slot.refreshed = true;
-                    self.wait_for_conn(peer_id, m, true);
-                }
+        let current = self.current_conn(peer_id).filter(|c| !Arc::ptr_eq(c, failed_on));
+        for m in members.drain(..) {
+            if self.slots[m as usize].retried {
+                let msg = "FlagCX reported the transfer failed, again after a resubmit on a \
+                           connection made after the op was submitted";
+                self.complete(m, Status::MCFX_E_TRANSFER_FAILED, Some(msg));
+                continue;
+            }
+            self.slots[m as usize].failed_transfer = true;
+            match &current {
+                Some(conn) if self.covers(m, conn) => self.judge_failed(m, conn),
+                _ => self.wait_for_conn(peer_id, m, true),
             }
         }
-        members.clear();
     }
 
     /// Keeps polling a timed-out transfer (its ops already completed) so
     /// FlagCX can recycle its id if it ever finishes.
     #[cold]
     #[inline(never)]
-    fn bury(&mut self, conn: Arc<Conn>, id: TransferId) {
+    fn bury(&mut self, conn: Arc<Connection>, id: TransferId) {
         if self.zombies.len() < MAX_ZOMBIES && self.zombies.try_reserve(1).is_ok() {
             self.zombies.push((conn, Some(id)));
         } else {
@@ -1187,7 +1232,7 @@ impl Progress {
 mod tests {
     use super::*;
     use crate::error::Error;
-    use crate::peers::parse_endpoint;
+    use crate::peers::{parse_endpoint, Connection};
 
     /// A connect result for a peer the table no longer has (or never had),
     /// and every other path, must put the scratch vector back: otherwise
@@ -1198,7 +1243,8 @@ mod tests {
         let (host, port) = parse_endpoint(shared.endpoint_for_test()).unwrap();
         let mut p = Progress::new(Arc::clone(&shared)).unwrap();
         let failed = || Err(Error::new(Status::MCFX_E_CONNECT, "refused"));
-        let connected = || Ok(shared.engine.engine.connect(&host, 0, port).unwrap());
+        let connected =
+            || Ok(Connection::for_test(shared.engine.engine.connect(&host, 0, port).unwrap()));
         for (peer, kind, outcome) in [
             (99, ConnectKind::First, connected()),
             (99, ConnectKind::Refresh, connected()),
@@ -1224,7 +1270,8 @@ mod tests {
         let shared = crate::shared::test_shared(crate::Config::default());
         let (host, port) = parse_endpoint(shared.endpoint_for_test()).unwrap();
         let mut p = Progress::new(Arc::clone(&shared)).unwrap();
-        let connected = || Ok(shared.engine.engine.connect(&host, 0, port).unwrap());
+        let connected =
+            || Ok(Connection::for_test(shared.engine.engine.connect(&host, 0, port).unwrap()));
         p.peers.entry(7, &shared.connects);
         p.apply_connect(ConnectResult { peer: 7, kind: ConnectKind::First, outcome: connected() });
         let old = Arc::clone(p.peers.peers[&7].conn.as_ref().unwrap());

@@ -133,9 +133,10 @@ fn a_completion_is_counted_in_the_stats_before_anyone_sees_it() {
         let s = p.a.stats();
         assert_eq!((s.completed, s.bytes), (ud + 1, 64 * (ud + 1)), "op {ud} seen, not counted");
     }
-    assert!(sw::set_knob(sw::Knob::FailOp, 1));
-    p.a.submit_ok(&[p.write(64, 10)]);
-    assert_eq!(done.wait_one(10, LIMIT), MCFX_E_TRANSFER_FAILED);
+    // A remote address the peer never registered.
+    let nowhere = p.dst.addr() as u64 + (1 << 30);
+    p.a.submit_ok(&[write(p.src.addr(), 64, 1, nowhere, 10)]);
+    assert_eq!(done.wait_one(10, LIMIT), MCFX_E_REMOTE_RANGE);
     assert_eq!(p.a.stats().failed, 1, "failed op seen, not counted");
     assert!(sw::set_knob(sw::Knob::HangOp, 1));
     p.a.submit_ok(&[p.write(64, 11)]);

@@ -183,7 +183,16 @@ pub struct mcfx_op {
     pub length: u64,
     /// The peer, resolved through the resolver callback on first use.
     pub peer_id: u64,
-    /// Absolute address in the peer's registered memory.
+    /// Absolute address in the peer's registered memory: memory the peer
+    /// registered before this op's `mcfx_submit` call. FlagCX knows a
+    /// peer's regions as they were when a connection was made, so the op
+    /// fails `MCFX_E_REMOTE_RANGE` only if `[remote_addr, +length)` is not
+    /// in them as seen by a connection made after the op was submitted: a
+    /// lookup that misses on an older connection waits for a reconnect (the
+    /// one under way for that peer, or one it starts; the misses of a peer
+    /// share it) and is retried on it, where a miss fails at once. A
+    /// transfer that fails is resubmitted once on such a connection when it
+    /// still describes the range (the peer registered the base again).
     pub remote_addr: u64,
     /// Returned in the completion.
     pub user_data: u64,
