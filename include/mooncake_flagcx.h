@@ -214,7 +214,9 @@ enum mcfx_status
   MCFX_E_TOO_MANY_REGIONS = 23,
   // The handle was created before this process was forked from its
   // parent: in the child only `mcfx_destroy` is allowed (it releases the
-  // handle without touching the parent's threads or FlagCX state).
+  // handle without touching the parent's threads or FlagCX state), and
+  // `mcfx_create` is refused while the parent's transports' state is
+  // inherited (exec first).
   MCFX_E_FORKED = 24,
   // `mcfx_destroy` from a callback would wait for a transport whose own
   // thread is, at that moment, destroying the caller's transport (two
@@ -575,8 +577,10 @@ mcfx_status mcfx_create(const struct mcfx_config *config, struct mcfx_transport 
 // (Linux 4.14 or later), every call on the handle but this one returns
 // `MCFX_E_FORKED`; destroy returns `MCFX_OK` and releases the handle
 // without touching the parent's threads, FlagCX state or locks (the
-// child's copy of that memory is not freed). The child may create
-// transports of its own.
+// child's copy of that memory is not freed). `mcfx_create` in such a child
+// returns `MCFX_E_FORKED` too: the parent's threads held locks the child
+// inherited; `exec` first (a spawned worker), or fork before creating any
+// transport.
 //
 // Other transports of the process are not affected: they share the
 // process's FlagCX engine, which goes with the last transport, and memory

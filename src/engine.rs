@@ -70,6 +70,20 @@ struct Shared {
 /// it (a forked child must not use its parent's: its threads are gone).
 static CURRENT: Mutex<Option<(Arc<ProcessEngine>, usize, u32)>> = Mutex::new(None);
 
+/// The pid of the process whose engine `CURRENT` holds (0: none), readable
+/// without the lock, which a thread of the parent may have held at fork.
+static ENGINE_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Whether this process is a child forked while its parent had transports:
+/// their threads, locks (parking_lot's global table among them) and FlagCX
+/// engine do not exist coherently here, so nothing new may be built on
+/// them. Reads one atomic; no lock.
+pub fn inherited_through_fork() -> bool {
+    // Relaxed: the value was written before the fork, in this memory.
+    let pid = ENGINE_PID.load(Relaxed);
+    pid != 0 && pid != std::process::id()
+}
+
 /// A transport's hold on the process engine; the last one dropped destroys
 /// the FlagCX engine.
 pub struct EngineRef {
@@ -84,11 +98,8 @@ impl EngineRef {
         static OWNERS: AtomicU64 = AtomicU64::new(1);
         let mut current = CURRENT.lock();
         let pid = std::process::id();
-        if current.as_ref().is_some_and(|&(_, _, made_by)| made_by != pid) {
-            // Inherited through fork: the parent's engine is left alone (its
-            // threads and sockets are the parent's); the child makes its own.
-            std::mem::forget(current.take());
-        }
+        // (A forked child of a process with an engine never gets here: see
+        // `inherited_through_fork`.)
         let engine = match current.as_mut() {
             Some((engine, users, _)) => {
                 *users += 1;
@@ -101,6 +112,7 @@ impl EngineRef {
                     serving: Mutex::new(false),
                 });
                 *current = Some((Arc::clone(&engine), 1, pid));
+                ENGINE_PID.store(pid, Relaxed);
                 engine
             }
         };
@@ -130,6 +142,7 @@ impl Drop for EngineRef {
         drop(ours);
         if last {
             // Destroyed under the lock: see the module invariants.
+            ENGINE_PID.store(0, Relaxed);
             drop(current.take());
         }
     }

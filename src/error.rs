@@ -76,7 +76,9 @@ pub enum mcfx_status {
     MCFX_E_TOO_MANY_REGIONS = 23,
     /// The handle was created before this process was forked from its
     /// parent: in the child only `mcfx_destroy` is allowed (it releases the
-    /// handle without touching the parent's threads or FlagCX state).
+    /// handle without touching the parent's threads or FlagCX state), and
+    /// `mcfx_create` is refused while the parent's transports' state is
+    /// inherited (exec first).
     MCFX_E_FORKED = 24,
     /// `mcfx_destroy` from a callback would wait for a transport whose own
     /// thread is, at that moment, destroying the caller's transport (two

@@ -64,6 +64,14 @@ impl Transport {
         on_complete: CompletionFn,
         resolver: ResolverFn,
     ) -> Result<Transport> {
+        if crate::engine::inherited_through_fork() {
+            return fail(
+                Status::MCFX_E_FORKED,
+                "this process was forked while its parent had transports: their threads and \
+                 locks do not exist here, so no transport can be made (exec first, as a spawned \
+                 worker does)",
+            );
+        }
         crate::log::init();
         config.validate()?;
         let engine = Arc::new(EngineRef::acquire().map_err(|e| {

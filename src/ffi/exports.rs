@@ -191,8 +191,10 @@ pub unsafe extern "C" fn mcfx_create(
 /// (Linux 4.14 or later), every call on the handle but this one returns
 /// `MCFX_E_FORKED`; destroy returns `MCFX_OK` and releases the handle
 /// without touching the parent's threads, FlagCX state or locks (the
-/// child's copy of that memory is not freed). The child may create
-/// transports of its own.
+/// child's copy of that memory is not freed). `mcfx_create` in such a child
+/// returns `MCFX_E_FORKED` too: the parent's threads held locks the child
+/// inherited; `exec` first (a spawned worker), or fork before creating any
+/// transport.
 ///
 /// Other transports of the process are not affected: they share the
 /// process's FlagCX engine, which goes with the last transport, and memory
@@ -212,8 +214,9 @@ pub unsafe extern "C" fn mcfx_destroy(transport: *mut mcfx_transport) -> mcfx_st
             Ok(admission) => admission,
             Err(crate::gate::Refused::Forked) => {
                 // A child's copy of its parent's transport: nothing of it
-                // can be torn down here; the handle's slot is reusable.
-                crate::slots::give_back(slot);
+                // can be torn down here, and no lock is taken (a parent's
+                // thread may have held it at the fork): the slot stays as
+                // the fork left it.
                 return Ok(());
             }
             Err(crate::gate::Refused::Closing) => {
