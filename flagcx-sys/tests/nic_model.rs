@@ -166,13 +166,21 @@ fn threads_submitting_on_one_engine_never_overlap_on_the_link() {
 
     let start = Instant::now();
     std::thread::scope(|s| {
-        for link in &links {
-            s.spawn(move || {
-                let ids: Vec<_> = (0..PER_THREAD).map(|_| link.write(B)).collect();
-                for id in ids {
-                    assert_eq!(link.wait(id), Poll::Done);
-                }
-            });
+        let threads: Vec<_> = links
+            .iter()
+            .map(|link| {
+                s.spawn(move || {
+                    let ids: Vec<_> = (0..PER_THREAD).map(|_| link.write(B)).collect();
+                    for id in ids {
+                        assert_eq!(link.wait(id), Poll::Done);
+                    }
+                })
+            })
+            .collect();
+        // Joined one by one (pthread_join), not only at the end of the scope:
+        // a ThreadSanitizer run then sees the threads finish before the links drop.
+        for t in threads {
+            t.join().unwrap();
         }
     });
     // Whatever the interleaving, the last booking ends after all of them.
