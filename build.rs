@@ -36,9 +36,11 @@ fn main() {
     println!("cargo:rustc-link-arg-cdylib=-Wl,-soname,{soname}");
 
     // The cdylib's rpath. With the software provider, libflagcx.so is copied
-    // next to the cdylib (target/<profile>/) and installed next to it, so
-    // `$ORIGIN` alone finds it and no build-tree path ends up in an installed
-    // file. With a real FlagCX (FLAGCX_HOME), its lib/ directory is added.
+    // next to the cdylib (target/<profile>/: `$ORIGIN`) and installed, only
+    // when asked (scripts/install.sh --with-sw-flagcx), into
+    // <libdir>/mooncake_flagcx/sw-flagcx/lib/, a FLAGCX_HOME of its own:
+    // the second entry; no build-tree path ends up in an installed file.
+    // With a real FlagCX (FLAGCX_HOME), its lib/ directory is added.
     // This package's tests and examples also get flagcx-sys's
     // library directory (they run from target/<profile>/deps/ and friends).
     println!("cargo:rerun-if-env-changed=FLAGCX_HOME");
@@ -46,7 +48,7 @@ fn main() {
         let cdylib_rpath = if env::var_os("FLAGCX_HOME").is_some() {
             format!("$ORIGIN:{dir}")
         } else {
-            "$ORIGIN".to_string()
+            "$ORIGIN:$ORIGIN/mooncake_flagcx/sw-flagcx/lib".to_string()
         };
         println!("cargo:rustc-link-arg-cdylib=-Wl,-rpath,{cdylib_rpath}");
         for kind in ["tests", "examples"] {

@@ -4,7 +4,7 @@
 //!   and link `$FLAGCX_HOME/lib/libflagcx.so` (a real FlagCX build).
 //! - otherwise: build the in-tree software provider into `libflagcx.so`
 //!   (in `OUT_DIR`, copied next to the crate's artifacts in
-//!   `target/<profile>/`) and link that.
+//!   `target/<profile>/`) and link that, with a cargo warning saying so.
 //!
 //! Dependents read the library directory from `DEP_FLAGCX_LIB_DIR` (this
 //! package declares `links = "flagcx"`) to set their own rpath.
@@ -38,7 +38,18 @@ fn main() {
 
     let (include_dir, lib_dir) = match env::var_os("FLAGCX_HOME") {
         Some(home) => real_flagcx(Path::new(&home)),
-        None => software_provider(&manifest, &out),
+        None => {
+            // Said at every build of this package without FLAGCX_HOME, so a
+            // plugin meant for production is not built on the test double by
+            // mistake (at run time: mcfx_create logs a warning and
+            // mcfx_capabilities() has MCFX_CAP_SOFTWARE_PROVIDER).
+            println!(
+                "cargo:warning=FLAGCX_HOME is not set: linking the in-tree software FlagCX \
+                 provider, a test double (fault-injection knobs, CPU copies, one machine), not \
+                 FlagCX; set FLAGCX_HOME to a FlagCX build for real RDMA"
+            );
+            software_provider(&manifest, &out)
+        }
     };
 
     cc::Build::new()

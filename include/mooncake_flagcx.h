@@ -301,9 +301,9 @@ typedef struct mcfx_config {
   // Submission queue slots (default `MCFX_DEFAULT_QUEUE_CAPACITY`, at most
   // `MCFX_MAX_QUEUE_CAPACITY`).
   uint32_t queue_capacity;
-  // Microseconds a submit waits for queue space (or in-flight room) before
-  // `MCFX_E_QUEUE_FULL` (default 0: fail at once; at most
-  // `MCFX_MAX_SUBMIT_WAIT_US`).
+  // Microseconds a submit waits for room (queue slots or `max_in_flight`)
+  // before `MCFX_E_QUEUE_FULL`, asleep, woken as room frees (default 0:
+  // fail at once; at most `MCFX_MAX_SUBMIT_WAIT_US`).
   uint32_t submit_wait_us;
   // Per-op deadline, in ms, counted from the `mcfx_submit` call that
   // queued the op (coarse clock: granularity 1-4 ms; never early). Default
@@ -326,7 +326,10 @@ typedef struct mcfx_config {
   // complete once.
   uint64_t max_slice_bytes;
   // Threads that resolve and connect peers (default
-  // `MCFX_DEFAULT_CONNECT_THREADS`, at most `MCFX_MAX_CONNECT_THREADS`).
+  // `MCFX_DEFAULT_CONNECT_THREADS`, at most `MCFX_MAX_CONNECT_THREADS`). A
+  // connect running longer than 200 ms stops counting against them
+  // (another thread takes its place): up to 5 x connect_threads + 1
+  // connector threads exist while peers are stuck.
   uint32_t connect_threads;
   // On destroy, ms that in-flight ops may take to finish (default
   // `MCFX_DEFAULT_SHUTDOWN_TIMEOUT_MS`, at most
@@ -382,23 +385,48 @@ typedef struct mcfx_op {
 
 // Counters (see `mcfx_get_stats`). Set `struct_size` before the call (at
 // least 8: the size and reserved words).
+//
+// Every field but `in_flight` is a counter that only grows: two reads, in
+// any threads, never see one go down (each is counted once, after the fact,
+// and never taken back). `in_flight` is their difference, a gauge.
 typedef struct mcfx_stats {
   uint32_t struct_size;
   uint32_t reserved;
+  // Ops accepted by `mcfx_submit` (counted once queued; ops a full queue
+  // or `max_in_flight` refused are never counted). Monotonic.
   uint64_t submitted;
+  // Ops completed with `MCFX_OK`. Monotonic.
   uint64_t completed;
+  // Ops completed with an error other than `MCFX_E_TIMEOUT` and
+  // `MCFX_E_CANCELED`. Monotonic.
   uint64_t failed;
+  // Ops completed with `MCFX_E_TIMEOUT`. Monotonic.
   uint64_t timed_out;
+  // Ops completed with `MCFX_E_CANCELED` (destroy). Monotonic.
   uint64_t canceled;
+  // Bytes moved by ops completed with `MCFX_OK`. Monotonic.
   uint64_t bytes;
+  // `mcfx_submit` calls that returned `MCFX_E_QUEUE_FULL` (no room in the
+  // queue or within `max_in_flight`). Monotonic.
   uint64_t queue_full;
+  // Times a submit woke the sleeping progress thread. Monotonic.
   uint64_t wakeups;
+  // Peer connections made (reconnects included). Monotonic.
   uint64_t connects;
+  // Peer connection attempts that failed (resolve or connect). Monotonic.
   uint64_t connect_failures;
+  // Reconnects made to refresh a peer's region list. Monotonic.
   uint64_t reconnects;
+  // FlagCX vector transfers issued. Monotonic.
   uint64_t flagcx_transfers;
+  // Completion callbacks that panicked (Rust callbacks; caught).
+  // Monotonic.
   uint64_t callback_panics;
-  // Accepted ops not yet completed.
+  // Accepted ops not yet completed: `submitted` minus the four completion
+  // counters, never below zero. The copy is retried (a few times) while
+  // ops complete under it, so it is the count at one moment, at most
+  // `max_in_flight`, unless ops keep completing through every retry.
+  // Goes up and down.
   uint64_t in_flight;
 } mcfx_stats;
 
@@ -488,8 +516,9 @@ void mcfx_config_init(struct mcfx_config *config, size_t size);
 // `MCFX_E_BAD_CONFIG` (struct_size too small, abi_version 0 or above
 // `MCFX_ABI_VERSION`, values out of range: see each field's maximum),
 // `MCFX_E_FLAGCX` (no engine: e.g. no RDMA device with real FlagCX),
-// `MCFX_E_INTERNAL` (threads, or memory for the queue and op slots could not
-// be allocated; the host is never aborted).
+// `MCFX_E_NO_MEMORY` (no room for a thread's stack and start-up, or memory
+// the call needed; everything started is torn down, the host is never
+// aborted), `MCFX_E_INTERNAL` (a thread refused for another reason).
 //
 // The transports of one process share one FlagCX engine (FlagCX
 // registration is process-wide); they are otherwise independent and may be
@@ -522,13 +551,13 @@ mcfx_status mcfx_create(const struct mcfx_config *config, struct mcfx_transport 
 // destroys): that would wait for ever, so it returns
 // `MCFX_E_WOULD_DEADLOCK` and changes nothing.
 //
-// Blocking: destroy waits for a resolver call that is running to return
-// (the callback may use its context until destroy returns, so it cannot be
-// abandoned), logging a warning while it waits; a resolver that blocks
-// forever blocks destroy forever. Ops waiting for that peer fail
-// `MCFX_E_CONNECT` at `connect_timeout_ms` regardless. A FlagCX connect
-// still running after `connect_timeout_ms` is detached (it calls nothing
-// of the caller's).
+// Blocking: destroy waits for every resolver call that is running to
+// return, on any connector thread (the callback may use its context until
+// destroy returns), logging a warning while it waits; a resolver that
+// blocks forever blocks destroy forever. Ops waiting for that peer fail
+// `MCFX_E_CONNECT` at `connect_timeout_ms` regardless. Destroy never waits
+// for FlagCX's connect, which calls nothing of the caller's: a thread
+// inside it is left to finish on its own, holding its own references.
 //
 // Fork: in a child forked from the process that created the transport
 // (Linux 4.14 or later), every call on the handle but this one returns
@@ -616,8 +645,11 @@ mcfx_status mcfx_unregister_batch(struct mcfx_transport *transport,
 // and resubmits `ops + *accepted + 1` in one call (after a per-op error), or
 // `ops + *accepted` later (queue full). Errors of the call itself queue
 // nothing and set `*accepted` to 0: a NULL `transport`, NULL `ops` with a
-// non-zero `count` (`MCFX_E_INVALID_ARGUMENT`), `MCFX_E_SHUTTING_DOWN`.
-// `accepted` may be NULL.
+// non-zero `count` (`MCFX_E_INVALID_ARGUMENT`), `MCFX_E_SHUTTING_DOWN`,
+// `MCFX_E_FORKED`. `accepted` may be NULL. `MCFX_E_QUEUE_FULL` means no
+// room in the queue (`queue_capacity`) or within `max_in_flight` (ops the
+// transport holds: queued, waiting for a connection, inside FlagCX), after
+// waiting up to `submit_wait_us`.
 //
 // Each queued op's deadline (`op_timeout_ms`) counts from this call,
 // wherever the op is when it passes (queued, waiting for its connection, or
@@ -625,8 +657,8 @@ mcfx_status mcfx_unregister_batch(struct mcfx_transport *transport,
 // granularity 1-4 ms on Linux), so an op times out no earlier than
 // `op_timeout_ms` after the call and typically within a few ms after.
 //
-// Thread-safe; never blocks (except `submit_wait_us` when the queue is
-// full) and never calls FlagCX. Ops are queued a few at a time as they are
+// Thread-safe; never blocks, except waiting asleep up to `submit_wait_us`
+// for room (woken as ops complete), and never calls FlagCX. Ops are queued a few at a time as they are
 // checked, so completion callbacks of the first ops may run while the call
 // still reads the later ones: a callback must not change or free the
 // `ops` array of a submit that has not returned.

@@ -8,9 +8,10 @@
 #   1. checks the checkout is a supported Mooncake (branch feat/flagcx-support,
 #      or the layout of Mooncake PR #3522 with flagcx_transport_internal.h);
 #   2. builds this project and installs it into <work>/prefix
-#      (scripts/install.sh: the plugin, and on the software provider a tree
-#      Mooncake accepts as FLAGCX_HOME); --flagcx-home DIR uses a real FlagCX
-#      instead (the plugin is then built against it);
+#      (scripts/install.sh --with-sw-flagcx: the plugin, and the software
+#      provider in <work>/prefix/lib/mooncake_flagcx/sw-flagcx, a tree Mooncake
+#      accepts as FLAGCX_HOME); --flagcx-home DIR uses a real FlagCX instead
+#      (the plugin is then built against it);
 #   3. copies the adapter (mooncake/include, mooncake/src) over Mooncake's
 #      FlagCX transport in the checkout (upstream's two files are kept in
 #      <work>/upstream-files/ first);
@@ -189,8 +190,8 @@ if [ -z "$flagcx_home" ]; then
   log "building and installing mooncake-flagcx (software FlagCX provider) into $prefix"
   (cd "$root" && cargo build --release --locked -q)
   rm -rf "$prefix"
-  "$root/scripts/install.sh" "$prefix" >/dev/null
-  mc_flagcx_home=$prefix
+  "$root/scripts/install.sh" "$prefix" --with-sw-flagcx >/dev/null
+  mc_flagcx_home=$prefix/lib/mooncake_flagcx/sw-flagcx
 else
   [ -f "$flagcx_home/include/flagcx_p2p.h" ] && [ -f "$flagcx_home/lib/libflagcx.so" ] ||
     die "--flagcx-home $flagcx_home needs include/flagcx_p2p.h and lib/libflagcx.so"
@@ -219,9 +220,10 @@ echo "adapter copied into $te (upstream's files kept in $work/upstream-files/)"
 # ---- 4. configure and build --------------------------------------------------------
 configure_and_build() { # $1: transfer-engine source dir, $2: build dir, $3: label
   log "building Mooncake's transfer engine + tebench ($3) in $2"
-  # mooncake_flagcx.h is in FLAGCX_HOME/include (on Mooncake's include path)
-  # unless FLAGCX_HOME is a real FlagCX; yalantinglibs' headers are not put
-  # on the path by Mooncake's standalone transfer-engine build.
+  # mooncake_flagcx.h is in the prefix's include/, which is not FLAGCX_HOME
+  # (the software provider has its own lib/mooncake_flagcx/sw-flagcx/);
+  # yalantinglibs' headers are not put on the path by Mooncake's standalone
+  # transfer-engine build.
   local cxxflags=""
   [ "$prefix" = "$mc_flagcx_home" ] || cxxflags="-I$prefix/include"
   [ -n "$ylt_prefix" ] && cxxflags="${cxxflags:+$cxxflags }-I$ylt_prefix/include"

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Runs every test of the project: formatting, lints, the generated-header
 # check, the Rust suites (flagcx-sys and the transport) against the in-tree
-# software FlagCX provider, the loom model of the wake protocol, a short soak,
-# and the C++ suites (C ABI, baseline, Mooncake adapter) with CTest, plain and
-# under AddressSanitizer + UBSan.
+# software FlagCX provider, the loom models (wake protocol, submission ring,
+# queue admission, region holds, waiting for room), a valgrind leak check, a
+# short soak, 30 s of fuzzing of the C ABI, the C++ suites (C ABI, baseline,
+# Mooncake adapter) with CTest, plain and under AddressSanitizer + UBSan, the
+# installed tree (scripts/install_check.sh) and two simulated hosts in
+# network namespaces (scripts/two_hosts.sh; skipped where they cannot be
+# made).
 #
 # Works on a fresh Debian 12 machine with Rust: missing system packages are
 # installed with apt-get (as root, or through sudo).
@@ -32,9 +36,10 @@ scripts/header.sh --check
 log "cargo test"
 cargo test --workspace --locked
 
-log "loom models: wake protocol, submission ring, queue admission, region holds"
+log "loom models: wake protocol, submission ring, queue admission, region holds, waiting for room"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
-  cargo test --release --locked --test loom_wake --test loom_ring --test loom_gate --test loom_holds
+  cargo test --release --locked --test loom_wake --test loom_ring --test loom_gate --test loom_holds \
+  --test inflight_loom_room
 
 log "leak check: 1000 create/destroy rounds under valgrind"
 scripts/leak_check.sh
@@ -72,5 +77,8 @@ ctest --test-dir build/asan --output-on-failure -j"$jobs"
 # ---- the installed tree (scripts/install_check.sh) ----------------------------
 log "install check: cmake --install, pkg-config + CMake consumers, readelf -d"
 scripts/install_check.sh
+
+log "two hosts: target and initiator in two network namespaces (skips unless root)"
+scripts/two_hosts.sh
 
 log "all tests passed"

@@ -15,8 +15,9 @@ pub struct Config {
     /// Slots in the submission queue (ops accepted but not yet taken by the
     /// progress thread).
     pub queue_capacity: usize,
-    /// How long a submit waits for queue space before `MCFX_E_QUEUE_FULL`
-    /// (zero: fail at once).
+    /// How long a submit waits for room (queue slots or `max_in_flight`)
+    /// before `MCFX_E_QUEUE_FULL`, asleep, woken as room frees (zero: fail at
+    /// once).
     pub submit_wait: Duration,
     /// Deadline of an op, counted from its submit.
     pub op_timeout: Duration,

@@ -1,4 +1,3 @@
-#![allow(dead_code)] // wired into the progress thread with the in-flight bound work
 //! Failed ops in the log without flooding it.
 //!
 //! A dead peer fails every op sent to it: tens of thousands a second, each
@@ -136,6 +135,23 @@ impl FailureLog {
             );
             *o = Overflow::default();
         }
+    }
+
+    /// When the next summary is due (ns on the caller's clock), if any
+    /// group has failures still to summarize: the progress thread sleeps no
+    /// longer than that.
+    pub(crate) fn next_due(&self) -> Option<u64> {
+        let groups = self.groups.iter().filter(|g| g.more > 0).map(|g| g.since_ns);
+        let overflow = (self.overflow.count > 0).then_some(self.overflow.since_ns);
+        groups.chain(overflow).min().map(|since| since.saturating_add(self.interval_ns))
+    }
+
+    /// Summarizes everything still counted, whatever its age (shutdown).
+    pub(crate) fn finish(&mut self, now_ns: u64) {
+        for g in self.groups.drain(..) {
+            summarize(g.peer, g.status, g.more, now_ns.saturating_sub(g.since_ns));
+        }
+        self.flush(now_ns.saturating_add(self.interval_ns));
     }
 
     /// Groups tracked now (tests).

@@ -15,13 +15,18 @@
 //! more verbose than every callback's level are cut by the global max level
 //! (`max_level_hint`) before they reach the subscriber. A callback is never
 //! called after [`close`] returned (`mcfx_destroy` closes the handle's sink).
+//!
+//! A line is formatted on the stack ([`Line`]): delivering an event never
+//! allocates, so logging works, and cannot abort the host, when memory is
+//! short (issue 17). The subscriber's installation does allocate (once).
 
 use std::cell::{Cell, RefCell};
-use std::ffi::CString;
-use std::fmt::Write as _;
+use std::ffi::CStr;
+use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Once};
 
+use arrayvec::ArrayVec;
 use parking_lot::RwLock;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Metadata, Subscriber};
@@ -78,7 +83,7 @@ thread_local! {
 
 /// The variable that turns on logging to stderr (read here, where the
 /// subscriber is built; see `crate::log`).
-pub(crate) const ENV: &str = "MCFX_LOG";
+pub(crate) const ENV: &CStr = c"MCFX_LOG";
 
 /// Registers a callback for levels up to `level` (`ERROR..=TRACE`) and
 /// installs the subscriber if this is the first need of one.
@@ -91,8 +96,15 @@ pub fn register(level: u32, f: LogFn) -> Arc<Sink> {
     });
     install();
     let mut sinks = SINKS.write();
-    sinks.push(Arc::clone(&sink));
-    update_max_level(&sinks);
+    // Without memory for the list, the sink still gets its transport's
+    // events (until another sink closes and the level is recomputed without
+    // it), only not those of no transport.
+    if sinks.try_reserve(1).is_ok() {
+        sinks.push(Arc::clone(&sink));
+        update_max_level(&sinks);
+    } else if MAX_LEVEL.fetch_max(sink.level, Relaxed) < sink.level {
+        tracing::callsite::rebuild_interest_cache();
+    }
     sink
 }
 
@@ -180,7 +192,7 @@ impl Inherited {
 pub fn install() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let stderr = std::env::var(ENV).ok().map(|filter| {
+        let stderr = std::env::var(ENV.to_str().unwrap_or_default()).ok().map(|filter| {
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
                 .with_thread_names(true)
@@ -241,35 +253,62 @@ impl<S: Subscriber> Layer<S> for HostLayer {
         }
         let level = number(event.metadata().level());
         let Ok(route) = ROUTE.try_with(|r| r.borrow().clone()) else { return };
-        let sinks = match route {
-            Route::Transport(None) => return,
-            Route::Transport(Some(sink)) => vec![sink],
-            // A snapshot: no lock is held while callbacks run.
-            Route::Everyone => SINKS.read().clone(),
-        };
-        let mut message = None;
-        for sink in sinks.iter().filter(|s| level <= s.level) {
-            let text = message.get_or_insert_with(|| format_event(event));
-            let open = sink.open.read();
-            if *open && !sink.closed.load(SeqCst) {
-                IN_CALLBACK.with(|c| c.set(true));
-                // A panicking callback must not unwind through tracing.
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    (sink.f)(level, text)
-                }));
-                IN_CALLBACK.with(|c| c.set(false));
+        // Formatted once, on the stack, when the first sink wants it.
+        let mut line = None;
+        match route {
+            Route::Transport(None) => {}
+            Route::Transport(Some(sink)) => deliver(&sink, level, event, &mut line),
+            Route::Everyone => {
+                // Copies of the sinks, a few at a time, so that no lock is
+                // held while callbacks run and nothing is allocated. (With
+                // more than 8 sinks, one closed between two batches can
+                // make a later one miss this event.)
+                let mut from = 0;
+                loop {
+                    let batch: ArrayVec<Arc<Sink>, 8> =
+                        SINKS.read().iter().skip(from).take(8).cloned().collect();
+                    for sink in &batch {
+                        deliver(sink, level, event, &mut line);
+                    }
+                    if batch.len() < 8 {
+                        break;
+                    }
+                    from += batch.len();
+                }
             }
         }
     }
 }
 
-/// `message key=value ...`, NUL-terminated (interior NULs become spaces).
-fn format_event(event: &Event<'_>) -> CString {
-    struct Text(String, String);
+/// Hands `event` to `sink` if it wants its level and is open.
+fn deliver(sink: &Sink, level: u32, event: &Event<'_>, line: &mut Option<EventLine>) {
+    if level > sink.level {
+        return;
+    }
+    let text = line.get_or_insert_with(|| format_event(event)).as_c_str();
+    let open = sink.open.read();
+    if *open && !sink.closed.load(SeqCst) {
+        IN_CALLBACK.with(|c| c.set(true));
+        // A panicking callback must not unwind through tracing.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (sink.f)(level, text)));
+        IN_CALLBACK.with(|c| c.set(false));
+    }
+}
+
+/// An event as the host's callback gets it (cut at 1023 bytes).
+type EventLine = Line<1024>;
+
+/// `message key=value ...`, on the stack: a log line never needs the heap,
+/// so logging works (and cannot abort) when memory is short. Interior NULs
+/// become spaces; longer lines are cut and end in `...`.
+fn format_event(event: &Event<'_>) -> EventLine {
+    /// The message and the other fields, apart: `message` may be recorded
+    /// after them.
+    struct Text(Line<512>, Line<512>);
     impl Visit for Text {
         fn record_str(&mut self, field: &Field, value: &str) {
             if field.name() == "message" {
-                self.0.push_str(value);
+                let _ = self.0.write_str(value);
             } else {
                 let _ = write!(self.1, " {}={value}", field.name());
             }
@@ -282,9 +321,101 @@ fn format_event(event: &Event<'_>) -> CString {
             }
         }
     }
-    let mut text = Text(String::new(), String::new());
+    let mut text = Text(Line::new(), Line::new());
     event.record(&mut text);
-    let mut all = text.0 + &text.1;
-    all = all.replace('\0', " ");
-    CString::new(all).unwrap_or_default()
+    let mut line = EventLine::new();
+    let _ = line.write_str(text.0.as_str());
+    let _ = line.write_str(text.1.as_str());
+    line
+}
+
+/// A line of text formatted on the stack, for paths that must not need the
+/// heap (log lines, error messages while memory is short). Holds at most
+/// `N - 1` bytes and a NUL: longer text is cut at a character boundary and
+/// ends in `...`; interior NULs become spaces.
+pub(crate) struct Line<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+    cut: bool,
+}
+
+impl<const N: usize> Line<N> {
+    /// Room kept for the `...` that marks cut text.
+    const ELLIPSIS: usize = 3;
+
+    pub(crate) fn new() -> Line<N> {
+        Line { buf: [0; N], len: 0, cut: false }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        // Only whole characters (and the ASCII ellipsis) are ever copied in.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+
+    /// The text, NUL-terminated (the NUL is written here).
+    pub(crate) fn as_c_str(&mut self) -> &CStr {
+        self.buf[self.len] = 0;
+        CStr::from_bytes_with_nul(&self.buf[..=self.len]).unwrap_or(c"")
+    }
+
+    /// The text as a `String`, or an empty one when no memory can be had for
+    /// it (a `String::new()` allocates nothing).
+    pub(crate) fn to_string_or_empty(&self) -> String {
+        let mut s = String::new();
+        if s.try_reserve_exact(self.len).is_ok() {
+            s.push_str(self.as_str());
+        }
+        s
+    }
+}
+
+impl<const N: usize> fmt::Write for Line<N> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if self.cut {
+            return Ok(());
+        }
+        // One byte for the NUL; the ellipsis' room is given up only by the
+        // text that fits exactly.
+        let room = N - 1 - self.len;
+        let take = if s.len() <= room {
+            s.len()
+        } else {
+            self.cut = true;
+            let mut end = room.saturating_sub(Self::ELLIPSIS);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            end
+        };
+        for (dst, &b) in self.buf[self.len..self.len + take].iter_mut().zip(&s.as_bytes()[..take]) {
+            *dst = if b == 0 { b' ' } else { b };
+        }
+        self.len += take;
+        if self.cut {
+            let dots = Self::ELLIPSIS.min(N - 1 - self.len);
+            self.buf[self.len..self.len + dots].fill(b'.');
+            self.len += dots;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_cuts_long_text_at_a_character_boundary_and_marks_it() {
+        let mut l = Line::<8>::new();
+        write!(l, "ab\0cdéfgh").unwrap();
+        assert_eq!(l.as_str(), "ab c...");
+        assert_eq!(l.as_c_str().to_bytes(), b"ab c...");
+        let mut l = Line::<8>::new();
+        write!(l, "1234567").unwrap();
+        assert_eq!(l.as_str(), "1234567", "text that fits exactly is not cut");
+        let mut l = Line::<8>::new();
+        write!(l, "1234").unwrap();
+        write!(l, "éé").unwrap();
+        assert_eq!(l.as_str(), "1234...");
+    }
 }

@@ -85,6 +85,12 @@ impl CoarseTime {
         Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
     }
 
+    /// The reading in ns.
+    #[inline]
+    pub fn ns(self) -> u64 {
+        self.0
+    }
+
     /// The deadline for ops submitted at `self`: `after` (an op timeout plus
     /// the clock's resolution, see `Transport`) later.
     #[inline]

@@ -25,14 +25,48 @@
 //! - an op lives in exactly one slot from the moment it leaves the queue until
 //!   its completion, and is a member of at most one FlagCX transfer; `complete`
 //!   empties the slot, so an op cannot complete twice;
+//! - every op here holds one of the transport's `max_in_flight` credits (see
+//!   `queue`), given back (once per pass, `SubmitQueue::release_room`) after
+//!   its completion: so at most `max_in_flight` ops are in slots, waiting
+//!   lists and FlagCX calls together, however slow a peer is;
 //! - a transfer id is polled only here and never after it reported finished
 //!   (the id is moved out and back by `Conn::poll`);
 //! - steady state allocates nothing: slots, groups, transfers, the entry list
-//!   and scratch vectors are reused and only grow past their high-water marks.
+//!   and scratch vectors are reused and only grow past their high-water marks;
+//! - what grows with the ops held grows fallibly (`try_reserve`) and only up
+//!   to what `max_in_flight` ops need: the op slots and their free list,
+//!   peers' waiting lists and the peer table, the FlagCX call records, the
+//!   scratch list. An op that finds no memory completes with
+//!   `MCFX_E_NO_MEMORY` (logged); the host is never aborted. (The groups
+//!   take at most a drain's worth of ops, `max_batch`, per flush.)
+//!
+//! Memory a transport can hold, in bytes, for `Q` = `queue_capacity`, `M` =
+//! `max_in_flight`, `B` = `max_batch`, `P` = peers it knows (x86-64 sizes;
+//! FlagCX's own allocations and the registry not counted):
+//!
+//! - the queue's ring: `88 Q`, at creation;
+//! - op slots and their free list: `108` per slot; `min(Q + B, M)` slots at
+//!   creation, doubling as needed up to `M`;
+//! - FlagCX call records: `96` each (with room for `IOVS_PER_CALL` members),
+//!   one per call in flight (a call has 1 to `IOVS_PER_CALL` ops), doubling
+//!   up to `M`;
+//! - waiting lists: `4` per waiting op, up to twice that from doubling
+//!   (`8 M`), and at most `4 * SPARE_WAITING` per peer once emptied; the
+//!   scratch list keeps the largest list handled (up to `8 M`);
+//! - groups: `4` per op of a flush, at most `4 B` (plus the lists' doubling);
+//! - the peer table: about `150` per peer; timed-out transfer ids: up to
+//!   `24 * MAX_ZOMBIES` (about 100 KiB).
+//!
+//! So at most about `88 Q + 220 M + 150 P + 8 B + 100 KiB`: 15 MiB for the
+//! defaults (`Q` 4096, `M` 65536) if every op is its own FlagCX call, about
+//! `88 Q + 136 M` (9 MiB) when calls carry 8 ops. Before `max_in_flight`
+//! bounded the ops, a dead peer let the slots and its waiting list grow
+//! without limit (427 264 ops, about 50 MB, after 1.5 s, in issue 17).
 //!
 //! The common case, one op submitted alone and finished within a pass, takes
-//! no locked instruction here outside FlagCX (its region release and the
-//! counters are plain stores): the group and the transfer slot keep the
+//! one locked instruction here outside FlagCX: the pass's credit return
+//! (`release_room`; its region release and the counters are plain stores).
+//! The group and the transfer slot keep the
 //! connection reference of the call before and clone it only when the peer's
 //! connection changed, and transfers are finished in place (no moves between
 //! lists).
@@ -44,9 +78,11 @@ use std::time::{Duration, Instant};
 use flagcx_sys::{Conn, IovList, Poll, TransferId};
 
 use crate::error::{fail, Result, Status};
+use crate::failure_log::FailureLog;
 use crate::group::{pieces, Groups};
 use crate::op::{CoarseTime, Op, Opcode};
 use crate::peers::{ConnectKind, ConnectResult, PeerTable};
+use crate::registry::RegionRef;
 use crate::shared::Shared;
 use crate::stats::Stats;
 
@@ -76,6 +112,9 @@ const MIN_INFLIGHT_NAP: Duration = Duration::from_micros(2);
 /// Timed-out transfers are still polled (so FlagCX can recycle their ids) up
 /// to this many; beyond it they are abandoned.
 const MAX_ZOMBIES: usize = 4096;
+/// A peer's waiting list that emptied keeps at most this capacity (more is
+/// freed): a burst for a slow peer does not leave its memory behind.
+const SPARE_WAITING: usize = 64;
 /// At most one refresh reconnect per peer per interval: a remote-range miss
 /// (or a failed transfer) within this time after a refresh finished is
 /// judged against that fresh connection at once, without reconnecting.
@@ -125,13 +164,48 @@ impl Transfers {
         self.live == 0
     }
 
-    /// The first spare transfer: where the call being built collects its
-    /// members. Allocates only past the high-water mark.
-    fn next(&mut self) -> &mut Transfer {
-        if self.live == self.all.len() {
-            self.all.push(Transfer { conn: None, id: None, members: Vec::new(), deadline: None });
+    /// Makes sure a spare transfer exists (allocating one, fallibly, only
+    /// past the high-water mark); false when no memory could be had for it.
+    /// A call being built always has its spare.
+    /// At most `max` (the transport's `max_in_flight`: every live call has
+    /// an op) are ever made.
+    #[inline]
+    fn ensure_spare(&mut self, max: usize) -> bool {
+        self.live < self.all.len() || self.grow(max)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self, max: usize) -> bool {
+        let len = self.all.len();
+        debug_assert!(len < max, "more FlagCX calls than ops");
+        if len == self.all.capacity() {
+            let want = (len * 2).min(max).max(len + 1);
+            if self.all.try_reserve_exact(want - len).is_err() {
+                return false;
+            }
         }
+        // A call has at most IOVS_PER_CALL members (each adds an entry, and
+        // a call closes at IOVS_PER_CALL entries): its list never grows.
+        let mut members = Vec::new();
+        if members.try_reserve_exact(IOVS_PER_CALL).is_err() {
+            return false;
+        }
+        self.all.push(Transfer { conn: None, id: None, members, deadline: None });
+        true
+    }
+
+    /// The first spare transfer (after `ensure_spare`): where the call
+    /// being built collects its members.
+    #[inline]
+    fn next(&mut self) -> &mut Transfer {
         &mut self.all[self.live]
+    }
+
+    /// A call is being built (its members wait in the first spare).
+    #[inline]
+    fn building(&self) -> bool {
+        self.all.get(self.live).is_some_and(|t| !t.members.is_empty())
     }
 }
 
@@ -141,6 +215,8 @@ pub(crate) struct Progress {
     /// The transport's shared state; read here, written only through its own
     /// synchronized methods (queue pops, registry releases, counters).
     shared: Arc<Shared>,
+    /// Failed ops in the log: grouped and counted, not a line each.
+    failures: FailureLog,
     /// Every op taken from the queue and not yet completed, by slot index.
     /// A slot holds an op (`Some`) exactly while its index is in one place:
     /// a group, a peer's `waiting` list, a transfer's `members`, or
@@ -190,13 +266,21 @@ pub(crate) struct Progress {
 }
 
 impl Progress {
-    /// `MCFX_E_INTERNAL` when the op slots (sized by the caller's
-    /// `queue_capacity` and `max_batch`) cannot be allocated.
+    /// `MCFX_E_INTERNAL` when the first op slots (sized by the caller's
+    /// `queue_capacity` and `max_batch`, at most `max_in_flight`) or the
+    /// scratch lists cannot be allocated. More slots are added, fallibly,
+    /// as ops need them (`new_slot`), up to `max_in_flight`.
     pub(crate) fn new(shared: Arc<Shared>) -> Result<Progress> {
-        let cap = shared.config.queue_capacity + shared.config.max_batch;
+        let config = &shared.config;
+        let cap = (config.queue_capacity + config.max_batch).min(config.max_in_flight);
         let now = Instant::now();
-        let (mut slots, mut free) = (Vec::new(), Vec::new());
-        if slots.try_reserve_exact(cap).is_err() || free.try_reserve_exact(cap).is_err() {
+        let (mut slots, mut free, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
+        let mut all = Vec::new();
+        if slots.try_reserve_exact(cap).is_err()
+            || free.try_reserve_exact(cap).is_err()
+            || scratch.try_reserve_exact(config.max_batch).is_err()
+            || all.try_reserve_exact(config.max_in_flight.min(64)).is_err()
+        {
             return fail(Status::MCFX_E_INTERNAL, format!("no memory for {cap} op slots"));
         }
         let Ok(iovs) = IovList::new() else {
@@ -207,10 +291,10 @@ impl Progress {
             free,
             peers: PeerTable::default(),
             groups: Groups::default(),
-            inflight: Transfers { all: Vec::with_capacity(64), live: 0 },
+            inflight: Transfers { all, live: 0 },
             zombies: Vec::new(),
             iovs,
-            scratch: Vec::new(),
+            scratch,
             results: Vec::new(),
             waiting: 0,
             next_wait_scan: now,
@@ -218,6 +302,7 @@ impl Progress {
             coarse: None,
             epoch: now,
             shared,
+            failures: FailureLog::default(),
         })
     }
 
@@ -275,7 +360,8 @@ impl Progress {
         (self.clock, self.coarse) = (None, None);
         // Each step is skipped when it has nothing to do: an idle pass is a
         // handful of loads, so new work is noticed within nanoseconds.
-        let mut moved = self.drain_queue();
+        let popped = self.drain_queue();
+        let mut moved = popped;
         if self.shared.connects.has_results() {
             moved |= self.apply_connects();
         }
@@ -292,6 +378,9 @@ impl Progress {
         if !self.zombies.is_empty() {
             self.poll_zombies();
         }
+        // The credits of this pass's completions go back, and submitters
+        // waiting for room are woken if any was freed.
+        self.shared.queue.release_room(popped);
         moved
     }
 
@@ -305,10 +394,6 @@ impl Progress {
     /// bandwidth), while a long wait costs a wake-up per nap instead of a
     /// spinning core.
     fn sleep(&mut self, idle: Duration) {
-        let shared = &self.shared;
-        let has_work = || {
-            !shared.queue.is_empty() || shared.connects.has_results() || shared.queue.is_closed()
-        };
         let timeout = if !self.inflight.is_empty() {
             Some((idle / 16).clamp(MIN_INFLIGHT_NAP, MAX_INFLIGHT_NAP))
         } else if self.waiting > 0 {
@@ -317,6 +402,21 @@ impl Progress {
             Some(Duration::from_millis(10))
         } else {
             None
+        };
+        // Failures still counted get their summary when it is due, not at
+        // the next op (which may never come).
+        let now = CoarseTime::now().ns();
+        self.failures.flush(now);
+        let timeout = match self.failures.next_due() {
+            Some(due) => {
+                let until = Duration::from_nanos(due.saturating_sub(now));
+                Some(timeout.map_or(until, |t| t.min(until)))
+            }
+            None => timeout,
+        };
+        let shared = &self.shared;
+        let has_work = || {
+            !shared.queue.is_empty() || shared.connects.has_results() || shared.queue.is_closed()
         };
         shared.queue.wake().park(has_work, timeout, shared.config.pin_asleep);
     }
@@ -338,15 +438,18 @@ impl Progress {
         let max = self.shared.config.max_batch;
         let second = if max > 1 { self.shared.queue.pop() } else { None };
         let Some(second) = second else {
-            let idx = self.take_slot(first);
-            if !self.issue_alone(idx) {
-                self.route(idx);
+            if let Some(idx) = self.take_slot(first) {
+                if !self.issue_alone(idx) {
+                    self.route(idx);
+                }
             }
             return;
         };
         let (peer, opcode) = (first.req.peer, first.req.opcode);
-        let idx = self.take_slot(first);
-        let mut last = self.route_to(idx, peer, opcode).map(|g| (peer, opcode, g));
+        let mut last = match self.take_slot(first) {
+            Some(idx) => self.route_to(idx, peer, opcode).map(|g| (peer, opcode, g)),
+            None => None,
+        };
         let (mut op, mut n) = (second, 2);
         // `last`: the group of the op before. The ops of a batch usually
         // share peer and opcode, and nothing changes a peer's state during
@@ -354,10 +457,11 @@ impl Progress {
         // (no peer lookup, no group search).
         loop {
             let (peer, opcode) = (op.req.peer, op.req.opcode);
-            let idx = self.take_slot(op);
-            match last {
-                Some((p, o, g)) if p == peer && o == opcode => self.groups.push(g, idx),
-                _ => last = self.route_to(idx, peer, opcode).map(|g| (peer, opcode, g)),
+            if let Some(idx) = self.take_slot(op) {
+                match last {
+                    Some((p, o, g)) if p == peer && o == opcode => self.groups.push(g, idx),
+                    _ => last = self.route_to(idx, peer, opcode).map(|g| (peer, opcode, g)),
+                }
             }
             if n >= max {
                 break;
@@ -367,27 +471,47 @@ impl Progress {
         }
     }
 
-    fn take_slot(&mut self, op: Op) -> u32 {
-        match self.free.pop() {
-            Some(i) => {
-                // Field by field: `waiting_since` is stamped before it is
-                // read (`park_stamp`), so it is left as it is.
-                let slot = &mut self.slots[i as usize];
-                slot.op = Some(op);
-                slot.refreshed = false;
-                slot.failed_transfer = false;
-                i
-            }
-            None => {
-                self.slots.push(Slot {
-                    op: Some(op),
-                    refreshed: false,
-                    failed_transfer: false,
-                    waiting_since: self.epoch,
-                });
-                (self.slots.len() - 1) as u32
+    /// Files `op` in a free slot; `None` when no slot could be had (the op
+    /// then completed with `MCFX_E_NO_MEMORY`).
+    #[inline]
+    fn take_slot(&mut self, op: Op) -> Option<u32> {
+        let Some(i) = self.free.pop() else { return self.new_slot(op) };
+        // Field by field: `waiting_since` is stamped before it is read
+        // (`park_stamp`), so it is left as it is.
+        let slot = &mut self.slots[i as usize];
+        slot.op = Some(op);
+        slot.refreshed = false;
+        slot.failed_transfer = false;
+        Some(i)
+    }
+
+    /// A slot past the high-water mark. The slots and the free list grow
+    /// together and fallibly, doubling, up to `max_in_flight` (every op in a
+    /// slot holds one of the transport's credits, so no more are needed);
+    /// if no memory can be had, `op` completes with `MCFX_E_NO_MEMORY`.
+    #[cold]
+    #[inline(never)]
+    fn new_slot(&mut self, op: Op) -> Option<u32> {
+        let len = self.slots.len();
+        debug_assert!(len < self.shared.config.max_in_flight, "more ops than credits");
+        if len == self.slots.capacity() {
+            let want = (len * 2).min(self.shared.config.max_in_flight).max(len + 1);
+            // The free list must hold every slot: `complete` never grows it.
+            if self.slots.try_reserve_exact(want - len).is_err()
+                || self.free.try_reserve_exact(want - self.free.len()).is_err()
+            {
+                let msg = format!("no memory for {want} op slots");
+                self.complete_op(op, Status::MCFX_E_NO_MEMORY, Some(&msg));
+                return None;
             }
         }
+        self.slots.push(Slot {
+            op: Some(op),
+            refreshed: false,
+            failed_transfer: false,
+            waiting_since: self.epoch,
+        });
+        Some(len as u32)
     }
 
     fn op(&self, idx: u32) -> &Op {
@@ -407,25 +531,39 @@ impl Progress {
     fn route_to(&mut self, idx: u32, peer_id: u64, opcode: Opcode) -> Option<usize> {
         // A known peer by lookup alone; a new one through `entry` (which
         // requests its first connect).
-        let peer = match self.peers.peers.get_mut(&peer_id) {
-            Some(peer) => peer,
-            None => self.peers.entry(peer_id, &self.shared.connects),
-        };
-        match (&peer.conn, peer.connecting) {
-            (Some(conn), false) => Some(self.groups.add(peer_id, opcode, conn, idx)),
+        let peer = self.peers.peers.get_mut(&peer_id);
+        match peer.as_ref().map(|p| (&p.conn, p.connecting)) {
+            Some((Some(conn), false)) => Some(self.groups.add(peer_id, opcode, conn, idx)),
             _ => {
-                self.wait_for_conn(peer_id, idx);
+                self.wait_for_conn(peer_id, idx, false);
                 None
             }
         }
     }
 
     /// Files an op under its peer's waiting list (no connection yet, or one
-    /// being replaced).
+    /// being replaced): creates the peer (requesting its first connect) if
+    /// it is new; with `refresh`, requests a reconnect unless a connect is
+    /// under way. The lists grow fallibly: without memory for the entry,
+    /// the op completes with `MCFX_E_NO_MEMORY`.
     #[cold]
     #[inline(never)]
-    fn wait_for_conn(&mut self, peer_id: u64, idx: u32) {
-        self.peers.entry(peer_id, &self.shared.connects).waiting.push(idx);
+    fn wait_for_conn(&mut self, peer_id: u64, idx: u32, refresh: bool) {
+        let peers = &mut self.peers.peers;
+        if !peers.contains_key(&peer_id) && peers.try_reserve(1).is_err() {
+            return self.complete(idx, Status::MCFX_E_NO_MEMORY, Some("no memory for a new peer"));
+        }
+        let connects = &self.shared.connects;
+        let peer = self.peers.entry(peer_id, connects);
+        if peer.waiting.try_reserve(1).is_err() {
+            let msg = "no memory for the peer's list of waiting ops";
+            return self.complete(idx, Status::MCFX_E_NO_MEMORY, Some(msg));
+        }
+        if refresh && !peer.connecting {
+            peer.connecting = true;
+            connects.request(peer_id, ConnectKind::Refresh);
+        }
+        peer.waiting.push(idx);
         self.waiting += 1;
         self.park_stamp(idx);
     }
@@ -444,6 +582,9 @@ impl Progress {
         }
         let Some(peer) = self.peers.peers.get(&peer_id) else { return false };
         let (Some(conn), false) = (&peer.conn, peer.connecting) else { return false };
+        if !self.inflight.ensure_spare(self.shared.config.max_in_flight) {
+            return false;
+        }
         if self.iovs.push(conn, op.region.mr, op.req.local, len as u32, op.req.remote).is_err() {
             return false;
         }
@@ -500,9 +641,10 @@ impl Progress {
     }
 
     fn apply_connect(&mut self, r: ConnectResult) {
-        // Every path below puts the scratch vector back (no early return
-        // between taking and restoring it).
-        let mut waiting = std::mem::take(&mut self.scratch);
+        // The peer's waiting list is taken out (no copy, no allocation) and
+        // the larger of it and the scratch vector is kept as the scratch
+        // vector (`keep_larger`): every path below ends there.
+        let mut waiting = Vec::new();
         let refresh = r.kind == ConnectKind::Refresh;
         let now = if refresh { Some(self.now()) } else { None };
         match r.outcome {
@@ -515,27 +657,34 @@ impl Progress {
                     if now.is_some() {
                         peer.refreshed_at = now;
                     }
-                    waiting.append(&mut peer.waiting);
+                    waiting = std::mem::take(&mut peer.waiting);
                 }
                 if replaced {
                     self.forget_spare_conns();
                 }
                 self.waiting -= waiting.len();
-                for &idx in &waiting {
+                let max_batch = self.shared.config.max_batch;
+                for (i, &idx) in waiting.iter().enumerate() {
                     if self.slots[idx as usize].failed_transfer {
                         self.judge_failed(idx, &conn);
                     } else {
                         self.route(idx);
                     }
+                    // The groups take at most a drain's worth at a time (up
+                    // to max_in_flight ops may have waited).
+                    if (i + 1) % max_batch == 0 {
+                        self.flush_groups();
+                    }
                 }
             }
             Err(e) => {
                 if let Some(mut peer) = self.peers.peers.remove(&r.peer) {
-                    waiting.append(&mut peer.waiting);
+                    waiting = std::mem::take(&mut peer.waiting);
                     if refresh {
                         // Keep the old connection: only the newer regions
                         // were unreachable, and the ops that needed them
-                        // fail below.
+                        // fail below. (Re-inserted where it was removed
+                        // from: no allocation.)
                         peer.connecting = false;
                         peer.refreshed_at = now;
                         self.peers.peers.insert(r.peer, peer);
@@ -552,8 +701,18 @@ impl Progress {
                 }
             }
         }
-        waiting.clear();
-        self.scratch = waiting;
+        self.keep_larger(waiting);
+    }
+
+    /// Keeps the larger of `list` (a list of ops just handled) and the
+    /// scratch vector, emptied, as the scratch vector; frees the other. So
+    /// no peer keeps spare capacity after its list was handled, and the
+    /// one spare list is at most as large as the largest list was.
+    fn keep_larger(&mut self, mut list: Vec<u32>) {
+        if list.capacity() > self.scratch.capacity() {
+            list.clear();
+            self.scratch = list;
+        }
     }
 
     /// Completes an op whose transfer failed: `MCFX_E_REMOTE_RANGE` when
@@ -602,6 +761,11 @@ impl Progress {
             // reference count traffic).
             let (peer, opcode, conn, members) = self.groups.take(g);
             for &idx in &members {
+                if !self.inflight.ensure_spare(self.shared.config.max_in_flight) {
+                    let msg = "no memory for a FlagCX call's record";
+                    self.complete(idx, Status::MCFX_E_NO_MEMORY, Some(msg));
+                    continue;
+                }
                 if !self.add_iovs(&conn, peer, idx) {
                     continue;
                 }
@@ -610,7 +774,7 @@ impl Progress {
                     self.submit(&conn, opcode);
                 }
             }
-            if !self.inflight.next().members.is_empty() {
+            if self.inflight.building() {
                 self.submit(&conn, opcode);
             }
             self.groups.restore(g, conn, members);
@@ -661,14 +825,7 @@ impl Progress {
         // reconnect once to see newer ones (at most once per peer per
         // REFRESH_INTERVAL; ops missing meanwhile share it), then retry.
         self.slots[idx as usize].refreshed = true;
-        self.park_stamp(idx);
-        let peer = self.peers.entry(peer_id, &self.shared.connects);
-        if !peer.connecting {
-            peer.connecting = true;
-            self.shared.connects.request(peer_id, ConnectKind::Refresh);
-        }
-        peer.waiting.push(idx);
-        self.waiting += 1;
+        self.wait_for_conn(peer_id, idx, true);
     }
 
     /// Issues the call being built (`iovs`, members in `inflight.next()`):
@@ -803,23 +960,17 @@ impl Progress {
         }
         let recent = self.refreshed_recently(peer_id);
         for &m in members.iter() {
-            let peer = self.peers.entry(peer_id, &self.shared.connects);
-            match (&peer.conn, peer.connecting) {
-                (Some(conn), false) if recent => {
+            let peer = self.peers.peers.get(&peer_id);
+            match peer.map(|p| (&p.conn, p.connecting)) {
+                Some((Some(conn), false)) if recent => {
                     let conn = Arc::clone(conn);
                     self.judge_failed(m, &conn);
                 }
                 _ => {
-                    if !peer.connecting {
-                        peer.connecting = true;
-                        self.shared.connects.request(peer_id, ConnectKind::Refresh);
-                    }
-                    peer.waiting.push(m);
-                    self.waiting += 1;
                     let slot = &mut self.slots[m as usize];
                     slot.failed_transfer = true;
                     slot.refreshed = true;
-                    self.park_stamp(m);
+                    self.wait_for_conn(peer_id, m, true);
                 }
             }
         }
@@ -831,7 +982,7 @@ impl Progress {
     #[cold]
     #[inline(never)]
     fn bury(&mut self, conn: Arc<Conn>, id: TransferId) {
-        if self.zombies.len() < MAX_ZOMBIES {
+        if self.zombies.len() < MAX_ZOMBIES && self.zombies.try_reserve(1).is_ok() {
             self.zombies.push((conn, Some(id)));
         } else {
             tracing::warn!(id = id.raw(), "abandoning a timed-out FlagCX transfer id");
@@ -851,40 +1002,57 @@ impl Progress {
 
     // ---- 5. deadlines of waiting ops ---------------------------------------
 
+    /// Completes the waiting ops past their deadline or connect timeout.
+    /// They are collected in the scratch vector, room for every waiting op
+    /// if that can be had, else in rounds of what it holds (at least
+    /// `max_batch`, reserved at creation).
     fn expire_waiting(&mut self) {
         let connect_timeout = self.shared.config.connect_timeout;
         let (now, coarse) = (self.now(), self.coarse_now());
         let mut expired = std::mem::take(&mut self.scratch);
-        for peer in self.peers.peers.values_mut() {
-            let slots = &self.slots;
-            peer.waiting.retain(|&idx| {
-                let s = &slots[idx as usize];
-                let deadline = s.op.as_ref().expect("live slot").deadline;
-                let late = coarse >= deadline || now >= s.waiting_since + connect_timeout;
-                if late {
-                    expired.push(idx);
+        let _ = expired.try_reserve(self.waiting);
+        loop {
+            let room = expired.capacity();
+            for peer in self.peers.peers.values_mut() {
+                let slots = &self.slots;
+                peer.waiting.retain(|&idx| {
+                    let s = &slots[idx as usize];
+                    let deadline = s.op.as_ref().expect("live slot").deadline;
+                    let late = coarse >= deadline || now >= s.waiting_since + connect_timeout;
+                    if late && expired.len() < room {
+                        expired.push(idx);
+                        return false;
+                    }
+                    true
+                });
+                if peer.waiting.is_empty() && peer.waiting.capacity() > SPARE_WAITING {
+                    // Its ops left: give back what a burst made it grow to.
+                    peer.waiting = Vec::new();
                 }
-                !late
-            });
-        }
-        self.waiting -= expired.len();
-        for &idx in &expired {
-            let (peer, deadline) = (self.op(idx).req.peer, self.op(idx).deadline);
-            if coarse >= deadline {
-                self.complete(
-                    idx,
-                    Status::MCFX_E_TIMEOUT,
-                    Some("op deadline passed while connecting"),
-                );
-            } else {
-                let msg = format!(
-                    "peer {peer}: no connection within the connect timeout ({} ms)",
-                    connect_timeout.as_millis()
-                );
-                self.complete(idx, Status::MCFX_E_CONNECT, Some(&msg));
+            }
+            self.waiting -= expired.len();
+            let full = expired.len() == room;
+            for &idx in &expired {
+                let (peer, deadline) = (self.op(idx).req.peer, self.op(idx).deadline);
+                if coarse >= deadline {
+                    self.complete(
+                        idx,
+                        Status::MCFX_E_TIMEOUT,
+                        Some("op deadline passed while connecting"),
+                    );
+                } else {
+                    let msg = format!(
+                        "peer {peer}: no connection within the connect timeout ({} ms)",
+                        connect_timeout.as_millis()
+                    );
+                    self.complete(idx, Status::MCFX_E_CONNECT, Some(&msg));
+                }
+            }
+            expired.clear();
+            if !full {
+                break;
             }
         }
-        expired.clear();
         self.scratch = expired;
     }
 
@@ -897,15 +1065,40 @@ impl Progress {
         let op = slot.op.as_ref().expect("op completed twice");
         let (region, user_data, len, peer) = (op.region, op.req.user_data, op.req.len, op.req.peer);
         slot.op = None;
+        // Never allocates: the free list has room for every slot.
         self.free.push(idx);
+        self.deliver(region, user_data, len, peer, status, msg);
+    }
+
+    /// Delivers the one completion of an op that has no slot (it never got
+    /// one, or shutdown took it from the queue).
+    #[cold]
+    #[inline(never)]
+    fn complete_op(&mut self, op: Op, status: Status, msg: Option<&str>) {
+        self.deliver(op.region, op.req.user_data, op.req.len, op.req.peer, status, msg);
+    }
+
+    /// An op's completion: its region hold, its counters, its credit, its
+    /// callback.
+    #[inline]
+    fn deliver(
+        &mut self,
+        region: RegionRef,
+        user_data: u64,
+        len: u64,
+        peer: u64,
+        status: Status,
+        msg: Option<&str>,
+    ) {
         // Released before the callback, so the callback may unregister.
         self.shared.registry.release(region);
         if let Some(msg) = msg {
-            tracing::warn!(peer, user_data, status = ?status, "op failed: {msg}");
+            let now = self.coarse_now().ns();
+            self.failures.failed(now, peer, status, user_data, msg);
         }
         // Counted before the callback, so whoever has seen the completion sees
-        // it counted: these Relaxed stores are sequenced before the callback,
-        // the callback hands the completion to a waiting thread through some
+        // it counted: these stores are sequenced before the callback, the
+        // callback hands the completion to a waiting thread through some
         // synchronization of its own (a Release store it Acquires, a mutex, a
         // condvar), and by coherence the reader's load then returns this store
         // or a later one (happens-before carries over to the counter line).
@@ -920,6 +1113,9 @@ impl Progress {
             Status::MCFX_E_CANCELED => Stats::bump(&stats.progress.canceled, 1),
             _ => Stats::bump(&stats.progress.failed, 1),
         }
+        // Its credit goes back at the end of the pass (or at once, to a
+        // callback below that submits and finds none).
+        self.shared.queue.completed(1);
         let on_complete = &self.shared.on_complete;
         let panicked = catch_unwind(AssertUnwindSafe(|| on_complete(user_data, status))).is_err();
         if panicked {
@@ -936,8 +1132,7 @@ impl Progress {
         (self.clock, self.coarse) = (None, None);
         // The queue is closed: this drains it for good.
         while let Some(op) = self.shared.queue.pop() {
-            let idx = self.take_slot(op);
-            self.complete(idx, Status::MCFX_E_CANCELED, None);
+            self.complete_op(op, Status::MCFX_E_CANCELED, None);
         }
         let mut results = std::mem::take(&mut self.results);
         self.shared.connects.take_results(&mut results);
@@ -965,16 +1160,17 @@ impl Progress {
         // if a path is added that does.
         self.cancel_waiting();
         self.zombies.clear();
+        self.failures.finish(CoarseTime::now().ns());
         debug_assert!(self.slots.iter().all(|s| s.op.is_none()), "an op never completed");
     }
 
     /// Shutdown: completes every op waiting for a connection, CANCELED (or
     /// TRANSFER_FAILED for one whose transfer failed before it waited).
     fn cancel_waiting(&mut self) {
-        let peers: Vec<u64> = self.peers.peers.keys().copied().collect();
-        for peer in peers {
-            let waiting = std::mem::take(&mut self.peers.peers.get_mut(&peer).unwrap().waiting);
-            for idx in waiting {
+        // The peers go with their lists (shutdown needs them no more; the
+        // transfers in flight hold their own connections).
+        for (_, peer) in std::mem::take(&mut self.peers.peers) {
+            for idx in peer.waiting {
                 if self.slots[idx as usize].failed_transfer {
                     let msg = "FlagCX reported the transfer failed; shut down before a reconnect";
                     self.complete(idx, Status::MCFX_E_TRANSFER_FAILED, Some(msg));

@@ -88,8 +88,24 @@ impl<T> Ring<T> {
 
     /// Reserves up to `n` free slots with one CAS, fills slot `j` with
     /// `make(j)` and publishes them together. Returns how many it took (0:
-    /// the queue is full).
-    pub fn push_with(&self, n: usize, mut make: impl FnMut(usize) -> T) -> usize {
+    /// the queue is full). (The transport counts its pushes:
+    /// [`Ring::push_counted`].)
+    #[cfg(any(test, loom))]
+    pub fn push_with(&self, n: usize, make: impl FnMut(usize) -> T) -> usize {
+        self.push_counted(n, |_| {}, make)
+    }
+
+    /// [`Ring::push_with`], calling `reserved(count)` once the slots are
+    /// reserved and before any of them is published (and before any
+    /// `make`): a count taken there is exact (these `count` values will be
+    /// popped) and precedes the consumer's first sight of them.
+    #[inline]
+    pub fn push_counted(
+        &self,
+        n: usize,
+        reserved: impl FnOnce(usize),
+        mut make: impl FnMut(usize) -> T,
+    ) -> usize {
         if n == 0 {
             return 0;
         }
@@ -119,9 +135,10 @@ impl<T> Ring<T> {
                 Err(now) => tail = now,
             }
         };
-        // Publishes on drop, also if `make` panics (unfilled slots carry
-        // None, which the consumer skips): the ring never stalls.
+        // Publishes on drop, also if `reserved` or `make` panics (unfilled
+        // slots carry None, which the consumer skips): the ring never stalls.
         let _publish = Publish { slots, lap, first, count };
+        reserved(count);
         let mut pos = first;
         for j in 0..count {
             let value = make(j);

@@ -1,15 +1,26 @@
 //! Counters, readable at any time from any thread.
 //!
-//! All counters are monotonically increasing `Relaxed` atomics: each is an
-//! independent tally, nothing is published through them, and a reader only
-//! needs an eventually consistent snapshot. Hot-path updates happen once per
-//! submit call or per progress pass, not per op, where that is possible.
+//! Every counter only grows (a reader never sees one go down): each is
+//! added to after the fact it counts and never taken back. `submitted`
+//! counts accepted ops only, once their queue slots are reserved and before
+//! they are published (see `Ring::push_counted`), so an op is counted
+//! submitted before it can complete. `in_flight` (in `mcfx_stats`) is no
+//! counter but their difference, and goes up and down.
+//!
+//! The counters are independent tallies updated with `Relaxed` RMWs (several
+//! writers) or plain stores (the progress thread's, `Stats::bump`, with
+//! Release so that a reader who sees a completion counted also sees its op
+//! counted submitted, see `snapshot`). Hot-path updates happen once per
+//! submit chunk or per completion, with no locked instruction on the
+//! progress thread.
 //!
 //! One promise holds beyond that: an op's completion counters are stored
 //! before its callback runs (`Progress::complete`), so a thread that has seen
 //! the completion (synchronized with the callback) reads them counted.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    fence, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 
 use crossbeam_utils::CachePadded;
 
@@ -40,10 +51,11 @@ macro_rules! counters {
             }
             /// Written by submitting callers.
             callers: CallerCounters {
-                /// Ops accepted by submit.
+                /// Ops accepted by submit (counted once queued, never taken
+                /// back).
                 submitted,
                 /// Submit calls refused (in part or whole) because the queue
-                /// was full.
+                /// was full or `max_in_flight` ops were held.
                 queue_full,
                 /// Times a submitter had to wake the sleeping progress thread.
                 wakeups,
@@ -94,18 +106,35 @@ macro_rules! define_stats {
         impl Stats {
             /// A copy of every counter, group by group in the list's order:
             /// the completion counters first, then (after an Acquire fence)
-            /// the rest. An op is counted submitted before it can complete,
-            /// so this order never shows more completed than submitted
-            /// (`in_flight` also saturates at zero).
+            /// the rest. An op is counted submitted before it can complete
+            /// (and the completion counters are stored with Release), so this
+            /// order never shows more completed than submitted. Then the
+            /// completion counters are read again, and the whole copy taken
+            /// again if an op completed meanwhile (up to `SNAPSHOT_TRIES`
+            /// times): so `in_flight` is, in the usual case, the count of
+            /// ops held at one moment, never above `max_in_flight` (ops are
+            /// counted submitted after they took their credit and counted
+            /// completed before they give it back).
             pub fn snapshot(&self) -> Snapshot {
-                $($( let $name = self.$group.$name.load(Relaxed); )*
-                std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);)*
-                Snapshot { $($( $name, )*)* }
+                let mut tries = 1;
+                loop {
+                    $($( let $name = self.$group.$name.load(Relaxed); )*
+                    fence(Acquire);)*
+                    let s = Snapshot { $($( $name, )*)* };
+                    if self.done() == s.done() || tries == SNAPSHOT_TRIES {
+                        return s;
+                    }
+                    tries += 1;
+                }
             }
         }
     };
 }
 counters!(define_stats);
+
+/// How many times `snapshot` copies the counters at most while ops
+/// complete under it.
+const SNAPSHOT_TRIES: u32 = 8;
 
 impl Stats {
     /// For counters several threads write.
@@ -116,19 +145,28 @@ impl Stats {
     /// For counters only the progress thread writes: a plain load and store
     /// (no locked instruction on the completion path).
     pub(crate) fn bump(counter: &AtomicU64, n: u64) {
-        counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+        // Relaxed: only this thread writes it. Release: a snapshot that
+        // reads this value (then an Acquire fence) sees every `submitted`
+        // count made before the op was published.
+        counter.store(counter.load(Relaxed).wrapping_add(n), Release);
     }
 
-    /// Takes back part of an `add` (ops counted but not queued).
-    pub(crate) fn sub(counter: &AtomicU64, n: u64) {
-        counter.fetch_sub(n, Relaxed);
+    /// Ops completed, with any status.
+    fn done(&self) -> u64 {
+        let p = &self.progress;
+        // Relaxed: read after `snapshot`'s Acquire fences, for comparison.
+        [&p.completed, &p.failed, &p.timed_out, &p.canceled].iter().map(|c| c.load(Relaxed)).sum()
     }
 }
 
 impl Snapshot {
+    /// Ops completed, with any status.
+    fn done(&self) -> u64 {
+        self.completed + self.failed + self.timed_out + self.canceled
+    }
+
     /// Ops accepted and not yet completed.
     pub fn in_flight(&self) -> u64 {
-        let done = self.completed + self.failed + self.timed_out + self.canceled;
-        self.submitted.saturating_sub(done)
+        self.submitted.saturating_sub(self.done())
     }
 }

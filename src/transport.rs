@@ -12,9 +12,9 @@ use crate::engine::EngineRef;
 use crate::error::{fail, Error, Result, Status};
 use crate::gate::Admission;
 use crate::op::{CoarseTime, Op, OpRequest, OpSource};
-use crate::peers::{run_connector, Connects};
+use crate::peers::{run_connector, run_standby, Connects, STANDBY_NAME};
 use crate::progress::Progress;
-use crate::queue::SubmitQueue;
+use crate::queue::{Limit, SubmitQueue};
 use crate::registry::{not_registered, RegionRef, Registry, View};
 use crate::shared::{Lease, Shared};
 use crate::slots::{self, Slot};
@@ -111,6 +111,20 @@ impl Transport {
         })?;
         transport.thread_ids.lock().push(h.thread().id());
         transport.threads.lock().progress = Some(h);
+        // Standby connector threads (a stuck connect leaves the pool): each
+        // holds the shared state itself; a weak reference here, so the
+        // spawner stored inside it does not keep it alive.
+        let weak = Arc::downgrade(&shared);
+        shared.connects.set_standby_spawner(Box::new(move || {
+            let Some(s) = weak.upgrade() else {
+                return Err(crate::log::SpawnError::NoMemory);
+            };
+            let run = move || {
+                crate::wait_graph::set_owner(id);
+                run_standby(s.connector())
+            };
+            crate::log::spawn(STANDBY_NAME, run).map(drop)
+        }));
         for i in 0..shared.config.connect_threads {
             let s = Arc::clone(&shared);
             shared.connects.thread_started();
@@ -149,7 +163,7 @@ impl Transport {
     /// caller is inside one of its callbacks).
     pub fn on_own_thread(&self) -> bool {
         let me = std::thread::current().id();
-        self.thread_ids.lock().contains(&me)
+        self.thread_ids.lock().contains(&me) || self.shared.connects.on_own_thread()
     }
 
     /// Registers local memory for transfers.
@@ -176,8 +190,9 @@ impl Transport {
     /// once) and `*accepted` says how many. On a per-op error (bad opcode or
     /// reserved field, zero length, NULL, overflow, local range not
     /// registered) `reqs[*accepted]` is the bad op and the ops after it were
-    /// not queued; on `MCFX_E_QUEUE_FULL` `reqs[*accepted..]` were not
-    /// queued; on `MCFX_E_SHUTTING_DOWN` nothing was. Every queued op's
+    /// not queued; on `MCFX_E_QUEUE_FULL` (no room in the queue or within
+    /// `max_in_flight`) `reqs[*accepted..]` were not queued; on
+    /// `MCFX_E_SHUTTING_DOWN` nothing was. Every queued op's
     /// deadline is `op_timeout` after this call (one coarse clock read per
     /// call, see `CoarseTime`).
     ///
@@ -188,10 +203,16 @@ impl Transport {
     ///
     /// Hot path: per op a range check against the region of the op before (a
     /// binary search only when it differs) and a slot write; one atomic add
-    /// per run of ops on one region in a chunk; per chunk one queue
-    /// reservation (a CAS), one wake check (a fence and a load) and one
-    /// counter update; per call one lock-free table load and one coarse
-    /// clock read.
+    /// per run of ops on one region in a chunk; per chunk one credit
+    /// reservation and one queue reservation (a CAS each), one wake check (a
+    /// fence and a load) and one counter update; per call one lock-free
+    /// table load and one coarse clock read.
+    ///
+    /// The transport holds at most `max_in_flight` ops (queued, waiting for
+    /// a connection, in FlagCX: from acceptance to completion); an op beyond
+    /// that, like one that finds the queue full, waits up to `submit_wait`
+    /// for room (asleep: the progress thread wakes it when it frees some) and
+    /// then ends the call with `MCFX_E_QUEUE_FULL`.
     pub fn submit<T: OpSource>(&self, reqs: &[T], accepted: &mut usize) -> Result<()> {
         *accepted = 0;
         let Some(admission) = self.shared.queue.enter() else {
@@ -212,6 +233,7 @@ impl Transport {
         let mut view = self.shared.registry.view();
         let deadline = CoarseTime::now().plus_ns(self.deadline_after_ns);
         let wait = self.shared.config.submit_wait;
+        let max_in_flight = self.shared.config.max_in_flight;
         // The checked ops of the current chunk, decoded once.
         let mut staged = Staged::new();
         let mut done = 0;
@@ -219,31 +241,31 @@ impl Transport {
             let chunk = &reqs[done..reqs.len().min(done + SUBMIT_CHUNK)];
             let (n, bad) = self.check_chunk(&mut view, chunk, done, &mut staged);
             if n > 0 {
-                // Counted before any op is published (the progress thread may
-                // complete it at once); the ops not queued are taken back.
-                Stats::add(&self.shared.stats.callers.submitted, n as u64);
+                let stats = &self.shared.stats.callers;
                 let mut ops = staged.drain(..);
-                let pushed = self.shared.queue.push_batch(admission, n, wait, |_| {
-                    let (req, region) = ops.next().expect("staged above");
-                    Op { req, region, deadline }
-                });
+                let (pushed, limit) = self.shared.queue.push_batch(
+                    admission,
+                    n,
+                    wait,
+                    max_in_flight,
+                    // Counted once the queue's slots are reserved and before
+                    // the ops are published (the progress thread may complete
+                    // them at once): only accepted ops, never taken back.
+                    |k| Stats::add(&stats.submitted, k as u64),
+                    |_| {
+                        let (req, region) = ops.next().expect("staged above");
+                        Op { req, region, deadline }
+                    },
+                );
                 done += pushed;
                 *accepted = done;
                 if pushed > 0 && self.shared.queue.notify() {
-                    Stats::add(&self.shared.stats.callers.wakeups, 1);
+                    Stats::add(&stats.wakeups, 1);
                 }
                 if pushed < n {
                     self.unhold_staged(ops);
-                    Stats::sub(&self.shared.stats.callers.submitted, (n - pushed) as u64);
-                    Stats::add(&self.shared.stats.callers.queue_full, 1);
-                    return fail(
-                        Status::MCFX_E_QUEUE_FULL,
-                        format!(
-                            "submit: queue of {} is full; {done} of {} ops queued",
-                            self.shared.config.queue_capacity,
-                            reqs.len()
-                        ),
-                    );
+                    Stats::add(&stats.queue_full, 1);
+                    return Err(self.full(limit, done, reqs.len()));
                 }
             }
             if let Some(e) = bad {
@@ -324,6 +346,24 @@ impl Transport {
         for (_, region) in ops {
             self.shared.registry.unhold(region, 1);
         }
+    }
+
+    /// The `MCFX_E_QUEUE_FULL` of a submit that queued `done` of `total`
+    /// ops before `limit` stopped it. Cold.
+    #[cold]
+    #[inline(never)]
+    fn full(&self, limit: Limit, done: usize, total: usize) -> Error {
+        let config = &self.shared.config;
+        let why = match limit {
+            Limit::Queue => format!("queue of {} is full", config.queue_capacity),
+            Limit::InFlight => {
+                format!("{} ops are in flight (max_in_flight)", config.max_in_flight)
+            }
+        };
+        Error::new(
+            Status::MCFX_E_QUEUE_FULL,
+            format!("submit: {why}; {done} of {total} ops queued"),
+        )
     }
 
     #[cold]
@@ -446,13 +486,19 @@ fn validate(r: &OpRequest) -> Result<()> {
 
 /// Starts a thread of this transport; its log events take the route of the
 /// creating thread (the transport's log callback, see `host_log`).
+/// `MCFX_E_NO_MEMORY` when there is no room for the thread (its stack and
+/// what std and glibc need to start it: see `log::spawn`), so that
+/// `mcfx_create` fails with a status (and tears down what it started)
+/// rather than the new thread aborting the host; `MCFX_E_INTERNAL` when the
+/// system refuses for another reason. The message is made without
+/// allocating when memory is short.
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
-    let log = crate::host_log::inherit();
-    let f = move || {
-        log.enter();
-        f()
-    };
-    std::thread::Builder::new().name(name.to_owned()).spawn(f).map_err(|e| {
-        Error::new(Status::MCFX_E_INTERNAL, format!("cannot start thread {name}: {e}"))
+    use crate::log::{message, SpawnError};
+    crate::log::spawn(name, f).map_err(|e| {
+        let status = match e {
+            SpawnError::NoMemory => Status::MCFX_E_NO_MEMORY,
+            SpawnError::Os(_) => Status::MCFX_E_INTERNAL,
+        };
+        Error::new(status, message(format_args!("cannot start thread {name}: {e}")))
     })
 }

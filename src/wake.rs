@@ -1,4 +1,5 @@
-//! The progress thread's sleep/wake protocol.
+//! The sleep/wake protocols: the progress thread's ([`Wake`]) and that of
+//! submitters waiting for room ([`RoomWait`]).
 //!
 //! One consumer (the progress thread) sleeps only after announcing it; many
 //! producers wake it only when it announced. Invariant (no lost wake-up):
@@ -13,18 +14,27 @@
 //! does not sleep). `Thread::unpark` keeps a token, so an unpark that lands
 //! between the consumer's check and its `park` is not lost either. The model
 //! in `tests/loom_wake.rs` checks this under every interleaving.
+//!
+//! The other direction (a submitter waits for the consumer to free room) is
+//! the same argument with the roles swapped, plus a lock so the sleeper can
+//! block on a condition variable; see [`RoomWait`] and its model in
+//! `tests/inflight_loom_room.rs`.
 
 #[cfg(loom)]
-use loom::sync::atomic::{fence, AtomicU32, Ordering};
+use loom::sync::atomic::{fence, AtomicU32, AtomicUsize, Ordering};
+#[cfg(loom)]
+use loom::sync::{Condvar, Mutex};
 #[cfg(loom)]
 use loom::thread::{self, Thread};
 #[cfg(not(loom))]
-use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::atomic::{fence, AtomicU32, AtomicUsize, Ordering};
+#[cfg(not(loom))]
+use std::sync::{Condvar, Mutex};
 #[cfg(not(loom))]
 use std::thread::{self, Thread};
 
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const AWAKE: u32 = 0;
 const PARKED: u32 = 1;
@@ -101,6 +111,106 @@ impl Wake {
         }
         unpin(pin);
         self.state.store(AWAKE, Ordering::SeqCst);
+    }
+}
+
+/// Submitters waiting for room (queue slots or in-flight credits), and the
+/// wake-up the consumer (the progress thread, which frees room by popping
+/// ops and completing them) gives them. A waiter sleeps on a condition
+/// variable: waiting costs no CPU (it used to spin on `yield_now`, about
+/// half a core).
+///
+/// Invariant (no lost wake-up), the [`Wake`] protocol with the roles
+/// swapped:
+///
+/// - consumer: free room; `fence(SeqCst)`; load `waiters`; if non-zero,
+///   take and drop `lock`, then `notify_all`.
+/// - waiter: increment `waiters`; `fence(SeqCst)`; then repeatedly: take
+///   `lock`, try to take room, and if there is none wait on `freed`
+///   (releasing `lock` atomically); decrement `waiters` when done.
+///
+/// Either the consumer sees the waiter registered, or the waiter's try
+/// (after its fence) sees the room freed before the consumer's fence. A
+/// consumer that sees a waiter takes the lock after the waiter's try under
+/// it (then the waiter is already waiting and gets the `notify_all`) or
+/// before it (then that try happens after the freeing and sees it). Checked
+/// under loom by `tests/inflight_loom_room.rs`.
+pub struct RoomWait {
+    /// Submitters inside `wait`.
+    waiters: AtomicUsize,
+    /// Orders a waiter's last try against the consumer's `notify_all`.
+    lock: Mutex<()>,
+    freed: Condvar,
+}
+
+impl Default for RoomWait {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RoomWait {
+    pub fn new() -> RoomWait {
+        RoomWait { waiters: AtomicUsize::new(0), lock: Mutex::new(()), freed: Condvar::new() }
+    }
+
+    /// Waiter side: calls `try_take` (under the lock: it must not call
+    /// `wake_waiters` or `wake_all`, but `wake_all_from_try`) until it returns true,
+    /// sleeping between calls until the consumer frees room, or until
+    /// `timeout` has passed since the call. Returns what the last
+    /// `try_take` returned (false: timed out).
+    pub fn wait(&self, mut try_take: impl FnMut() -> bool, timeout: Duration) -> bool {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let until = Instant::now().checked_add(timeout);
+        let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let took = loop {
+            if try_take() {
+                break true;
+            }
+            let left = match until {
+                Some(until) => until.saturating_duration_since(Instant::now()),
+                None => timeout,
+            };
+            if left.is_zero() {
+                break false;
+            }
+            guard = match self.freed.wait_timeout(guard, left) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+        };
+        drop(guard);
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        took
+    }
+
+    /// Consumer side, after it freed room: wakes every waiter, if there is
+    /// one. Costs a fence and a load when nobody waits.
+    #[inline]
+    pub fn wake_waiters(&self) {
+        fence(Ordering::SeqCst);
+        // Relaxed: the fence above orders this load after the freeing (as
+        // in `Wake::notify`); the lock is what hands over to a waiter.
+        if self.waiters.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        self.wake_all();
+    }
+
+    /// Wakes every waiter; only from inside a `wait`'s `try_take`, which
+    /// runs under the lock (so a waiter either sleeps already and is woken,
+    /// or tries after this one and sees what it freed).
+    pub fn wake_all_from_try(&self) {
+        self.freed.notify_all();
+    }
+
+    /// Wakes every waiter unconditionally (a waiter's `try_take` decides
+    /// whether to go on waiting; shutdown uses it so waiters give up).
+    #[cold]
+    pub fn wake_all(&self) {
+        drop(self.lock.lock().unwrap_or_else(|e| e.into_inner()));
+        self.freed.notify_all();
     }
 }
 

@@ -550,6 +550,44 @@ TEST_F(AdapterEndToEnd, DestroyMarksEveryOutstandingSlice) {
     resetProviderLatency();
 }
 
+TEST_F(AdapterEndToEnd, ABurstBeyondThePluginQueueFailsNoRequest) {
+    // vLLM-shaped: 10 threads, each a request of 2 048 pages, at once, with
+    // the plugin's default settings (a queue of 4 096 ops): the queue fills,
+    // the adapter waits for room instead of failing requests.
+    start();
+    constexpr size_t kThreads = 10, kOps = 2048, kLen = 1024;
+    constexpr size_t kPerThread = kOps * kLen;
+    Buffer src(kThreads * kPerThread, 1), dst(kThreads * kPerThread, 2);
+    registerOn(*a_, src);
+    registerOn(*b_, dst);
+    std::vector<size_t> failed(kThreads, 0), completed(kThreads, 0);
+    std::vector<std::thread> threads;
+    for (size_t t = 0; t < kThreads; ++t) {
+        threads.emplace_back([&, t] {
+            std::vector<Request> requests;
+            for (size_t i = 0; i < kOps; ++i) {
+                const size_t off = t * kPerThread + i * kLen;
+                requests.push_back(makeRequest(Request::WRITE, src.data() + off,
+                                               seg_b_, dst.addr(off), kLen));
+            }
+            Status submitted;
+            const BatchID id = submitTasks(*a_, requests, &submitted);
+            EXPECT_TRUE(submitted.ok()) << submitted.ToString();
+            for (const auto &s : waitAll(*a_, id)) {
+                if (s.s == StatusEnum::COMPLETED) ++completed[t];
+                if (s.s == StatusEnum::FAILED) ++failed[t];
+            }
+            EXPECT_TRUE(a_->freeBatchID(id).ok());
+        });
+    }
+    for (auto &th : threads) th.join();
+    for (size_t t = 0; t < kThreads; ++t) {
+        EXPECT_EQ(failed[t], 0u) << "thread " << t;
+        EXPECT_EQ(completed[t], kOps) << "thread " << t;
+    }
+    EXPECT_TRUE(src.sameAs(dst, 0, kThreads * kPerThread));
+}
+
 // ---- Plugin loading ----------------------------------------------------------
 
 class AdapterPluginLoading : public ::testing::Test {
@@ -667,7 +705,13 @@ class AdapterFakePlugin : public ::testing::Test {
         ASSERT_NE(lib, nullptr);
         complete_ = reinterpret_cast<size_t (*)(int32_t)>(
             dlsym(lib, "fake_mcfx_complete_pending"));
+        calls_ = reinterpret_cast<size_t (*)()>(
+            dlsym(lib, "fake_mcfx_submit_calls"));
+        set_limit_ = reinterpret_cast<size_t (*)(size_t)>(
+            dlsym(lib, "fake_mcfx_set_accept_limit"));
         ASSERT_NE(complete_, nullptr);
+        ASSERT_NE(calls_, nullptr);
+        ASSERT_NE(set_limit_, nullptr);
         dlclose(lib);  // the adapter keeps its own reference
     }
     void TearDown() override { transport_.reset(); }
@@ -685,18 +729,51 @@ class AdapterFakePlugin : public ::testing::Test {
     std::shared_ptr<TransferMetadata> meta_;
     std::unique_ptr<FlagCxTransport> transport_;
     size_t (*complete_)(int32_t) = nullptr;
+    size_t (*calls_)() = nullptr;
+    size_t (*set_limit_)(size_t) = nullptr;
 };
 
-TEST_F(AdapterFakePlugin, OpsBeyondTheAcceptedCountFailAtOnce) {
+TEST_F(AdapterFakePlugin, AFullPluginSlowsTheSubmitDownAndFailsNothing) {
+    // The fake takes two ops per submit and refuses the rest with
+    // MCFX_E_QUEUE_FULL: the adapter resubmits the rest until all are in.
+    const size_t before = calls_();
     const BatchID id = submit(5);
-    EXPECT_EQ(statusOf(*transport_, id, 0).s, StatusEnum::WAITING);
-    EXPECT_EQ(statusOf(*transport_, id, 1).s, StatusEnum::WAITING);
-    for (size_t i = 2; i < 5; ++i)
-        EXPECT_EQ(statusOf(*transport_, id, i).s, StatusEnum::FAILED) << i;
-    EXPECT_EQ(complete_(MCFX_OK), 2u);
-    EXPECT_EQ(statusOf(*transport_, id, 0).s, StatusEnum::COMPLETED);
-    EXPECT_EQ(statusOf(*transport_, id, 1).s, StatusEnum::COMPLETED);
+    EXPECT_EQ(calls_() - before, 3u);
+    for (size_t i = 0; i < 5; ++i)
+        EXPECT_EQ(statusOf(*transport_, id, i).s, StatusEnum::WAITING) << i;
+    EXPECT_EQ(complete_(MCFX_OK), 5u);
+    for (size_t i = 0; i < 5; ++i)
+        EXPECT_EQ(statusOf(*transport_, id, i).s, StatusEnum::COMPLETED) << i;
     EXPECT_EQ(statusOf(*transport_, id, 1).transferred_bytes, 64u);
+    EXPECT_TRUE(transport_->freeBatchID(id).ok());
+}
+
+TEST_F(AdapterFakePlugin, OpsStillWithoutRoomAtTheirDeadlineFailWithoutSpinning) {
+    // Reinstalled with a 200 ms op timeout; the fake then takes nothing.
+    transport_.reset();
+    {
+        ScopedEnv env("MC_FLAGCX_PLUGIN", MCFX_TEST_FAKE_PLUGIN);
+        ScopedEnv timeout("MC_FLAGCX_OP_TIMEOUT_MS", "200");
+        transport_ = std::make_unique<FlagCxTransport>();
+        ASSERT_EQ(Engine::install(*transport_, "seg_fake", meta_), 0);
+    }
+    const size_t limit = set_limit_(0);
+    const size_t before = calls_();
+    const auto t0 = std::chrono::steady_clock::now();
+    const BatchID id = submit(3);
+    const auto waited = std::chrono::steady_clock::now() - t0;
+    const size_t calls = calls_() - before;
+    set_limit_(limit);
+    // It waited for room up to the deadline, then failed the ops.
+    EXPECT_GE(waited, std::chrono::milliseconds(200));
+    for (size_t i = 0; i < 3; ++i) {
+        EXPECT_EQ(statusOf(*transport_, id, i).s, StatusEnum::FAILED) << i;
+        EXPECT_TRUE(Transport::toBatchDesc(id).task_list[i].is_finished);
+    }
+    // Asleep between tries: sleeps of 20 us doubling to 1 ms make at most
+    // about 200 tries in 200 ms (a busy machine only makes fewer).
+    EXPECT_LE(calls, 220u);
+    EXPECT_GE(calls, 2u);
     EXPECT_TRUE(transport_->freeBatchID(id).ok());
 }
 

@@ -5,7 +5,8 @@
 //   FAKE_TABLE_SIZE      the struct_size its table reports (default: full)
 //   FAKE_NO_ENTRY        the table under another name: no mcfx_get_api_v1
 // Its transport accepts at most FAKE_ACCEPT_LIMIT ops per submit (the rest:
-// MCFX_E_QUEUE_FULL), takes an op of FAKE_BAD_LENGTH bytes for a bad op
+// MCFX_E_QUEUE_FULL; the test can change the limit with
+// fake_mcfx_set_accept_limit), takes an op of FAKE_BAD_LENGTH bytes for a bad op
 // (MCFX_E_INVALID_ARGUMENT, the ABI's prefix rule: the ops before it are
 // queued, *accepted is its index), counts its submit calls
 // (fake_mcfx_submit_calls) and completes accepted ops only when the test calls
@@ -48,6 +49,7 @@ struct mcfx_transport {
 namespace {
 
 std::atomic<size_t> g_submit_calls{0};
+std::atomic<size_t> g_accept_limit{FAKE_ACCEPT_LIMIT};
 std::mutex g_lock;  // guards g_live and every transport's pending list
 std::vector<mcfx_transport *> g_live;
 thread_local std::string t_error;
@@ -125,9 +127,10 @@ mcfx_status fakeSubmit(mcfx_transport *transport, const mcfx_op *ops,
                        size_t count, size_t *accepted) {
     g_submit_calls.fetch_add(1);
     size_t take = 0;
+    const size_t limit = g_accept_limit.load();
     {
         std::lock_guard<std::mutex> guard(g_lock);
-        for (; take < count && take < FAKE_ACCEPT_LIMIT; ++take) {
+        for (; take < count && take < limit; ++take) {
             if (ops[take].length == FAKE_BAD_LENGTH) break;
             transport->pending.push_back(ops[take].user_data);
         }
@@ -169,6 +172,13 @@ __attribute__((visibility("default"))) const mcfx_api_v1 *FAKE_ENTRY(void) {
 // How many times submit was called, in this process.
 __attribute__((visibility("default"))) size_t fake_mcfx_submit_calls(void) {
     return g_submit_calls.load();
+}
+
+// Sets how many ops a submit accepts at most (FAKE_ACCEPT_LIMIT at load);
+// returns the previous limit.
+__attribute__((visibility("default"))) size_t fake_mcfx_set_accept_limit(
+    size_t limit) {
+    return g_accept_limit.exchange(limit);
 }
 
 // Completes every pending op of every live fake transport with `status`,

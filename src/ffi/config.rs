@@ -12,6 +12,7 @@ use super::types::*;
 use crate::config::{or_default, Config, MAX_ENDPOINT_LEN};
 use crate::error::{fail, Result, Status};
 use crate::host_log;
+use crate::log::message;
 
 /// The fields every caller must pass (everything up to `resolve_ctx`).
 pub(super) const MIN_CONFIG_SIZE: usize = std::mem::offset_of!(mcfx_config, queue_capacity);
@@ -168,16 +169,27 @@ pub(super) fn convert_config(c: &mcfx_config) -> Result<Converted> {
             // SAFETY: as above; buf is writable for its length.
             unsafe { resolve(ctx.0, peer, buf.as_mut_ptr().cast(), buf.len()) }
         }))
-        .map_err(|_| "the resolver callback panicked".to_string())?;
+        .map_err(|_| message(format_args!("the resolver callback panicked")))?;
         if rc != 0 {
-            return Err(format!("the resolver callback returned {rc} (peer unknown)"));
+            return Err(message(format_args!(
+                "the resolver callback returned {rc} (peer unknown)"
+            )));
         }
         let Some(end) = buf.iter().position(|&b| b == 0) else {
-            return Err("the resolver callback wrote no NUL-terminated endpoint".into());
+            return Err(message(format_args!(
+                "the resolver callback wrote no NUL-terminated endpoint"
+            )));
         };
-        std::str::from_utf8(&buf[..end])
-            .map(str::to_owned)
-            .map_err(|_| "the resolver callback wrote a non-UTF-8 endpoint".into())
+        let Ok(text) = std::str::from_utf8(&buf[..end]) else {
+            return Err(message(format_args!("the resolver callback wrote a non-UTF-8 endpoint")));
+        };
+        // Runs on a connector thread, on every connect: no allocation that
+        // could abort (an empty endpoint fails the connect as malformed).
+        let mut endpoint = String::new();
+        if endpoint.try_reserve_exact(text.len()).is_ok() {
+            endpoint.push_str(text);
+        }
+        Ok(endpoint)
     });
     Ok((config, on_complete, resolver))
 }

@@ -108,8 +108,9 @@ pub unsafe extern "C" fn mcfx_config_init(config: *mut mcfx_config, size: usize)
 /// `MCFX_E_BAD_CONFIG` (struct_size too small, abi_version 0 or above
 /// `MCFX_ABI_VERSION`, values out of range: see each field's maximum),
 /// `MCFX_E_FLAGCX` (no engine: e.g. no RDMA device with real FlagCX),
-/// `MCFX_E_INTERNAL` (threads, or memory for the queue and op slots could not
-/// be allocated; the host is never aborted).
+/// `MCFX_E_NO_MEMORY` (no room for a thread's stack and start-up, or memory
+/// the call needed; everything started is torn down, the host is never
+/// aborted), `MCFX_E_INTERNAL` (a thread refused for another reason).
 ///
 /// The transports of one process share one FlagCX engine (FlagCX
 /// registration is process-wide); they are otherwise independent and may be
@@ -177,13 +178,13 @@ pub unsafe extern "C" fn mcfx_create(
 /// destroys): that would wait for ever, so it returns
 /// `MCFX_E_WOULD_DEADLOCK` and changes nothing.
 ///
-/// Blocking: destroy waits for a resolver call that is running to return
-/// (the callback may use its context until destroy returns, so it cannot be
-/// abandoned), logging a warning while it waits; a resolver that blocks
-/// forever blocks destroy forever. Ops waiting for that peer fail
-/// `MCFX_E_CONNECT` at `connect_timeout_ms` regardless. A FlagCX connect
-/// still running after `connect_timeout_ms` is detached (it calls nothing
-/// of the caller's).
+/// Blocking: destroy waits for every resolver call that is running to
+/// return, on any connector thread (the callback may use its context until
+/// destroy returns), logging a warning while it waits; a resolver that
+/// blocks forever blocks destroy forever. Ops waiting for that peer fail
+/// `MCFX_E_CONNECT` at `connect_timeout_ms` regardless. Destroy never waits
+/// for FlagCX's connect, which calls nothing of the caller's: a thread
+/// inside it is left to finish on its own, holding its own references.
 ///
 /// Fork: in a child forked from the process that created the transport
 /// (Linux 4.14 or later), every call on the handle but this one returns
@@ -405,8 +406,11 @@ pub unsafe extern "C" fn mcfx_unregister_batch(
 /// and resubmits `ops + *accepted + 1` in one call (after a per-op error), or
 /// `ops + *accepted` later (queue full). Errors of the call itself queue
 /// nothing and set `*accepted` to 0: a NULL `transport`, NULL `ops` with a
-/// non-zero `count` (`MCFX_E_INVALID_ARGUMENT`), `MCFX_E_SHUTTING_DOWN`.
-/// `accepted` may be NULL.
+/// non-zero `count` (`MCFX_E_INVALID_ARGUMENT`), `MCFX_E_SHUTTING_DOWN`,
+/// `MCFX_E_FORKED`. `accepted` may be NULL. `MCFX_E_QUEUE_FULL` means no
+/// room in the queue (`queue_capacity`) or within `max_in_flight` (ops the
+/// transport holds: queued, waiting for a connection, inside FlagCX), after
+/// waiting up to `submit_wait_us`.
 ///
 /// Each queued op's deadline (`op_timeout_ms`) counts from this call,
 /// wherever the op is when it passes (queued, waiting for its connection, or
@@ -414,8 +418,8 @@ pub unsafe extern "C" fn mcfx_unregister_batch(
 /// granularity 1-4 ms on Linux), so an op times out no earlier than
 /// `op_timeout_ms` after the call and typically within a few ms after.
 ///
-/// Thread-safe; never blocks (except `submit_wait_us` when the queue is
-/// full) and never calls FlagCX. Ops are queued a few at a time as they are
+/// Thread-safe; never blocks, except waiting asleep up to `submit_wait_us`
+/// for room (woken as ops complete), and never calls FlagCX. Ops are queued a few at a time as they are
 /// checked, so completion callbacks of the first ops may run while the call
 /// still reads the later ones: a callback must not change or free the
 /// `ops` array of a submit that has not returned.

@@ -58,11 +58,18 @@ thread_local! {
     pub(super) static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
-pub(super) fn set_last_error(message: &str) {
-    LAST_ERROR.with(|m| {
+/// Keeps `name: message` as this thread's last error. Never aborts: when
+/// there is no memory for the text, the message is left empty (the status
+/// says what failed).
+pub(super) fn set_last_error(name: &str, message: &str) {
+    let _ = LAST_ERROR.try_with(|m| {
         let mut m = m.borrow_mut();
         m.clear();
-        m.push_str(message);
+        if m.try_reserve(name.len() + 2 + message.len()).is_ok() {
+            m.push_str(name);
+            m.push_str(": ");
+            m.push_str(message);
+        }
     });
 }
 
@@ -73,7 +80,7 @@ pub(super) fn guard(name: &str, body: impl FnOnce() -> Result<()>) -> mcfx_statu
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(())) => mcfx_status::MCFX_OK,
         Ok(Err(e)) => {
-            set_last_error(&format!("{name}: {}", e.message));
+            set_last_error(name, &e.message);
             e.status
         }
         Err(panic) => {
@@ -83,7 +90,7 @@ pub(super) fn guard(name: &str, body: impl FnOnce() -> Result<()>) -> mcfx_statu
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
             let _ = catch_unwind(|| tracing::error!(function = name, "panic: {what}"));
-            set_last_error(&format!("{name}: internal panic: {what}"));
+            set_last_error(name, &format!("internal panic: {what}"));
             mcfx_status::MCFX_E_PANIC
         }
     }

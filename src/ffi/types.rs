@@ -111,9 +111,9 @@ pub struct mcfx_config {
     /// Submission queue slots (default `MCFX_DEFAULT_QUEUE_CAPACITY`, at most
     /// `MCFX_MAX_QUEUE_CAPACITY`).
     pub queue_capacity: u32,
-    /// Microseconds a submit waits for queue space (or in-flight room) before
-    /// `MCFX_E_QUEUE_FULL` (default 0: fail at once; at most
-    /// `MCFX_MAX_SUBMIT_WAIT_US`).
+    /// Microseconds a submit waits for room (queue slots or `max_in_flight`)
+    /// before `MCFX_E_QUEUE_FULL`, asleep, woken as room frees (default 0:
+    /// fail at once; at most `MCFX_MAX_SUBMIT_WAIT_US`).
     pub submit_wait_us: u32,
     /// Per-op deadline, in ms, counted from the `mcfx_submit` call that
     /// queued the op (coarse clock: granularity 1-4 ms; never early). Default
@@ -136,7 +136,10 @@ pub struct mcfx_config {
     /// complete once.
     pub max_slice_bytes: u64,
     /// Threads that resolve and connect peers (default
-    /// `MCFX_DEFAULT_CONNECT_THREADS`, at most `MCFX_MAX_CONNECT_THREADS`).
+    /// `MCFX_DEFAULT_CONNECT_THREADS`, at most `MCFX_MAX_CONNECT_THREADS`). A
+    /// connect running longer than 200 ms stops counting against them
+    /// (another thread takes its place): up to 5 x connect_threads + 1
+    /// connector threads exist while peers are stuck.
     pub connect_threads: u32,
     /// On destroy, ms that in-flight ops may take to finish (default
     /// `MCFX_DEFAULT_SHUTDOWN_TIMEOUT_MS`, at most
@@ -196,25 +199,50 @@ pub struct mcfx_region {
 
 /// Counters (see `mcfx_get_stats`). Set `struct_size` before the call (at
 /// least 8: the size and reserved words).
+///
+/// Every field but `in_flight` is a counter that only grows: two reads, in
+/// any threads, never see one go down (each is counted once, after the fact,
+/// and never taken back). `in_flight` is their difference, a gauge.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct mcfx_stats {
     pub struct_size: u32,
     pub reserved: u32,
+    /// Ops accepted by `mcfx_submit` (counted once queued; ops a full queue
+    /// or `max_in_flight` refused are never counted). Monotonic.
     pub submitted: u64,
+    /// Ops completed with `MCFX_OK`. Monotonic.
     pub completed: u64,
+    /// Ops completed with an error other than `MCFX_E_TIMEOUT` and
+    /// `MCFX_E_CANCELED`. Monotonic.
     pub failed: u64,
+    /// Ops completed with `MCFX_E_TIMEOUT`. Monotonic.
     pub timed_out: u64,
+    /// Ops completed with `MCFX_E_CANCELED` (destroy). Monotonic.
     pub canceled: u64,
+    /// Bytes moved by ops completed with `MCFX_OK`. Monotonic.
     pub bytes: u64,
+    /// `mcfx_submit` calls that returned `MCFX_E_QUEUE_FULL` (no room in the
+    /// queue or within `max_in_flight`). Monotonic.
     pub queue_full: u64,
+    /// Times a submit woke the sleeping progress thread. Monotonic.
     pub wakeups: u64,
+    /// Peer connections made (reconnects included). Monotonic.
     pub connects: u64,
+    /// Peer connection attempts that failed (resolve or connect). Monotonic.
     pub connect_failures: u64,
+    /// Reconnects made to refresh a peer's region list. Monotonic.
     pub reconnects: u64,
+    /// FlagCX vector transfers issued. Monotonic.
     pub flagcx_transfers: u64,
+    /// Completion callbacks that panicked (Rust callbacks; caught).
+    /// Monotonic.
     pub callback_panics: u64,
-    /// Accepted ops not yet completed.
+    /// Accepted ops not yet completed: `submitted` minus the four completion
+    /// counters, never below zero. The copy is retried (a few times) while
+    /// ops complete under it, so it is the count at one moment, at most
+    /// `max_in_flight`, unless ops keep completing through every retry.
+    /// Goes up and down.
     pub in_flight: u64,
 }
 

@@ -1,7 +1,9 @@
 /* A program built against the installed mooncake-flagcx (scripts/install_check.sh
- * builds it with pkg-config and with the CMake package, then runs it with no
- * LD_LIBRARY_PATH): the library, its SONAME and libflagcx.so must all be found
- * from the install tree alone. */
+ * builds it with pkg-config and with the CMake package, then runs it): the
+ * library and its SONAME must be found from the install tree alone, and
+ * libflagcx.so through the plugin's RUNPATH (the software provider of an
+ * install with --with-sw-flagcx) or the loader's path (a default install,
+ * which holds no FlagCX). It prints which FlagCX it loaded. */
 #include <stdio.h>
 #include <string.h>
 
@@ -44,7 +46,10 @@ int main(void) {
     fprintf(stderr, "mcfx_local_endpoint failed\n");
     return 1;
   }
-  printf("%s ABI v%u, endpoint %s\n", mcfx_impl_name(), mcfx_abi_version(), endpoint);
+  printf("%s ABI v%u, endpoint %s, FlagCX: %s\n", mcfx_impl_name(), mcfx_abi_version(),
+         endpoint,
+         (mcfx_capabilities() & MCFX_CAP_SOFTWARE_PROVIDER) ? "the software provider"
+                                                             : "a real FlagCX");
   mcfx_destroy(t);
   return 0;
 }

@@ -1,9 +1,14 @@
 // Engine lifecycle and the handshake server.
 //
 // Invariants:
-// - Create binds the loopback listener but starts no thread; until
-//   StartRpcServer the kernel backlog accepts connections nobody answers
-//   (peers then time out, as with real FlagCX).
+// - Create binds the listener but starts no thread; until StartRpcServer the
+//   kernel backlog accepts connections nobody answers (peers then time out,
+//   as with real FlagCX).
+// - The listener's address is the one the metadata publishes: 127.0.0.1, or
+//   FLAGCX_SW_LISTEN_ADDR (a numeric IPv4 or IPv6 address of this host,
+//   read at each Create). A value that cannot be bound and published (not
+//   numeric, a wildcard, not this host's) fails Create: falling back to
+//   loopback would publish an endpoint other hosts cannot reach.
 // - At most one accept thread per engine; it serves one handshake at a time
 //   and checks stopFlag at least every 100 ms, so StopAccept/Destroy return
 //   promptly even while a peer stalls mid-handshake.
@@ -11,6 +16,7 @@
 // - The server side needs only the process-global registry, never the
 //   engine's connection cache.
 
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/prctl.h>
@@ -19,8 +25,10 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <new>
+#include <string>
 
 #include "internal.h"
 
@@ -28,22 +36,67 @@ namespace flagcx_sw {
 namespace {
 
 constexpr int kBacklog = 128;
+constexpr const char *kListenAddrEnv = "FLAGCX_SW_LISTEN_ADDR";
 
-int openListener(int *port) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+// Where to listen: FLAGCX_SW_LISTEN_ADDR, or 127.0.0.1 when unset or empty.
+// Fills *addr (port 0: ephemeral, like FlagCX) and *host (as published: the
+// address's canonical text, IPv6 in brackets); false, with a line on stderr,
+// for a value that cannot be published.
+bool listenAddress(sockaddr_storage *addr, socklen_t *len, std::string *host) {
+  const char *env = std::getenv(kListenAddrEnv);
+  const char *text = env != nullptr && *env != '\0' ? env : "127.0.0.1";
+  std::memset(addr, 0, sizeof *addr);
+  auto *v4 = reinterpret_cast<sockaddr_in *>(addr);
+  auto *v6 = reinterpret_cast<sockaddr_in6 *>(addr);
+  char canon[INET6_ADDRSTRLEN];
+  if (inet_pton(AF_INET, text, &v4->sin_addr) == 1 &&
+      inet_ntop(AF_INET, &v4->sin_addr, canon, sizeof canon) != nullptr) {
+    v4->sin_family = AF_INET;
+    *len = sizeof *v4;
+    *host = canon;
+    if (v4->sin_addr.s_addr != htonl(INADDR_ANY)) return true;
+  } else if (inet_pton(AF_INET6, text, &v6->sin6_addr) == 1 &&
+             inet_ntop(AF_INET6, &v6->sin6_addr, canon, sizeof canon) != nullptr) {
+    v6->sin6_family = AF_INET6;
+    *len = sizeof *v6;
+    *host = std::string("[") + canon + "]";
+    if (!IN6_IS_ADDR_UNSPECIFIED(&v6->sin6_addr) &&
+        !IN6_IS_ADDR_LINKLOCAL(&v6->sin6_addr))
+      return true;
+  } else {
+    std::fprintf(stderr,
+                 "[flagcx-sw] %s=%s is not a numeric IPv4 or IPv6 address\n",
+                 kListenAddrEnv, text);
+    return false;
+  }
+  std::fprintf(stderr,
+               "[flagcx-sw] %s=%s cannot be published to peers (a wildcard "
+               "or link-local address); give one of this host's addresses\n",
+               kListenAddrEnv, text);
+  return false;
+}
+
+int openListener(int *port, std::string *host) {
+  sockaddr_storage a{};
+  socklen_t len = 0;
+  if (!listenAddress(&a, &len, host)) return -1;
+  int fd = socket(a.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return -1;
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = 0; // ephemeral, like FlagCX
-  socklen_t len = sizeof a;
-  if (bind(fd, reinterpret_cast<sockaddr *>(&a), sizeof a) != 0 ||
-      listen(fd, kBacklog) != 0 ||
+  if (bind(fd, reinterpret_cast<sockaddr *>(&a), len) != 0) {
+    int err = errno;
+    std::fprintf(stderr, "[flagcx-sw] cannot listen on %s: %s\n",
+                 host->c_str(), std::strerror(err));
+    close(fd);
+    return -1;
+  }
+  if (listen(fd, kBacklog) != 0 ||
       getsockname(fd, reinterpret_cast<sockaddr *>(&a), &len) != 0) {
     close(fd);
     return -1;
   }
-  *port = ntohs(a.sin_port);
+  *port = ntohs(a.ss_family == AF_INET
+                    ? reinterpret_cast<sockaddr_in *>(&a)->sin_port
+                    : reinterpret_cast<sockaddr_in6 *>(&a)->sin6_port);
   return fd;
 }
 
@@ -89,7 +142,7 @@ FLAGCX_SW_API FlagcxP2pEngine *flagcxP2pEngineCreate() {
     // Yama (ptrace_scope 1) only allows to our declared tracers.
     prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0);
     auto *e = new Engine();
-    e->listenFd = openListener(&e->port);
+    e->listenFd = openListener(&e->port, &e->host);
     if (e->listenFd < 0) {
       delete e;
       return nullptr;
@@ -147,9 +200,10 @@ FLAGCX_SW_API int flagcxP2pEngineGetMetadata(FlagcxP2pEngine *h,
   try {
     Engine *engine = impl(h);
     if (engine == nullptr || metadataStr == nullptr) return -1;
-    char buf[64];
-    int n = std::snprintf(buf, sizeof buf, "127.0.0.1:%d?0?%d", engine->port,
-                          engine->port);
+    char buf[96]; // "[" INET6_ADDRSTRLEN "]:65535?0?65535"
+    int n = std::snprintf(buf, sizeof buf, "%s:%d?0?%d", engine->host.c_str(),
+                          engine->port, engine->port);
+    if (n < 0 || size_t(n) >= sizeof buf) return -1;
     char *out = new char[size_t(n) + 1];
     std::memcpy(out, buf, size_t(n) + 1);
     *metadataStr = out;

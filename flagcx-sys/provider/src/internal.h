@@ -117,6 +117,7 @@ struct Conn {
 struct Engine {
   int listenFd = -1;
   int port = -1;
+  std::string host; // the address bound and published (engine.cpp)
   std::mutex lifeMu; // serializes start/stop of the accept thread
   std::thread acceptThread;
   bool stopped = false; // under lifeMu: StopAccept ran, the listener is gone
@@ -178,8 +179,9 @@ bool recvAll(int fd, void *buf, size_t len, uint64_t deadlineNs,
              const std::atomic<bool> *stop);
 // Both sides send a hello.
 bool sendHello(int fd, uint64_t deadlineNs, const std::atomic<bool> *stop);
-// Hello = {magic, version, pid, count, key table fd, count x region};
-// *keyFd (when not null) gets the sender's key table fd, -1 for none.
+// Hello = {magic, version, pid, count, key table fd, locality, count x
+// region}; *keyFd (when not null) gets the sender's key table fd, -1 for
+// none. A hello from another machine or PID namespace is refused (false).
 bool recvHello(int fd, uint64_t deadlineNs, const std::atomic<bool> *stop,
                pid_t *pid, std::vector<Region> *regions,
                int *keyFd = nullptr);

@@ -6,18 +6,28 @@
 //   a deadline or a stop request is noticed promptly and nothing blocks
 //   forever on a silent peer.
 // - send() always uses MSG_NOSIGNAL: a vanished peer is an error, not SIGPIPE.
-// - Both peers live on one host, so the message uses native byte order.
+// - Both peers live on one machine (network namespaces may differ), so the
+//   message uses native byte order.
 // - A malformed hello (bad magic/version/pid, absurd count, short read) is
 //   rejected as a whole; the caller only closes the socket.
 // - Version 2 added the key table (keys.cpp): the sender's table fd in the
 //   header, each region's slot and MR id.
+// - Version 3 added the sender's locality: the machine's boot id and its PID
+//   namespace. A hello from another machine or PID namespace is rejected:
+//   its pid (and key table fd) would name some other process here, which
+//   process_vm_{read,write}v would then write to, or the peer would be taken
+//   for this very process. With FLAGCX_SW_LISTEN_ADDR the listener is
+//   reachable from other network namespaces and hosts, where this matters.
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 
 #include "internal.h"
@@ -26,9 +36,44 @@ namespace flagcx_sw {
 namespace {
 
 constexpr uint32_t kMagic = 0x46435357; // "FCSW"
-constexpr uint32_t kVersion = 2;
+constexpr uint32_t kVersion = 3;
 constexpr uint32_t kMaxRegions = 1u << 20;
 constexpr int kSliceMs = 100;
+constexpr uint64_t kLocalityLogLimit = 10;
+
+// Where a process lives: which machine (boot id) and which PID namespace.
+// Two processes with equal values can name each other by pid.
+struct Locality {
+  char bootId[40];   // /proc/sys/kernel/random/boot_id, NUL-padded
+  uint64_t pidNsDev; // stat("/proc/self/ns/pid")
+  uint64_t pidNsIno;
+};
+
+Locality readLocality() {
+  Locality l{};
+  int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    ssize_t n = read(fd, l.bootId, sizeof l.bootId - 1);
+    close(fd);
+    for (ssize_t i = 0; i < n; ++i)
+      if (l.bootId[i] == '\n') l.bootId[i] = '\0';
+  }
+  struct stat st{};
+  if (stat("/proc/self/ns/pid", &st) == 0) {
+    l.pidNsDev = uint64_t(st.st_dev);
+    l.pidNsIno = uint64_t(st.st_ino);
+  }
+  return l;
+}
+
+// This process's; the PID namespace of a process never changes (unshare and
+// setns move its children only), so once is enough.
+const Locality &locality() {
+  static const Locality l = readLocality();
+  return l;
+}
+
+std::atomic<uint64_t> g_foreignLogged{0};
 
 struct WireHeader {
   uint32_t magic;
@@ -37,6 +82,7 @@ struct WireHeader {
   uint32_t count;
   int32_t keyFd; // -1: no key table
   uint32_t reserved;
+  Locality where;
 };
 
 struct WireRegion {
@@ -46,7 +92,7 @@ struct WireRegion {
   uint32_t slot;
   uint64_t id;
 };
-static_assert(sizeof(WireHeader) == 24 && sizeof(WireRegion) == 32,
+static_assert(sizeof(WireHeader) == 80 && sizeof(WireRegion) == 32,
               "wire layout has no padding surprises");
 
 bool transferAll(int fd, char *buf, size_t len, bool out, uint64_t deadlineNs,
@@ -113,8 +159,8 @@ bool sendHello(int fd, uint64_t deadlineNs, const std::atomic<bool> *stop) {
   std::vector<Region> regions = regSnapshot(&keyFd);
   if (regions.size() > kMaxRegions) regions.resize(kMaxRegions);
   std::vector<char> msg(sizeof(WireHeader) + regions.size() * sizeof(WireRegion));
-  WireHeader h{kMagic,     kVersion, int32_t(getpid()), uint32_t(regions.size()),
-               int32_t(keyFd), 0};
+  WireHeader h{kMagic,         kVersion, int32_t(getpid()), uint32_t(regions.size()),
+               int32_t(keyFd), 0,        locality()};
   std::memcpy(msg.data(), &h, sizeof h);
   char *p = msg.data() + sizeof h;
   for (const Region &r : regions) {
@@ -132,6 +178,18 @@ bool recvHello(int fd, uint64_t deadlineNs, const std::atomic<bool> *stop,
   if (h.magic != kMagic || h.version != kVersion || h.pid <= 0 ||
       h.count > kMaxRegions)
     return false;
+  const Locality &here = locality();
+  if (std::memcmp(h.where.bootId, here.bootId, sizeof here.bootId) != 0 ||
+      h.where.pidNsDev != here.pidNsDev || h.where.pidNsIno != here.pidNsIno) {
+    if (g_foreignLogged.fetch_add(1, std::memory_order_relaxed) <
+        kLocalityLogLimit)
+      std::fprintf(stderr,
+                   "[flagcx-sw] refusing a peer on another machine or in "
+                   "another PID namespace: the software provider moves bytes "
+                   "with process_vm_readv/writev, between processes of one "
+                   "machine and one PID namespace\n");
+    return false;
+  }
   std::vector<WireRegion> wire(h.count);
   if (!recvAll(fd, wire.data(), wire.size() * sizeof(WireRegion), deadlineNs,
                stop))

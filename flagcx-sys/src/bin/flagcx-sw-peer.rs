@@ -6,7 +6,7 @@
 //! engine, starts its RPC server, registers one buffer and prints
 //!
 //! ```text
-//! ready endpoint=127.0.0.1:PORT addr=ADDR len=LEN pid=PID
+//! ready endpoint=HOST:PORT addr=ADDR len=LEN pid=PID  (HOST: FLAGCX_SW_LISTEN_ADDR, default 127.0.0.1)
 //! ```
 //!
 //! then answers one line per command (numbers in decimal or 0x-hex):

@@ -9,7 +9,9 @@
 //   install              load the plugin, create its transport, publish this
 //                        segment ("flagcx", endpoint in rdma_server_name)
 //   register/unregister  plugin registration + the segment's buffer list
-//   submitTransferTask   one Slice per task, all tasks in one plugin submit
+//   submitTransferTask   one Slice per task, all tasks in one plugin submit;
+//                        a full plugin (its queue, or max_in_flight ops in
+//                        flight) slows the call down, never fails its tasks
 //   getTransferStatus    reads the task counters only (never calls FlagCX)
 //
 // Completions arrive on the plugin's progress thread and are turned into
@@ -22,7 +24,8 @@
 //                                  libmooncake_flagcx.so next to the library
 //                                  holding this class, else the loader path)
 //   MC_FLAGCX_QUEUE_CAPACITY       plugin knobs, see mcfx_config; unset or 0
-//   MC_FLAGCX_SUBMIT_WAIT_US       means the plugin's default
+//   MC_FLAGCX_MAX_IN_FLIGHT        means the plugin's default (for
+//   MC_FLAGCX_SUBMIT_WAIT_US       SUBMIT_WAIT_US: 1000 here)
 //   MC_FLAGCX_OP_TIMEOUT_MS
 //   MC_FLAGCX_CONNECT_TIMEOUT_MS
 //   MC_FLAGCX_CONNECT_THREADS
@@ -96,8 +99,10 @@ class FlagCxTransport : public Transport {
     int createPluginTransport();
     int publishLocalSegment();
     void destroyPluginTransport();
-    // Hands `count` ops (ops[i] belongs to slices[i]) to the plugin; every
-    // op it does not accept has its slice marked failed at once.
+    // Hands `count` ops (ops[i] belongs to slices[i]) to the plugin; while
+    // the plugin is full it waits and resubmits (until the ops' deadline);
+    // an op the plugin refuses for a reason of its own, or still has no
+    // room for at the deadline, has its slice marked failed at once.
     void submitOps(const mcfx_op *ops, Slice *const *slices, size_t count);
     void failAtSubmit(Slice *slice, const char *why);
     // Unregisters, waiting while the plugin reports ops in flight on the

@@ -174,6 +174,7 @@ struct EnvKnob {
 
 constexpr EnvKnob kEnvKnobs[] = {
     {"MC_FLAGCX_QUEUE_CAPACITY", &mcfx_config::queue_capacity},
+    {"MC_FLAGCX_MAX_IN_FLIGHT", &mcfx_config::max_in_flight},
     {"MC_FLAGCX_SUBMIT_WAIT_US", &mcfx_config::submit_wait_us},
     {"MC_FLAGCX_OP_TIMEOUT_MS", &mcfx_config::op_timeout_ms},
     {"MC_FLAGCX_CONNECT_TIMEOUT_MS", &mcfx_config::connect_timeout_ms},
@@ -185,6 +186,18 @@ constexpr EnvKnob kEnvKnobs[] = {
 
 // A non-zero MC_FLAGCX_NO_PIN_ASLEEP sets MCFX_FLAG_NO_PIN_ASLEEP.
 constexpr char kNoPinEnv[] = "MC_FLAGCX_NO_PIN_ASLEEP";
+
+// submit_wait_us unless MC_FLAGCX_SUBMIT_WAIT_US says otherwise (the
+// plugin's own default is 0, fail at once): a submit that finds the plugin's
+// queue full, or max_in_flight ops in flight, waits asleep in the plugin up
+// to this long per op for room, which the plugin's progress thread frees.
+constexpr uint32_t kSubmitWaitUs = 1000;
+
+// Between resubmits of ops the plugin refused as too many (after its own
+// wait): a sleep from kMinPause, doubling up to kMaxPause, back to kMinPause
+// whenever the plugin took some (see submitOps).
+constexpr auto kMinPause = std::chrono::microseconds(20);
+constexpr auto kMaxPause = std::chrono::milliseconds(1);
 
 // A whole unsigned decimal number that fits in 32 bits.
 bool parseU32(const char *text, uint32_t &out) {
@@ -459,6 +472,7 @@ int FlagCxTransport::createPluginTransport() {
     config.resolve_ctx = this;
     config.log = &PluginCallbacks::log;  // the plugin's logs into ours
     config.log_ctx = this;
+    config.submit_wait_us = kSubmitWaitUs;
     if (!applyEnvKnobs(config, error)) {
         FCX_LOG(ERROR) << "FlagCxTransport: " << error;
         return ERR_INVALID_ARGUMENT;
@@ -726,13 +740,42 @@ void FlagCxTransport::submitOps(const mcfx_op *ops, Slice *const *slices,
     // The plugin takes ops in order and stops at the first it cannot
     // accept: the ops before it were queued and `accepted` says how many.
     // After a per-op error ops[accepted] is the bad op: fail it alone and
-    // resubmit the rest in one call.
+    // resubmit the rest in one call. MCFX_E_QUEUE_FULL (its queue is full,
+    // or max_in_flight ops are in flight) is backpressure, not a failure:
+    // the rest is resubmitted after a short sleep, until the ops' deadline
+    // (op_timeout_ms after the first refusal; the plugin would fail them by
+    // then anyway), so a burst larger than the plugin's bounds is slowed
+    // down, never failed.
+    using Clock = std::chrono::steady_clock;
+    Clock::time_point deadline{};  // set at the first refusal
+    std::chrono::microseconds pause = kMinPause;
     while (count > 0) {
         size_t accepted = 0;
         const mcfx_status status = api_->submit(engine_, ops, count, &accepted);
         if (status == MCFX_OK) return;
-        const std::string why = pluginError();
         if (accepted > count) accepted = count;
+        if (status == MCFX_E_QUEUE_FULL) {
+            ops += accepted;
+            slices += accepted;
+            count -= accepted;
+            const auto now = Clock::now();
+            if (deadline == Clock::time_point{})
+                deadline = now + std::chrono::milliseconds(op_timeout_ms_);
+            if (accepted > 0) pause = kMinPause;
+            if (now < deadline) {
+                std::this_thread::sleep_for(std::min<Clock::duration>(pause, deadline - now));
+                pause = std::min<std::chrono::microseconds>(pause * 2, kMaxPause);
+                continue;
+            }
+            if (worthLogging(failed_ops_))
+                FCX_LOG(WARNING) << "FlagCxTransport: the plugin had no room for "
+                                 << count << " ops within their deadline ("
+                                 << op_timeout_ms_ << " ms); they fail: "
+                                 << pluginError();
+            for (size_t i = 0; i < count; ++i) failAtSubmit(slices[i], nullptr);
+            return;
+        }
+        const std::string why = pluginError();
         const bool one_bad_op = status == MCFX_E_INVALID_ARGUMENT ||
                                 status == MCFX_E_NOT_REGISTERED ||
                                 status == MCFX_E_OVERFLOW;
@@ -745,7 +788,7 @@ void FlagCxTransport::submitOps(const mcfx_op *ops, Slice *const *slices,
             count -= accepted + 1;
             continue;
         }
-        // Queue full (ops[accepted..] were not queued) or shutting down.
+        // Shutting down, or an error of the call itself.
         if (worthLogging(failed_ops_))
             FCX_LOG(WARNING) << "FlagCxTransport: the plugin accepted "
                              << accepted << " of " << count
