@@ -8,9 +8,23 @@
 //!
 //! Dependents read the library directory from `DEP_FLAGCX_LIB_DIR` (this
 //! package declares `links = "flagcx"`) to set their own rpath.
+//!
+//! `FLAGCX_SW_SANITIZE` (`address`, `undefined`, `address,undefined` or
+//! `thread`) builds the software provider with those sanitizers
+//! (`-fsanitize=...`, `-fno-omit-frame-pointer`, and for `undefined`
+//! `-fno-sanitize-recover=undefined`: undefined behaviour aborts). The
+//! sanitized CMake builds set it (MCFX_SANITIZE), with a cargo target
+//! directory of their own. Only the provider is instrumented: the shim and
+//! the Rust code are not, so a Rust program that loads the instrumented
+//! provider needs the sanitizer runtime preloaded (`LD_PRELOAD=$(g++
+//! -print-file-name=libasan.so)`, or `libtsan.so`); a C++ program built with
+//! the same `-fsanitize` loads it first anyway.
 
+use std::collections::hash_map::DefaultHasher;
 use std::env;
+use std::ffi::OsString;
 use std::fs;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -18,6 +32,7 @@ fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
     println!("cargo:rerun-if-env-changed=FLAGCX_HOME");
+    println!("cargo:rerun-if-env-changed=FLAGCX_SW_SANITIZE");
     println!("cargo:rerun-if-changed=shim");
     println!("cargo:rerun-if-changed=provider");
 
@@ -92,8 +107,7 @@ fn software_provider(manifest: &Path, out: &Path) -> (PathBuf, PathBuf) {
     // cc builds static archives only, so the shared provider is linked by
     // hand with the compiler cc would have used.
     let compiler = cc::Build::new().cpp(true).get_compiler();
-    let mut cmd = Command::new(compiler.path());
-    cmd.args([
+    let mut args: Vec<OsString> = [
         "-std=c++17",
         "-O2",
         "-g",
@@ -104,16 +118,40 @@ fn software_provider(manifest: &Path, out: &Path) -> (PathBuf, PathBuf) {
         "-Wextra",
         "-Werror",
         "-Wl,-soname,libflagcx.so",
-    ])
-    .arg("-I")
-    .arg(&include)
-    .args(&sources)
-    .arg("-o")
-    .arg(&lib)
-    .arg("-ldl");
-    let status =
-        cmd.status().unwrap_or_else(|e| panic!("cannot run {}: {e}", compiler.path().display()));
-    assert!(status.success(), "building the software provider failed: {cmd:?}");
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    args.extend(sanitizer_flags().into_iter().map(OsString::from));
+    args.extend([OsString::from("-I"), include.clone().into()]);
+    args.extend(sources.iter().map(OsString::from));
+
+    // The same compiler, flags and files make the same library: this
+    // profile's other builds of flagcx-sys (with the test-support feature,
+    // or for cargo check) copy the one already built instead of compiling
+    // it again. The cache lives next to cargo's build directories
+    // (target/<profile>/build/flagcx-sw-provider-<key>/).
+    let cached = out.ancestors().nth(2).map(|build_dir| {
+        let key = provider_key(compiler.path(), &args, manifest);
+        build_dir.join(format!("flagcx-sw-provider-{key:016x}")).join("libflagcx.so")
+    });
+    let reused = cached.as_ref().is_some_and(|c| c.is_file() && fs::copy(c, &lib).is_ok());
+    if !reused {
+        let mut cmd = Command::new(compiler.path());
+        cmd.args(&args).arg("-o").arg(&lib).arg("-ldl");
+        let status = cmd
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", compiler.path().display()));
+        assert!(status.success(), "building the software provider failed: {cmd:?}");
+        if let Some(cached) = &cached {
+            // Renamed into place: a concurrent build never copies half a file.
+            let dir = cached.parent().unwrap();
+            let tmp = dir.join(format!(".libflagcx.so.{}", std::process::id()));
+            if fs::create_dir_all(dir).is_ok() && fs::copy(&lib, &tmp).is_ok() {
+                let _ = fs::rename(&tmp, cached);
+            }
+        }
+    }
 
     // A stable copy next to the workspace's artifacts (target/<profile>/), for
     // the cdylib's $ORIGIN rpath and for CMake. Renamed into place so a
@@ -125,4 +163,53 @@ fn software_provider(manifest: &Path, out: &Path) -> (PathBuf, PathBuf) {
         }
     }
     (include, lib_dir)
+}
+
+/// A hash of everything the provider library depends on: the compiler (path
+/// and version), its arguments, and every file of `provider/` (names and
+/// bytes).
+fn provider_key(compiler: &Path, args: &[OsString], manifest: &Path) -> u64 {
+    let mut h = DefaultHasher::new();
+    compiler.hash(&mut h);
+    if let Ok(v) = Command::new(compiler).arg("--version").output() {
+        v.stdout.hash(&mut h);
+    }
+    args.hash(&mut h);
+    for dir in ["provider/include", "provider/src"] {
+        let mut files: Vec<PathBuf> = fs::read_dir(manifest.join(dir))
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.sort();
+        for f in files {
+            f.hash(&mut h);
+            fs::read(&f).unwrap_or_default().hash(&mut h);
+        }
+    }
+    h.finish()
+}
+
+/// The provider's `-fsanitize` flags from `FLAGCX_SW_SANITIZE` (none when it
+/// is unset or empty).
+fn sanitizer_flags() -> Vec<String> {
+    let value = env::var("FLAGCX_SW_SANITIZE").unwrap_or_default();
+    let kinds: Vec<&str> = value.split(',').map(str::trim).filter(|k| !k.is_empty()).collect();
+    if kinds.is_empty() {
+        return Vec::new();
+    }
+    for k in &kinds {
+        assert!(
+            matches!(*k, "address" | "undefined" | "thread"),
+            "FLAGCX_SW_SANITIZE={value}: {k:?} is not address, undefined or thread"
+        );
+    }
+    assert!(
+        !(kinds.contains(&"thread") && kinds.contains(&"address")),
+        "FLAGCX_SW_SANITIZE={value}: thread and address cannot be combined"
+    );
+    let mut flags =
+        vec![format!("-fsanitize={}", kinds.join(",")), "-fno-omit-frame-pointer".into()];
+    if kinds.contains(&"undefined") {
+        flags.push("-fno-sanitize-recover=undefined".into());
+    }
+    flags
 }

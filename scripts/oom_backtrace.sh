@@ -19,7 +19,7 @@ need_pkgs gdb python3
 runs=1
 if [ "${1:-}" = -n ]; then runs=$2; shift 2; fi
 [ $# -gt 0 ] || { sed -n '2,14p' "$0"; exit 2; }
-cargo build -q -p flagcx-sys --bins
+cargo build -q -p flagcx-sys --features test-support --bin flagcx-sw-peer
 bin=$(cargo test -q --no-run --test oom_address_limit --message-format=json 2>/dev/null |
   python3 -c 'import json,sys
 for l in sys.stdin:

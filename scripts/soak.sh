@@ -6,6 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SOAK_OPS=${SOAK_OPS:-1000000}
-cargo build --release --locked -q -p flagcx-sys --bins
+cargo build --release --locked -q -p flagcx-sys --features test-support --bin flagcx-sw-peer
 cargo build --release --locked -q --example soak
 exec target/release/examples/soak "$@"

@@ -58,5 +58,3 @@ pub use error::{Error, Status};
 pub use op::{OpRequest, Opcode};
 pub use stats::Snapshot;
 pub use transport::{CompletionFn, ResolverFn, Transport};
-
-pub use flagcx_sys;

@@ -449,7 +449,7 @@ pub(crate) fn capabilities() -> u64 {
     if flagcx_sys::reports_failures() {
         caps |= MCFX_CAP_REPORTS_TRANSFER_FAILURES;
     }
-    if flagcx_sys::sw::available() {
+    if flagcx_sys::is_software_provider() {
         caps |= MCFX_CAP_SOFTWARE_PROVIDER;
     }
     caps

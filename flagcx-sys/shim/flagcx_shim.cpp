@@ -37,48 +37,6 @@ template <typename F> fxs_status guarded(F body) {
   }
 }
 
-// Per-thread argument vectors for the vector calls. Cleared, never shrunk, so
-// steady-state calls reuse their capacity instead of allocating.
-struct IovScratch {
-  std::vector<FlagcxP2pMr> mrs;
-  std::vector<void *> locals;
-  std::vector<size_t> sizes;
-  std::vector<FlagcxP2pRdmaDesc> descs;
-
-  // Sized once, then written through raw pointers: per entry four plain
-  // stores (push_back re-read the thread-local vectors' ends every time).
-  void fill(const fxs_iov *iovs, int n) {
-    const size_t count = static_cast<size_t>(n);
-    mrs.resize(count);
-    locals.resize(count);
-    sizes.resize(count);
-    descs.resize(count);
-    FlagcxP2pMr *mr = mrs.data();
-    void **local = locals.data();
-    size_t *size = sizes.data();
-    FlagcxP2pRdmaDesc *desc = descs.data();
-    for (size_t i = 0; i < count; ++i) {
-      mr[i] = iovs[i].mr;
-      local[i] = iovs[i].local;
-      size[i] = iovs[i].len;
-      std::memcpy(&desc[i], &iovs[i].remote, sizeof desc[i]);
-    }
-  }
-};
-
-IovScratch &scratch() {
-  thread_local IovScratch s;
-  return s;
-}
-
-bool iovs_ok(void *conn, const fxs_iov *iovs, int n) {
-  if (conn == nullptr || iovs == nullptr || n <= 0) return false;
-  for (int i = 0; i < n; ++i) {
-    if (iovs[i].local == nullptr || iovs[i].len == 0) return false;
-  }
-  return true;
-}
-
 // The provider's failure-aware status call, when the loaded libflagcx has it.
 using XferResultFn = int (*)(FlagcxP2pConn *, uint64_t);
 
@@ -87,23 +45,6 @@ XferResultFn xfer_result_fn() {
   static const XferResultFn fn = reinterpret_cast<XferResultFn>(
       dlsym(RTLD_DEFAULT, "flagcxSwXferResult"));
   return fn;
-}
-
-// Checks, fills the thread's scratch vectors and runs one FlagCX vector
-// call (`call` passes the named vectors, so it compiles against every
-// FlagCX signature variant).
-template <typename Call>
-fxs_status vector_call(void *conn, const fxs_iov *iovs, int n, uint64_t *id_out,
-                       Call call) {
-  if (!iovs_ok(conn, iovs, n) || id_out == nullptr) return FXS_INVALID;
-  return guarded([&] {
-    IovScratch &s = scratch();
-    s.fill(iovs, n);
-    uint64_t id = 0;
-    if (call(as_conn(conn), s, n, &id) != 0) return FXS_FLAGCX;
-    *id_out = id;
-    return FXS_OK;
-  });
 }
 
 // An entry list (fxs_list_*): the four argument vectors, always of equal
@@ -276,18 +217,6 @@ fxs_status fxs_engine_metadata(void *engine, char *buf, size_t cap,
   });
 }
 
-fxs_status fxs_get_conn(void *engine, const char *session, void **conn_out) {
-  if (engine == nullptr || session == nullptr || conn_out == nullptr)
-    return FXS_INVALID;
-  *conn_out = nullptr;
-  return guarded([&] {
-    FlagcxP2pConn *c = flagcxP2pEngineGetConn(as_engine(engine), session);
-    if (c == nullptr) return FXS_FLAGCX;
-    *conn_out = c;
-    return FXS_OK;
-  });
-}
-
 fxs_status fxs_connect(void *engine, const char *ip, int remote_gpu,
                        int remote_port, void **conn_out) {
   if (engine == nullptr || ip == nullptr || conn_out == nullptr ||
@@ -341,36 +270,6 @@ fxs_status fxs_make_desc(void *conn, uint64_t remote_addr, uint32_t len,
       return FXS_FLAGCX;
     std::memcpy(desc_out, &d, sizeof d);
     return FXS_OK;
-  });
-}
-
-fxs_status fxs_write_vector(void *conn, const fxs_iov *iovs, int n,
-                            uint64_t *id_out) {
-  return vector_call(conn, iovs, n, id_out, [](FlagcxP2pConn *c, IovScratch &s,
-                                               int count, uint64_t *id) {
-    return flagcxP2pEngineWriteVector(c, s.mrs, s.locals, s.sizes, s.descs,
-                                      count, id);
-  });
-}
-
-fxs_status fxs_read_vector(void *conn, const fxs_iov *iovs, int n,
-                           uint64_t *id_out) {
-  return vector_call(conn, iovs, n, id_out, [](FlagcxP2pConn *c, IovScratch &s,
-                                               int count, uint64_t *id) {
-    return flagcxP2pEngineReadVector(c, s.mrs, s.locals, s.sizes, s.descs,
-                                     count, id);
-  });
-}
-
-fxs_status fxs_write_vector_sync(void *conn, const fxs_iov *iovs, int n) {
-  if (!iovs_ok(conn, iovs, n)) return FXS_INVALID;
-  return guarded([&] {
-    IovScratch &s = scratch();
-    s.fill(iovs, n);
-    return flagcxP2pEngineWriteVectorSync(as_conn(conn), s.mrs, s.locals,
-                                          s.sizes, s.descs) == 0
-               ? FXS_OK
-               : FXS_FLAGCX;
   });
 }
 

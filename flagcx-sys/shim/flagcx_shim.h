@@ -5,9 +5,10 @@
 // the transport needs as extern "C" functions with plain arguments. Rules:
 //   - every function returns an fxs_status (or a value with a stated sentinel);
 //   - no C++ exception ever leaves a shim function;
-//   - vector calls reuse thread-local vectors, so after warm-up a WriteVector
-//     does not touch the heap (a by-value ReadVector still copies: FlagCX's
-//     signature forces that copy on every caller).
+//   - transfers are built in entry lists (fxs_list_*) that keep their
+//     capacity, so after warm-up a WriteVector does not touch the heap (a
+//     by-value ReadVector still copies: FlagCX's signature forces that copy
+//     on every caller).
 
 #ifndef FLAGCX_SHIM_H_
 #define FLAGCX_SHIM_H_
@@ -37,14 +38,6 @@ typedef struct fxs_desc {
   char padding[32];
 } fxs_desc;
 
-// One entry of a vector transfer.
-typedef struct fxs_iov {
-  uint64_t mr;     // local FlagcxP2pMr holding [local, local + len)
-  void *local;     // local source (write) or destination (read)
-  size_t len;      // bytes to move; may exceed 4 GiB
-  fxs_desc remote; // from fxs_make_desc
-} fxs_iov;
-
 // Outcome of one status poll.
 typedef enum fxs_poll_result {
   FXS_POLL_PENDING = 0,
@@ -65,8 +58,7 @@ int fxs_engine_rpc_port(void *engine);
 fxs_status fxs_engine_metadata(void *engine, char *buf, size_t cap,
                                size_t *len);
 
-// Connections.
-fxs_status fxs_get_conn(void *engine, const char *session, void **conn_out);
+// Connections (owned by the caller: fxs_conn_destroy).
 fxs_status fxs_connect(void *engine, const char *ip, int remote_gpu,
                        int remote_port, void **conn_out);
 void fxs_conn_destroy(void *conn);
@@ -77,17 +69,9 @@ void fxs_mr_destroy(void *engine, uint64_t mr);
 fxs_status fxs_make_desc(void *conn, uint64_t remote_addr, uint32_t len,
                          fxs_desc *desc_out);
 
-// Transfers (non-blocking). `n` entries, n >= 1.
-fxs_status fxs_write_vector(void *conn, const fxs_iov *iovs, int n,
-                            uint64_t *id_out);
-fxs_status fxs_read_vector(void *conn, const fxs_iov *iovs, int n,
-                           uint64_t *id_out);
-// Blocking write, for tools.
-fxs_status fxs_write_vector_sync(void *conn, const fxs_iov *iovs, int n);
-
-// Entry lists: the argument vectors of a vector call, built entry by entry
-// in FlagCX's own layout (no fxs_iov array to convert, no thread-local
-// lookup). A list belongs to one thread at a time; its vectors keep their
+// Transfers (non-blocking), through entry lists: the argument vectors of a
+// vector call, built entry by entry in FlagCX's own layout (no entry array
+// to convert, no thread-local lookup). A list belongs to one thread at a time; its vectors keep their
 // capacity, so after warm-up building and issuing a call allocates nothing.
 // NULL when out of memory.
 void *fxs_list_create(void);

@@ -26,20 +26,7 @@ pub struct fxs_desc {
     pub padding: [u8; 32],
 }
 
-/// One entry of a vector transfer. `local` is an address (C `void *`); it is
-/// held as `usize` so buffers of iovs can move between threads.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct fxs_iov {
-    pub mr: u64,
-    pub local: usize,
-    pub len: usize,
-    pub remote: fxs_desc,
-}
-
 const _: () = assert!(std::mem::size_of::<fxs_desc>() == 64);
-const _: () = assert!(std::mem::size_of::<fxs_iov>() == 88);
-const _: () = assert!(std::mem::size_of::<usize>() == std::mem::size_of::<*mut c_void>());
 
 extern "C" {
     pub fn fxs_engine_create(engine_out: *mut *mut c_void) -> fxs_status;
@@ -54,11 +41,6 @@ extern "C" {
         len: *mut usize,
     ) -> fxs_status;
 
-    pub fn fxs_get_conn(
-        engine: *mut c_void,
-        session: *const c_char,
-        conn_out: *mut *mut c_void,
-    ) -> fxs_status;
     pub fn fxs_connect(
         engine: *mut c_void,
         ip: *const c_char,
@@ -77,19 +59,6 @@ extern "C" {
         desc_out: *mut fxs_desc,
     ) -> fxs_status;
 
-    pub fn fxs_write_vector(
-        conn: *mut c_void,
-        iovs: *const fxs_iov,
-        n: c_int,
-        id_out: *mut u64,
-    ) -> fxs_status;
-    pub fn fxs_read_vector(
-        conn: *mut c_void,
-        iovs: *const fxs_iov,
-        n: c_int,
-        id_out: *mut u64,
-    ) -> fxs_status;
-    pub fn fxs_write_vector_sync(conn: *mut c_void, iovs: *const fxs_iov, n: c_int) -> fxs_status;
     pub fn fxs_list_create() -> *mut c_void;
     pub fn fxs_list_destroy(list: *mut c_void);
     pub fn fxs_list_push(

@@ -10,23 +10,33 @@
 //! Ownership model:
 //! - [`Engine`] is a shared handle; the FlagCX engine is destroyed when the
 //!   last `Engine` clone and the last [`Conn`] made from it are dropped.
-//! - [`Conn`] is either cached by the engine ([`Engine::get_conn`]) or owned
-//!   ([`Engine::connect`], destroyed on drop).
+//! - [`Conn`] is owned ([`Engine::connect`]) and destroyed on drop.
 //! - [`TransferId`] is neither `Copy` nor `Clone`: [`Conn::poll`] consumes it
 //!   and hands it back only while the transfer is pending, so an id cannot be
 //!   polled again after it reported completion (FlagCX recycles it then).
+//! - Transfers are built in an [`IovList`] (FlagCX's own argument vectors)
+//!   and started with [`Conn::write_list`] / [`Conn::read_list`].
+//!
+//! The product surface is the above plus [`reports_failures`] and
+//! [`is_software_provider`]. Test support (the `testing` and `pattern`
+//! modules, the software provider's knobs in `sw`, and the `flagcx-sw-peer`
+//! binary) exists only with the `test-support` feature, which only tests,
+//! examples and benchmarks enable.
 
 #![allow(non_camel_case_types)]
 
 pub mod ffi;
+#[cfg(feature = "test-support")]
 pub mod pattern;
+#[cfg(feature = "test-support")]
 pub mod sw;
+#[cfg(feature = "test-support")]
 pub mod testing;
 
 use std::ffi::{c_int, c_void, CStr};
 use std::fmt;
 use std::ptr::{self, NonNull};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Why a FlagCX call failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,26 +77,13 @@ fn check(status: ffi::fxs_status) -> Result<()> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MrId(pub u64);
 
-/// A remote region descriptor from [`Conn::make_desc`].
-pub type RemoteDesc = ffi::fxs_desc;
-
-/// One entry of a vector transfer: `len` bytes between local `local` (inside
-/// registered region `mr`) and the remote range `remote` describes.
-pub type Iov = ffi::fxs_iov;
-
-impl Iov {
-    pub fn new(mr: MrId, local: usize, len: usize, remote: RemoteDesc) -> Iov {
-        Iov { mr: mr.0, local, len, remote }
-    }
-}
-
 /// The largest length one descriptor can carry (`MakeDesc` takes a `uint32`).
 pub const MAX_DESC_LEN: u64 = u32::MAX as u64;
 
 struct EngineHandle(NonNull<c_void>);
 
 // SAFETY: FlagCX engines are used from many threads (its own workers do);
-// the calls this crate exposes on a shared engine (GetConn, Reg, MrDestroy,
+// the calls this crate exposes on a shared engine (Connect, Reg, MrDestroy,
 // metadata) take FlagCX's internal locks.
 unsafe impl Send for EngineHandle {}
 // SAFETY: as above; no method mutates Rust-side state.
@@ -177,15 +174,6 @@ impl Engine {
         Ok(md.split('?').next().unwrap_or_default().to_owned())
     }
 
-    /// The engine's cached connection to `session` (`host:port`). The first
-    /// call per session blocks for the handshake.
-    pub fn get_conn(&self, session: &CStr) -> Result<Conn> {
-        let mut raw = ptr::null_mut();
-        // SAFETY: live engine, NUL-terminated session, valid out-pointer.
-        check(unsafe { ffi::fxs_get_conn(self.raw(), session.as_ptr(), &mut raw) })?;
-        self.conn_from(raw, false)
-    }
-
     /// A fresh connection owned by the returned [`Conn`] (its snapshot of the
     /// peer's regions is taken now).
     pub fn connect(&self, ip: &CStr, remote_gpu: i32, port: u16) -> Result<Conn> {
@@ -194,12 +182,8 @@ impl Engine {
         check(unsafe {
             ffi::fxs_connect(self.raw(), ip.as_ptr(), remote_gpu, c_int::from(port), &mut raw)
         })?;
-        self.conn_from(raw, true)
-    }
-
-    fn conn_from(&self, raw: *mut c_void, owned: bool) -> Result<Conn> {
         let ptr = NonNull::new(raw).ok_or(Error::Flagcx)?;
-        Ok(Conn { ptr, owned, _engine: self.handle.clone() })
+        Ok(Conn { ptr, _engine: self.handle.clone() })
     }
 
     /// Registers `[addr, addr + len)` for transfers (process-wide in FlagCX).
@@ -223,11 +207,10 @@ impl Engine {
     }
 }
 
-/// A connection to one peer engine.
+/// A connection to one peer engine, destroyed on drop.
 pub struct Conn {
     ptr: NonNull<c_void>,
-    owned: bool,
-    // Keeps the engine (which owns cached connections) alive.
+    // Keeps the engine alive: FlagCX connections must not outlive it.
     _engine: Arc<EngineHandle>,
 }
 
@@ -240,16 +223,14 @@ unsafe impl Sync for Conn {}
 
 impl fmt::Debug for Conn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Conn({:p}, owned={})", self.ptr, self.owned)
+        write!(f, "Conn({:p})", self.ptr)
     }
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        if self.owned {
-            // SAFETY: an owned conn came from fxs_connect and is destroyed once.
-            unsafe { ffi::fxs_conn_destroy(self.ptr.as_ptr()) }
-        }
+        // SAFETY: the conn came from fxs_connect and is destroyed once.
+        unsafe { ffi::fxs_conn_destroy(self.ptr.as_ptr()) }
     }
 }
 
@@ -284,47 +265,17 @@ impl Conn {
     }
 
     /// Describes the remote range `[remote_addr, remote_addr + len)` from the
-    /// peer's regions as seen when this connection was made.
-    pub fn make_desc(&self, remote_addr: u64, len: u32) -> Result<RemoteDesc> {
+    /// peer's regions as seen when this connection was made (FlagCX's
+    /// MakeDesc) and returns the descriptor's remote key; `Err` when no region
+    /// of the snapshot holds the range. [`IovList::push`] makes the
+    /// descriptors of a transfer in place; this only asks whether (and
+    /// through which key) the connection reaches a range.
+    pub fn make_desc(&self, remote_addr: u64, len: u32) -> Result<u32> {
         let mut desc =
-            RemoteDesc { addr: 0, size: 0, rkey: 0, nmsgs: 0, rid: 0, idx: 0, padding: [0; 32] };
+            ffi::fxs_desc { addr: 0, size: 0, rkey: 0, nmsgs: 0, rid: 0, idx: 0, padding: [0; 32] };
         // SAFETY: live conn, valid out-pointer.
         check(unsafe { ffi::fxs_make_desc(self.ptr.as_ptr(), remote_addr, len, &mut desc) })?;
-        Ok(desc)
-    }
-
-    fn count(iovs: &[Iov]) -> Result<c_int> {
-        match c_int::try_from(iovs.len()) {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err(Error::Invalid),
-        }
-    }
-
-    /// Starts a one-sided write of every entry. Local ranges must lie inside
-    /// their registered regions (FlagCX checks and fails synchronously).
-    pub fn write_vector(&self, iovs: &[Iov]) -> Result<TransferId> {
-        let n = Self::count(iovs)?;
-        let mut id = 0;
-        // SAFETY: iovs points to n entries; FlagCX only reads local memory
-        // inside registered regions, whose validity `register` vouched for.
-        check(unsafe { ffi::fxs_write_vector(self.ptr.as_ptr(), iovs.as_ptr(), n, &mut id) })?;
-        Ok(TransferId(id))
-    }
-
-    /// Starts a one-sided read into every entry's local range.
-    pub fn read_vector(&self, iovs: &[Iov]) -> Result<TransferId> {
-        let n = Self::count(iovs)?;
-        let mut id = 0;
-        // SAFETY: as write_vector; writes land only in registered regions.
-        check(unsafe { ffi::fxs_read_vector(self.ptr.as_ptr(), iovs.as_ptr(), n, &mut id) })?;
-        Ok(TransferId(id))
-    }
-
-    /// Writes every entry and waits until the bytes landed.
-    pub fn write_vector_sync(&self, iovs: &[Iov]) -> Result<()> {
-        let n = Self::count(iovs)?;
-        // SAFETY: as write_vector.
-        check(unsafe { ffi::fxs_write_vector_sync(self.ptr.as_ptr(), iovs.as_ptr(), n) })
+        Ok(desc.rkey)
     }
 
     /// Polls a transfer once. The id comes back only while it is pending.
@@ -344,7 +295,7 @@ impl Conn {
 }
 
 /// The entries of one vector call, built in FlagCX's own argument layout
-/// (the shim's `fxs_list_*`): no [`Iov`] array to convert per call and no
+/// (the shim's `fxs_list_*`): no entry array to convert per call and no
 /// thread-local lookup. Reused across calls; once its vectors reached their
 /// high-water mark, building and issuing a call allocates nothing.
 pub struct IovList {
@@ -430,9 +381,10 @@ impl IovList {
 }
 
 impl Conn {
-    /// Starts a one-sided write of every entry of `list` (see
-    /// [`Conn::write_vector`]); the list is empty afterwards, whatever the
-    /// outcome. `Err(Invalid)` for an empty list.
+    /// Starts a one-sided write of every entry of `list`; the list is empty
+    /// afterwards, whatever the outcome. Local ranges must lie inside their
+    /// registered regions (FlagCX checks and fails synchronously).
+    /// `Err(Invalid)` for an empty list.
     #[inline]
     pub fn write_list(&self, list: &mut IovList) -> Result<TransferId> {
         let mut id = 0;
@@ -460,4 +412,16 @@ impl Conn {
 pub fn reports_failures() -> bool {
     // SAFETY: no arguments; resolves a symbol once.
     unsafe { ffi::fxs_reports_failures() != 0 }
+}
+
+/// Whether the loaded libflagcx is the in-tree software provider, a test
+/// double (no RDMA): it exports the provider's extension
+/// (`provider/include/flagcx_sw.h`), which real FlagCX does not.
+pub fn is_software_provider() -> bool {
+    static ANSWER: OnceLock<bool> = OnceLock::new();
+    *ANSWER.get_or_init(|| {
+        // SAFETY: RTLD_DEFAULT searches the loaded objects; the name is
+        // NUL-terminated. The symbol is only looked at, never called.
+        !unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"flagcxSwSetKnob".as_ptr()) }.is_null()
+    })
 }

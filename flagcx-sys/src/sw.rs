@@ -1,5 +1,7 @@
 //! Controls of the in-tree software provider (`provider/include/flagcx_sw.h`):
-//! fault-injection knobs and misuse counters.
+//! fault-injection knobs and misuse counters. Test support (the
+//! `test-support` feature); the product asks only
+//! [`crate::is_software_provider`].
 //!
 //! The symbols are looked up at run time, so this module also works against a
 //! real FlagCX, where every function reports that the provider is absent

@@ -99,7 +99,7 @@ pub fn peer_binary() -> PathBuf {
             return candidate;
         }
     }
-    panic!("flagcx-sw-peer not found near {} (build it: cargo build -p flagcx-sys)", exe.display());
+    panic!("flagcx-sw-peer not found near {} (build it: cargo build -p flagcx-sys --features test-support)", exe.display());
 }
 
 /// A `flagcx-sw-peer` child process (see its module docs for the protocol).

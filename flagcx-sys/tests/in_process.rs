@@ -2,8 +2,8 @@
 
 mod common;
 
-use common::{serial, wait, Buf, Pair, LIMIT};
-use flagcx_sys::{pattern, Error, Poll};
+use common::{read, serial, wait, write, Buf, Pair, LIMIT};
+use flagcx_sys::{pattern, sw, Error, MrId, Poll};
 
 /// Writes `len` bytes local -> remote, reads them back into a third buffer,
 /// and checks both copies.
@@ -17,7 +17,7 @@ fn round_trip(pair: &Pair, len: usize, seed: u64) {
     assert_eq!(link.wait(id), Poll::Done);
     assert_eq!(pattern::checksum(link.dst.bytes()), want, "write of {len} bytes");
 
-    let id = link.conn.read_vector(&[back.iov(0, len, link.desc)]).unwrap();
+    let id = read(&link.conn, &[back.entry(0, len, link.remote())]).unwrap();
     assert_eq!(link.wait(id), Poll::Done);
     assert_eq!(pattern::checksum(back.bytes()), want, "read of {len} bytes");
 }
@@ -46,19 +46,19 @@ fn vector_write_and_read_with_hundreds_of_entries() {
     pattern::fill(src.bytes(), 42);
     let conn = pair.connect();
 
-    let mut iovs = Vec::new();
-    let mut back_iovs = Vec::new();
+    let mut entries = Vec::new();
+    let mut back_entries = Vec::new();
     let mut off = 0;
     for &len in &lens {
-        let desc = conn.make_desc((dst.addr() + off) as u64, len as u32).unwrap();
-        iovs.push(src.iov(off, len, desc));
-        back_iovs.push(back.iov(off, len, desc));
+        let remote = (dst.addr() + off) as u64;
+        entries.push(src.entry(off, len, remote));
+        back_entries.push(back.entry(off, len, remote));
         off += len;
     }
-    let id = conn.write_vector(&iovs).unwrap();
+    let id = write(&conn, &entries).unwrap();
     assert_eq!(wait(&conn, id, LIMIT), Poll::Done);
     assert_eq!(dst.bytes(), src.bytes());
-    let id = conn.read_vector(&back_iovs).unwrap();
+    let id = read(&conn, &back_entries).unwrap();
     assert_eq!(wait(&conn, id, LIMIT), Poll::Done);
     assert_eq!(back.bytes(), src.bytes());
     common::assert_no_violations();
@@ -71,10 +71,10 @@ fn local_range_outside_its_region_is_rejected_at_submit() {
     let src = Buf::new(&pair.local, 4096);
     let dst = Buf::new(&pair.remote, 8192);
     let conn = pair.connect();
-    let desc = conn.make_desc(dst.addr() as u64, 8192).unwrap();
+    let remote = dst.addr() as u64;
     // One byte past the end of the local region.
-    assert_eq!(conn.write_vector(&[src.iov(1, 4096, desc)]), Err(Error::Flagcx));
-    assert_eq!(conn.read_vector(&[src.iov(0, 4097, desc)]), Err(Error::Flagcx));
+    assert_eq!(write(&conn, &[src.entry(1, 4096, remote)]), Err(Error::Flagcx));
+    assert_eq!(read(&conn, &[src.entry(0, 4097, remote)]), Err(Error::Flagcx));
 }
 
 #[test]
@@ -82,18 +82,22 @@ fn unregistered_local_memory_is_rejected_at_submit() {
     let _g = serial();
     let pair = Pair::new();
     let link = pair.link(4096);
-    let mut iov = link.src.iov(0, 4096, link.desc);
-    iov.mr = 0xdead_beef; // an id nobody registered
-    assert_eq!(link.conn.write_vector(&[iov]), Err(Error::Flagcx));
+    let remote = link.remote();
+    let mut entry = link.src.entry(0, 4096, remote);
+    entry.mr = MrId(0xdead_beef); // an id nobody registered
+    assert_eq!(write(&link.conn, &[entry]), Err(Error::Flagcx));
     let stale = link.src.mr;
     drop(link.src);
-    let mut iov = link.dst.iov(0, 16, link.desc);
-    iov.mr = stale.0; // deregistered
-    assert_eq!(link.conn.write_vector(&[iov]), Err(Error::Flagcx));
+    let mut entry = link.dst.entry(0, 16, remote);
+    entry.mr = stale; // deregistered
+    assert_eq!(write(&link.conn, &[entry]), Err(Error::Flagcx));
 }
 
+/// (Descriptors that do not match the snapshot, a forged key or a length
+/// past the region, cannot be made through this crate: the provider's
+/// checks of those are tested from C++, cpp_tests/provider/.)
 #[test]
-fn remote_range_outside_peer_regions_has_no_descriptor_and_forged_ones_fail() {
+fn remote_range_outside_peer_regions_has_no_descriptor_and_is_not_pushed() {
     let _g = serial();
     let pair = Pair::new();
     let src = Buf::new(&pair.local, 8192);
@@ -101,16 +105,58 @@ fn remote_range_outside_peer_regions_has_no_descriptor_and_forged_ones_fail() {
     let conn = pair.connect();
     assert_eq!(conn.make_desc(dst.addr() as u64 + 1, 4096), Err(Error::Flagcx));
     assert_eq!(conn.make_desc(u64::MAX - 10, 100), Err(Error::Flagcx));
-    // A descriptor for the real region, used for a longer transfer: the
-    // length comes from the iov, so the provider must catch the overrun.
-    let desc = conn.make_desc(dst.addr() as u64, 4096).unwrap();
-    let id = conn.write_vector(&[src.iov(0, 8192, desc)]).unwrap();
+    // Past the end of the region: no descriptor, so no transfer starts.
+    let remote = dst.addr() as u64;
+    assert_eq!(write(&conn, &[src.entry(0, 8192, remote)]), Err(Error::Flagcx));
+    common::assert_no_violations();
+}
+
+/// A base registered again in place with a smaller size: a connection made
+/// before still describes the old size, and the provider checks the live
+/// registration, so a transfer past the new end fails (and one inside it
+/// works).
+#[test]
+fn a_transfer_past_a_region_shrunk_after_connect_fails() {
+    let _g = serial();
+    let pair = Pair::new();
+    let src = Buf::new(&pair.local, 8192);
+    let dst = Buf::new(&pair.remote, 8192);
+    let conn = pair.connect();
+    // SAFETY: the same live buffer, still owned by `dst`, with a smaller size.
+    let again = unsafe { pair.remote.register(dst.addr(), 4096) }.unwrap();
+    assert_eq!(again, dst.mr, "the base's registration is resized in place");
+    let remote = dst.addr() as u64;
+    let id = write(&conn, &[src.entry(0, 8192, remote)]).expect("the snapshot describes it");
     assert_eq!(wait(&conn, id, LIMIT), Poll::Failed);
-    // A forged key.
-    let mut forged = desc;
-    forged.rkey ^= 0x5a5a;
-    let id = conn.write_vector(&[src.iov(0, 16, forged)]).unwrap();
-    assert_eq!(wait(&conn, id, LIMIT), Poll::Failed);
+    let id = write(&conn, &[src.entry(0, 4096, remote)]).unwrap();
+    assert_eq!(wait(&conn, id, LIMIT), Poll::Done);
+    common::assert_no_violations();
+}
+
+/// With FLAGCX_SW_NEW_ID_ON_REREGISTER a base registered again gets a new
+/// key; once the first registration is destroyed, a connection that learned
+/// its key fails (a key the peer no longer has), and one made now works.
+#[test]
+fn a_key_destroyed_after_connect_fails_transfers_through_it() {
+    let _g = serial();
+    assert!(sw::set_knob(sw::Knob::NewIdOnReregister, 1));
+    let pair = Pair::new();
+    let src = Buf::new(&pair.local, 4096);
+    let dst = Buf::new(&pair.remote, 4096);
+    let old = pair.connect();
+    let remote = dst.addr() as u64;
+    let old_key = old.make_desc(remote, 4096).unwrap();
+    // SAFETY: the same live buffer, still owned by `dst`.
+    let second = unsafe { pair.remote.register(dst.addr(), 4096) }.unwrap();
+    assert_ne!(second, dst.mr);
+    pair.remote.deregister(dst.mr);
+    let id = write(&old, &[src.entry(0, 16, remote)]).expect("the snapshot describes it");
+    assert_eq!(wait(&old, id, LIMIT), Poll::Failed);
+    let fresh = pair.connect();
+    assert_ne!(fresh.make_desc(remote, 4096).unwrap(), old_key);
+    let id = write(&fresh, &[src.entry(0, 16, remote)]).unwrap();
+    assert_eq!(wait(&fresh, id, LIMIT), Poll::Done);
+    pair.remote.deregister(second);
     common::assert_no_violations();
 }
 
@@ -123,8 +169,7 @@ fn memory_registered_after_connect_needs_a_new_connection() {
     let late = Buf::new(&pair.remote, 4096);
     assert_eq!(old.make_desc(late.addr() as u64, 4096), Err(Error::Flagcx));
     let fresh = pair.connect();
-    let desc = fresh.make_desc(late.addr() as u64, 4096).unwrap();
-    let id = fresh.write_vector(&[src.iov(0, 4096, desc)]).unwrap();
+    let id = write(&fresh, &[src.entry(0, 4096, late.addr() as u64)]).unwrap();
     assert_eq!(wait(&fresh, id, LIMIT), Poll::Done);
 }
 
@@ -136,27 +181,6 @@ fn deregistered_remote_region_fails_transfers_that_still_hold_its_descriptor() {
     pair.remote.deregister(link.dst.mr);
     let id = link.write(4096);
     assert_eq!(link.wait(id), Poll::Failed);
-}
-
-#[test]
-fn cached_connection_is_shared_per_session() {
-    let _g = serial();
-    let pair = Pair::new();
-    let dst = Buf::new(&pair.remote, 4096);
-    let a = pair.local.get_conn(&pair.session()).unwrap();
-    let b = pair.local.get_conn(&pair.session()).unwrap();
-    assert_eq!(a.as_raw(), b.as_raw());
-    assert!(a.make_desc(dst.addr() as u64, 4096).is_ok());
-}
-
-#[test]
-fn write_vector_sync_returns_after_the_bytes_landed() {
-    let _g = serial();
-    let pair = Pair::new();
-    let mut link = pair.link(1 << 16);
-    pattern::fill(link.src.bytes(), 9);
-    link.conn.write_vector_sync(&[link.src.iov(0, 1 << 16, link.desc)]).unwrap();
-    assert_eq!(link.dst.bytes(), link.src.bytes());
 }
 
 #[test]
@@ -179,10 +203,10 @@ fn registering_the_same_base_twice_gives_the_same_id() {
     assert_eq!(again, buf.mr, "registration is process-wide, keyed by base");
 }
 
-/// The entry-list path (`IovList`, what the transport's progress thread
-/// uses): entries built in place move the same bytes as `write_vector`; a
-/// push whose remote range no region covers appends nothing; `truncate`
-/// drops entries; a call empties the list whatever its outcome.
+/// The entry list itself (`IovList`, what the transport's progress thread
+/// uses), reused across calls: a push whose remote range no region covers
+/// appends nothing; `truncate` drops entries; a call empties the list
+/// whatever its outcome.
 #[test]
 fn entry_lists_write_read_truncate_and_reject() {
     let _g = serial();

@@ -9,7 +9,7 @@ mod common;
 use std::ffi::CString;
 use std::process::{Command, Stdio};
 
-use common::{serial, wait, Buf, Peer, LIMIT};
+use common::{serial, wait, write, Buf, Peer, LIMIT};
 use flagcx_sys::testing::peer_binary;
 use flagcx_sys::{pattern, Engine, Poll};
 
@@ -19,11 +19,12 @@ const ENV: &str = "FLAGCX_SW_LISTEN_ADDR";
 fn write_through_published_endpoint(peer: &mut Peer) {
     let len = 64 << 10;
     let engine = Engine::create().unwrap();
-    let conn = engine.get_conn(&CString::new(peer.endpoint.clone()).unwrap()).unwrap();
+    let (host, port) = peer.endpoint.rsplit_once(':').expect("host:port");
+    let host = CString::new(host.trim_start_matches('[').trim_end_matches(']')).unwrap();
+    let conn = engine.connect(&host, 0, port.parse().unwrap()).unwrap();
     let mut src = Buf::new(&engine, len);
     pattern::fill(src.bytes(), 7);
-    let desc = conn.make_desc(peer.addr, len as u32).unwrap();
-    let id = conn.write_vector(&[src.iov(0, len, desc)]).unwrap();
+    let id = write(&conn, &[src.entry(0, len, peer.addr)]).unwrap();
     assert_eq!(wait(&conn, id, LIMIT), Poll::Done);
     assert_eq!(peer.sum(0, len as u64), pattern::checksum(src.bytes()));
 }

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{serial, wait, Buf, Peer, LIMIT};
+use common::{read as read_entries, serial, wait, write as write_entries, Buf, Peer, LIMIT};
 use flagcx_sys::{pattern, sw, Conn, Engine, Poll};
 
 const LEN: usize = 4096;
@@ -17,14 +17,12 @@ fn connect(engine: &Engine, peer: &Peer) -> Conn {
 
 /// Writes `src` to the start of the peer's first buffer through `conn`.
 fn write(conn: &Conn, src: &Buf, raddr: u64) -> Poll {
-    let desc = conn.make_desc(raddr, LEN as u32).expect("the snapshot describes it");
-    let id = conn.write_vector(&[src.iov(0, LEN, desc)]).unwrap();
+    let id = write_entries(conn, &[src.entry(0, LEN, raddr)]).expect("the snapshot describes it");
     wait(conn, id, LIMIT)
 }
 
 fn read(conn: &Conn, dst: &Buf, raddr: u64) -> Poll {
-    let desc = conn.make_desc(raddr, LEN as u32).expect("the snapshot describes it");
-    let id = conn.read_vector(&[dst.iov(0, LEN, desc)]).unwrap();
+    let id = read_entries(conn, &[dst.entry(0, LEN, raddr)]).expect("the snapshot describes it");
     wait(conn, id, LIMIT)
 }
 
@@ -70,12 +68,11 @@ fn one_revoked_entry_fails_a_vector_transfer_before_any_entry_moves() {
     let conn = connect(&engine, &peer);
     let mut src = Buf::new(&engine, 2 * LEN);
     pattern::fill(src.bytes(), 5);
-    let live = conn.make_desc(peer.addr, LEN as u32).unwrap();
-    let revoked = conn.make_desc(other, LEN as u32).unwrap();
     assert_eq!(peer.cmd(&format!("fill 6 0 {LEN}")), "ok");
     let before = peer.sum(0, LEN as u64);
     assert_eq!(peer.cmd("dereg 1"), "ok");
-    let id = conn.write_vector(&[src.iov(0, LEN, live), src.iov(LEN, LEN, revoked)]).unwrap();
+    let id = write_entries(&conn, &[src.entry(0, LEN, peer.addr), src.entry(LEN, LEN, other)])
+        .expect("the snapshot describes both");
     assert_eq!(wait(&conn, id, LIMIT), Poll::Failed);
     assert_eq!(peer.sum(0, LEN as u64), before, "the live entry did not land either");
     common::assert_no_violations();
@@ -87,7 +84,7 @@ fn a_region_registered_again_at_the_same_base_is_reached_only_through_a_new_conn
     let mut peer = Peer::spawn(LEN);
     let engine = Engine::create().unwrap();
     let old = connect(&engine, &peer);
-    let old_key = old.make_desc(peer.addr, LEN as u32).unwrap().rkey;
+    let old_key = old.make_desc(peer.addr, LEN as u32).unwrap();
     let mut src = Buf::new(&engine, LEN);
     assert_eq!(peer.cmd(&format!("fill 7 0 {LEN}")), "ok");
     let before = peer.sum(0, LEN as u64);
@@ -102,7 +99,7 @@ fn a_region_registered_again_at_the_same_base_is_reached_only_through_a_new_conn
 
     // A new connection learns the new key and reaches the region.
     let fresh = connect(&engine, &peer);
-    let new_key = fresh.make_desc(peer.addr, LEN as u32).unwrap().rkey;
+    let new_key = fresh.make_desc(peer.addr, LEN as u32).unwrap();
     assert_ne!(new_key, old_key, "a new registration has a new key");
     assert_eq!(write(&fresh, &src, peer.addr), Poll::Done);
     assert_eq!(peer.sum(0, LEN as u64), pattern::checksum(src.bytes()));

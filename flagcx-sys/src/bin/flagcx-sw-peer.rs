@@ -1,5 +1,7 @@
 //! flagcx-sw-peer: a FlagCX peer in its own process, driven over stdin.
 //!
+//! Test support (built only with the `test-support` feature:
+//! `cargo build -p flagcx-sys --features test-support --bin flagcx-sw-peer`).
 //! Used by the cross-process tests, the soak and the benchmark. It creates an
 //! engine, starts its RPC server, registers one buffer and prints
 //!
@@ -30,7 +32,7 @@ use std::io::{self, BufRead, Write};
 use std::time::{Duration, Instant};
 
 use flagcx_sys::testing::AlignedBuf;
-use flagcx_sys::{pattern, Engine, Iov, MrId, Poll};
+use flagcx_sys::{pattern, Engine, IovList, MrId, Poll};
 
 struct Region {
     addr: usize,
@@ -85,9 +87,10 @@ fn transfer(
     let port: u16 = port.parse().map_err(|_| "bad port")?;
     let conn = engine.connect(&host, 0, port).map_err(|e| format!("connect: {e}"))?;
     let len32 = u32::try_from(len).map_err(|_| "length over 4 GiB")?;
-    let desc = conn.make_desc(raddr, len32).map_err(|e| format!("make_desc: {e}"))?;
-    let iov = [Iov::new(r.mr, r.addr + off as usize, len as usize, desc)];
-    let mut id = if write { conn.write_vector(&iov) } else { conn.read_vector(&iov) }
+    let mut list = IovList::new().map_err(|e| format!("entry list: {e}"))?;
+    list.push(&conn, r.mr, r.addr + off as usize, len32, raddr)
+        .map_err(|e| format!("make_desc: {e}"))?;
+    let mut id = if write { conn.write_list(&mut list) } else { conn.read_list(&mut list) }
         .map_err(|e| format!("submit: {e}"))?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

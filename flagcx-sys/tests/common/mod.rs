@@ -1,11 +1,10 @@
 //! Fixtures shared by the flagcx-sys integration tests.
 #![allow(dead_code)]
 
-use std::ffi::CString;
 use std::time::{Duration, Instant};
 
 use flagcx_sys::testing::AlignedBuf;
-use flagcx_sys::{Conn, Engine, Iov, MrId, Poll, RemoteDesc, TransferId};
+use flagcx_sys::{Conn, Engine, IovList, MrId, Poll, TransferId};
 
 #[allow(unused_imports)]
 pub use flagcx_sys::testing::{assert_no_violations, serial};
@@ -34,9 +33,42 @@ impl Buf {
         self.mem.bytes()
     }
 
-    pub fn iov(&self, off: usize, len: usize, remote: RemoteDesc) -> Iov {
-        Iov::new(self.mr, self.addr() + off, len, remote)
+    /// The entry moving `len` bytes at `off` in this buffer to or from the
+    /// peer's `remote` address.
+    pub fn entry(&self, off: usize, len: usize, remote: u64) -> Entry {
+        Entry { mr: self.mr, local: self.addr() + off, len, remote }
     }
+}
+
+/// One entry of a vector transfer, pushed into an [`IovList`] by
+/// [`write`] / [`read`] (which make its descriptor from the connection's
+/// snapshot of the peer's regions).
+#[derive(Clone, Copy, Debug)]
+pub struct Entry {
+    pub mr: MrId,
+    pub local: usize,
+    pub len: usize,
+    pub remote: u64,
+}
+
+fn list_of(conn: &Conn, entries: &[Entry]) -> flagcx_sys::Result<IovList> {
+    let mut list = IovList::new()?;
+    for e in entries {
+        let len = u32::try_from(e.len).map_err(|_| flagcx_sys::Error::Invalid)?;
+        list.push(conn, e.mr, e.local, len, e.remote)?;
+    }
+    Ok(list)
+}
+
+/// One vector write of `entries`; `Err` when an entry's remote range is in
+/// no region of the snapshot, or FlagCX refused the call.
+pub fn write(conn: &Conn, entries: &[Entry]) -> flagcx_sys::Result<TransferId> {
+    conn.write_list(&mut list_of(conn, entries)?)
+}
+
+/// One vector read into `entries` (see [`write`]).
+pub fn read(conn: &Conn, entries: &[Entry]) -> flagcx_sys::Result<TransferId> {
+    conn.read_list(&mut list_of(conn, entries)?)
 }
 
 impl Drop for Buf {
@@ -59,10 +91,6 @@ impl Pair {
         Pair { local, remote }
     }
 
-    pub fn session(&self) -> CString {
-        CString::new(self.remote.endpoint().unwrap()).unwrap()
-    }
-
     /// A fresh connection (its region snapshot is taken now).
     pub fn connect(&self) -> Conn {
         let port = self.remote.rpc_port().unwrap();
@@ -70,28 +98,32 @@ impl Pair {
     }
 
     /// `src` on the local engine and `dst` on the remote one, `len` bytes
-    /// each, then a fresh connection and a descriptor for all of `dst`.
+    /// each, then a fresh connection (whose snapshot describes all of `dst`).
     pub fn link(&self, len: usize) -> Link {
         let src = Buf::new(&self.local, len);
         let dst = Buf::new(&self.remote, len);
         let conn = self.connect();
-        let desc = conn.make_desc(dst.addr() as u64, len as u32).unwrap();
-        Link { conn, desc, src, dst }
+        conn.make_desc(dst.addr() as u64, len as u32).unwrap();
+        Link { conn, src, dst }
     }
 }
 
 /// What `Pair::link` sets up. The connection drops before the buffers.
 pub struct Link {
     pub conn: Conn,
-    pub desc: RemoteDesc,
     pub src: Buf,
     pub dst: Buf,
 }
 
 impl Link {
+    /// The start of `dst`, as the peer's address.
+    pub fn remote(&self) -> u64 {
+        self.dst.addr() as u64
+    }
+
     /// Starts a write of the first `len` bytes of `src` to `dst`.
     pub fn write(&self, len: usize) -> TransferId {
-        self.conn.write_vector(&[self.src.iov(0, len, self.desc)]).unwrap()
+        write(&self.conn, &[self.src.entry(0, len, self.remote())]).unwrap()
     }
 
     /// Polls `id` on this link's connection until it finishes.
