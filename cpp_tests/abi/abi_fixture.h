@@ -188,12 +188,14 @@ inline mcfx_op make_op(uint32_t opcode, const Buffer &local, size_t off, uint64_
 // The behaviour every implementation of the ABI must show, run by both the
 // linked and the dlopen suites.
 inline void check_write_read_integrity(const mcfx_api_v1 *api) {
+  // Buffers first: destroyed last, after the transports that use them, even
+  // when an assertion returns early with a transfer still running.
+  const size_t kMax = 8 << 20;
+  Buffer src(kMax), back(kMax), dst(kMax);
   Node a(api), b(api);
   ASSERT_EQ(a.status, MCFX_OK);
   ASSERT_EQ(b.status, MCFX_OK);
   a.knows(1, b);
-  const size_t kMax = 8 << 20;
-  Buffer src(kMax), back(kMax), dst(kMax);
   a.reg(src);
   a.reg(back);
   b.reg(dst);
