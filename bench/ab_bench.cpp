@@ -1473,7 +1473,7 @@ std::vector<Workload> workloads(bool quick) {
   // busy_* (busy2_*): single_4k, a batch of 16 and threads4_4k in copy mode,
   // with a busy loop of another process on every core (two per core), the
   // waiting threads spinning as Mooncake's callers do. Each measured phase
-  // stops after 3 s (quick: 1 s) with the ops it finished.
+  // stops after 3 s (quick: 0.5 s) with the ops it finished.
   const int cores = int(std::max(1u, std::thread::hardware_concurrency()));
   for (int level = 1; level <= 2; ++level) {
     const std::string pre = level == 1 ? "busy_" : "busy2_";
@@ -1482,7 +1482,7 @@ std::vector<Workload> workloads(bool quick) {
       w.scenario = pre + name;
       w.busy = level * cores;
       w.spin_wait = true;
-      w.max_seconds = quick ? 1.0 : 3.0;
+      w.max_seconds = quick ? 0.5 : 3.0;
       return w;
     };
     // More ops than any implementation finishes in the time bound (raw's
@@ -1533,7 +1533,7 @@ Shape kv_shape(const std::string &name, uint32_t layers, uint32_t page, uint32_t
   };
   sh.busy = busy;
   sh.warmup_requests = 2;
-  sh.seconds = quick ? 0.6 : 2.0;
+  sh.seconds = quick ? 0.4 : 2.0;
   return sh;
 }
 
@@ -1563,7 +1563,7 @@ Shape scaling_shape(const std::string &dim, uint64_t x, bool quick) {
   Shape sh;
   sh.scenario = "scaling_" + dim;
   sh.ops_per_request = 64;
-  sh.seconds = quick ? 0.4 : 1.0;
+  sh.seconds = quick ? 0.3 : 1.0;
   sh.warmup_requests = 20;
   constexpr uint32_t kPage = 4096;
   if (dim == "regions") {

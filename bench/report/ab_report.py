@@ -5,6 +5,16 @@ Per (scenario, implementation) every metric is the median over rounds. Ratios
 are from the same run; their spread is the min..max of the per-round ratios
 (round k's rust against round k's cpp or raw). The machine's cross-core round
 trip is the median over every benchmark process of the run.
+
+Two tables: per-op scenarios (copy mode, nic_*, busy_* copy-mode rows beside
+busy loops), and request scenarios (kv_*, busy_kv_*), whose p50/p99 are
+request times (first submit to the moment the polling thread saw all of the
+request's ops completed), with requests/s, queue-full retries and failed
+requests (summed over rounds). process_cpu_ns_per_op (CPU time of the whole
+process over the measured phase, per op) sits next to cpu_ns_per_op (the
+transport's own threads) everywhere. With --scaling, the scaling curves of
+scripts/ab_scaling.sh (scaling_report.py) join the output, report.json
+("scaling") and the targets; their plot is ab_scaling.png.
 """
 import argparse
 import json
@@ -493,7 +503,7 @@ def plot(rows, scenarios, args):
 
     lat_scen = [s for s in scenarios if s in OP_SCENARIOS]
     kv_scen = [s for s in scenarios if s in KV_SCENARIOS]
-    nic_scen = [s for s in lat_scen if s in NIC_SCENARIOS]
+    nic_scen = [s for s in lat_scen if s in NIC_SCENARIOS] + kv_scen
     fig = plt.figure(figsize=(17, 27))
     grid = fig.add_gridspec(6, 2, height_ratios=[1, 1, 1, 1, 0.9, 0.9])
     ax_lat = fig.add_subplot(grid[0, :])
