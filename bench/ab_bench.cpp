@@ -145,6 +145,7 @@ struct Result {
   std::string scaling;
   uint64_t x = 0;
   uint64_t rss_start = 0, rss_created = 0, rss_registered = 0, rss_connected = 0;
+  uint64_t register_ns = 0; // wall time of registering every region
 };
 
 uint64_t percentile(std::vector<uint64_t> &v, double q) {
@@ -203,11 +204,12 @@ void print(Result &r, const char *impl, int round) {
   if (!r.scaling.empty()) {
     std::snprintf(buf, sizeof buf,
                   ",\"scaling\":\"%s\",\"x\":%llu,\"ns_per_op\":%.2f,\"rss_start\":%llu,"
-                  "\"rss_created\":%llu,\"rss_registered\":%llu,\"rss_connected\":%llu",
+                  "\"rss_created\":%llu,\"rss_registered\":%llu,\"rss_connected\":%llu,"
+                  "\"register_ns\":%llu",
                   r.scaling.c_str(), (unsigned long long)r.x,
                   r.ops > 0 ? r.seconds * 1e9 / r.ops : 0.0, (unsigned long long)r.rss_start,
                   (unsigned long long)r.rss_created, (unsigned long long)r.rss_registered,
-                  (unsigned long long)r.rss_connected);
+                  (unsigned long long)r.rss_connected, (unsigned long long)r.register_ns);
     extra += buf;
   }
   std::printf("{\"scenario\":\"%s\",\"impl\":\"%s\",\"round\":%d,\"ops\":%llu,"
@@ -1055,8 +1057,10 @@ Result run_requests(const Shape &sh) {
       die(std::string("mcfx_register_batch failed: ") + msg);
     }
   };
+  const uint64_t reg0 = now_ns();
   for (int p = 0; p < sh.peers; ++p) register_all(targets[p]->t, rmaps[p]->data, sh.rregions);
   register_all(init.t, lmap.data, sh.lregions);
+  r.register_ns = now_ns() - reg0;
   r.rss_registered = vm_rss_bytes();
 
   Window win(sh.threads, sh.seconds);
@@ -1201,6 +1205,7 @@ Result run_requests_raw(const Shape &sh) {
   std::vector<std::unique_ptr<Mapping>> rmaps;
   std::vector<FlagcxP2pMr> lmr(sh.lregions);
   std::vector<std::vector<FlagcxP2pMr>> rmr(sh.peers, std::vector<FlagcxP2pMr>(sh.rregions));
+  const uint64_t reg0 = now_ns();
   for (uint32_t i = 0; i < sh.lregions; ++i)
     if (flagcxP2pEngineReg(a, reinterpret_cast<uintptr_t>(lmap.data) + size_t(i) * sh.region_bytes,
                            sh.region_bytes, lmr[i]) != 0)
@@ -1214,6 +1219,7 @@ Result run_requests_raw(const Shape &sh) {
                              sh.region_bytes, rmr[p][i]) != 0)
         die("raw register failed");
   }
+  r.register_ns = now_ns() - reg0;
   r.rss_registered = vm_rss_bytes();
   // Connections after the registrations (a connection knows the regions
   // its peer had when it was made); shared by the threads.

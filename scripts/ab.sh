@@ -79,7 +79,7 @@ run_impl() {
 start=$SECONDS
 order=(cpp rust raw)
 for ((r = 1; r <= rounds; r++)); do
-  echo "== round $r/$rounds: ${order[*]}"
+  echo "== round $r/$rounds: ${order[*]} (at $((SECONDS - start)) s)"
   for impl in "${order[@]}"; do
     run_impl "$impl" "$r" >>"$runs"
   done
@@ -87,6 +87,7 @@ for ((r = 1; r <= rounds; r++)); do
 done
 scaling_args=()
 if [ "$scaling" = 1 ]; then
+  echo "== scaling curves (at $((SECONDS - start)) s)"
   AB_NO_BUILD=1 AB_NO_REPORT=1 scripts/ab_scaling.sh
   scaling_args=(--scaling "$out/scaling.jsonl")
 fi

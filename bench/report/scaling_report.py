@@ -32,7 +32,7 @@ from common import machine
 IMPLS = ["cpp", "rust", "raw"]
 DIMS = ["regions", "peers", "threads"]
 METRICS = ["ns_per_op", "process_cpu_ns_per_op", "ops_per_s", "p50_ns", "p99_ns",
-           "cpu_ns_per_op", "link_utilization", "failed_requests"]
+           "cpu_ns_per_op", "link_utilization", "failed_requests", "register_ns"]
 RSS = ["rss_start", "rss_created", "rss_registered", "rss_connected"]
 
 
@@ -82,6 +82,8 @@ def aggregate(rows):
                 p["rss_per_region"] = p["rss_registered_delta"] / regions if regions else None
                 p["rss_per_peer"] = p["rss_connected_delta"] / peers if peers else None
                 p["rss_per_target"] = p["rss_created_delta"] / peers if peers else None
+                p["register_ns_per_region"] = (p["register_ns"] / regions
+                                               if regions and p.get("register_ns") else None)
                 points.append(p)
             if points:
                 per_impl[impl] = points
@@ -177,10 +179,11 @@ def fmt_bytes(b):
 def print_table(agg, slp):
     print("Scaling: nic_batch64_4k traffic (64 x 4 KiB per submit, one in flight per thread; "
           "modeled NIC) as one dimension grows; medians over rounds")
-    print("ns/op: wall time per op; proc/op: CPU of the whole process per op; mem: VmRSS "
-          "delta per region registered (regions), per peer connected and per target transport (peers)")
+    print("ns/op: wall time per op; proc/op: CPU of the whole process per op; p99/req: p99 of a "
+          "batch of 64; mem: VmRSS delta per region registered and registration time per region "
+          "(regions), per peer connected and per target transport (peers)")
     hdr = (f"{'curve':<8} {'x':>6} {'impl':<5} {'ns/op':>8} {'proc/op':>9} {'ops/s':>8} "
-           f"{'p99/req':>9} {'mem':>22}")
+           f"{'p99/req':>9} {'mem':>28}")
     print(hdr)
     print("-" * len(hdr))
     for dim, per_impl in agg.items():
@@ -191,7 +194,8 @@ def print_table(agg, slp):
                 if p is None:
                     continue
                 if dim == "regions":
-                    mem = f"{fmt_bytes(p['rss_per_region'])}/region"
+                    mem = (f"{fmt_bytes(p['rss_per_region'])}/region "
+                           f"reg {fmt_ns(p['register_ns_per_region'])}")
                 elif dim == "peers":
                     mem = (f"{fmt_bytes(p['rss_per_peer'])}/peer "
                            f"{fmt_bytes(p['rss_per_target'])}/tgt")
@@ -199,7 +203,7 @@ def print_table(agg, slp):
                     mem = ""
                 print(f"{dim:<8} {x:>6} {impl:<5} {fmt_ns(p['ns_per_op']):>8} "
                       f"{fmt_ns(p['process_cpu_ns_per_op']):>9} {fmt_rate(p['ops_per_s']):>8} "
-                      f"{fmt_ns(p['p99_ns']):>9} {mem:>22}")
+                      f"{fmt_ns(p['p99_ns']):>9} {mem:>28}")
     print()
     print("Smallest to largest point (growth = largest / smallest; memory: marginal bytes, "
           "the slope between them)")
