@@ -1480,8 +1480,9 @@ std::vector<Workload> workloads(bool quick) {
   // with a busy loop of another process on every core (two per core), the
   // waiting threads spinning as Mooncake's callers do. Each measured phase
   // stops after 3 s (quick: 0.5 s) with the ops it finished.
+  // Quick runs leave the second level (busy2_*) out.
   const int cores = int(std::max(1u, std::thread::hardware_concurrency()));
-  for (int level = 1; level <= 2; ++level) {
+  for (int level = 1; level <= (quick ? 1 : 2); ++level) {
     const std::string pre = level == 1 ? "busy_" : "busy2_";
     auto busy = [&](const std::string &name) {
       Workload w;
@@ -1552,8 +1553,10 @@ std::vector<Shape> request_shapes(bool quick) {
   v.push_back(kv_shape("kv_peers8_32k", 80, 32 << 10, 16, 10, 8, 0, quick));
   v.push_back(kv_shape("busy_kv_gqa_32k", 80, 32 << 10, 16, 10, 1, cores, quick));
   v.push_back(kv_shape("busy_kv_small_4k", 32, 4 << 10, 64, 10, 1, cores, quick));
-  v.push_back(kv_shape("busy2_kv_gqa_32k", 80, 32 << 10, 16, 10, 1, 2 * cores, quick));
-  v.push_back(kv_shape("busy2_kv_small_4k", 32, 4 << 10, 64, 10, 1, 2 * cores, quick));
+  if (!quick) { // the second level: full runs only
+    v.push_back(kv_shape("busy2_kv_gqa_32k", 80, 32 << 10, 16, 10, 1, 2 * cores, quick));
+    v.push_back(kv_shape("busy2_kv_small_4k", 32, 4 << 10, 64, 10, 1, 2 * cores, quick));
+  }
   return v;
 }
 
@@ -1646,7 +1649,14 @@ int main(int argc, char **argv) {
         " (LD_PRELOAD not applied?)");
   std::fprintf(stderr, "mcfx_ab_bench: implementation %s, round %d%s\n", impl.c_str(), round,
                quick ? " (quick)" : "");
+  // A watchdog per scenario: a run that hangs (a transfer that never
+  // completes, a deadlock) is killed by SIGALRM's default action instead of
+  // holding the run for ever; busy-loop children die with it
+  // (PR_SET_PDEATHSIG). Every scenario takes seconds, a scaling point at
+  // most a minute or two.
+  auto watchdog = [](unsigned seconds) { alarm(seconds); };
   if (!scaling.empty()) {
+    watchdog(900);
     // One point of a scaling curve per process (--scaling DIM:X), so the
     // resident-memory deltas start from a fresh process.
     const size_t colon = scaling.find(':');
@@ -1682,7 +1692,9 @@ int main(int argc, char **argv) {
     if (w.xproc && peer_bin.empty()) die("xproc scenarios need --peer-bin");
     set_latency_ns(w.scenario == "single_4k_wire2us" ? 2000 : 0);
     if (w.nic_gbps) set_nic(w.nic_gbps, w.nic_latency_ns);
+    watchdog(300);
     Result r = raw ? run_raw(w, peer_bin) : run_transport(w, peer_bin);
+    watchdog(0);
     if (w.nic_gbps) set_nic(0, 0);
     set_latency_ns(0);
     print(r, impl.c_str(), round);
@@ -1694,7 +1706,9 @@ int main(int argc, char **argv) {
     if (raw && sh.peers > 1) continue;
     if (raw) sh.threads = 1;
     set_nic(sh.nic_gbps, sh.nic_latency_ns);
+    watchdog(300);
     Result r = raw ? run_requests_raw(sh) : run_requests(sh);
+    watchdog(0);
     set_nic(0, 0);
     print(r, impl.c_str(), round);
   }

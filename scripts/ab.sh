@@ -18,6 +18,7 @@
 #   AB_ROUNDS=N        rounds per implementation (default 5; quick: 3)
 #   AB_SCENARIOS=a,b   only these scenarios (comma-separated names)
 #   AB_SCALING=0       skip the scaling curves
+#   AB_SCALING_ROUNDS=N  rounds of the curves (default 3; quick: 1)
 #   scripts/ab.sh --scaling   only the scaling curves (and the report)
 #
 # Works on a fresh Debian 12 machine with Rust: installs cmake, g++,
@@ -27,9 +28,11 @@ cd "$(dirname "$0")/.."
 
 quick=()
 default_rounds=5
+default_scaling_rounds=3
 if [ "${AB_QUICK:-0}" = "1" ]; then
   quick=(--quick)
   default_rounds=3
+  default_scaling_rounds=1
 fi
 rounds=${AB_ROUNDS:-$default_rounds}
 scenarios=all
@@ -80,6 +83,10 @@ start=$SECONDS
 order=(cpp rust raw)
 for ((r = 1; r <= rounds; r++)); do
   echo "== round $r/$rounds: ${order[*]} (at $((SECONDS - start)) s)"
+  # The host's 1-minute load average as each round starts: the machine may
+  # be shared, and the report prints these next to the numbers.
+  printf '{"scenario":"loadavg","impl":"host","round":%d,"loadavg1":%s}\n' \
+    "$r" "$(cut -d' ' -f1 /proc/loadavg)" >>"$runs"
   for impl in "${order[@]}"; do
     run_impl "$impl" "$r" >>"$runs"
   done
@@ -88,7 +95,8 @@ done
 scaling_args=()
 if [ "$scaling" = 1 ]; then
   echo "== scaling curves (at $((SECONDS - start)) s)"
-  AB_NO_BUILD=1 AB_NO_REPORT=1 scripts/ab_scaling.sh
+  AB_SCALING_ROUNDS=${AB_SCALING_ROUNDS:-$default_scaling_rounds} AB_NO_BUILD=1 AB_NO_REPORT=1 \
+    scripts/ab_scaling.sh
   scaling_args=(--scaling "$out/scaling.jsonl")
 fi
 echo "== measured in $((SECONDS - start)) s"

@@ -71,6 +71,8 @@ order=(cpp rust raw)
 for ((r = 1; r <= rounds; r++)); do
   for dim in $dims; do
     echo "== scaling round $r/$rounds: $dim $(points "$dim")"
+    printf '{"scenario":"loadavg","impl":"host","curve":"%s","round":%d,"loadavg1":%s}\n' \
+      "$dim" "$r" "$(cut -d' ' -f1 /proc/loadavg)" >>"$runs"
     for x in $(points "$dim"); do
       for impl in "${order[@]}"; do
         run_point "$impl" "$r" "$dim:$x"

@@ -127,8 +127,11 @@ def main():
     rt_vals = [r["round_trip_ns"] for i in IMPLS for r in rows.get(("round_trip", i), [])
                if r.get("round_trip_ns")]
     round_trip = statistics.median(rt_vals) if rt_vals else None
+    loadavg = [r["loadavg1"] for r in sorted(rows.get(("loadavg", "host"), []),
+                                                key=lambda r: r["round"])]
     results = []
-    n_rounds = max([len(v) for k, v in rows.items() if k[0] != "round_trip"] or [0])
+    n_rounds = max([len(v) for k, v in rows.items() if k[0] not in ("round_trip", "loadavg")]
+                   or [0])
 
     def result(s, i, rs):
         m = {k: median(rs, k) for k in METRICS}
@@ -152,6 +155,9 @@ def main():
     print(f"A/B benchmark, commit {args.commit}, CPU {cpu_model()}: medians over {n_rounds} "
           f"rounds (software FlagCX provider; nic_*: modeled NIC, 200 Gb/s, 2 us; busy*: "
           f"copy mode beside busy loops)")
+    if loadavg:
+        print(f"host load average (1 min) as each round started: "
+              + ", ".join(f"{v:.1f}" for v in loadavg) + f" (on {os.cpu_count()} CPUs)")
     hdr = (f"{'scenario':<18} {'impl':<5} {'p50':>9} {'p99':>9} {'p99.9':>9} {'ops/s':>9} "
            f"{'GB/s':>7} {'cpu/op':>8} {'proc/op':>8} {'link':>6}")
     print(hdr)
@@ -298,9 +304,10 @@ def main():
     if scaling_rows:
         agg = scaling_report.aggregate(scaling_rows)
         slp = scaling_report.slopes(agg)
-        scaling = {"points": agg, "slopes": slp}
+        loads = scaling_report.loadavgs(args.scaling)
+        scaling = {"points": agg, "slopes": slp, "host_loadavg_1min": loads}
         print()
-        scaling_report.print_table(agg, slp)
+        scaling_report.print_table(agg, slp, loads)
 
     # ---- targets (issue 10, issue 7's that still hold, issues 19 and 22) -------------
     targets = check_targets(rows, ratios, round_trip) + check_new_targets(rows, ratios, scaling)
@@ -319,6 +326,7 @@ def main():
         "machine": machine(),
         "round_trip_ns": round_trip,
         "round_trip_samples_ns": rt_vals,
+        "host_loadavg_1min_per_round": loadavg,
         "nic_model": {"gbps": 200, "latency_ns": 2000},
         "cpu_threads_counted": names,
         "results": results,

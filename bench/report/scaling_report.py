@@ -52,6 +52,17 @@ def load(path):
     return rows
 
 
+def loadavgs(path):
+    """The host's 1-minute load average as each curve started, in order."""
+    out = []
+    if path and os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                if line.startswith("{") and '"loadavg"' in line:
+                    out.append(json.loads(line)["loadavg1"])
+    return out
+
+
 def _median(rs, key):
     vals = [r[key] for r in rs if r.get(key) is not None]
     return statistics.median(vals) if vals else None
@@ -176,9 +187,14 @@ def fmt_bytes(b):
     return f"{b:.0f}B"
 
 
-def print_table(agg, slp):
-    print("Scaling: nic_batch64_4k traffic (64 x 4 KiB per submit, one in flight per thread; "
-          "modeled NIC) as one dimension grows; medians over rounds")
+def print_table(agg, slp, loads=None):
+    rounds = max((p["rounds"] for per in agg.values() for pts in per.values() for p in pts),
+                 default=0)
+    print(f"Scaling: nic_batch64_4k traffic (64 x 4 KiB per submit, one in flight per thread; "
+          f"modeled NIC) as one dimension grows; medians over {rounds} round(s)")
+    if loads:
+        print("host load average (1 min) as each curve started: "
+              + ", ".join(f"{v:.1f}" for v in loads) + f" (on {os.cpu_count()} CPUs)")
     print("ns/op: wall time per op; proc/op: CPU of the whole process per op; p99/req: p99 of a "
           "batch of 64; mem: VmRSS delta per region registered and registration time per region "
           "(regions), per peer connected and per target transport (peers)")
@@ -270,7 +286,7 @@ def main():
     slp = slopes(agg)
     ts = targets(slp)
     print()
-    print_table(agg, slp)
+    print_table(agg, slp, loadavgs(args.runs))
     print()
     print("Targets (issue 22, scaling), from this run:")
     print_targets(ts)
@@ -278,7 +294,7 @@ def main():
     path = os.path.join(args.out, "scaling.json")
     with open(path, "w") as f:
         json.dump({"commit": args.commit, "machine": machine(), "points": agg, "slopes": slp,
-                   "targets": ts}, f, indent=1)
+                   "targets": ts, "host_loadavg_1min": loadavgs(args.runs)}, f, indent=1)
     png = plot(agg, args.out, args.commit)
     print(f"\nscaling: {path}\nplot:    {png}")
 
