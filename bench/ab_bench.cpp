@@ -1572,7 +1572,7 @@ Shape scaling_shape(const std::string &dim, uint64_t x, bool quick) {
   Shape sh;
   sh.scenario = "scaling_" + dim;
   sh.ops_per_request = 64;
-  sh.seconds = quick ? 0.3 : 1.0;
+  sh.seconds = quick ? 0.3 : 0.5;
   sh.warmup_requests = 20;
   constexpr uint32_t kPage = 4096;
   if (dim == "regions") {

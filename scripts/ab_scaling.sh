@@ -14,7 +14,7 @@
 # `timeout`. Writes target/ab/scaling.jsonl; prints the table and writes
 # target/ab/scaling.json and target/ab/ab_scaling.png.
 #
-#   AB_QUICK=1               0.3 s measured per point instead of 1 s
+#   AB_QUICK=1               0.3 s measured per point instead of 0.5 s
 #   AB_SCALING_ROUNDS=N      rounds (default 1)
 #   AB_SCALING_DIMS="..."    curves to run (default: regions peers threads)
 #   AB_NO_BUILD=1            skip the build (scripts/ab.sh has built)
