@@ -6,8 +6,8 @@
 //
 // Prints one JSON object per scenario on stdout:
 //   {"scenario", "impl", "round", "ops", "p50_ns", "p99_ns", "p999_ns",
-//    "ops_per_s", "bytes_per_s", "nic_gbps", "link_utilization",
-//    "cpu_ns_per_op", "cpu_threads"}
+//    "ops_per_s", "bytes_per_s", "seconds", "nic_gbps", "link_utilization",
+//    "cpu_ns_per_op", "process_cpu_ns_per_op", "busy_procs", "cpu_threads"}
 // and, first, one {"scenario": "round_trip", "round_trip_ns", ...} line: the
 // machine's cross-core round trip, measured once per process.
 // scripts/ab.sh runs it alternately per implementation and aggregates.
@@ -21,6 +21,20 @@
 // interval, divided by the measured ops: the transport's progress,
 // completion and connector threads and the provider's threads, if any
 // (cpu_threads lists them by name). Null for raw, which has no such threads.
+// process_cpu_ns_per_op is the CPU time of the whole process (every thread,
+// the bench's own included) over the same interval per op, for every
+// implementation (raw too).
+//
+// Also (issues 19 and 22):
+// - busy_* / busy2_*: the same beside nproc / 2 x nproc spinning child
+//   processes (busy_procs), waiting threads that only spin;
+// - kv_*: request scenarios (a KV cache per request, one submit, T threads
+//   that poll), with "latency_of":"request", requests, requests_per_s,
+//   requests_total, failed_requests, failed_ops, queue_full_waits,
+//   submit_errors, ops_per_request, threads, peers, regions;
+// - --scaling DIM:X: one point of a scaling curve (regions, peers, threads),
+//   one line with "scaling", "x", ns_per_op, the VmRSS stages (rss_start,
+//   rss_created, rss_registered, rss_connected) and register_ns.
 
 #include <dirent.h>
 #include <dlfcn.h>
