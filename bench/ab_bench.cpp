@@ -582,6 +582,10 @@ struct Transport {
     c.resolve = resolve;
     c.resolve_ctx = dir;
     if (tweak) tweak(c);
+    // AB_MCFX_FLAGS: MCFX_FLAG_* bits for every transport of the run (e.g. 2,
+    // MCFX_FLAG_NO_PIN_ASLEEP), to try a setting without changing the
+    // defaults the reported runs use. The C++ baseline ignores flags.
+    if (const char *f = std::getenv("AB_MCFX_FLAGS")) c.flags |= uint32_t(std::strtoul(f, nullptr, 0));
     if (mcfx_create(&c, &t) != MCFX_OK) die("mcfx_create failed");
     char buf[128];
     size_t len = 0;
@@ -683,7 +687,7 @@ Result run_transport(const Workload &w, const std::string &peer_bin) {
     }
     ready.fetch_add(1);
     while (!go.load(std::memory_order_acquire)) cpu_relax();
-    uint64_t sent = 0, finished = 0, idle = 0;
+    uint64_t sent = 0, finished = 0, idle = 0, last_t0 = 0;
     // Two phases: warm-up ops, then (once every lane is warm) measured ops.
     for (int phase = 0; phase < 2; ++phase) {
       uint64_t end = phase == 0 ? w.warmup : per_lane;
@@ -695,7 +699,10 @@ Result run_transport(const Workload &w, const std::string &peer_bin) {
                ledger.finished[base + finished].load(std::memory_order_acquire) != 0)
           ++finished;
         if (sent < end && sent - finished + w.batch <= static_cast<uint64_t>(w.window)) {
-          if (phase == 1 && cap_ns > 0 && now_ns() - t_begin_atomic.load() > cap_ns) {
+          // The time bound, against the previous submit's timestamp (no
+          // extra clock read per op).
+          const uint64_t since = t_begin_atomic.load(std::memory_order_relaxed);
+          if (phase == 1 && cap_ns > 0 && last_t0 > since && last_t0 - since > cap_ns) {
             end = sent; // time is up: finish what is in flight
             lane_end[lane] = end;
             continue;
@@ -703,6 +710,7 @@ Result run_transport(const Workload &w, const std::string &peer_bin) {
           int n = static_cast<int>(std::min<uint64_t>(w.batch, end - sent));
           if (w.gap_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(w.gap_us));
           uint64_t t0 = now_ns();
+          last_t0 = t0;
           for (int i = 0; i < n; ++i) {
             uint64_t ud = base + sent + i;
             int peer = 1 + static_cast<int>((sent + i) % w.peers);
@@ -827,7 +835,7 @@ Result run_raw(const Workload &w, const std::string &peer_bin) {
   uint64_t t_begin = now_ns(), proc_before = 0;
   const uint64_t cap_ns = uint64_t(w.max_seconds * 1e9);
   // Two phases, as for a transport: warm-up ops, drained, then measured ops.
-  uint64_t sent = 0, done = 0, end = 0;
+  uint64_t sent = 0, done = 0, end = 0, last_t0 = 0;
   for (int phase = 0; phase < 2; ++phase) {
     end = phase == 0 ? w.warmup : total;
     if (phase == 1) {
@@ -836,13 +844,15 @@ Result run_raw(const Workload &w, const std::string &peer_bin) {
     }
     while (done < end) {
       if (sent < end && sent - done < uint64_t(depth) * w.batch) {
-        if (phase == 1 && cap_ns > 0 && now_ns() - t_begin > cap_ns) {
+        // The time bound, against the previous batch's timestamp.
+        if (phase == 1 && cap_ns > 0 && last_t0 > t_begin && last_t0 - t_begin > cap_ns) {
           end = sent; // time is up: finish what is in flight
           continue;
         }
         InFlight &f = ring[(sent / w.batch) % depth];
         if (w.gap_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(w.gap_us));
         f.t0 = now_ns();
+        last_t0 = f.t0;
         f.first = sent;
         // Same work per op as a transport: rotate over the slots, one
         // descriptor lookup per op.
