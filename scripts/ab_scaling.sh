@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The scaling curves (issue 22): nic_batch64_4k traffic (one submit of 64
+# ops of 4 KiB, wait for all, next; the software provider's modeled NIC) as
+# one dimension grows, for cpp, rust (LD_PRELOAD) and raw:
+#   regions  1 16 256 4096 65536   registered 4 KiB regions on each side, op k
+#                                  in region k % x on both sides
+#   peers    1 4 16 64 256         target transports in the process (raw:
+#                                  target engines), op k to peer k % x; the
+#                                  targets run with connect_threads = 1
+#   threads  1 2 4 8 16 32         submitting threads, one batch in flight each
+# One benchmark process per point (mcfx_ab_bench --scaling DIM:X), so its
+# VmRSS deltas (per region registered, per target transport, per peer
+# connected) start from a fresh process. Every process is bounded by
+# `timeout`. Writes target/ab/scaling.jsonl; prints the table and writes
+# target/ab/scaling.json and target/ab/ab_scaling.png.
+#
+#   AB_QUICK=1               0.3 s measured per point instead of 0.5 s
+#   AB_SCALING_ROUNDS=N      rounds (default 1)
+#   AB_SCALING_DIMS="..."    curves to run (default: regions peers threads)
+#   AB_NO_BUILD=1            skip the build (scripts/ab.sh has built)
+#   AB_NO_REPORT=1           skip the report (scripts/ab.sh reports)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rounds=${AB_SCALING_ROUNDS:-1}
+dims=${AB_SCALING_DIMS:-regions peers threads}
+quick=()
+[ "${AB_QUICK:-0}" = "1" ] && quick=(--quick)
+
+if [ "${AB_NO_BUILD:-0}" != "1" ]; then
+  . scripts/lib/need.sh
+  need_pkgs cmake g++ make /usr/include/gtest/gtest.h:libgtest-dev \
+    py.matplotlib:python3-matplotlib
+  echo "== building (cargo release + CMake)"
+  cmake -S . -B build/ab -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake --build build/ab -j"$(nproc)" --target mcfx_ab_bench >/dev/null
+fi
+
+bench=build/ab/bench/mcfx_ab_bench
+rust_lib=$PWD/target/release/libmooncake_flagcx.so
+out=target/ab
+mkdir -p "$out"
+runs=$out/scaling.jsonl
+log=$out/scaling.log
+: >"$runs"
+: >"$log"
+
+points() {
+  case $1 in
+    regions) echo 1 16 256 4096 65536 ;;
+    peers) echo 1 4 16 64 256 ;;
+    threads) echo 1 2 4 8 16 32 ;;
+    *) echo "ab_scaling.sh: unknown curve $1" >&2; exit 2 ;;
+  esac
+}
+
+# One point: at most 10 minutes (the C++ baseline needs about a minute to
+# register 2 x 65 536 regions on this kind of machine; the rest take seconds).
+run_point() {
+  local impl=$1 round=$2 point=$3 rc=0
+  local cmd=(timeout -k 10 600 "$bench" --impl "$impl" --round "$round" --scaling "$point" "${quick[@]}")
+  if [ "$impl" = rust ]; then
+    LD_PRELOAD=$rust_lib "${cmd[@]}" >>"$runs" 2>>"$log" || rc=$?
+  else
+    "${cmd[@]}" >>"$runs" 2>>"$log" || rc=$?
+  fi
+  [ $rc -eq 0 ] || echo "ab_scaling.sh: $impl $point failed (exit $rc; see $log)" >&2
+}
+
+order=(cpp rust raw)
+for ((r = 1; r <= rounds; r++)); do
+  for dim in $dims; do
+    echo "== scaling round $r/$rounds: $dim $(points "$dim")"
+    printf '{"scenario":"loadavg","impl":"host","curve":"%s","round":%d,"loadavg1":%s}\n' \
+      "$dim" "$r" "$(cut -d' ' -f1 /proc/loadavg)" >>"$runs"
+    for x in $(points "$dim"); do
+      for impl in "${order[@]}"; do
+        run_point "$impl" "$r" "$dim:$x"
+      done
+      order=("${order[@]:1}" "${order[0]}") # rotate: no implementation always runs first
+    done
+  done
+done
+
+if [ "${AB_NO_REPORT:-0}" != "1" ]; then
+  commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+  /usr/bin/python3 bench/report/scaling_report.py "$runs" --commit "$commit" --out "$out"
+fi
