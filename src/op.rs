@@ -56,6 +56,10 @@ pub struct Op {
 /// Linux: the time of the last timer tick, read from the vDSO in a few ns,
 /// resolution 1-4 ms), in ns. Submit reads it once per call to stamp its
 /// ops' deadlines; the progress thread compares against the same clock.
+///
+/// The clock is one value for the whole system, updated at each tick: a
+/// reading greater than another was taken after it (equal readings may be
+/// in either order). `peers::Connection::made` relies on this.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct CoarseTime(u64);
 
@@ -71,17 +75,6 @@ impl CoarseTime {
         // SAFETY: `ts` is a valid, writable timespec; the clock id exists on
         // this target, so the call cannot fail.
         unsafe { libc::clock_gettime(COARSE_CLOCK, &mut ts) };
-        CoarseTime(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
-    }
-
-    /// The precise monotonic clock (`CLOCK_MONOTONIC`), on the same scale:
-    /// never behind a coarse reading taken before it. For stamps that a
-    /// coarse reading is compared with (when a connection was made, see
-    /// `peers::Connection`), off the hot path.
-    pub fn precise_now() -> CoarseTime {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: as in `now`; CLOCK_MONOTONIC exists on every target.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
         CoarseTime(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
     }
 

@@ -121,9 +121,9 @@ pub struct ConnectResult {
 /// `progress::Progress::covers`).
 pub struct Connection {
     conn: Conn,
-    /// When its FlagCX connect began, on the precise monotonic clock
-    /// (`CoarseTime::precise_now`, the scale of the ops' coarse stamps):
-    /// the snapshot was taken after this.
+    /// The coarse clock when its FlagCX connect began (the clock submit
+    /// stamps ops with): the snapshot was taken after this reading, so
+    /// after any submit call whose reading is smaller (see `CoarseTime`).
     pub made: CoarseTime,
     /// The number of the connect request that made it
     /// (`PeerTable::requested`, set by the progress thread when it lands):
@@ -144,7 +144,7 @@ impl Connection {
     /// A connection made by hand (tests), stamped now.
     #[cfg(test)]
     pub(crate) fn for_test(conn: Conn) -> Connection {
-        Connection { conn, made: CoarseTime::precise_now(), request: 0 }
+        Connection { conn, made: CoarseTime::now(), request: 0 }
     }
 }
 
@@ -690,7 +690,7 @@ fn connect(ctx: &Connector<'_>, peer: u64) -> Result<Connection, Error> {
         pool.in_flagcx += 1;
     }
     // Before the handshake, in which the peer sends its regions.
-    let made = CoarseTime::precise_now();
+    let made = CoarseTime::now();
     let conn = ctx.engine.engine.connect(&host, 0, port);
     {
         let mut pool = ctx.connects.pool.lock();

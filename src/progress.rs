@@ -262,9 +262,6 @@ pub(crate) struct Progress {
     /// Placeholder time for fields not yet stamped (never compared as a
     /// deadline: `waiting_since` is stamped before it is read).
     epoch: Instant,
-    /// `op_timeout` in ns: an op's deadline less this is a time no earlier
-    /// than its submit (see `covers`).
-    op_timeout_ns: u64,
 }
 
 impl Progress {
@@ -303,7 +300,6 @@ impl Progress {
             clock: None,
             coarse: None,
             epoch: now,
-            op_timeout_ns: u64::try_from(config.op_timeout.as_nanos()).unwrap_or(u64::MAX),
             shared,
             failures: FailureLog::default(),
         })
@@ -734,14 +730,15 @@ impl Progress {
     /// describes of the peer's regions includes everything the peer
     /// registered before that submit: when the op left the queue before the
     /// connection was asked for (exact: both happen on this thread), or when
-    /// the connection's FlagCX connect began after the latest time the op's
-    /// submit call can have read the clock (its deadline less `op_timeout`:
-    /// the coarse reading plus the clock's resolution).
+    /// the coarse clock read before the connection's FlagCX connect is later
+    /// than the op's submit call's reading (its deadline less
+    /// `deadline_after_ns`; the clock is one system-wide value, so a later
+    /// reading was taken later; equal ones, the same tick, do not count).
     fn covers(&self, idx: u32, conn: &Connection) -> bool {
         let slot = &self.slots[idx as usize];
         let op = slot.op.as_ref().expect("live slot");
         drained_before(slot.drained_at, conn.request)
-            || conn.made > op.deadline.minus_ns(self.op_timeout_ns)
+            || conn.made > op.deadline.minus_ns(self.shared.deadline_after_ns)
     }
 
     /// Keeps the larger of `list` (a list of ops just handled) and the

@@ -41,6 +41,17 @@ pub(crate) struct Shared {
     /// The transport's handle slot (its gate): given back last, when no
     /// thread of the transport (a detached connector included) is left.
     pub slot: Lease,
+    /// An op's deadline after its submit call's coarse clock reading, in
+    /// ns: `op_timeout` plus the clock's resolution, so that an op never
+    /// times out early (a reading lags the true time by up to one tick).
+    /// The progress thread takes it off a deadline to get the reading back.
+    pub deadline_after_ns: u64,
+}
+
+/// `deadline_after_ns` for `op_timeout`.
+pub(crate) fn deadline_after_ns(op_timeout: std::time::Duration) -> u64 {
+    let after = op_timeout + crate::op::CoarseTime::resolution();
+    u64::try_from(after.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// A leased handle slot, given back on drop.
@@ -90,6 +101,7 @@ pub(crate) fn test_shared(config: Config) -> Arc<Shared> {
         resolver: Box::new(|_| Err("no peers".into())),
         endpoint: Some(engine.engine.endpoint().unwrap()),
         engine,
+        deadline_after_ns: deadline_after_ns(config.op_timeout),
         config,
     })
 }

@@ -16,7 +16,7 @@ use crate::peers::{run_connector, run_standby, Connects, STANDBY_NAME};
 use crate::progress::Progress;
 use crate::queue::{Limit, SubmitQueue};
 use crate::registry::{not_registered, RegionRef, Registry, View};
-use crate::shared::{Lease, Shared};
+use crate::shared::{deadline_after_ns, Lease, Shared};
 use crate::slots::{self, Slot};
 
 pub use crate::peers::ResolverFn;
@@ -42,10 +42,6 @@ pub struct Transport {
     /// run on (apart from `threads`, so reading them never waits for a
     /// shutdown in progress).
     thread_ids: Mutex<Vec<ThreadId>>,
-    /// An op's deadline after its submit, in ns: `op_timeout` plus the
-    /// coarse clock's resolution, so that an op never times out early
-    /// (a reading lags the true time by up to one tick).
-    deadline_after_ns: u64,
 }
 
 #[derive(Default)]
@@ -94,14 +90,13 @@ impl Transport {
             resolver,
             endpoint,
             engine,
+            deadline_after_ns: deadline_after_ns(config.op_timeout),
             config,
         });
-        let after = shared.config.op_timeout + CoarseTime::resolution();
         let transport = Transport {
             shared: Arc::clone(&shared),
             threads: Mutex::new(Threads::default()),
             thread_ids: Mutex::new(Vec::new()),
-            deadline_after_ns: u64::try_from(after.as_nanos()).unwrap_or(u64::MAX),
         };
         let progress = Progress::new(Arc::clone(&shared))?;
         let id = shared.slot.0.id.load(std::sync::atomic::Ordering::Relaxed);
@@ -231,7 +226,7 @@ impl Transport {
     ) -> Result<()> {
         *accepted = 0;
         let mut view = self.shared.registry.view();
-        let deadline = CoarseTime::now().plus_ns(self.deadline_after_ns);
+        let deadline = CoarseTime::now().plus_ns(self.shared.deadline_after_ns);
         let wait = self.shared.config.submit_wait;
         let max_in_flight = self.shared.config.max_in_flight;
         // The checked ops of the current chunk, decoded once.
