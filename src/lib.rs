@@ -40,6 +40,9 @@ pub(crate) mod group;
 pub(crate) mod holds;
 mod host_log;
 pub(crate) mod log;
+// Public only in a build for the loom models (`--cfg mcfx_loom`).
+#[cfg(mcfx_loom)]
+pub mod models;
 pub(crate) mod op;
 pub(crate) mod peers;
 pub(crate) mod progress;
@@ -49,6 +52,7 @@ mod ring;
 mod shared;
 pub(crate) mod slots;
 pub(crate) mod stats;
+pub(crate) mod sync;
 pub(crate) mod transport;
 pub(crate) mod wait_graph;
 pub(crate) mod wake;
