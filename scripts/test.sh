@@ -37,7 +37,7 @@ log "cargo test"
 cargo test --workspace --locked
 
 log "loom models: wake protocol, submission ring, queue admission, region holds, waiting for room"
-RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+RUSTFLAGS="--cfg mcfx_loom" CARGO_TARGET_DIR=target/loom \
   cargo test --release --locked --test loom_wake --test loom_ring --test loom_gate --test loom_holds \
   --test inflight_loom_room
 

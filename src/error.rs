@@ -190,7 +190,7 @@ impl Error {
 /// out (formatted on the stack, cut at 511 bytes, copied fallibly; empty
 /// when there is no room).
 pub fn message(args: fmt::Arguments<'_>) -> Cow<'static, str> {
-    Cow::Owned(crate::log::message(args))
+    Cow::Owned(crate::logging::message(args))
 }
 
 impl fmt::Display for Error {

@@ -33,10 +33,7 @@
 //! progress thread, which cancels every op still waiting for a peer). The
 //! model in `tests/loom_gate.rs` checks this under every interleaving.
 
-#[cfg(loom)]
-use loom::sync::atomic::{AtomicU8, AtomicUsize, Ordering::SeqCst};
-#[cfg(not(loom))]
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering::SeqCst};
+use crate::sync::{thread, AtomicU8, AtomicUsize, Ordering::SeqCst};
 
 const FORKED: u8 = 0;
 const OPEN: u8 = 1;
@@ -55,7 +52,7 @@ pub(crate) enum Refused {
     Forked,
 }
 
-pub(crate) struct Gate {
+pub struct Gate {
     /// `OPEN`, then `CLOSING`, then `CLOSED`, then `FREE`; back to `OPEN`
     /// only through `reopen` (slot reuse).
     state: AtomicU8,
@@ -65,7 +62,7 @@ pub(crate) struct Gate {
 }
 
 /// Proof that a submitter was admitted; leaving is automatic on drop.
-pub(crate) struct Admission<'a> {
+pub struct Admission<'a> {
     gate: &'a Gate,
 }
 
@@ -82,12 +79,12 @@ impl Default for Gate {
 }
 
 impl Gate {
-    pub(crate) fn new() -> Gate {
+    pub fn new() -> Gate {
         Gate { state: AtomicU8::new(OPEN), inside: AtomicUsize::new(0) }
     }
 
     /// Admits a submitter, or `None` once closing began.
-    pub(crate) fn enter(&self) -> Option<Admission<'_>> {
+    pub fn enter(&self) -> Option<Admission<'_>> {
         self.admit().ok()
     }
 
@@ -117,14 +114,11 @@ impl Gate {
     /// Stops admitting, waits for the admitted to leave, then marks the gate
     /// closed. Idempotent (the state never goes back). A caller that is
     /// itself inside (holds an `Admission`) must drop it first.
-    pub(crate) fn close(&self) {
+    pub fn close(&self) {
         let _ = self.state.compare_exchange(OPEN, CLOSING, SeqCst, SeqCst);
         // An RMW, not a load: see the module doc.
         while self.inside.fetch_add(0, SeqCst) != 0 {
-            #[cfg(loom)]
-            loom::thread::yield_now();
-            #[cfg(not(loom))]
-            std::thread::yield_now();
+            thread::yield_now();
         }
         // CLOSING -> CLOSED only: a second close of a freed (or reopened)
         // gate changes nothing.
@@ -133,13 +127,13 @@ impl Gate {
 
     /// Closing began: nothing new is admitted (new registrations and
     /// connects are refused too).
-    pub(crate) fn is_closing(&self) -> bool {
+    pub fn is_closing(&self) -> bool {
         self.state.load(SeqCst) != OPEN
     }
 
     /// `close` finished: nobody pushes any more; the progress thread may
     /// drain for the last time and exit.
-    pub(crate) fn is_closed(&self) -> bool {
+    pub fn is_closed(&self) -> bool {
         self.state.load(SeqCst) >= CLOSED
     }
 

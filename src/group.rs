@@ -10,28 +10,29 @@ use std::sync::Arc;
 
 use crate::op::Opcode;
 
-/// What a group shares (the peer's connection): cloned into a group only
-/// when it differs from what the group held in an earlier pass.
-pub trait Shared: Clone {
+/// A reference to the connection a group's ops go out on: cloned into a
+/// group only when it differs from what the group held in an earlier pass.
+pub trait ConnRef: Clone {
+    /// Whether both refer to the same connection.
     fn same(&self, other: &Self) -> bool;
 }
 
 /// Connection references: the same connection, no reference count traffic.
-impl<T> Shared for Arc<T> {
+impl<T> ConnRef for Arc<T> {
     #[inline]
     fn same(&self, other: &Self) -> bool {
         Arc::ptr_eq(self, other)
     }
 }
 
-/// The ops of one (peer, opcode) in this pass, plus what they share (`P`: the
-/// peer's connection in the progress loop).
+/// The ops of one (peer, opcode) in this pass, and the connection they go
+/// out on (`P`: an `Arc` of the peer's connection in the progress loop).
 pub struct Group<P> {
     pub peer: u64,
     pub opcode: Opcode,
     /// `None` while taken out ([`Groups::take`]), or in a spare group
     /// after [`Groups::forget_spare`].
-    pub shared: Option<P>,
+    pub conn: Option<P>,
     pub members: Vec<u32>,
 }
 
@@ -47,32 +48,27 @@ impl<P> Default for Groups<P> {
     }
 }
 
-impl<P: Shared> Groups<P> {
-    /// Files op `idx` under (peer, opcode); `shared` is cloned only when the
-    /// group is new in this pass and its reused slot held something else.
+impl<P: ConnRef> Groups<P> {
+    /// Files op `idx` under (peer, opcode); `conn` is cloned only when the
+    /// group is new in this pass and its reused slot held another one.
     /// Returns the group's index (valid until [`Groups::clear`]) for
     /// [`Groups::push`]. Groups are few per pass (peers x 2), so a linear
     /// search beats hashing.
     #[inline]
-    pub fn add(&mut self, peer: u64, opcode: Opcode, shared: &P, idx: u32) -> usize {
+    pub fn add(&mut self, peer: u64, opcode: Opcode, conn: &P, idx: u32) -> usize {
         let live = &mut self.groups[..self.live];
         if let Some(g) = live.iter().position(|g| g.peer == peer && g.opcode == opcode) {
             self.groups[g].members.push(idx);
             return g;
         }
         if self.live == self.groups.len() {
-            self.groups.push(Group {
-                peer,
-                opcode,
-                shared: Some(shared.clone()),
-                members: Vec::new(),
-            });
+            self.groups.push(Group { peer, opcode, conn: Some(conn.clone()), members: Vec::new() });
         } else {
             let g = &mut self.groups[self.live];
             g.peer = peer;
             g.opcode = opcode;
-            if !g.shared.as_ref().is_some_and(|s| s.same(shared)) {
-                g.shared = Some(shared.clone());
+            if !g.conn.as_ref().is_some_and(|c| c.same(conn)) {
+                g.conn = Some(conn.clone());
             }
         }
         self.groups[self.live].members.push(idx);
@@ -101,27 +97,27 @@ impl<P> Groups<P> {
         self.live == 0
     }
 
-    /// Takes group `i`'s shared value and members out (to use while
+    /// Takes group `i`'s connection and members out (to use while
     /// mutating the caller); hand both back with [`Groups::restore`].
     #[inline]
     pub fn take(&mut self, i: usize) -> (u64, Opcode, P, Vec<u32>) {
         let g = &mut self.groups[i];
-        let shared = g.shared.take().expect("group taken twice");
-        (g.peer, g.opcode, shared, std::mem::take(&mut g.members))
+        let conn = g.conn.take().expect("group taken twice");
+        (g.peer, g.opcode, conn, std::mem::take(&mut g.members))
     }
 
     #[inline]
-    pub fn restore(&mut self, i: usize, shared: P, mut members: Vec<u32>) {
+    pub fn restore(&mut self, i: usize, conn: P, mut members: Vec<u32>) {
         members.clear();
         let g = &mut self.groups[i];
-        g.shared = Some(shared);
+        g.conn = Some(conn);
         g.members = members;
     }
 
-    /// Drops the shared values the spare (not live) groups kept for reuse.
+    /// Drops the connections the spare (not live) groups kept for reuse.
     pub fn forget_spare(&mut self) {
         for g in &mut self.groups[self.live..] {
-            g.shared = None;
+            g.conn = None;
         }
     }
 
@@ -131,7 +127,7 @@ impl<P> Groups<P> {
     #[inline]
     pub fn clear(&mut self) {
         debug_assert!(
-            self.groups[..self.live].iter().all(|g| g.members.is_empty() && g.shared.is_some()),
+            self.groups[..self.live].iter().all(|g| g.members.is_empty() && g.conn.is_some()),
             "a group was not taken and restored"
         );
         self.live = 0;
@@ -155,7 +151,7 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::HashMap;
 
-    impl Shared for u64 {
+    impl ConnRef for u64 {
         fn same(&self, other: &Self) -> bool {
             self == other
         }
@@ -189,8 +185,8 @@ mod tests {
                 let mut seen = vec![0u32; ops.len()];
                 let mut keys = HashMap::new();
                 for g in 0..groups.len() {
-                    let (peer, op, shared, members) = groups.take(g);
-                    prop_assert_eq!(shared, peer * 10);
+                    let (peer, op, conn, members) = groups.take(g);
+                    prop_assert_eq!(conn, peer * 10);
                     prop_assert!(keys.insert((peer, op), ()).is_none(), "two groups for one key");
                     prop_assert!(members.windows(2).all(|w| w[0] < w[1]), "order lost");
                     for &m in &members {
@@ -198,7 +194,7 @@ mod tests {
                         prop_assert_eq!((p, opcode(w)), (peer, op));
                         seen[m as usize] += 1;
                     }
-                    groups.restore(g, shared, members);
+                    groups.restore(g, conn, members);
                 }
                 prop_assert!(seen.iter().all(|&n| n == 1));
                 groups.clear();

@@ -25,18 +25,11 @@
 //! progress thread) and sit on their own cache lines. The model in
 //! `tests/loom_holds.rs` checks this under every interleaving.
 
-#[cfg(loom)]
-use loom::sync::atomic::{
-    AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::Release, Ordering::SeqCst,
-};
-#[cfg(not(loom))]
-use std::sync::atomic::{
-    AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::Release, Ordering::SeqCst,
-};
-
 use crossbeam_utils::CachePadded;
 
-pub(crate) struct Holds {
+use crate::sync::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::Release, Ordering::SeqCst};
+
+pub struct Holds {
     /// Holds taken by submitters (one per queued op; taken back for ops that
     /// were not queued). Never reset, also across slot reuse.
     acquired: CachePadded<AtomicU64>,
@@ -57,7 +50,7 @@ impl Default for Holds {
 }
 
 impl Holds {
-    pub(crate) fn new() -> Holds {
+    pub fn new() -> Holds {
         Holds {
             acquired: CachePadded::new(AtomicU64::new(0)),
             released: CachePadded::new(AtomicU64::new(0)),
@@ -68,7 +61,7 @@ impl Holds {
 
     /// Gives the slot to registration `generation` (under the registry's
     /// writer lock, while nothing holds the slot).
-    pub(crate) fn open(&self, generation: u64) {
+    pub fn open(&self, generation: u64) {
         self.generation.store(generation, SeqCst);
         self.closing.store(false, SeqCst);
     }
@@ -79,7 +72,7 @@ impl Holds {
     ///
     /// Hot path: one atomic add on a line only submitters write, two loads.
     #[inline]
-    pub(crate) fn hold(&self, n: u64, generation: u64) -> bool {
+    pub fn hold(&self, n: u64, generation: u64) -> bool {
         self.acquired.fetch_add(n, SeqCst);
         if self.closing.load(SeqCst) || self.generation.load(SeqCst) != generation {
             self.unhold(n);
@@ -90,7 +83,7 @@ impl Holds {
 
     /// Takes back `n` holds whose ops were never queued (caller threads).
     #[inline]
-    pub(crate) fn unhold(&self, n: u64) {
+    pub fn unhold(&self, n: u64) {
         self.acquired.fetch_sub(n, SeqCst);
     }
 
@@ -99,14 +92,14 @@ impl Holds {
     /// instruction on the completion path). Release ordering suffices: a
     /// reader that sees an older value only overestimates what is in flight.
     #[inline]
-    pub(crate) fn release(&self) {
+    pub fn release(&self) {
         self.released.store(self.released.load(Relaxed).wrapping_add(1), Release);
     }
 
     /// Closes the slot for unregister if nothing holds it; otherwise leaves
     /// it open and returns how many ops hold it. Under the registry's writer
     /// lock (one closer at a time).
-    pub(crate) fn try_close(&self) -> Result<(), u64> {
+    pub fn try_close(&self) -> Result<(), u64> {
         self.closing.store(true, SeqCst);
         // released first, loaded (an older value only makes the answer
         // larger: a spurious BUSY, never a smaller one); acquired by an RMW

@@ -8,29 +8,36 @@
 //!
 //! Modules, one concern each:
 //! - [`ffi`]: the C ABI (thin; one panic/error guard), split by concern
-//! - `transport`: create/submit/destroy, the handle; `shared`: the state the
-//!   handle and its threads share
+//! - `transport`: create/submit/destroy, the handle; `transport_state`: the
+//!   state the handle and its threads share
 //! - `queue` + `ring` + `gate` + `wake`: the submission queue, its ring, its
-//!   admission (the one shutdown flag) and the sleep/wake protocol
-//! - `progress`: the progress thread; `group`: its grouping/splitting
-//! - `peers`: resolver + connector threads (a narrow context), per-peer state
+//!   admission (the one shutdown flag) and the sleep/wake protocol; `sync`:
+//!   the primitives they are built on (std's, or loom's for the models)
+//! - `progress`: the progress thread (run loop, drain, in-flight FlagCX
+//!   calls, completion); `group`: its grouping/splitting
+//! - `peers`: `connector` (resolver + connector threads, a narrow context)
+//!   and `state` (per-peer connections, waiting ops, the refresh rule)
 //! - `registry` + `holds`: registered local memory (lock-free lookups) and
 //!   the hold/unregister protocol
 //! - `slots`: the never-freed, fork-wiped handle slots that hold each
 //!   transport's gate; `wait_graph`: destroys from callbacks that would wait
 //!   for each other
-//! - `engine`: the process's one FlagCX engine
-//! - `host_log` + `log`: log events to the host's callback or `MCFX_LOG`
-//! - `config`, `error`, `stats`, `op`
+//! - `process_engine`: the process's one FlagCX engine, registrations
+//!   counted per base
+//! - `logging`: the subscriber, the host's log callbacks, `MCFX_LOG`;
+//!   `panic_hook`: panics off stderr; `threads`: starting the library's
+//!   threads; `failure_log`: failed ops without flooding the log
+//! - `config`, `error`, `stats`, `op`, `clock`
 //!
-//! No module imports one that imports it back: `transport` builds `shared`,
-//! which `progress` reads and which hands `peers` its context.
+//! No module imports one that imports it back: `transport` builds
+//! `transport_state`, which `progress` reads and which hands
+//! `peers::connector` its context; `progress` drives `peers::state`.
 
 // Only the C ABI (`ffi`) and the few Rust types the tests and examples use
 // (re-exported below) are public; every other module is crate-internal, so
 // the compiler reports what nothing uses.
+pub(crate) mod clock;
 pub(crate) mod config;
-pub(crate) mod engine;
 pub(crate) mod error;
 pub(crate) mod failure_log;
 pub mod ffi;
@@ -38,18 +45,24 @@ mod ffi_layout;
 pub(crate) mod gate;
 pub(crate) mod group;
 pub(crate) mod holds;
-mod host_log;
-pub(crate) mod log;
+mod logging;
+// Public only in a build for the loom models (`--cfg mcfx_loom`).
+#[cfg(mcfx_loom)]
+pub mod models;
 pub(crate) mod op;
+pub(crate) mod panic_hook;
 pub(crate) mod peers;
+pub(crate) mod process_engine;
 pub(crate) mod progress;
 pub(crate) mod queue;
 pub(crate) mod registry;
 mod ring;
-mod shared;
 pub(crate) mod slots;
 pub(crate) mod stats;
+pub(crate) mod sync;
+pub(crate) mod threads;
 pub(crate) mod transport;
+mod transport_state;
 pub(crate) mod wait_graph;
 pub(crate) mod wake;
 

@@ -1,7 +1,8 @@
-//! Operations: what a caller submits and what travels through the queue.
+//! Operations: what a caller submits ([`OpRequest`], from any [`OpSource`])
+//! and what travels through the queue ([`Op`]: the request, its region
+//! hold and its deadline, moved by value: no allocation per op).
 
-use std::time::Duration;
-
+use crate::clock::CoarseTime;
 use crate::registry::RegionRef;
 
 /// Direction of a transfer, from the local side's point of view.
@@ -50,68 +51,4 @@ pub struct Op {
     /// call that queued it (see [`CoarseTime`]), wherever it is by then (in
     /// the queue, waiting for a connection, or in FlagCX).
     pub deadline: CoarseTime,
-}
-
-/// A reading of the coarse monotonic clock (`CLOCK_MONOTONIC_COARSE` on
-/// Linux: the time of the last timer tick, read from the vDSO in a few ns,
-/// resolution 1-4 ms), in ns. Submit reads it once per call to stamp its
-/// ops' deadlines; the progress thread compares against the same clock.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct CoarseTime(u64);
-
-#[cfg(target_os = "linux")]
-const COARSE_CLOCK: libc::clockid_t = libc::CLOCK_MONOTONIC_COARSE;
-#[cfg(not(target_os = "linux"))]
-const COARSE_CLOCK: libc::clockid_t = libc::CLOCK_MONOTONIC;
-
-impl CoarseTime {
-    #[inline]
-    pub fn now() -> CoarseTime {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: `ts` is a valid, writable timespec; the clock id exists on
-        // this target, so the call cannot fail.
-        unsafe { libc::clock_gettime(COARSE_CLOCK, &mut ts) };
-        CoarseTime(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
-    }
-
-    /// The precise monotonic clock (`CLOCK_MONOTONIC`), on the same scale:
-    /// never behind a coarse reading taken before it. For stamps that a
-    /// coarse reading is compared with (when a connection was made, see
-    /// `peers::Connection`), off the hot path.
-    pub fn precise_now() -> CoarseTime {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: as in `now`; CLOCK_MONOTONIC exists on every target.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        CoarseTime(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
-    }
-
-    /// The clock's tick: a reading lags the true time by less than this.
-    pub fn resolution() -> Duration {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: as in `now`.
-        let ok = unsafe { libc::clock_getres(COARSE_CLOCK, &mut ts) } == 0;
-        if !ok {
-            return Duration::from_millis(10);
-        }
-        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-    }
-
-    /// The reading in ns.
-    #[inline]
-    pub fn ns(self) -> u64 {
-        self.0
-    }
-
-    /// The deadline for ops submitted at `self`: `after` (an op timeout plus
-    /// the clock's resolution, see `Transport`) later.
-    #[inline]
-    pub fn plus_ns(self, after: u64) -> CoarseTime {
-        CoarseTime(self.0.saturating_add(after))
-    }
-
-    /// `before` earlier (at 0 at the earliest).
-    #[inline]
-    pub fn minus_ns(self, before: u64) -> CoarseTime {
-        CoarseTime(self.0.saturating_sub(before))
-    }
 }

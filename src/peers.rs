@@ -49,11 +49,11 @@ use std::time::{Duration, Instant};
 use arrayvec::ArrayVec;
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
+use crate::clock::CoarseTime;
 use crate::config::MAX_ENDPOINT_LEN;
-use crate::engine::EngineRef;
 use crate::error::{Error, Status};
-use crate::log::message;
-use crate::op::CoarseTime;
+use crate::logging::message;
+use crate::process_engine::EngineRef;
 use crate::queue::SubmitQueue;
 use crate::stats::Stats;
 use flagcx_sys::Conn;
@@ -121,9 +121,9 @@ pub struct ConnectResult {
 /// `progress::Progress::covers`).
 pub struct Connection {
     conn: Conn,
-    /// When its FlagCX connect began, on the precise monotonic clock
-    /// (`CoarseTime::precise_now`, the scale of the ops' coarse stamps):
-    /// the snapshot was taken after this.
+    /// The coarse clock when its FlagCX connect began (the clock submit
+    /// stamps ops with): the snapshot was taken after this reading, so
+    /// after any submit call whose reading is smaller (see `CoarseTime`).
     pub made: CoarseTime,
     /// The number of the connect request that made it
     /// (`PeerTable::requested`, set by the progress thread when it lands):
@@ -144,7 +144,7 @@ impl Connection {
     /// A connection made by hand (tests), stamped now.
     #[cfg(test)]
     pub(crate) fn for_test(conn: Conn) -> Connection {
-        Connection { conn, made: CoarseTime::precise_now(), request: 0 }
+        Connection { conn, made: CoarseTime::now(), request: 0 }
     }
 }
 
@@ -155,7 +155,7 @@ impl Connection {
 /// request that cannot be queued fails its connect at once; results have
 /// room reserved (one slot per connector thread, at its start), and a
 /// connector that finds none waits for the progress thread to take them;
-/// messages are made on the stack (`log::message`); a helper thread that
+/// messages are made on the stack (`logging::message`); a helper thread that
 /// cannot be started is not (the pool goes on without it, and logs it).
 #[derive(Default)]
 pub(crate) struct Connects {
@@ -192,7 +192,8 @@ pub(crate) struct Connects {
 /// Starts one standby connector thread that runs [`run_standby`] (the
 /// transport builds it: only it can give the thread a hold on the shared
 /// state the context borrows from).
-pub(crate) type StandbySpawner = Box<dyn Fn() -> Result<(), crate::log::SpawnError> + Send + Sync>;
+pub(crate) type StandbySpawner =
+    Box<dyn Fn() -> Result<(), crate::threads::SpawnError> + Send + Sync>;
 
 /// The pool's bookkeeping (under `Connects::pool`).
 #[derive(Default)]
@@ -608,7 +609,7 @@ fn spawn_helper(ctx: &Connector<'_>) {
     *c.helpers.alive.lock() += 1;
     let started = match c.standby.get() {
         Some(spawn) => spawn(),
-        None => Err(crate::log::SpawnError::NoMemory),
+        None => Err(crate::threads::SpawnError::NoMemory),
     };
     if let Err(e) = started {
         // The thread did not start: undo what it would have.
@@ -690,7 +691,7 @@ fn connect(ctx: &Connector<'_>, peer: u64) -> Result<Connection, Error> {
         pool.in_flagcx += 1;
     }
     // Before the handshake, in which the peer sends its regions.
-    let made = CoarseTime::precise_now();
+    let made = CoarseTime::now();
     let conn = ctx.engine.engine.connect(&host, 0, port);
     {
         let mut pool = ctx.connects.pool.lock();

@@ -12,7 +12,7 @@
 //! 5. expires ops past their deadline.
 //!
 //! Deadlines: each op carries the one its submit call stamped (`op_timeout`
-//! after the call, on the coarse monotonic clock, see `op::CoarseTime`); this
+//! after the call, on the coarse monotonic clock, see `clock::CoarseTime`); this
 //! thread compares them against the same clock, read at most once per pass.
 //! An op in FlagCX times out with its transfer, at the earliest deadline of
 //! the transfer's members; an op waiting for a connection is checked every
@@ -77,14 +77,15 @@ use std::time::{Duration, Instant};
 
 use flagcx_sys::{IovList, Poll, TransferId};
 
+use crate::clock::CoarseTime;
 use crate::error::{fail, Result, Status};
 use crate::failure_log::FailureLog;
 use crate::group::{pieces, Groups};
-use crate::op::{CoarseTime, Op, Opcode};
+use crate::op::{Op, Opcode};
 use crate::peers::{drained_before, ConnectKind, ConnectResult, Connection, PeerTable};
 use crate::registry::RegionRef;
-use crate::shared::Shared;
 use crate::stats::Stats;
+use crate::transport_state::TransportState;
 
 /// Entries per FlagCX vector call (a call closes once it has this many; an
 /// op's pieces are never split between calls). Small on purpose: the first
@@ -213,7 +214,7 @@ impl Transfers {
 pub(crate) struct Progress {
     /// The transport's shared state; read here, written only through its own
     /// synchronized methods (queue pops, registry releases, counters).
-    shared: Arc<Shared>,
+    shared: Arc<TransportState>,
     /// Failed ops in the log: grouped and counted, not a line each.
     failures: FailureLog,
     /// Every op taken from the queue and not yet completed, by slot index.
@@ -262,9 +263,6 @@ pub(crate) struct Progress {
     /// Placeholder time for fields not yet stamped (never compared as a
     /// deadline: `waiting_since` is stamped before it is read).
     epoch: Instant,
-    /// `op_timeout` in ns: an op's deadline less this is a time no earlier
-    /// than its submit (see `covers`).
-    op_timeout_ns: u64,
 }
 
 impl Progress {
@@ -272,7 +270,7 @@ impl Progress {
     /// `queue_capacity` and `max_batch`, at most `max_in_flight`) or the
     /// scratch lists cannot be allocated. More slots are added, fallibly,
     /// as ops need them (`new_slot`), up to `max_in_flight`.
-    pub(crate) fn new(shared: Arc<Shared>) -> Result<Progress> {
+    pub(crate) fn new(shared: Arc<TransportState>) -> Result<Progress> {
         let config = &shared.config;
         let cap = (config.queue_capacity + config.max_batch).min(config.max_in_flight);
         let now = Instant::now();
@@ -303,7 +301,6 @@ impl Progress {
             clock: None,
             coarse: None,
             epoch: now,
-            op_timeout_ns: u64::try_from(config.op_timeout.as_nanos()).unwrap_or(u64::MAX),
             shared,
             failures: FailureLog::default(),
         })
@@ -734,14 +731,15 @@ impl Progress {
     /// describes of the peer's regions includes everything the peer
     /// registered before that submit: when the op left the queue before the
     /// connection was asked for (exact: both happen on this thread), or when
-    /// the connection's FlagCX connect began after the latest time the op's
-    /// submit call can have read the clock (its deadline less `op_timeout`:
-    /// the coarse reading plus the clock's resolution).
+    /// the coarse clock read before the connection's FlagCX connect is later
+    /// than the op's submit call's reading (its deadline less
+    /// `deadline_after_ns`; the clock is one system-wide value, so a later
+    /// reading was taken later; equal ones, the same tick, do not count).
     fn covers(&self, idx: u32, conn: &Connection) -> bool {
         let slot = &self.slots[idx as usize];
         let op = slot.op.as_ref().expect("live slot");
         drained_before(slot.drained_at, conn.request)
-            || conn.made > op.deadline.minus_ns(self.op_timeout_ns)
+            || conn.made > op.deadline.minus_ns(self.shared.deadline_after_ns)
     }
 
     /// Keeps the larger of `list` (a list of ops just handled) and the
@@ -1239,7 +1237,7 @@ mod tests {
     /// the next pass allocates again.
     #[test]
     fn apply_connect_puts_its_scratch_vector_back_on_every_path() {
-        let shared = crate::shared::test_shared(crate::Config::default());
+        let shared = crate::transport_state::test_state(crate::Config::default());
         let (host, port) = parse_endpoint(shared.endpoint_for_test()).unwrap();
         let mut p = Progress::new(Arc::clone(&shared)).unwrap();
         let failed = || Err(Error::new(Status::MCFX_E_CONNECT, "refused"));
@@ -1267,7 +1265,7 @@ mod tests {
     /// refresh replaced it, none may keep the old one alive.
     #[test]
     fn a_refresh_leaves_no_spare_holding_the_replaced_connection() {
-        let shared = crate::shared::test_shared(crate::Config::default());
+        let shared = crate::transport_state::test_state(crate::Config::default());
         let (host, port) = parse_endpoint(shared.endpoint_for_test()).unwrap();
         let mut p = Progress::new(Arc::clone(&shared)).unwrap();
         let connected =

@@ -30,7 +30,7 @@
 //!   reused), so a submitter holding a table from before the slot was reused
 //!   cannot take a hold on the new owner's behalf;
 //! - FlagCX registration is process-wide: the table registers through the
-//!   process engine ([`crate::engine`]), which counts owners per base and
+//!   process engine ([`crate::process_engine`]), which counts owners per base and
 //!   never registers a base twice with FlagCX (another transport's base with
 //!   another length is refused), so a region's FlagCX id stays valid until
 //!   it is unregistered, whatever FlagCX does with a second registration.
@@ -43,9 +43,9 @@ use std::sync::{Arc, OnceLock};
 use arc_swap::ArcSwapAny;
 use parking_lot::Mutex;
 
-use crate::engine::EngineRef;
 use crate::error::{fail, message, Error, Result, Status};
 use crate::holds::Holds;
+use crate::process_engine::EngineRef;
 use fallible::{NoMemory, TryArc};
 use flagcx_sys::MrId;
 use tree::{Node, NodeRef, Region};

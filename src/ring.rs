@@ -12,34 +12,12 @@
 //! - one consumer: only it reads published values and frees slots (stamp
 //!   `pos + lap`, Release). The model in `tests/loom_ring.rs` checks this.
 
-#[cfg(loom)]
-use loom::cell::UnsafeCell;
-#[cfg(loom)]
-use loom::sync::atomic::{
-    AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release, Ordering::SeqCst,
+use crossbeam_utils::CachePadded;
+
+use crate::sync::{
+    with_mut, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+    Ordering::SeqCst, UnsafeCell,
 };
-#[cfg(not(loom))]
-use std::cell::UnsafeCell;
-#[cfg(not(loom))]
-use std::sync::atomic::{
-    AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release, Ordering::SeqCst,
-};
-
-/// Runs `f` on the cell's raw pointer (std and loom spell it differently).
-#[cfg(not(loom))]
-#[inline]
-fn with_mut<T, R>(cell: &UnsafeCell<T>, f: impl FnOnce(*mut T) -> R) -> R {
-    f(cell.get())
-}
-
-#[cfg(loom)]
-fn with_mut<T, R>(cell: &UnsafeCell<T>, f: impl FnOnce(*mut T) -> R) -> R {
-    cell.with_mut(f)
-}
-
-/// One writer side per line pair (adjacent-line prefetch).
-#[repr(align(128))]
-struct Padded<T>(T);
 
 struct Slot<T> {
     /// `pos` while the slot is free for position `pos`; `pos + 1` once the
@@ -54,10 +32,12 @@ struct Slot<T> {
 pub struct Ring<T> {
     slots: Box<[Slot<T>]>,
     lap: Lap,
-    /// Next position to reserve (producers, CAS).
-    tail: Padded<AtomicUsize>,
+    /// Next position to reserve (producers, CAS). Each writer side on its
+    /// own line pair (`CachePadded` is 128 bytes on x86-64: adjacent-line
+    /// prefetch).
+    tail: CachePadded<AtomicUsize>,
     /// Next position to pop (the consumer alone writes it).
-    head: Padded<AtomicUsize>,
+    head: CachePadded<AtomicUsize>,
 }
 
 // SAFETY: a slot's value is written only by the producer that reserved its
@@ -81,8 +61,8 @@ impl<T> Ring<T> {
         Some(Ring {
             slots: slots.into_boxed_slice(),
             lap: Lap { mask: (capacity + 1).next_power_of_two() - 1, capacity },
-            tail: Padded(AtomicUsize::new(0)),
-            head: Padded(AtomicUsize::new(0)),
+            tail: CachePadded::new(AtomicUsize::new(0)),
+            head: CachePadded::new(AtomicUsize::new(0)),
         })
     }
 
@@ -90,7 +70,7 @@ impl<T> Ring<T> {
     /// `make(j)` and publishes them together. Returns how many it took (0:
     /// the queue is full). (The transport counts its pushes:
     /// [`Ring::push_counted`].)
-    #[cfg(any(test, loom))]
+    #[cfg(any(test, mcfx_loom))]
     pub fn push_with(&self, n: usize, make: impl FnMut(usize) -> T) -> usize {
         self.push_counted(n, |_| {}, make)
     }
@@ -112,7 +92,7 @@ impl<T> Ring<T> {
         // Locals: the atomics below would make the compiler reload fields.
         let (lap, slots) = (self.lap, &self.slots[..]);
         // Relaxed: only a hint where to look; the CAS below decides.
-        let mut tail = self.tail.0.load(Relaxed);
+        let mut tail = self.tail.load(Relaxed);
         let (first, count) = loop {
             let (mut end, mut k) = (tail, 0);
             // Acquire: pairs with the consumer's Release when it freed the
@@ -123,14 +103,14 @@ impl<T> Ring<T> {
             }
             if k == 0 {
                 // Relaxed: as above; an unchanged tail means the ring is full.
-                let now = self.tail.0.load(Relaxed);
+                let now = self.tail.load(Relaxed);
                 if now == tail {
                     return 0;
                 }
                 tail = now;
                 continue;
             }
-            match self.tail.0.compare_exchange_weak(tail, end, SeqCst, Relaxed) {
+            match self.tail.compare_exchange_weak(tail, end, SeqCst, Relaxed) {
                 Ok(_) => break (tail, k),
                 Err(now) => tail = now,
             }
@@ -154,7 +134,7 @@ impl<T> Ring<T> {
     pub fn pop(&self) -> Option<T> {
         loop {
             // Relaxed: the consumer is the only writer of `head`.
-            let head = self.head.0.load(Relaxed);
+            let head = self.head.load(Relaxed);
             let slot = &self.slots[self.lap.index(head)];
             // Acquire: pairs with the producer's publishing Release.
             if slot.stamp.load(Acquire) != head.wrapping_add(1) {
@@ -163,7 +143,7 @@ impl<T> Ring<T> {
             // SAFETY: published for `head` (seen above) and only the single
             // consumer reads published values.
             let value = with_mut(&slot.value, |v| unsafe { (*v).take() });
-            self.head.0.store(self.lap.next(head), Relaxed);
+            self.head.store(self.lap.next(head), Relaxed);
             // Release: the value was taken before producers may reuse it.
             slot.stamp.store(head.wrapping_add(self.lap.mask + 1), Release);
             if value.is_some() {
@@ -175,7 +155,7 @@ impl<T> Ring<T> {
     /// Consumer only: no published slot at the head.
     pub fn is_empty(&self) -> bool {
         // Relaxed: consumer-owned; Acquire: as in `pop`.
-        let head = self.head.0.load(Relaxed);
+        let head = self.head.load(Relaxed);
         self.slots[self.lap.index(head)].stamp.load(Acquire) != head.wrapping_add(1)
     }
 }
@@ -229,7 +209,7 @@ impl Lap {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(mcfx_loom)))]
 mod tests {
     use super::*;
     use std::sync::Arc;

@@ -7,21 +7,22 @@ use std::thread::{JoinHandle, ThreadId};
 use arrayvec::ArrayVec;
 use parking_lot::Mutex;
 
+use crate::clock::CoarseTime;
 use crate::config::Config;
-use crate::engine::EngineRef;
 use crate::error::{fail, message, Error, Result, Status};
 use crate::gate::Admission;
-use crate::op::{CoarseTime, Op, OpRequest, OpSource};
+use crate::op::{Op, OpRequest, OpSource};
 use crate::peers::{run_connector, run_standby, Connects, STANDBY_NAME};
+use crate::process_engine::EngineRef;
 use crate::progress::Progress;
 use crate::queue::{Limit, SubmitQueue};
 use crate::registry::{not_registered, RegionRef, Registry, View};
-use crate::shared::{Lease, Shared};
 use crate::slots::{self, Slot};
+use crate::transport_state::{deadline_after_ns, Lease, TransportState};
 
 pub use crate::peers::ResolverFn;
-pub use crate::shared::CompletionFn;
 use crate::stats::{Snapshot, Stats};
+pub use crate::transport_state::CompletionFn;
 
 /// Ops a submit call checks and publishes at a time (see `submit`): small
 /// enough that the progress thread starts on a batch within a fraction of a
@@ -36,16 +37,12 @@ pub(crate) const SUBMIT_CHUNK: usize = 8;
 type Staged = ArrayVec<(OpRequest, RegionRef), SUBMIT_CHUNK>;
 
 pub struct Transport {
-    shared: Arc<Shared>,
+    shared: Arc<TransportState>,
     threads: Mutex<Threads>,
     /// The ids of the transport's threads: the only threads its callbacks
     /// run on (apart from `threads`, so reading them never waits for a
     /// shutdown in progress).
     thread_ids: Mutex<Vec<ThreadId>>,
-    /// An op's deadline after its submit, in ns: `op_timeout` plus the
-    /// coarse clock's resolution, so that an op never times out early
-    /// (a reading lags the true time by up to one tick).
-    deadline_after_ns: u64,
 }
 
 #[derive(Default)]
@@ -64,7 +61,7 @@ impl Transport {
         on_complete: CompletionFn,
         resolver: ResolverFn,
     ) -> Result<Transport> {
-        if crate::engine::inherited_through_fork() {
+        if crate::process_engine::inherited_through_fork() {
             return fail(
                 Status::MCFX_E_FORKED,
                 "this process was forked while its parent had transports: their threads and \
@@ -72,7 +69,7 @@ impl Transport {
                  worker does)",
             );
         }
-        crate::log::init();
+        crate::logging::init();
         config.validate()?;
         let engine = Arc::new(EngineRef::acquire().map_err(|e| {
             Error::new(
@@ -93,7 +90,7 @@ impl Transport {
             None
         };
         let slot = Lease(slots::lease()?);
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(TransportState {
             registry: Registry::new(Arc::clone(&engine), config.max_regions)?,
             queue: SubmitQueue::new(config.queue_capacity, &slot.0.gate)?,
             slot,
@@ -103,14 +100,13 @@ impl Transport {
             resolver,
             endpoint,
             engine,
+            deadline_after_ns: deadline_after_ns(config.op_timeout),
             config,
         });
-        let after = shared.config.op_timeout + CoarseTime::resolution();
         let transport = Transport {
             shared: Arc::clone(&shared),
             threads: Mutex::new(Threads::default()),
             thread_ids: Mutex::new(Vec::new()),
-            deadline_after_ns: u64::try_from(after.as_nanos()).unwrap_or(u64::MAX),
         };
         let progress = Progress::new(Arc::clone(&shared))?;
         let id = shared.slot.0.id.load(std::sync::atomic::Ordering::Relaxed);
@@ -126,13 +122,13 @@ impl Transport {
         let weak = Arc::downgrade(&shared);
         shared.connects.set_standby_spawner(Box::new(move || {
             let Some(s) = weak.upgrade() else {
-                return Err(crate::log::SpawnError::NoMemory);
+                return Err(crate::threads::SpawnError::NoMemory);
             };
             let run = move || {
                 crate::wait_graph::set_owner(id);
                 run_standby(s.connector())
             };
-            crate::log::spawn(STANDBY_NAME, run).map(drop)
+            crate::threads::spawn(STANDBY_NAME, run).map(drop)
         }));
         for i in 0..shared.config.connect_threads {
             let s = Arc::clone(&shared);
@@ -240,7 +236,7 @@ impl Transport {
     ) -> Result<()> {
         *accepted = 0;
         let mut view = self.shared.registry.view();
-        let deadline = CoarseTime::now().plus_ns(self.deadline_after_ns);
+        let deadline = CoarseTime::now().plus_ns(self.shared.deadline_after_ns);
         let wait = self.shared.config.submit_wait;
         let max_in_flight = self.shared.config.max_in_flight;
         // The checked ops of the current chunk, decoded once.
@@ -496,16 +492,17 @@ fn validate(r: &OpRequest) -> Result<()> {
 }
 
 /// Starts a thread of this transport; its log events take the route of the
-/// creating thread (the transport's log callback, see `host_log`).
+/// creating thread (the transport's log callback, see `logging`).
 /// `MCFX_E_NO_MEMORY` when there is no room for the thread (its stack and
-/// what std and glibc need to start it: see `log::spawn`), so that
+/// what std and glibc need to start it: see `threads::spawn`), so that
 /// `mcfx_create` fails with a status (and tears down what it started)
 /// rather than the new thread aborting the host; `MCFX_E_INTERNAL` when the
 /// system refuses for another reason. The message is made without
 /// allocating when memory is short.
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
-    use crate::log::{message, SpawnError};
-    crate::log::spawn(name, f).map_err(|e| {
+    use crate::logging::message;
+    use crate::threads::SpawnError;
+    crate::threads::spawn(name, f).map_err(|e| {
         let status = match e {
             SpawnError::NoMemory => Status::MCFX_E_NO_MEMORY,
             SpawnError::Os(_) => Status::MCFX_E_INTERNAL,

@@ -20,21 +20,12 @@
 //! block on a condition variable; see [`RoomWait`] and its model in
 //! `tests/inflight_loom_room.rs`.
 
-#[cfg(loom)]
-use loom::sync::atomic::{fence, AtomicU32, AtomicUsize, Ordering};
-#[cfg(loom)]
-use loom::sync::{Condvar, Mutex};
-#[cfg(loom)]
-use loom::thread::{self, Thread};
-#[cfg(not(loom))]
-use std::sync::atomic::{fence, AtomicU32, AtomicUsize, Ordering};
-#[cfg(not(loom))]
-use std::sync::{Condvar, Mutex};
-#[cfg(not(loom))]
-use std::thread::{self, Thread};
-
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use crate::sync::{
+    fence, park_timeout, thread, AtomicU32, AtomicUsize, Condvar, Mutex, Ordering, Thread, MODEL,
+};
 
 const AWAKE: u32 = 0;
 const PARKED: u32 = 1;
@@ -218,14 +209,17 @@ impl RoomWait {
 /// up to the thread's timer slack (50 us by default) late, which would turn
 /// the progress thread's few-microsecond naps between polls of a running
 /// transfer into 50 us overshoots of its completion.
-#[cfg(not(loom))]
+#[cfg(target_os = "linux")]
 fn precise_naps() {
+    if MODEL {
+        return;
+    }
     // SAFETY: prctl(PR_SET_TIMERSLACK) takes a plain integer and changes
     // only the calling thread's timer slack; no pointer is involved.
     let _ = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
 }
 
-#[cfg(loom)]
+#[cfg(not(target_os = "linux"))]
 fn precise_naps() {}
 
 /// Pins the calling thread to the CPU it runs on, for the time it sleeps;
@@ -239,8 +233,11 @@ fn precise_naps() {}
 /// wakes where it slept: p50 58 us (the idle vCPU's wake-up), p90 80 us.
 /// Costs three system calls per sleep, which only begins after
 /// `spin_grace` (or a nap's worth) of idleness.
-#[cfg(all(target_os = "linux", not(loom)))]
+#[cfg(target_os = "linux")]
 fn pin_while_asleep() -> Option<libc::cpu_set_t> {
+    if MODEL {
+        return None;
+    }
     let size = std::mem::size_of::<libc::cpu_set_t>();
     // SAFETY: sched_getcpu takes no arguments.
     let cpu = unsafe { libc::sched_getcpu() };
@@ -266,7 +263,7 @@ fn pin_while_asleep() -> Option<libc::cpu_set_t> {
 /// Gives back the affinity `pin_while_asleep` saved. (If the allowed CPUs
 /// changed meanwhile, the kernel intersects; a failure leaves the pin, which
 /// the next sleep's save then keeps: harmless, the thread still runs.)
-#[cfg(all(target_os = "linux", not(loom)))]
+#[cfg(target_os = "linux")]
 fn unpin(saved: Option<libc::cpu_set_t>) {
     if let Some(saved) = saved {
         // SAFETY: pid 0 is this thread; `saved` is a whole cpu_set_t.
@@ -275,23 +272,10 @@ fn unpin(saved: Option<libc::cpu_set_t>) {
     }
 }
 
-#[cfg(any(not(target_os = "linux"), loom))]
+#[cfg(not(target_os = "linux"))]
 fn pin_while_asleep() -> Option<()> {
     None
 }
 
-#[cfg(any(not(target_os = "linux"), loom))]
+#[cfg(not(target_os = "linux"))]
 fn unpin(_saved: Option<()>) {}
-
-#[cfg(not(loom))]
-fn park_timeout(t: Duration) {
-    // One bounded sleep; a spurious or early return only costs an extra pass
-    // of the progress loop.
-    thread::park_timeout(t);
-}
-
-#[cfg(loom)]
-fn park_timeout(_t: Duration) {
-    // loom has no timed park; a timed sleep never relies on a wake-up, so
-    // model it as an immediate return.
-}

@@ -7,13 +7,12 @@
 //! which loom reports. The room counter is Relaxed on purpose: the
 //! protocol's fences and lock alone must make the wake-up reliable.
 //!
-//! Run: `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test
-//! --release --test inflight_loom_room`.
-#![cfg(loom)]
+//! Run: `RUSTFLAGS="--cfg mcfx_loom" CARGO_TARGET_DIR=target/loom cargo test
+//! --release --test inflight_loom_room` (scripts/test.sh runs every model).
+#![cfg(mcfx_loom)]
 
-#[path = "../src/wake.rs"]
-#[allow(dead_code)]
-mod wake;
+// The crate as it builds under the cfg (src/models.rs).
+use mooncake_flagcx::models as wake;
 
 use std::time::Duration;
 

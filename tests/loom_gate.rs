@@ -4,13 +4,12 @@
 //! thread's final drain (once it sees the gate closed) finds every op that
 //! an admitted submitter pushed.
 //!
-//! Run: `RUSTFLAGS="--cfg loom" cargo test --release --test loom_gate`
-//! (scripts/test.sh runs the loom models with their own target directory).
-#![cfg(loom)]
+//! Run: `RUSTFLAGS="--cfg mcfx_loom" CARGO_TARGET_DIR=target/loom cargo test
+//! --release --test loom_gate` (scripts/test.sh runs every model).
+#![cfg(mcfx_loom)]
 
-#[path = "../src/gate.rs"]
-#[allow(dead_code)]
-mod gate;
+// The crate as it builds under the cfg (src/models.rs).
+use mooncake_flagcx::models as gate;
 
 use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use loom::sync::Arc;

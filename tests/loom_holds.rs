@@ -3,13 +3,12 @@
 //! never has an op holding the region, and a hold taken concurrently either
 //! sees the region closing and backs out or is counted by unregister.
 //!
-//! Run: `RUSTFLAGS="--cfg loom" cargo test --release --test loom_holds`
-//! (scripts/test.sh runs the loom models with their own target directory).
-#![cfg(loom)]
+//! Run: `RUSTFLAGS="--cfg mcfx_loom" CARGO_TARGET_DIR=target/loom cargo test
+//! --release --test loom_holds` (scripts/test.sh runs every model).
+#![cfg(mcfx_loom)]
 
-#[path = "../src/holds.rs"]
-#[allow(dead_code)]
-mod holds;
+// The crate as it builds under the cfg (src/models.rs).
+use mooncake_flagcx::models as holds;
 
 use loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use loom::sync::Arc;

@@ -3,13 +3,12 @@
 //! pops; every value arrives exactly once, each producer's in order, and a
 //! batch taken with one reservation is seen whole.
 //!
-//! Run: `RUSTFLAGS="--cfg loom" cargo test --release --test loom_ring`
-//! (scripts/test.sh runs the loom models with their own target directory).
-#![cfg(loom)]
+//! Run: `RUSTFLAGS="--cfg mcfx_loom" CARGO_TARGET_DIR=target/loom cargo test
+//! --release --test loom_ring` (scripts/test.sh runs every model).
+#![cfg(mcfx_loom)]
 
-#[path = "../src/ring.rs"]
-#[allow(dead_code)]
-mod ring;
+// The crate as it builds under the cfg (src/models.rs).
+use mooncake_flagcx::models as ring;
 
 use loom::sync::Arc;
 

@@ -2,13 +2,12 @@
 //! under every interleaving loom can produce: a producer's work is never
 //! left behind a sleeping consumer.
 //!
-//! Run: `RUSTFLAGS="--cfg loom" cargo test --release --test loom_wake`
-//! (scripts/test.sh does, with its own target directory).
-#![cfg(loom)]
+//! Run: `RUSTFLAGS="--cfg mcfx_loom" CARGO_TARGET_DIR=target/loom cargo test
+//! --release --test loom_wake` (scripts/test.sh runs every model).
+#![cfg(mcfx_loom)]
 
-#[path = "../src/wake.rs"]
-#[allow(dead_code)]
-mod wake;
+// The crate as it builds under the cfg (src/models.rs).
+use mooncake_flagcx::models as wake;
 
 use loom::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use loom::sync::Arc;

@@ -123,9 +123,9 @@ fn a_burst_of_misses_shares_its_refreshes() {
     let p = Pair::new(LEN);
     assert_eq!(write_one(&p.a, &p.src, p.dst.addr() as u64, 0), OK);
     // Each handshake takes longer than a tick of the coarse clock: a
-    // refresh that starts once the first one landed starts after the whole
-    // burst's submit call, whatever the scheduler does meanwhile, so the
-    // count below is bounded by the rule alone.
+    // refresh that starts once the first one landed reads a later tick
+    // than the burst's submit call did, whatever the scheduler does
+    // meanwhile, so the count below is bounded by the rule alone.
     let delay = (2 * coarse_tick()).max(Duration::from_millis(20));
     assert!(sw::set_knob(Knob::ConnectDelayMs, delay.as_millis() as u64));
     let before = p.a.stats().reconnects;

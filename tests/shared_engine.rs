@@ -113,7 +113,7 @@ fn a_transport_destroyed_from_anothers_resolver_leaves_its_ops_intact() {
 
 /// FlagCX keeps one registration per base, and what a second registration
 /// of a base does differs between FlagCX builds: transports share a base
-/// only with one length (see src/engine.rs), another length is refused and
+/// only with one length (see src/process_engine.rs), another length is refused and
 /// changes nothing.
 #[test]
 fn a_base_another_transport_registered_with_another_length_is_refused() {

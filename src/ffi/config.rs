@@ -11,8 +11,8 @@ use super::guard::invalid;
 use super::types::*;
 use crate::config::{or_default, Config, MAX_ENDPOINT_LEN};
 use crate::error::{fail, Result, Status};
-use crate::host_log;
-use crate::log::message;
+use crate::logging;
+use crate::logging::message;
 
 /// The fields every caller must pass (everything up to `resolve_ctx`).
 pub(super) const MIN_CONFIG_SIZE: usize = std::mem::offset_of!(mcfx_config, queue_capacity);
@@ -220,14 +220,14 @@ fn try_box<T>(value: T) -> Result<Box<T>> {
 }
 
 /// The log callback and its level, if the config has one.
-pub(super) fn convert_log(c: &mcfx_config) -> Result<Option<(u32, host_log::LogFn)>> {
+pub(super) fn convert_log(c: &mcfx_config) -> Result<Option<(u32, logging::LogFn)>> {
     let level = match c.log_level {
-        0 => host_log::WARN,
-        l if l <= host_log::TRACE => l,
+        0 => logging::WARN,
+        l if l <= logging::TRACE => l,
         l => {
             return fail(
                 Status::MCFX_E_BAD_CONFIG,
-                message(format_args!("log_level {l} is outside 1..={}", host_log::TRACE)),
+                message(format_args!("log_level {l} is outside 1..={}", logging::TRACE)),
             )
         }
     };
@@ -236,14 +236,14 @@ pub(super) fn convert_log(c: &mcfx_config) -> Result<Option<(u32, host_log::LogF
     let f = try_box(move |level: u32, message: &std::ffi::CStr| {
         let ctx = ctx;
         let level = match level {
-            host_log::ERROR => mcfx_log_level::MCFX_LOG_ERROR,
-            host_log::WARN => mcfx_log_level::MCFX_LOG_WARN,
-            host_log::INFO => mcfx_log_level::MCFX_LOG_INFO,
-            host_log::DEBUG => mcfx_log_level::MCFX_LOG_DEBUG,
+            logging::ERROR => mcfx_log_level::MCFX_LOG_ERROR,
+            logging::WARN => mcfx_log_level::MCFX_LOG_WARN,
+            logging::INFO => mcfx_log_level::MCFX_LOG_INFO,
+            logging::DEBUG => mcfx_log_level::MCFX_LOG_DEBUG,
             _ => mcfx_log_level::MCFX_LOG_TRACE,
         };
         // SAFETY: the caller's callback and context, valid until destroy
-        // returns (mcfx_create's contract; host_log never calls a closed
+        // returns (mcfx_create's contract; logging never calls a closed
         // sink); the message is NUL-terminated and outlives the call.
         unsafe { log(ctx.0, level, message.as_ptr()) }
     })?;

@@ -13,7 +13,7 @@ use super::guard::{
 use super::op::slice;
 use super::types::*;
 use crate::error::{fail, mcfx_status, message, Error, Status};
-use crate::host_log::{self, Scope};
+use crate::logging::{self, Scope};
 use crate::transport::Transport;
 
 /// The ABI version this library implements (`MCFX_ABI_VERSION`).
@@ -127,7 +127,7 @@ pub unsafe extern "C" fn mcfx_create(
     out: *mut *mut mcfx_transport,
 ) -> mcfx_status {
     guard("mcfx_create", || {
-        crate::log::init();
+        crate::logging::init();
         if out.is_null() {
             return invalid("NULL out pointer");
         }
@@ -136,7 +136,7 @@ pub unsafe extern "C" fn mcfx_create(
         // SAFETY: the caller vouches config->struct_size bytes are readable.
         let c = unsafe { read_config(config)? };
         let (config, on_complete, resolver) = convert_config(&c)?;
-        let log = convert_log(&c)?.map(|(level, f)| host_log::register(level, f));
+        let log = convert_log(&c)?.map(|(level, f)| logging::register(level, f));
         // Creation's events, and the new threads' (they inherit the route),
         // go to this transport's callback only.
         let scope = Scope::enter(log.as_ref());
@@ -145,7 +145,7 @@ pub unsafe extern "C" fn mcfx_create(
             Err(e) => {
                 drop(scope);
                 if let Some(sink) = &log {
-                    host_log::close(sink);
+                    logging::close(sink);
                 }
                 return Err(e);
             }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crate::error::{fail, mcfx_status, message, Result, Status};
 use crate::gate::{Admission, Refused};
-use crate::host_log::{self, Scope, Sink};
+use crate::logging::{self, Scope, Sink};
 use crate::slots::{self, Slot};
 use crate::transport::Transport;
 
@@ -41,7 +41,7 @@ impl Drop for Body {
         // SAFETY: dropped exactly once, here; `inner` is not used afterwards.
         unsafe { ManuallyDrop::drop(&mut self.inner) };
         if let Some(sink) = &self.log {
-            host_log::close(sink);
+            logging::close(sink);
         }
     }
 }
@@ -104,7 +104,7 @@ pub(super) fn set_last_error(name: &str, message: &str) {
 /// Runs an export's body: a failure becomes its status (its message kept for
 /// `mcfx_last_error`), a panic becomes `MCFX_E_PANIC`. Nothing unwinds into C.
 pub(super) fn guard(name: &str, body: impl FnOnce() -> Result<()>) -> mcfx_status {
-    let _inside = crate::log::InExport::enter();
+    let _inside = crate::panic_hook::InExport::enter();
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(())) => mcfx_status::MCFX_OK,
         Ok(Err(e)) => {

@@ -30,13 +30,13 @@ pub(crate) struct NoMemory;
 
 /// A shared, immutable value whose allocation can fail (see the module doc).
 pub(crate) struct TryArc<T> {
-    ptr: NonNull<Shared<T>>,
-    /// Drop may drop a `Shared<T>` (so a `T`).
-    _owns: PhantomData<Shared<T>>,
+    ptr: NonNull<ArcInner<T>>,
+    /// Drop may drop an `ArcInner<T>` (so a `T`).
+    _owns: PhantomData<ArcInner<T>>,
 }
 
 /// The heap block behind a [`TryArc`]: its count of references and the value.
-pub(crate) struct Shared<T> {
+pub(crate) struct ArcInner<T> {
     refs: AtomicUsize,
     value: T,
 }
@@ -53,16 +53,16 @@ impl<T> TryArc<T> {
     /// allocator refuses.
     pub(crate) fn try_new(value: T) -> Result<TryArc<T>, NoMemory> {
         injected()?;
-        let layout = Layout::new::<Shared<T>>();
+        let layout = Layout::new::<ArcInner<T>>();
         // SAFETY: the layout is not zero-sized (it holds the counter).
-        let raw = unsafe { alloc::alloc(layout) }.cast::<Shared<T>>();
+        let raw = unsafe { alloc::alloc(layout) }.cast::<ArcInner<T>>();
         let ptr = NonNull::new(raw).ok_or(NoMemory)?;
-        // SAFETY: a fresh block of Shared<T>'s size and alignment, unaliased.
-        unsafe { ptr.as_ptr().write(Shared { refs: AtomicUsize::new(1), value }) };
+        // SAFETY: a fresh block of ArcInner<T>'s size and alignment, unaliased.
+        unsafe { ptr.as_ptr().write(ArcInner { refs: AtomicUsize::new(1), value }) };
         Ok(TryArc { ptr, _owns: PhantomData })
     }
 
-    fn shared(&self) -> &Shared<T> {
+    fn inner(&self) -> &ArcInner<T> {
         // SAFETY: the block lives while this reference counts in it.
         unsafe { self.ptr.as_ref() }
     }
@@ -78,7 +78,7 @@ impl<T> Deref for TryArc<T> {
     type Target = T;
     #[inline]
     fn deref(&self) -> &T {
-        &self.shared().value
+        &self.inner().value
     }
 }
 
@@ -86,7 +86,7 @@ impl<T> Clone for TryArc<T> {
     fn clone(&self) -> TryArc<T> {
         // Relaxed, as Arc: the new reference is made from one that keeps the
         // value alive, and publishes nothing.
-        let old = self.shared().refs.fetch_add(1, Relaxed);
+        let old = self.inner().refs.fetch_add(1, Relaxed);
         if old > isize::MAX as usize {
             // As Arc: billions of leaked clones; the count must not wrap.
             std::process::abort();
@@ -99,16 +99,16 @@ impl<T> Drop for TryArc<T> {
     fn drop(&mut self) {
         // Release: this holder's reads of the value happen before the free
         // (the last holder's acquire fence below pairs with it).
-        if self.shared().refs.fetch_sub(1, Release) != 1 {
+        if self.inner().refs.fetch_sub(1, Release) != 1 {
             return;
         }
         fence(Acquire);
         // SAFETY: that was the last reference, so nothing else reaches the
         // block; it was allocated by try_new with this layout and holds an
-        // initialized Shared<T>.
+        // initialized ArcInner<T>.
         unsafe {
             std::ptr::drop_in_place(self.ptr.as_ptr());
-            alloc::dealloc(self.ptr.as_ptr().cast(), Layout::new::<Shared<T>>());
+            alloc::dealloc(self.ptr.as_ptr().cast(), Layout::new::<ArcInner<T>>());
         }
     }
 }
@@ -118,19 +118,19 @@ impl<T> Drop for TryArc<T> {
 // as_ptr neither adds nor removes one. The pointer is stable while any
 // reference lives, and never null.
 unsafe impl<T> arc_swap::RefCnt for TryArc<T> {
-    type Base = Shared<T>;
+    type Base = ArcInner<T>;
 
-    fn into_ptr(me: TryArc<T>) -> *mut Shared<T> {
+    fn into_ptr(me: TryArc<T>) -> *mut ArcInner<T> {
         let ptr = me.ptr.as_ptr();
         std::mem::forget(me);
         ptr
     }
 
-    fn as_ptr(me: &TryArc<T>) -> *mut Shared<T> {
+    fn as_ptr(me: &TryArc<T>) -> *mut ArcInner<T> {
         me.ptr.as_ptr()
     }
 
-    unsafe fn from_ptr(ptr: *const Shared<T>) -> TryArc<T> {
+    unsafe fn from_ptr(ptr: *const ArcInner<T>) -> TryArc<T> {
         // SAFETY: the caller passes a pointer into_ptr returned (non-null).
         TryArc { ptr: unsafe { NonNull::new_unchecked(ptr.cast_mut()) }, _owns: PhantomData }
     }

@@ -1,5 +1,15 @@
-//! The host's logger: `tracing` events delivered to log callbacks that
-//! transports were created with (`mcfx_config.log`).
+//! Logging: the library's `tracing` events, to the host's log callbacks
+//! (`mcfx_config.log`) and, when `MCFX_LOG` is set, to stderr.
+//!
+//! Owns the process's one subscriber, the open sinks (one per transport
+//! created with a callback), each thread's route, and the stack-formatted
+//! lines ([`Line`], [`message`]) that logging and error messages use.
+//!
+//! `MCFX_LOG` takes a `tracing-subscriber` filter (`warn`, `debug`,
+//! `mooncake_flagcx=trace`, ...). Unset, and with no callback, nothing is
+//! installed and the library stays silent; if the host process already
+//! installed a global subscriber, events go there and neither `MCFX_LOG`
+//! nor the callbacks see them.
 //!
 //! One [`tracing_subscriber`] stack is installed per process, on first need
 //! (`MCFX_LOG` set, or the first callback registered): the `MCFX_LOG` stderr
@@ -81,9 +91,35 @@ thread_local! {
     static IN_CALLBACK: Cell<bool> = const { Cell::new(false) };
 }
 
-/// The variable that turns on logging to stderr (read here, where the
-/// subscriber is built; see `crate::log`).
-pub(crate) const ENV: &CStr = c"MCFX_LOG";
+/// The variable that turns on logging to stderr.
+const ENV: &CStr = c"MCFX_LOG";
+
+/// What the library needs before its first transport: the panic hook (see
+/// `panic_hook`) and, when `MCFX_LOG` is set, the subscriber. Once per
+/// process. `MCFX_LOG` is looked up without a copy (`std::env::var_os`
+/// would copy the value onto the heap), so this allocates nothing unless
+/// the variable is set.
+pub fn init() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        crate::panic_hook::install();
+        // SAFETY: a NUL-terminated name; the result is only compared with
+        // NULL.
+        if !unsafe { libc::getenv(ENV.as_ptr()) }.is_null() {
+            install();
+        }
+    });
+}
+
+/// `args` formatted as a message (cut at 511 bytes) without the heap, then
+/// copied into a `String` if memory allows; empty otherwise (the status of
+/// the error still says what happened). For error messages on the paths
+/// that must not abort when memory runs out.
+pub(crate) fn message(args: fmt::Arguments<'_>) -> String {
+    let mut line = Line::<512>::new();
+    let _ = fmt::Write::write_fmt(&mut line, args);
+    line.to_string_or_empty()
+}
 
 /// Registers a callback for levels up to `level` (`ERROR..=TRACE`) and
 /// installs the subscriber if this is the first need of one.
@@ -403,6 +439,11 @@ impl<const N: usize> fmt::Write for Line<N> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_is_the_formatted_text() {
+        assert_eq!(message(format_args!("peer {}: {}", 7, "gone")), "peer 7: gone");
+    }
 
     #[test]
     fn a_line_cuts_long_text_at_a_character_boundary_and_marks_it() {

@@ -1,16 +1,21 @@
-//! The state a transport's handle and its threads share.
+//! [`TransportState`]: what a transport's handle and its threads share.
 //!
-//! The handle ([`crate::transport`]) creates it; the progress thread
-//! ([`crate::progress`]) reads all of it; the connector threads see only
-//! their narrow [`Connector`] context. The one shutdown flag is the submission
-//! queue's gate (`crate::gate`).
+//! Owns the transport's config, queue, counters, connector pool, callbacks,
+//! registry, engine hold and handle slot. The handle ([`crate::transport`])
+//! creates it; the progress thread ([`crate::progress`]) reads all of it;
+//! the connector threads see only their narrow [`Connector`] context.
+//!
+//! Invariants: the one shutdown flag is the submission queue's gate
+//! (`crate::gate`); fields drop in the order that keeps the process engine
+//! alive as long as anything holds a FlagCX connection (see
+//! [`TransportState`]); the slot goes back last.
 
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::engine::EngineRef;
 use crate::error::Status;
 use crate::peers::{Connector, Connects, ResolverFn};
+use crate::process_engine::EngineRef;
 use crate::queue::SubmitQueue;
 use crate::registry::Registry;
 use crate::slots::{self, Slot};
@@ -24,8 +29,8 @@ pub type CompletionFn = Box<dyn Fn(u64, Status) + Send + Sync>;
 /// Fields drop in declaration order: `connects` (which may hold FlagCX
 /// connections) before `registry` and `engine` (the holds on the process
 /// engine), so the FlagCX engine is destroyed under the engine lock when
-/// this is the last transport (see `engine`).
-pub(crate) struct Shared {
+/// this is the last transport (see `process_engine`).
+pub(crate) struct TransportState {
     pub config: Config,
     pub queue: SubmitQueue,
     pub stats: Stats,
@@ -41,6 +46,17 @@ pub(crate) struct Shared {
     /// The transport's handle slot (its gate): given back last, when no
     /// thread of the transport (a detached connector included) is left.
     pub slot: Lease,
+    /// An op's deadline after its submit call's coarse clock reading, in
+    /// ns: `op_timeout` plus the clock's resolution, so that an op never
+    /// times out early (a reading lags the true time by up to one tick).
+    /// The progress thread takes it off a deadline to get the reading back.
+    pub deadline_after_ns: u64,
+}
+
+/// `deadline_after_ns` for `op_timeout`.
+pub(crate) fn deadline_after_ns(op_timeout: std::time::Duration) -> u64 {
+    let after = op_timeout + crate::clock::CoarseTime::resolution();
+    u64::try_from(after.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// A leased handle slot, given back on drop.
@@ -52,7 +68,7 @@ impl Drop for Lease {
     }
 }
 
-impl Shared {
+impl TransportState {
     /// The connector threads' view: what resolving and connecting a peer
     /// needs, and nothing of the ops.
     pub(crate) fn connector(&self) -> Connector<'_> {
@@ -67,7 +83,7 @@ impl Shared {
 }
 
 #[cfg(test)]
-impl Shared {
+impl TransportState {
     pub(crate) fn endpoint_for_test(&self) -> &str {
         self.endpoint.as_deref().expect("serving")
     }
@@ -76,11 +92,11 @@ impl Shared {
 /// A transport's shared state without its threads, for unit tests of the
 /// progress loop.
 #[cfg(test)]
-pub(crate) fn test_shared(config: Config) -> Arc<Shared> {
+pub(crate) fn test_state(config: Config) -> Arc<TransportState> {
     let engine = Arc::new(EngineRef::acquire().expect("FlagCX engine"));
     engine.serve().expect("RPC server");
     let slot = slots::lease().unwrap();
-    Arc::new(Shared {
+    Arc::new(TransportState {
         registry: Registry::new(Arc::clone(&engine), config.max_regions).unwrap(),
         queue: SubmitQueue::new(config.queue_capacity, &slot.gate).unwrap(),
         slot: Lease(slot),
@@ -90,6 +106,7 @@ pub(crate) fn test_shared(config: Config) -> Arc<Shared> {
         resolver: Box::new(|_| Err("no peers".into())),
         endpoint: Some(engine.engine.endpoint().unwrap()),
         engine,
+        deadline_after_ns: deadline_after_ns(config.op_timeout),
         config,
     })
 }

@@ -52,12 +52,12 @@ use crate::error::{fail, message, Error, Result, Status};
 /// The process's shared FlagCX engine and its registration counts.
 pub struct ProcessEngine {
     pub engine: Engine,
-    regs: Mutex<HashMap<usize, Shared>>,
+    regs: Mutex<HashMap<usize, BaseRegistration>>,
     serving: Mutex<bool>,
 }
 
 /// One base address registered by one or more transports.
-struct Shared {
+struct BaseRegistration {
     /// The FlagCX registration of `[base, base + len)`, made by the first
     /// owner.
     mr: MrId,
@@ -200,7 +200,7 @@ impl ProcessEngine {
             )
         })?;
         owners.push(owner);
-        regs.insert(addr, Shared { mr, len, owners });
+        regs.insert(addr, BaseRegistration { mr, len, owners });
         Ok(mr)
     }
 
