@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::error::{fail, message, Error, Result, Status};
 use crate::gate::Admission;
 use crate::op::{Op, OpRequest, OpSource};
-use crate::peers::{run_connector, run_standby, Connects, STANDBY_NAME};
+use crate::peers::connector::{run_connector, run_standby, Connects, STANDBY_NAME};
 use crate::process_engine::EngineRef;
 use crate::progress::Progress;
 use crate::queue::{Limit, SubmitQueue};
@@ -20,7 +20,7 @@ use crate::registry::{not_registered, RegionRef, Registry, View};
 use crate::slots::{self, Slot};
 use crate::transport_state::{deadline_after_ns, Lease, TransportState};
 
-pub use crate::peers::ResolverFn;
+pub use crate::peers::connector::ResolverFn;
 use crate::stats::{Snapshot, Stats};
 pub use crate::transport_state::CompletionFn;
 
@@ -71,24 +71,7 @@ impl Transport {
         }
         crate::logging::init();
         config.validate()?;
-        let engine = Arc::new(EngineRef::acquire().map_err(|e| {
-            Error::new(
-                Status::MCFX_E_FLAGCX,
-                message(format_args!(
-                    "flagcxP2pEngineCreate failed ({e}): no usable FlagCX device?"
-                )),
-            )
-        })?);
-        let endpoint = if config.serve_peers {
-            engine.serve().map_err(|e| {
-                Error::new(Status::MCFX_E_FLAGCX, message(format_args!("FlagCX RPC server: {e}")))
-            })?;
-            Some(engine.engine.endpoint().map_err(|e| {
-                Error::new(Status::MCFX_E_FLAGCX, message(format_args!("FlagCX metadata: {e}")))
-            })?)
-        } else {
-            None
-        };
+        let (engine, endpoint) = engine_and_endpoint(&config)?;
         let slot = Lease(slots::lease()?);
         let shared = Arc::new(TransportState {
             registry: Registry::new(Arc::clone(&engine), config.max_regions)?,
@@ -116,10 +99,21 @@ impl Transport {
         })?;
         transport.thread_ids.lock().push(h.thread().id());
         transport.threads.lock().progress = Some(h);
-        // Standby connector threads (a stuck connect leaves the pool): each
-        // holds the shared state itself; a weak reference here, so the
-        // spawner stored inside it does not keep it alive.
-        let weak = Arc::downgrade(&shared);
+        // On failure, dropping `transport` shuts the started threads down.
+        transport.start_connectors(id)?;
+        warn_capabilities();
+        tracing::info!(endpoint = ?shared.endpoint, "transport created");
+        Ok(transport)
+    }
+
+    /// Starts the connector pool's threads, and gives the pool the way to
+    /// start standby threads (a stuck connect leaves the pool): each holds
+    /// the shared state itself; the spawner holds a weak reference, so being
+    /// stored inside the state does not keep it alive. `id`: the handle
+    /// slot's, which tags the threads (see `wait_graph`).
+    fn start_connectors(&self, id: u64) -> Result<()> {
+        let shared = &self.shared;
+        let weak = Arc::downgrade(shared);
         shared.connects.set_standby_spawner(Box::new(move || {
             let Some(s) = weak.upgrade() else {
                 return Err(crate::threads::SpawnError::NoMemory);
@@ -131,7 +125,7 @@ impl Transport {
             crate::threads::spawn(STANDBY_NAME, run).map(drop)
         }));
         for i in 0..shared.config.connect_threads {
-            let s = Arc::clone(&shared);
+            let s = Arc::clone(shared);
             shared.connects.thread_started();
             let run = move || {
                 crate::wait_graph::set_owner(id);
@@ -139,18 +133,16 @@ impl Transport {
             };
             match spawn(&message(format_args!("mcfx-connect-{i}")), run) {
                 Ok(h) => {
-                    transport.thread_ids.lock().push(h.thread().id());
-                    transport.threads.lock().connectors.push(h);
+                    self.thread_ids.lock().push(h.thread().id());
+                    self.threads.lock().connectors.push(h);
                 }
                 Err(e) => {
                     shared.connects.thread_exited_early();
-                    return Err(e); // Drop shuts the started threads down.
+                    return Err(e);
                 }
             }
         }
-        warn_capabilities();
-        tracing::info!(endpoint = ?shared.endpoint, "transport created");
-        Ok(transport)
+        Ok(())
     }
 
     /// The endpoint (`host:port`) peers use to reach this transport; None
@@ -436,6 +428,28 @@ impl Drop for Transport {
             std::mem::forget(Arc::clone(&self.shared));
         }
     }
+}
+
+/// The process's FlagCX engine (created for the first transport) and, if
+/// the transport serves peers, its endpoint (starting the engine's RPC
+/// server unless another transport did).
+fn engine_and_endpoint(config: &Config) -> Result<(Arc<EngineRef>, Option<String>)> {
+    let engine = Arc::new(EngineRef::acquire().map_err(|e| {
+        Error::new(
+            Status::MCFX_E_FLAGCX,
+            message(format_args!("flagcxP2pEngineCreate failed ({e}): no usable FlagCX device?")),
+        )
+    })?);
+    if !config.serve_peers {
+        return Ok((engine, None));
+    }
+    engine.serve().map_err(|e| {
+        Error::new(Status::MCFX_E_FLAGCX, message(format_args!("FlagCX RPC server: {e}")))
+    })?;
+    let endpoint = engine.engine.endpoint().map_err(|e| {
+        Error::new(Status::MCFX_E_FLAGCX, message(format_args!("FlagCX metadata: {e}")))
+    })?;
+    Ok((engine, Some(endpoint)))
 }
 
 /// `MCFX_CAP_*` bits of the loaded FlagCX (see `mcfx_capabilities`).

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::error::Status;
-use crate::peers::{Connector, Connects, ResolverFn};
+use crate::peers::connector::{Connector, Connects, ResolverFn};
 use crate::process_engine::EngineRef;
 use crate::queue::SubmitQueue;
 use crate::registry::Registry;

@@ -1,10 +1,12 @@
-//! Peers: resolving a peer id to an endpoint and connecting to it, off the
-//! progress thread.
+//! Connector threads: resolving a peer id to an endpoint and connecting to
+//! it, off the progress thread.
 //!
-//! The progress thread owns the [`PeerTable`] (no lock). When it meets a peer
-//! it has no connection for, it files a [`ConnectRequest`] (at most one per
-//! peer); connector threads call the resolver callback and FlagCX's blocking
-//! connect, and hand back a [`ConnectResult`].
+//! Owns the connector pool ([`Connects`]: requests, results, threads), the
+//! [`Connector`] context its threads see, and [`Connection`], what a
+//! connect produces. The progress thread files a [`ConnectRequest`] (at
+//! most one per peer; `peers::state` decides when); connector threads call
+//! the resolver callback and FlagCX's blocking connect, and hand back a
+//! [`ConnectResult`].
 //!
 //! One peer's connect cannot starve another's (issue 18). The transport
 //! starts `connect_threads` connector threads: the pool. An attempt (the
@@ -35,13 +37,14 @@
 //!   returns);
 //! - the pool's own threads (the transport's) do not return before every
 //!   helper thread (standbys, and the threads they become) has stopped using
-//!   its context (see `spawn_helper`).
+//!   its context (see `spawn_helper`);
+//! - a [`Connection`]'s `made` is read before its FlagCX connect starts, so
+//!   the peer's regions it describes are at least that recent.
 
 use std::cell::Cell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::ffi::CString;
 use std::fmt;
-use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -768,81 +771,6 @@ pub fn parse_endpoint(endpoint: &str) -> Result<(CString, u16), BadEndpoint> {
     bytes.extend_from_slice(host.as_bytes());
     let host = CString::new(bytes).map_err(|_| BadEndpoint::Characters)?;
     Ok((host, port))
-}
-
-/// Connection state of one peer (progress thread only).
-pub struct Peer {
-    pub conn: Option<Arc<Connection>>,
-    /// A connect (first or refresh) is under way.
-    pub connecting: bool,
-    /// Ops (slot indices) waiting for `connecting` to finish.
-    pub waiting: Vec<u32>,
-    /// The number of its latest connect request (see
-    /// `PeerTable::requested`); the connection it brings carries it.
-    pub request: u32,
-}
-
-/// Hashes a peer id with one multiply: ids are chosen by the caller, not by
-/// an adversary, and this lookup is on every op's path (SipHash costs ~20 ns).
-#[derive(Default)]
-pub struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    fn write_u64(&mut self, id: u64) {
-        // Fibonacci hashing: spreads consecutive ids over the high bits
-        // hashbrown uses.
-        self.0 = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-/// The progress thread's peers.
-#[derive(Default)]
-pub struct PeerTable {
-    pub peers: HashMap<u64, Peer, BuildHasherDefault<IdHasher>>,
-    /// Connect requests filed so far, all peers together (wrapping): the
-    /// progress thread records it in each op it takes from the queue, so an
-    /// op whose record is below a connection's `request` number left the
-    /// queue, and so was submitted, before that connection was asked for.
-    pub requested: u32,
-}
-
-impl PeerTable {
-    /// The peer's entry, created (and its first connect requested) if new.
-    pub fn entry(&mut self, peer: u64, connects: &Connects) -> &mut Peer {
-        let requested = &mut self.requested;
-        self.peers.entry(peer).or_insert_with(|| {
-            *requested = requested.wrapping_add(1);
-            connects.request(peer, ConnectKind::First);
-            Peer { conn: None, connecting: true, waiting: Vec::new(), request: *requested }
-        })
-    }
-
-    /// Asks for a refresh of `peer`'s connection (a reconnect), which must
-    /// have none under way.
-    pub fn refresh(&mut self, peer_id: u64, connects: &Connects) {
-        let Some(peer) = self.peers.get_mut(&peer_id) else { return };
-        debug_assert!(!peer.connecting, "a second connect for one peer");
-        self.requested = self.requested.wrapping_add(1);
-        peer.connecting = true;
-        peer.request = self.requested;
-        connects.request(peer_id, ConnectKind::Refresh);
-    }
-}
-
-/// Whether an op that left the queue when `drained_at` requests were filed
-/// did so before request number `request` was filed (wrapping: the two are
-/// less than 2^31 requests apart, which an op's life never sees).
-#[inline]
-pub fn drained_before(drained_at: u32, request: u32) -> bool {
-    (request.wrapping_sub(drained_at) as i32) > 0
 }
 
 #[cfg(test)]

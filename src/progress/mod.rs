@@ -1,0 +1,403 @@
+//! The progress thread: the only caller of FlagCX's transfer and status calls.
+//!
+//! This module owns the thread's state ([`Progress`]: op slots, groups,
+//! in-flight calls, the peer table, the pass's clock readings), its run loop
+//! and idle policy (spin, nap while something is outstanding, park), and one
+//! pass. The steps live in its parts:
+//! - `drain`: queue -> slots -> groups or peers' waiting lists, and waiting
+//!   ops back out when their connection lands;
+//! - `inflight`: groups -> FlagCX vector calls, polling them, remote-range
+//!   misses and failed transfers (judged by `peers::state`), timed-out ids;
+//! - `complete`: each op's one completion, expiry of waiting ops, shutdown.
+//!
+//! Each pass it
+//! 1. takes up to `max_batch` ops from the queue and files each under its
+//!    peer: ready peers' ops are grouped by (peer, opcode), others wait for
+//!    their connection;
+//! 2. applies finished connects (waiting ops join the groups, or fail);
+//! 3. submits each group as FlagCX vector calls of about
+//!    `inflight::IOVS_PER_CALL`
+//!    entries (ops longer than `max_slice_bytes` become several entries,
+//!    never split between calls, so a call can have a few more);
+//! 4. polls every in-flight transfer once; finished ones complete their ops;
+//! 5. expires ops past their deadline.
+//!
+//! Deadlines: each op carries the one its submit call stamped (`op_timeout`
+//! after the call, on the coarse monotonic clock, see `clock::CoarseTime`); this
+//! thread compares them against the same clock, read at most once per pass.
+//! An op in FlagCX times out with its transfer, at the earliest deadline of
+//! the transfer's members; an op waiting for a connection is checked every
+//! `WAIT_SCAN_PERIOD`. An op still in the queue at its deadline times out at
+//! its first poll in FlagCX (it is not failed unseen).
+//!
+//! With nothing to do it spins for `spin_grace`, then parks (see `wake`).
+//!
+//! Invariants:
+//! - an op lives in exactly one slot from the moment it leaves the queue until
+//!   its completion, and is a member of at most one FlagCX transfer; `complete`
+//!   empties the slot, so an op cannot complete twice;
+//! - every op here holds one of the transport's `max_in_flight` credits (see
+//!   `queue`), given back (once per pass, `SubmitQueue::release_room`) after
+//!   its completion: so at most `max_in_flight` ops are in slots, waiting
+//!   lists and FlagCX calls together, however slow a peer is;
+//! - a transfer id is polled only here and never after it reported finished
+//!   (the id is moved out and back by `Conn::poll`);
+//! - steady state allocates nothing: slots, groups, transfers, the entry list
+//!   and scratch vectors are reused and only grow past their high-water marks;
+//! - what grows with the ops held grows fallibly (`try_reserve`) and only up
+//!   to what `max_in_flight` ops need: the op slots and their free list,
+//!   peers' waiting lists and the peer table, the FlagCX call records, the
+//!   scratch list. An op that finds no memory completes with
+//!   `MCFX_E_NO_MEMORY` (logged); the host is never aborted. (The groups
+//!   take at most a drain's worth of ops, `max_batch`, per flush.)
+//!
+//! Memory a transport can hold, in bytes, for `Q` = `queue_capacity`, `M` =
+//! `max_in_flight`, `B` = `max_batch`, `P` = peers it knows (x86-64 sizes;
+//! FlagCX's own allocations and the registry not counted):
+//!
+//! - the queue's ring: `88 Q`, at creation;
+//! - op slots and their free list: `108` per slot; `min(Q + B, M)` slots at
+//!   creation, doubling as needed up to `M`;
+//! - FlagCX call records: `96` each (with room for `IOVS_PER_CALL` members),
+//!   one per call in flight (a call has 1 to `IOVS_PER_CALL` ops), doubling
+//!   up to `M`;
+//! - waiting lists: `4` per waiting op, up to twice that from doubling
+//!   (`8 M`), and at most `4 * peers::state::SPARE_WAITING` per peer once
+//!   emptied; the
+//!   scratch list keeps the largest list handled (up to `8 M`);
+//! - groups: `4` per op of a flush, at most `4 B` (plus the lists' doubling);
+//! - the peer table: about `150` per peer; timed-out transfer ids: up to
+//!   `24 * inflight::MAX_ZOMBIES` (about 100 KiB).
+//!
+//! So at most about `88 Q + 220 M + 150 P + 8 B + 100 KiB`: 15 MiB for the
+//! defaults (`Q` 4096, `M` 65536) if every op is its own FlagCX call, about
+//! `88 Q + 136 M` (9 MiB) when calls carry 8 ops. Before `max_in_flight`
+//! bounded the ops, a dead peer let the slots and its waiting list grow
+//! without limit (427 264 ops, about 50 MB, after 1.5 s, in issue 17).
+//!
+//! The common case, one op submitted alone and finished within a pass, takes
+//! one locked instruction here outside FlagCX: the pass's credit return
+//! (`release_room`; its region release and the counters are plain stores).
+//! The group and the transfer slot keep the
+//! connection reference of the call before and clone it only when the peer's
+//! connection changed, and transfers are finished in place (no moves between
+//! lists).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::clock::CoarseTime;
+use crate::error::{fail, Result, Status};
+use crate::failure_log::FailureLog;
+use crate::group::Groups;
+use crate::op::Op;
+use crate::peers::connector::{ConnectResult, Connection};
+use crate::peers::state::{OpMark, PeerTable};
+use crate::transport_state::TransportState;
+
+mod complete;
+mod drain;
+mod inflight;
+
+use inflight::InFlight;
+
+/// How often ops waiting for a connection are checked against deadlines.
+const WAIT_SCAN_PERIOD: Duration = Duration::from_millis(1);
+/// How long the thread keeps polling in-flight transfers without sleeping
+/// (as a NIC's progress engine does): a transfer's end is noticed at once,
+/// and a thread that never leaves its core is not queued behind a busy one
+/// when it would be woken (on a VM whose scheduler packs woken threads onto
+/// busy vCPUs that cost milliseconds). Longer transfers are polled between
+/// naps (see `sleep`).
+const INFLIGHT_SPIN: Duration = Duration::from_millis(1);
+/// Longest sleep while transfers are in flight but not finishing.
+const MAX_INFLIGHT_NAP: Duration = Duration::from_millis(1);
+/// Shortest of those sleeps (shorter ones cost more in the wake-up than
+/// they save).
+const MIN_INFLIGHT_NAP: Duration = Duration::from_micros(2);
+
+/// Where an op lives from the moment it leaves the queue until its
+/// completion.
+struct Slot {
+    op: Option<Op>,
+    /// What the peer rules record of it (see `peers::state::OpMark`).
+    mark: OpMark,
+    /// When it started waiting for a connection (for `connect_timeout`;
+    /// its deadline is the op's own, `Op::deadline`).
+    waiting_since: Instant,
+}
+
+/// The progress thread's state. Owned by that thread alone (no field is
+/// shared except through `shared`); the invariants below hold between passes.
+pub(crate) struct Progress {
+    /// The transport's shared state; read here, written only through its own
+    /// synchronized methods (queue pops, registry releases, counters).
+    shared: Arc<TransportState>,
+    /// Failed ops in the log: grouped and counted, not a line each.
+    failures: FailureLog,
+    /// Every op taken from the queue and not yet completed, by slot index.
+    /// A slot holds an op (`Some`) exactly while its index is in one place:
+    /// a group, a peer's waiting list, an in-flight call's members, or
+    /// `scratch` during a step. Never shrinks.
+    slots: Vec<Slot>,
+    /// Indices of the empty slots (`op` is `None`); disjoint from every
+    /// index held elsewhere. `complete` pushes, `take_slot` pops.
+    free: Vec<u32>,
+    /// Per-peer connection state, the ops waiting for a connection, and the
+    /// rules for them.
+    peers: PeerTable,
+    /// This pass's ops of connected peers, by (peer, opcode); empty between
+    /// passes (`flush_groups` turns every group into FlagCX calls).
+    groups: Groups<Arc<Connection>>,
+    /// FlagCX vector calls in flight, the one being built, timed-out ids.
+    inflight: InFlight,
+    /// Reused buffer for ops being moved between lists (connect results,
+    /// expiry); empty between uses.
+    scratch: Vec<u32>,
+    /// Reused buffer for connector results; empty between passes.
+    results: Vec<ConnectResult>,
+    /// Earliest time the next expiry scan of waiting ops may run
+    /// (`WAIT_SCAN_PERIOD` apart).
+    next_wait_scan: Instant,
+    /// This pass's clock reading, taken on first use (see `now`); `None` at
+    /// the start of every pass.
+    clock: Option<Instant>,
+    /// This pass's coarse clock reading for deadlines, taken on first use
+    /// (see `coarse_now`); `None` at the start of every pass.
+    coarse: Option<CoarseTime>,
+    /// Placeholder time for fields not yet stamped (never compared as a
+    /// deadline: `waiting_since` is stamped before it is read).
+    epoch: Instant,
+}
+
+impl Progress {
+    /// `MCFX_E_INTERNAL` when the first op slots (sized by the caller's
+    /// `queue_capacity` and `max_batch`, at most `max_in_flight`), the
+    /// scratch lists or the call records cannot be allocated. More slots are
+    /// added, fallibly, as ops need them (`new_slot`), up to
+    /// `max_in_flight`.
+    pub(crate) fn new(shared: Arc<TransportState>) -> Result<Progress> {
+        let config = &shared.config;
+        let cap = (config.queue_capacity + config.max_batch).min(config.max_in_flight);
+        let now = Instant::now();
+        let (mut slots, mut free, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
+        if slots.try_reserve_exact(cap).is_err()
+            || free.try_reserve_exact(cap).is_err()
+            || scratch.try_reserve_exact(config.max_batch).is_err()
+        {
+            return fail(
+                Status::MCFX_E_INTERNAL,
+                crate::error::message(format_args!("no memory for {cap} op slots")),
+            );
+        }
+        let Some(inflight) = InFlight::new(config.max_in_flight) else {
+            return fail(Status::MCFX_E_INTERNAL, "no memory for the FlagCX call records");
+        };
+        Ok(Progress {
+            slots,
+            free,
+            peers: PeerTable::new(shared.deadline_after_ns),
+            groups: Groups::default(),
+            inflight,
+            scratch,
+            results: Vec::new(),
+            next_wait_scan: now,
+            clock: None,
+            coarse: None,
+            epoch: now,
+            shared,
+            failures: FailureLog::default(),
+        })
+    }
+
+    /// The thread body; returns after shutdown, once every op completed.
+    pub(crate) fn run(mut self) {
+        self.shared.queue.wake().bind_current();
+        let mut idle_since: Option<Instant> = None;
+        let mut idle_spins = 0u32;
+        while !self.shared.queue.is_closed() {
+            if self.pass() {
+                idle_since = None;
+                idle_spins = 0;
+                continue;
+            }
+            // Idle: look at the clock only every 64 spins, keeping the
+            // empty loop (and so the time to notice new work) short.
+            idle_spins = idle_spins.wrapping_add(1);
+            if idle_spins % 64 != 0 {
+                // The first spins skip the pause hint (tens of cycles each):
+                // in a request/response rhythm the next op usually arrives
+                // within a microsecond.
+                if idle_spins > 1024 {
+                    std::hint::spin_loop();
+                }
+                continue;
+            }
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            let idle = since.elapsed();
+            if idle < self.shared.config.spin_grace
+                || (!self.inflight.is_empty() && idle < INFLIGHT_SPIN)
+            {
+                continue;
+            }
+            self.sleep(idle);
+        }
+        self.shut_down();
+    }
+
+    /// The time, read at most once per pass and only when something needs
+    /// it (a deadline, a wait): the common op, submitted and finished within
+    /// one pass, costs no clock read.
+    fn now(&mut self) -> Instant {
+        *self.clock.get_or_insert_with(Instant::now)
+    }
+
+    /// The coarse time deadlines are compared with (the clock submit stamps
+    /// them on), read at most once per pass and only when a deadline is
+    /// checked.
+    fn coarse_now(&mut self) -> CoarseTime {
+        *self.coarse.get_or_insert_with(CoarseTime::now)
+    }
+
+    /// One pass; true when anything moved.
+    fn pass(&mut self) -> bool {
+        (self.clock, self.coarse) = (None, None);
+        // Each step is skipped when it has nothing to do: an idle pass is a
+        // handful of loads, so new work is noticed within nanoseconds.
+        let popped = self.drain_queue();
+        let mut moved = popped;
+        if self.shared.connects.has_results() {
+            moved |= self.apply_connects();
+        }
+        if !self.groups.is_empty() {
+            self.flush_groups();
+        }
+        if !self.inflight.is_empty() {
+            moved |= self.poll_inflight();
+            // Ops resubmitted after a failed transfer (`judge_failed`).
+            if !self.groups.is_empty() {
+                self.flush_groups();
+            }
+        }
+        if self.peers.waiting() > 0 && self.now() >= self.next_wait_scan {
+            self.expire_waiting();
+            self.next_wait_scan = self.now() + WAIT_SCAN_PERIOD;
+        }
+        if self.inflight.has_zombies() {
+            self.inflight.poll_zombies();
+        }
+        // The credits of this pass's completions go back, and submitters
+        // waiting for room are woken if any was freed.
+        self.shared.queue.release_room(popped);
+        moved
+    }
+
+    /// Past the spin grace: park until woken, or nap while something is
+    /// outstanding (in-flight transfers, ops waiting for connections).
+    ///
+    /// While transfers are in flight, a nap is a sixteenth of how long
+    /// nothing has moved (`idle`), between `MIN_INFLIGHT_NAP` and
+    /// `MAX_INFLIGHT_NAP`: a transfer that finishes is noticed at most about
+    /// 6 % of its wait late (a long transfer on a busy link keeps its
+    /// bandwidth), while a long wait costs a wake-up per nap instead of a
+    /// spinning core.
+    fn sleep(&mut self, idle: Duration) {
+        let timeout = if !self.inflight.is_empty() {
+            Some((idle / 16).clamp(MIN_INFLIGHT_NAP, MAX_INFLIGHT_NAP))
+        } else if self.peers.waiting() > 0 {
+            Some(WAIT_SCAN_PERIOD)
+        } else if self.inflight.has_zombies() {
+            Some(Duration::from_millis(10))
+        } else {
+            None
+        };
+        // Failures still counted get their summary when it is due, not at
+        // the next op (which may never come).
+        let now = CoarseTime::now().ns();
+        self.failures.flush(now);
+        let timeout = match self.failures.next_due() {
+            Some(due) => {
+                let until = Duration::from_nanos(due.saturating_sub(now));
+                Some(timeout.map_or(until, |t| t.min(until)))
+            }
+            None => timeout,
+        };
+        let shared = &self.shared;
+        let has_work = || {
+            !shared.queue.is_empty() || shared.connects.has_results() || shared.queue.is_closed()
+        };
+        shared.queue.wake().park(has_work, timeout, shared.config.pin_asleep);
+    }
+
+    /// The op in live slot `idx`.
+    fn op(&self, idx: u32) -> &Op {
+        self.slots[idx as usize].op.as_ref().expect("live slot")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+    use crate::op::Opcode;
+    use crate::peers::connector::{parse_endpoint, ConnectKind};
+
+    /// A connect result for a peer the table no longer has (or never had),
+    /// and every other path, must put the scratch vector back: otherwise
+    /// the next pass allocates again.
+    #[test]
+    fn apply_connect_puts_its_scratch_vector_back_on_every_path() {
+        let shared = crate::transport_state::test_state(crate::Config::default());
+        let (host, port) = parse_endpoint(shared.endpoint_for_test()).unwrap();
+        let mut p = Progress::new(Arc::clone(&shared)).unwrap();
+        let failed = || Err(Error::new(Status::MCFX_E_CONNECT, "refused"));
+        let connected =
+            || Ok(Connection::for_test(shared.engine.engine.connect(&host, 0, port).unwrap()));
+        for (peer, kind, outcome) in [
+            (99, ConnectKind::First, connected()),
+            (99, ConnectKind::Refresh, connected()),
+            (99, ConnectKind::First, failed()),
+            (99, ConnectKind::Refresh, failed()),
+        ] {
+            p.scratch = Vec::with_capacity(64);
+            let ok = outcome.is_ok();
+            p.apply_connect(ConnectResult { peer, kind, outcome });
+            assert!(p.scratch.capacity() >= 64, "{kind:?} ok={ok}: scratch not put back");
+        }
+        // And for a known peer.
+        p.peers.know(7, &shared.connects);
+        p.scratch = Vec::with_capacity(64);
+        p.apply_connect(ConnectResult { peer: 7, kind: ConnectKind::First, outcome: connected() });
+        assert!(p.scratch.capacity() >= 64);
+    }
+
+    /// Spare transfers and groups keep their connection for reuse; once a
+    /// refresh replaced it, none may keep the old one alive.
+    #[test]
+    fn a_refresh_leaves_no_spare_holding_the_replaced_connection() {
+        let shared = crate::transport_state::test_state(crate::Config::default());
+        let (host, port) = parse_endpoint(shared.endpoint_for_test()).unwrap();
+        let mut p = Progress::new(Arc::clone(&shared)).unwrap();
+        let connected =
+            || Ok(Connection::for_test(shared.engine.engine.connect(&host, 0, port).unwrap()));
+        p.peers.know(7, &shared.connects);
+        p.apply_connect(ConnectResult { peer: 7, kind: ConnectKind::First, outcome: connected() });
+        let old = Arc::clone(p.peers.ready(7).unwrap());
+        let weak = Arc::downgrade(&old);
+        // A spare transfer and a spare group that last served `old`.
+        p.inflight.add_spare_for_test(Arc::clone(&old));
+        let g = p.groups.add(7, Opcode::Write, &old, 0);
+        let (_, _, conn, members) = p.groups.take(g);
+        p.groups.restore(g, conn, members);
+        p.groups.clear();
+        drop(old);
+        p.peers.refresh(7, &shared.connects);
+        p.apply_connect(ConnectResult {
+            peer: 7,
+            kind: ConnectKind::Refresh,
+            outcome: connected(),
+        });
+        assert!(weak.upgrade().is_none(), "the replaced connection is still referenced");
+        assert!(p.peers.ready(7).is_some(), "the new connection is the peer's");
+    }
+}
