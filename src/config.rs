@@ -4,6 +4,10 @@
 //! field (in `ffi::config`); the rule that a zero in a numeric C field means
 //! "the default below" (every field but `submit_wait_us`, whose default is
 //! zero) is [`or_default`], here.
+//!
+//! Invariant: a [`Config`] that passed [`Config::validate`] (every
+//! transport's does) has each field within its maximum, so what the config
+//! sizes (queue, slots, threads) is bounded.
 
 use std::time::Duration;
 

@@ -1,5 +1,17 @@
 //! The transport: holds the process's FlagCX engine, owns the registry, the
 //! queue and the threads, and is what every C entry point forwards to.
+//!
+//! Owns the handle's side of the transport: create (the engine hold, the
+//! shared `TransportState`, the progress and connector threads), register
+//! and unregister, submit (the caller's hot path: check, hold, push), stats
+//! and shutdown.
+//!
+//! Invariants: an op is pushed only after its region hold and its
+//! `max_in_flight` credit were taken, and is counted submitted before it is
+//! published; every op a submit accepted gets exactly one completion, and
+//! `shutdown` returns only after the progress thread completed them all and
+//! was joined (no callback runs after it); a failed create tears down what
+//! it started.
 
 use std::sync::Arc;
 use std::thread::{JoinHandle, ThreadId};

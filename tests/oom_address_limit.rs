@@ -192,12 +192,12 @@ fn a_connector_thread_survives_failing_allocations_at_every_step() {
 /// and writes to new peers while the limit shrinks), and the heap exhausted
 /// down to each budget. Ignored until the sites outside the connector path
 /// are fixed: the first allocation of create (src/ffi/config.rs), of a new
-/// peer's op on the progress thread (src/progress.rs), of the resolver's
+/// peer's op on the progress thread (src/progress/), of the resolver's
 /// answer (src/ffi/config.rs), of register (src/registry.rs) and of a batch
-/// of ops (src/progress.rs) still abort. Run it with `--ignored`;
+/// of ops (src/progress/) still abort. Run it with `--ignored`;
 /// `scripts/oom_backtrace.sh` shows each site.
 #[test]
-#[ignore = "aborts in src/ffi, src/progress.rs and src/registry.rs until their allocation fixes land"]
+#[ignore = "aborts in src/ffi, src/progress/ and src/registry.rs until their allocation fixes land"]
 fn every_caller_path_under_an_exhausted_heap_never_aborts_the_host() {
     if let Some((s, budget)) = child_role() {
         return child(s, budget);

@@ -3,7 +3,7 @@
 //! transfer (the peer's deregistration revoked the key this side learned
 //! at connect time, see flagcx-sys/provider/src/keys.cpp) and the transport
 //! judges the failure against a connection made after the op was submitted
-//! (`judge_failed` in src/progress.rs): the range is gone there, so
+//! (`judge_failed` in src/progress/inflight.rs): the range is gone there, so
 //! `MCFX_E_REMOTE_RANGE`, which later ops get from their own lookup on
 //! their refresh. A region the peer registered again (a new key) is reached
 //! by the first op after: its failed transfer is resubmitted once on that
