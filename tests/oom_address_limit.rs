@@ -94,6 +94,10 @@ const HEAP_BUDGETS: &[usize] = &[
 ];
 /// Address-space budgets: around a thread's stack (2 MiB) and its start-up
 /// (signal stack, TLS), for one thread up to a whole transport's.
+/// Address space every thread of a default create (5) has room to start
+/// in: below it, the create test's budgets race glibc's thread start-up.
+const CREATE_ROOM: usize = 16 * MIB;
+
 const AS_BUDGETS: &[usize] = &[
     0,
     16 * KIB,
@@ -171,8 +175,13 @@ fn create_under_an_address_space_limit_never_aborts_the_host() {
         .collect();
     // Below about 132 KiB (what malloc asks the system for at once) the heap
     // cannot grow at all and create's first allocation, in src/ffi, aborts
-    // (see the ignored test below).
-    let heap_grows = AS_BUDGETS.iter().filter(|&&b| b >= 256 * KIB);
+    // (see the ignored test below). Up to the room a create's threads need
+    // (each: its stack, 2 MiB, and 1 MiB for start-up), a new thread can
+    // still lose the race between the room check and its own start-up
+    // (glibc aborts when it cannot register a thread-local destructor): seen
+    // once in a CI run at 3 MiB, so those budgets are in the ignored test
+    // too.
+    let heap_grows = AS_BUDGETS.iter().filter(|&&b| b >= CREATE_ROOM);
     runs.extend(heap_grows.map(|b| (format!("squeeze-create-as@{b}"), true)));
     run_children(CREATE_TEST, &runs);
 }
@@ -207,7 +216,7 @@ fn every_caller_path_under_an_exhausted_heap_never_aborts_the_host() {
         .filter(|s| matches!(s.kind, Kind::Sweep { full: true, .. }))
         .map(|s| (s.name.to_owned(), false))
         .collect();
-    let small = AS_BUDGETS.iter().filter(|&&b| b < 256 * KIB);
+    let small = AS_BUDGETS.iter().filter(|&&b| b < CREATE_ROOM);
     runs.extend(small.map(|b| (format!("squeeze-create-as@{b}"), true)));
     for name in ["squeeze-create-heap", "squeeze-connect", "squeeze-register", "squeeze-submit"] {
         runs.extend(HEAP_BUDGETS.iter().map(|b| (format!("{name}@{b}"), true)));
