@@ -142,8 +142,17 @@ fn child_destroy_in_callbacks() {
     // The handle is still live and works.
     let mut s =
         mcfx_stats { struct_size: std::mem::size_of::<mcfx_stats>() as u32, ..Default::default() };
-    // SAFETY: live handle.
-    assert_eq!(unsafe { mcfx_get_stats(t, &mut s) }, OK);
+    // `callback_panics` is counted once the panic was caught, after the
+    // callback (which the loop above saw run) returned: wait for it.
+    let until = Instant::now() + LIMIT;
+    loop {
+        // SAFETY: live handle.
+        assert_eq!(unsafe { mcfx_get_stats(t, &mut s) }, OK);
+        if s.callback_panics == 1 || Instant::now() >= until {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
     assert_eq!((s.failed, s.callback_panics), (2, 1));
     // SAFETY: live handle, destroyed once.
     assert_eq!(unsafe { mcfx_destroy(t) }, OK);
