@@ -24,7 +24,7 @@ import sys
 from collections import defaultdict
 
 import scaling_report
-from common import cpu_model, machine, summary, write_report
+from common import cpu_model, fmt_ns, fmt_rate, machine, summary, write_report
 
 IMPLS = ["cpp", "rust", "raw"]
 COPY_SCENARIOS = ["single_64b", "single_4k", "single_64k", "single_1m", "single_4k_wire2us",
@@ -70,18 +70,6 @@ def per_round_ratio(rows, scen, metric, num="rust", den="cpp"):
     a = {r["round"]: r.get(metric) for r in rows.get((scen, num), [])}
     b = {r["round"]: r.get(metric) for r in rows.get((scen, den), [])}
     return [a[k] / b[k] for k in a if k in b and a[k] and b[k]]
-
-
-def fmt_ns(ns):
-    if ns is None:
-        return "-"
-    return f"{ns / 1000:.1f}us" if ns >= 1000 else f"{ns:.0f}ns"
-
-
-def fmt_rate(x):
-    if x is None:
-        return "-"
-    return f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.1f}k" if x >= 1e3 else f"{x:.1f}"
 
 
 def fmt_ratio(s):

@@ -41,3 +41,17 @@ def write_report(directory, report):
     with open(path, "w") as f:
         json.dump(report, f, indent=1)
     return path
+
+
+def fmt_ns(ns):
+    """Nanoseconds for a table cell ("-" when missing)."""
+    if ns is None:
+        return "-"
+    return f"{ns / 1000:.1f}us" if ns >= 1000 else f"{ns:.0f}ns"
+
+
+def fmt_rate(x):
+    """A rate for a table cell, in k or M ("-" when missing)."""
+    if x is None:
+        return "-"
+    return f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.1f}k" if x >= 1e3 else f"{x:.1f}"

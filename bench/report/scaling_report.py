@@ -27,7 +27,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-from common import machine
+from common import fmt_ns, fmt_rate, machine
 
 IMPLS = ["cpp", "rust", "raw"]
 DIMS = ["regions", "peers", "threads"]
@@ -163,18 +163,6 @@ def print_targets(ts):
     for t in ts:
         status = {True: "PASS", False: "FAIL", None: "n/a "}[t["pass"]]
         print(f"  {status}  {t['target']:<66} {t['value']}")
-
-
-def fmt_ns(ns):
-    if ns is None:
-        return "-"
-    return f"{ns / 1000:.1f}us" if ns >= 1000 else f"{ns:.0f}ns"
-
-
-def fmt_rate(x):
-    if x is None:
-        return "-"
-    return f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.1f}k" if x >= 1e3 else f"{x:.1f}"
 
 
 def fmt_bytes(b):
