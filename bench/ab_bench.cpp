@@ -83,6 +83,16 @@ uint64_t now_ns() {
 
 inline void cpu_relax() { __builtin_ia32_pause(); }
 
+// One turn of a caller that polls for its completions, as Mooncake's
+// callers do through its getTransferStatus, which lets the transport run a
+// progress pass on the polling thread (mcfx_progress: the Rust transport
+// runs one unless its thread is running one; the C++ design has none and
+// returns at once).
+inline void poll_turn(mcfx_transport *t) {
+  mcfx_progress(t, nullptr);
+  cpu_relax();
+}
+
 // How a waiting caller waits: spin for up to 2 ms (every op but the 256 MiB
 // ones finishes in that time), then nap. A long op's bytes are then not
 // copied next to a sibling vCPU that spins for its whole duration (on this
@@ -731,7 +741,7 @@ Result run_transport(const Workload &w, const std::string &peer_bin) {
           sent += accepted;
           idle = 0;
         } else if (w.spin_wait) {
-          cpu_relax();
+          poll_turn(init.t);
         } else {
           wait_a_little(&idle);
         }
@@ -1146,7 +1156,11 @@ Result run_requests(const Shape &sh) {
         if (s == MCFX_OK) break;
         if (s == MCFX_E_QUEUE_FULL && now_ns() - t0 < kRequestGiveUpNs) {
           ++st.queue_full;
-          std::this_thread::sleep_for(std::chrono::microseconds(10));
+          // Make room where the transport lets the caller (as the adapter
+          // does), else wait a little for it.
+          uint64_t completed = 0;
+          mcfx_progress(init.t, &completed);
+          if (completed == 0) std::this_thread::sleep_for(std::chrono::microseconds(10));
           continue;
         }
         ++st.submit_errors;
@@ -1157,7 +1171,7 @@ Result run_requests(const Shape &sh) {
       bool gave_up = false;
       uint32_t spins = 0;
       while (cl.done.load(std::memory_order_acquire) < expected) {
-        cpu_relax();
+        poll_turn(init.t);
         if ((++spins & 4095) == 0 && now_ns() - t0 > kRequestGiveUpNs) {
           gave_up = true;
           break;

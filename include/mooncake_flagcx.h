@@ -37,8 +37,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-// Default `mcfx_config.queue_capacity` (submission queue slots).
-#define MCFX_DEFAULT_QUEUE_CAPACITY 4096
+// Default `mcfx_config.queue_capacity` (submission queue slots): a burst
+// of 10 threads x 2 048 ops (a vLLM-shaped one) fits, for about 2.9 MB of
+// ring per transport.
+#define MCFX_DEFAULT_QUEUE_CAPACITY 32768
 
 // Largest `mcfx_config.queue_capacity`.
 #define MCFX_MAX_QUEUE_CAPACITY (1 << 20)
@@ -129,10 +131,11 @@
 #define MCFX_FLAG_NO_SERVE 1
 
 // `mcfx_config.flags`: let the idle progress thread sleep with its own CPU
-// affinity. By default it is pinned to the CPU it sleeps on until it wakes,
-// so a wake-up finds it there instead of queued behind the waker (which
-// some VM schedulers do; see docs/design.md, "Wake-up"). Set this where the
-// CPU it slept on may be busy with other work when it is woken.
+// affinity. By default, while its CPUs are not contended, it is pinned to
+// the CPU it sleeps on until it wakes, so a wake-up finds it there instead
+// of queued behind the waker (which some VM schedulers do; see
+// docs/design.md, "Idle policy"); once it sees itself preempted it sleeps
+// unpinned for a while anyway. This flag never pins.
 #define MCFX_FLAG_NO_PIN_ASLEEP 2
 
 // `mcfx_capabilities` bit: the loaded FlagCX tells a failed transfer apart
@@ -257,7 +260,8 @@ typedef int32_t mcfx_log_level;
 typedef struct mcfx_transport mcfx_transport;
 
 // Completion callback: `status` is `MCFX_OK` or the op's error. Runs on the
-// transport's progress thread; keep it short and never block in it. It must
+// transport's progress thread, or on a thread inside `mcfx_progress` (one
+// thread at a time either way); keep it short and never block in it. It must
 // not unwind into the library: a Rust callback may panic (the panic is
 // caught, counted and the thread continues), a C++ callback must not throw.
 typedef void (*mcfx_complete_fn)(void *ctx, uint64_t user_data, mcfx_status status);
@@ -317,8 +321,10 @@ typedef struct mcfx_config {
   // `MCFX_DEFAULT_CONNECT_TIMEOUT_MS`, at most `MCFX_MAX_CONNECT_TIMEOUT_MS`).
   uint32_t connect_timeout_ms;
   // Microseconds the idle progress thread spins before parking
-  // (default `MCFX_DEFAULT_SPIN_GRACE_US`, at most `MCFX_MAX_SPIN_GRACE_US`).
-  // Waking a parked thread costs tens of
+  // (default `MCFX_DEFAULT_SPIN_GRACE_US`, at most `MCFX_MAX_SPIN_GRACE_US`),
+  // while it keeps its CPU: once it sees itself preempted (busy CPUs, a
+  // CPU quota) or host threads driving progress, it spins only a few
+  // microseconds for a while. Waking a parked thread costs tens of
   // microseconds on many VMs; spinning costs a core while it lasts.
   uint32_t spin_grace_us;
   // Ops taken from the queue per progress pass (default
@@ -473,6 +479,8 @@ typedef struct mcfx_api_v1 {
   // Appended (the table's `struct_size` covers it in libraries that have
   // it: check before calling).
   uint64_t (*capabilities)(void);
+  // `mcfx_progress`. Appended after `capabilities`: check `struct_size`.
+  mcfx_status (*progress)(struct mcfx_transport *transport, uint64_t *completed);
 } mcfx_api_v1;
 
 
@@ -687,6 +695,27 @@ mcfx_status mcfx_submit(struct mcfx_transport *transport,
                         size_t count,
                         size_t *accepted);
 
+// Runs one progress pass on the calling thread, unless another thread is
+// running one (then it returns at once): queued ops are handed to FlagCX,
+// transfers in flight are polled, and ops that finished complete, their
+// callbacks running on this thread before the call returns. Stores in
+// `*completed` (when not NULL) how many ops it completed.
+//
+// For a thread that waits for its completions anyway (a loop that polls
+// for them): calling this in that loop turns the wait into the work, so
+// the ops do not wait for the progress thread to get a CPU beside busy
+// threads. Never needed: the progress thread completes every op on its
+// own. Cheap when there is nothing to do (a few loads), and safe from any
+// number of threads at once (one runs the pass, the others return).
+//
+// From a completion callback (on any thread) it returns `MCFX_OK` and
+// runs nothing for a transport whose pass is running on that thread.
+// `MCFX_E_SHUTTING_DOWN` once destroy began. Thread-safe.
+//
+// # Safety
+// `transport` must be a live handle; `completed` NULL or writable.
+mcfx_status mcfx_progress(struct mcfx_transport *transport, uint64_t *completed);
+
 // Copies the counters into `*out`; set `out->struct_size` first (at least
 // 8). Only whole fields are written: a field that `struct_size` ends inside
 // is not, and `struct_size` is set to the bytes written. Thread-safe.
@@ -700,8 +729,8 @@ mcfx_status mcfx_get_stats(const struct mcfx_transport *transport, struct mcfx_s
 // version) and that `struct_size` covers the entries you call: the table
 // only grows at the end, so a library older than your header may end
 // before its newest entries (`offsetof(mcfx_api_v1, capabilities)`, 112 on
-// LP64, is the size of the first v1 table; call `capabilities` only when
-// `struct_size` covers it).
+// LP64, is the size of the first v1 table, 120 the size with
+// `capabilities`; call an entry only when `struct_size` covers it).
 // Static; never NULL; thread-safe.
 const struct mcfx_api_v1 *mcfx_get_api_v1(void);
 

@@ -62,8 +62,10 @@ pub struct Config {
 // a maximum is MCFX_E_BAD_CONFIG: the maxima keep every allocation and every
 // wait the caller sizes bounded.
 
-/// Default `mcfx_config.queue_capacity` (submission queue slots).
-pub const MCFX_DEFAULT_QUEUE_CAPACITY: u32 = 4096;
+/// Default `mcfx_config.queue_capacity` (submission queue slots): a burst
+/// of 10 threads x 2 048 ops (a vLLM-shaped one) fits, for about 2.9 MB of
+/// ring per transport.
+pub const MCFX_DEFAULT_QUEUE_CAPACITY: u32 = 32768;
 /// Largest `mcfx_config.queue_capacity`.
 pub const MCFX_MAX_QUEUE_CAPACITY: u32 = 1 << 20;
 /// Default `mcfx_config.submit_wait_us` (0: a full queue fails at once).

@@ -52,9 +52,9 @@ mod lp64 {
         canceled 40, bytes 48, queue_full 56, wakeups 64, connects 72, connect_failures 80,
         reconnects 88, flagcx_transfers 96, callback_panics 104, in_flight 112);
 
-    pin!(mcfx_api_v1, 120;
+    pin!(mcfx_api_v1, 128;
         abi_version 0, struct_size 4, impl_name 8, strerror 16, last_error 24,
         config_init 32, create 40, destroy 48, local_endpoint 56, register_memory 64,
         unregister_memory 72, register_batch 80, unregister_batch 88, submit 96,
-        get_stats 104, capabilities 112);
+        get_stats 104, capabilities 112, progress 120);
 }

@@ -26,7 +26,7 @@ use crate::gate::Admission;
 use crate::op::{Op, OpRequest, OpSource};
 use crate::peers::connector::{run_connector, run_standby, Connects, STANDBY_NAME};
 use crate::process_engine::EngineRef;
-use crate::progress::Progress;
+use crate::progress::{Driver, Progress};
 use crate::queue::{Limit, SubmitQueue};
 use crate::registry::{not_registered, RegionRef, Registry, View};
 use crate::slots::{self, Slot};
@@ -55,6 +55,8 @@ pub struct Transport {
     /// run on (apart from `threads`, so reading them never waits for a
     /// shutdown in progress).
     thread_ids: Mutex<Vec<ThreadId>>,
+    /// Runs passes: the progress thread, and callers of `progress`.
+    driver: Arc<Driver>,
 }
 
 #[derive(Default)]
@@ -98,16 +100,17 @@ impl Transport {
             deadline_after_ns: deadline_after_ns(config.op_timeout),
             config,
         });
+        let driver = Arc::new(Driver::new(Progress::new(Arc::clone(&shared))?));
         let transport = Transport {
             shared: Arc::clone(&shared),
             threads: Mutex::new(Threads::default()),
             thread_ids: Mutex::new(Vec::new()),
+            driver: Arc::clone(&driver),
         };
-        let progress = Progress::new(Arc::clone(&shared))?;
         let id = shared.slot.0.id.load(std::sync::atomic::Ordering::Relaxed);
         let h = spawn("mcfx-progress", move || {
             crate::wait_graph::set_owner(id);
-            progress.run()
+            driver.run()
         })?;
         transport.thread_ids.lock().push(h.thread().id());
         transport.threads.lock().progress = Some(h);
@@ -168,11 +171,27 @@ impl Transport {
         self.shared.slot.0
     }
 
-    /// Whether the calling thread is one of this transport's own (so the
-    /// caller is inside one of its callbacks).
+    /// Whether the calling thread is one of this transport's own, or runs
+    /// one of its passes (so the caller is inside one of its callbacks).
     pub fn on_own_thread(&self) -> bool {
+        if self.shared.queue.wake().is_driven_here() {
+            return true;
+        }
         let me = std::thread::current().id();
         self.thread_ids.lock().contains(&me) || self.shared.connects.on_own_thread()
+    }
+
+    /// Runs one progress pass on the calling thread unless another thread
+    /// is running one: queued ops go to FlagCX, in-flight transfers are
+    /// polled, and finished ops complete here (their callbacks run on this
+    /// thread before it returns). Returns how many ops it completed (0 when
+    /// another thread was running a pass). For a thread that waits for its
+    /// completions anyway: see `progress::driver`.
+    pub fn progress(&self) -> Result<u64> {
+        if self.shared.queue.is_closing() {
+            return fail(Status::MCFX_E_SHUTTING_DOWN, "progress: transport is shutting down");
+        }
+        Ok(self.driver.drive())
     }
 
     /// Registers local memory for transfers.

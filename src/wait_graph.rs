@@ -32,6 +32,21 @@ pub(crate) fn set_owner(id: u64) {
     OWNER.with(|o| o.set(id));
 }
 
+/// Marks the calling thread as transport `id`'s until the guard drops (a
+/// host thread running a pass of `id` in `mcfx_progress`, whose callbacks
+/// are then `id`'s); the previous mark comes back on drop.
+pub(crate) fn owner_for_now(id: u64) -> OwnerForNow {
+    OwnerForNow(OWNER.with(|o| o.replace(id)))
+}
+
+pub(crate) struct OwnerForNow(u64);
+
+impl Drop for OwnerForNow {
+    fn drop(&mut self) {
+        OWNER.with(|o| o.set(self.0));
+    }
+}
+
 /// An edge in the graph for as long as it lives.
 pub(crate) struct Waiting(Option<(u64, u64)>);
 

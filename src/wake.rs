@@ -9,6 +9,11 @@
 //! - consumer: store `PARKED`; `fence(SeqCst)`; re-check for work; sleep
 //!   until `state` is no longer `PARKED`.
 //!
+//! A timed nap announces `NAPPING` instead of `PARKED`: producers of new
+//! work wake either (`notify`); work that only needs a look before the
+//! thread sleeps for good (what a caller's pass left in flight) wakes only
+//! `PARKED` (`notify_parked`), so a napping thread is not woken per pass.
+//!
 //! The two fences order each side's write before its read, so either the
 //! producer sees `PARKED` (and unparks) or the consumer sees the work (and
 //! does not sleep). `Thread::unpark` keeps a token, so an unpark that lands
@@ -29,6 +34,24 @@ use crate::sync::{
 
 const AWAKE: u32 = 0;
 const PARKED: u32 = 1;
+const NAPPING: u32 = 2;
+
+std::thread_local! {
+    /// The [`Wake`] (its address) of the transport whose pass this thread
+    /// is running in its progress thread's place; 0 when none.
+    static DRIVING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// While alive, the calling thread runs a pass in a consumer's place; what
+/// it marked before comes back on drop (a callback may drive another
+/// transport).
+pub struct DrivingHere(usize);
+
+impl Drop for DrivingHere {
+    fn drop(&mut self) {
+        DRIVING.with(|d| d.set(self.0));
+    }
+}
 
 pub struct Wake {
     state: AtomicU32,
@@ -52,9 +75,24 @@ impl Wake {
         precise_naps();
     }
 
-    /// True on the consumer thread (e.g. inside a completion callback).
+    /// True on the consumer thread, and on a thread running a pass for it
+    /// (`mcfx_progress`): e.g. inside a completion callback, where waiting
+    /// for the consumer to free room would wait for the caller itself.
     pub fn is_consumer(&self) -> bool {
-        self.consumer.get().is_some_and(|t| t.id() == thread::current().id())
+        self.is_driven_here()
+            || self.consumer.get().is_some_and(|t| t.id() == thread::current().id())
+    }
+
+    /// True while the calling thread runs a pass in the consumer's place
+    /// (inside [`Wake::drive_here`]'s guard).
+    pub fn is_driven_here(&self) -> bool {
+        DRIVING.with(|d| d.get() == self as *const Wake as usize)
+    }
+
+    /// Marks the calling thread as running a pass in the consumer's place
+    /// until the guard drops (a caller's `mcfx_progress`).
+    pub fn drive_here(&self) -> DrivingHere {
+        DrivingHere(DRIVING.with(|d| d.replace(self as *const Wake as usize)))
     }
 
     /// Producer side, after publishing work. Returns true when it had to
@@ -62,13 +100,26 @@ impl Wake {
     ///
     /// Hot path: a fence and a load; no syscall unless the consumer sleeps.
     pub fn notify(&self) -> bool {
+        self.wake_from(NAPPING)
+    }
+
+    /// As [`Wake::notify`], but leaves a thread in a timed nap asleep: for
+    /// work it only has to look at before it sleeps for good.
+    pub fn notify_parked(&self) -> bool {
+        self.wake_from(PARKED)
+    }
+
+    /// Wakes the consumer if its state is `PARKED` or up to `upto`.
+    #[inline]
+    fn wake_from(&self, upto: u32) -> bool {
         fence(Ordering::SeqCst);
         // Relaxed: the fence above orders this load after the producer's
         // publication; the CAS below is what synchronizes.
-        if self.state.load(Ordering::Relaxed) != PARKED {
+        let state = self.state.load(Ordering::Relaxed);
+        if state == AWAKE || state > upto {
             return false;
         }
-        if self.state.compare_exchange(PARKED, AWAKE, Ordering::SeqCst, Ordering::Relaxed).is_ok() {
+        if self.state.compare_exchange(state, AWAKE, Ordering::SeqCst, Ordering::Relaxed).is_ok() {
             if let Some(t) = self.consumer.get() {
                 t.unpark();
             }
@@ -82,7 +133,8 @@ impl Wake {
     /// With `pin`, the thread sleeps pinned to its CPU (see
     /// `pin_while_asleep`).
     pub fn park(&self, has_work: impl Fn() -> bool, timeout: Option<Duration>, pin: bool) {
-        self.state.store(PARKED, Ordering::SeqCst);
+        let announced = if timeout.is_some() { NAPPING } else { PARKED };
+        self.state.store(announced, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         if has_work() {
             self.state.store(AWAKE, Ordering::SeqCst);

@@ -25,13 +25,14 @@ fn version_name_and_table_agree() {
     let api = unsafe { &*mcfx_get_api_v1() };
     assert_eq!(api.abi_version, 1, "the v1 table says 1 for ever");
     #[cfg(target_pointer_width = "64")]
-    assert_eq!(api.struct_size, 120, "14 entries after the two words");
+    assert_eq!(api.struct_size, 128, "15 entries after the two words");
     assert_eq!(api.submit as usize, mcfx_submit as *const () as usize);
     assert_eq!(api.create as usize, mcfx_create as *const () as usize);
     // SAFETY: static string.
     assert_eq!(unsafe { CStr::from_ptr((api.impl_name)()) }.to_str().unwrap(), "rust");
     // SAFETY: a plain function of the table.
     assert_eq!(unsafe { (api.capabilities)() }, mcfx_capabilities());
+    assert_eq!(api.progress as usize, mcfx_progress as *const () as usize);
 }
 
 /// The tests run on the software provider, which reports failed transfers:
@@ -159,7 +160,7 @@ fn config_init_writes_the_real_defaults_and_only_into_the_callers_struct() {
     assert!(c.on_complete.is_none() && c.resolve.is_none() && c.log.is_none());
     assert!(c.complete_ctx.is_null() && c.resolve_ctx.is_null() && c.log_ctx.is_null());
     // The documented defaults, as literals (README, header).
-    assert_eq!(c.queue_capacity, 4096);
+    assert_eq!(c.queue_capacity, 32768);
     assert_eq!(c.submit_wait_us, 0);
     assert_eq!(c.op_timeout_ms, 30_000);
     assert_eq!(c.connect_timeout_ms, 10_000);

@@ -39,6 +39,8 @@ fn call_everything(t: *mut mcfx_transport, mem: &AlignedBuf) -> Vec<mcfx_status>
         out.push(mcfx_register_batch(t, regions.as_ptr(), 1));
         out.push(mcfx_unregister_batch(t, [half].as_ptr(), 1));
         out.push(mcfx_unregister(t, addr));
+        let mut completed = 0;
+        out.push(mcfx_progress(t, &mut completed));
     }
     out
 }

@@ -82,3 +82,25 @@ fn a_consumer_that_rechecks_after_a_timed_nap_also_sees_the_work() {
         producer.join().unwrap();
     });
 }
+
+/// A caller's pass leaves work outstanding and wakes the consumer only if
+/// it sleeps for good (`notify_parked`); a consumer that naps first and
+/// then parks for good still sees the work (the driver's "no lost work").
+#[test]
+fn work_left_by_a_callers_pass_is_never_missed_by_a_napping_then_parking_consumer() {
+    loom::model(|| {
+        let (wake, work) = bound_wake();
+        let (w, k) = (Arc::clone(&wake), Arc::clone(&work));
+        let caller = loom::thread::spawn(move || {
+            k.fetch_add(1, Relaxed);
+            w.notify_parked();
+        });
+        // One timed nap (which the caller does not wake), then sleep for
+        // good until the work is seen.
+        if work.load(Relaxed) == 0 {
+            wake.park(|| work.load(Relaxed) > 0, Some(std::time::Duration::from_micros(1)), false);
+        }
+        consume(&wake, &work, 1);
+        caller.join().unwrap();
+    });
+}

@@ -399,6 +399,18 @@ uint64_t mcfx_capabilities(void) {
              : 0;
 }
 
+// The C++ design has no pass a caller could run: its callers already post
+// their own ops, and its completion thread completes them. So a caller's
+// progress call does nothing here (the A/B's polling loops call it for both
+// designs alike).
+mcfx_status mcfx_progress(struct mcfx_transport *transport, uint64_t *completed) {
+  if (completed != nullptr) *completed = 0;
+  return Guard("mcfx_progress", [&]() -> Result {
+    MCFX_TRY(InvalidIfNull(transport, "NULL transport"));
+    return {};
+  });
+}
+
 namespace {
 const mcfx_api_v1 kApiV1 = {
     1, // this table's version, not MCFX_ABI_VERSION: stays 1
@@ -417,6 +429,7 @@ const mcfx_api_v1 kApiV1 = {
     mcfx_submit,
     mcfx_get_stats,
     mcfx_capabilities,
+    mcfx_progress,
 };
 } // namespace
 

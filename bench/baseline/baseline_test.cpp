@@ -156,7 +156,7 @@ TEST(BaselineAbi, IdentifiesAsCppAndExportsTheV1Table) {
   EXPECT_EQ(cfg.abi_version, 1u);
   EXPECT_EQ(cfg.on_complete, nullptr);
   EXPECT_EQ(cfg.op_timeout_ms, 30000u); // the real defaults
-  EXPECT_EQ(cfg.queue_capacity, 4096u);
+  EXPECT_EQ(cfg.queue_capacity, uint32_t(MCFX_DEFAULT_QUEUE_CAPACITY));
   EXPECT_EQ(cfg.log_level, uint32_t(MCFX_LOG_WARN));
   EXPECT_EQ(cfg.log, nullptr);
   EXPECT_EQ(mcfx_destroy(nullptr), MCFX_OK);

@@ -241,7 +241,7 @@ TEST(AbiLinked, ConfigInitWritesTheDefaultsAndAnOlderConfigStillWorks) {
   mcfx_config_init(&c, sizeof c);
   EXPECT_EQ(c.struct_size, sizeof c);
   EXPECT_EQ(c.abi_version, uint32_t(MCFX_ABI_VERSION));
-  EXPECT_EQ(c.queue_capacity, 4096u);
+  EXPECT_EQ(c.queue_capacity, uint32_t(MCFX_DEFAULT_QUEUE_CAPACITY));
   EXPECT_EQ(c.op_timeout_ms, 30000u);
   EXPECT_EQ(c.connect_timeout_ms, 10000u);
   EXPECT_EQ(c.max_slice_bytes, uint64_t(1) << 30);

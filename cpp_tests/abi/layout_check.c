@@ -67,7 +67,7 @@ AT(mcfx_stats, flagcx_transfers, 96);
 AT(mcfx_stats, callback_panics, 104);
 AT(mcfx_stats, in_flight, 112);
 
-SIZE(mcfx_api_v1, 120);
+SIZE(mcfx_api_v1, 128);
 AT(mcfx_api_v1, abi_version, 0);
 AT(mcfx_api_v1, struct_size, 4);
 AT(mcfx_api_v1, impl_name, 8);
@@ -84,6 +84,7 @@ AT(mcfx_api_v1, unregister_batch, 88);
 AT(mcfx_api_v1, submit, 96);
 AT(mcfx_api_v1, get_stats, 104);
 AT(mcfx_api_v1, capabilities, 112);
+AT(mcfx_api_v1, progress, 120);
 
 /* The enums the structs and callbacks carry are int-sized. */
 _Static_assert(sizeof(mcfx_status) == 4, "size of mcfx_status");

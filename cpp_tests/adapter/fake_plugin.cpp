@@ -165,6 +165,7 @@ __attribute__((visibility("default"))) const mcfx_api_v1 *FAKE_ENTRY(void) {
         fakeSubmit,
         nullptr,  // get_stats
         nullptr,  // capabilities
+        nullptr,  // progress
     };
     return &table;
 }

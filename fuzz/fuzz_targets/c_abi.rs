@@ -154,6 +154,12 @@ fuzz_target!(|data: &[u8]| {
                 // SAFETY: unregister only compares addresses.
                 let st = unsafe { mcfx_unregister(t, addr(w, x) as *mut c_void) };
                 assert!(Status::from_i32(st as i32).is_some());
+                // And a caller's progress pass, between the other calls.
+                let mut done = u64::MAX;
+                // SAFETY: a live handle; `done` is writable.
+                let st = unsafe { mcfx_progress(t, &mut done) };
+                assert_eq!(st, mcfx_status::MCFX_OK);
+                assert!(done <= w.accepted.load(SeqCst));
             }
             _ => {
                 let n = (cmd >> 8) as usize % 8 + 1;

@@ -453,6 +453,43 @@ pub unsafe extern "C" fn mcfx_submit(
     status
 }
 
+/// Runs one progress pass on the calling thread, unless another thread is
+/// running one (then it returns at once): queued ops are handed to FlagCX,
+/// transfers in flight are polled, and ops that finished complete, their
+/// callbacks running on this thread before the call returns. Stores in
+/// `*completed` (when not NULL) how many ops it completed.
+///
+/// For a thread that waits for its completions anyway (a loop that polls
+/// for them): calling this in that loop turns the wait into the work, so
+/// the ops do not wait for the progress thread to get a CPU beside busy
+/// threads. Never needed: the progress thread completes every op on its
+/// own. Cheap when there is nothing to do (a few loads), and safe from any
+/// number of threads at once (one runs the pass, the others return).
+///
+/// From a completion callback (on any thread) it returns `MCFX_OK` and
+/// runs nothing for a transport whose pass is running on that thread.
+/// `MCFX_E_SHUTTING_DOWN` once destroy began. Thread-safe.
+///
+/// # Safety
+/// `transport` must be a live handle; `completed` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn mcfx_progress(
+    transport: *mut mcfx_transport,
+    completed: *mut u64,
+) -> mcfx_status {
+    let mut n = 0;
+    let status = guard("mcfx_progress", || {
+        let t = live_transport(transport)?;
+        n = t.progress()?;
+        Ok(())
+    });
+    if !completed.is_null() {
+        // SAFETY: checked non-NULL; the caller provides a writable u64.
+        unsafe { completed.write(n) };
+    }
+    status
+}
+
 /// Copies the counters into `*out`; set `out->struct_size` first (at least
 /// 8). Only whole fields are written: a field that `struct_size` ends inside
 /// is not, and `struct_size` is set to the bytes written. Thread-safe.

@@ -24,6 +24,7 @@ static API_V1: mcfx_api_v1 = mcfx_api_v1 {
     submit: mcfx_submit,
     get_stats: mcfx_get_stats,
     capabilities: capabilities_entry,
+    progress: mcfx_progress,
 };
 
 unsafe extern "C" fn impl_name_entry() -> *const c_char {
@@ -43,8 +44,8 @@ unsafe extern "C" fn strerror_entry(status: i32) -> *const c_char {
 /// version) and that `struct_size` covers the entries you call: the table
 /// only grows at the end, so a library older than your header may end
 /// before its newest entries (`offsetof(mcfx_api_v1, capabilities)`, 112 on
-/// LP64, is the size of the first v1 table; call `capabilities` only when
-/// `struct_size` covers it).
+/// LP64, is the size of the first v1 table, 120 the size with
+/// `capabilities`; call an entry only when `struct_size` covers it).
 /// Static; never NULL; thread-safe.
 #[no_mangle]
 pub extern "C" fn mcfx_get_api_v1() -> *const mcfx_api_v1 {

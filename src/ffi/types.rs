@@ -24,10 +24,11 @@ const _: () = assert!(MCFX_MAX_ENDPOINT_LEN as usize == MAX_ENDPOINT_LEN);
 /// initiates; peers cannot connect to it).
 pub const MCFX_FLAG_NO_SERVE: u32 = 1;
 /// `mcfx_config.flags`: let the idle progress thread sleep with its own CPU
-/// affinity. By default it is pinned to the CPU it sleeps on until it wakes,
-/// so a wake-up finds it there instead of queued behind the waker (which
-/// some VM schedulers do; see docs/design.md, "Wake-up"). Set this where the
-/// CPU it slept on may be busy with other work when it is woken.
+/// affinity. By default, while its CPUs are not contended, it is pinned to
+/// the CPU it sleeps on until it wakes, so a wake-up finds it there instead
+/// of queued behind the waker (which some VM schedulers do; see
+/// docs/design.md, "Idle policy"); once it sees itself preempted it sleeps
+/// unpinned for a while anyway. This flag never pins.
 pub const MCFX_FLAG_NO_PIN_ASLEEP: u32 = 2;
 
 /// Severity of a message passed to `mcfx_config.log`.
@@ -42,7 +43,8 @@ pub enum mcfx_log_level {
 }
 
 /// Completion callback: `status` is `MCFX_OK` or the op's error. Runs on the
-/// transport's progress thread; keep it short and never block in it. It must
+/// transport's progress thread, or on a thread inside `mcfx_progress` (one
+/// thread at a time either way); keep it short and never block in it. It must
 /// not unwind into the library: a Rust callback may panic (the panic is
 /// caught, counted and the thread continues), a C++ callback must not throw.
 pub type mcfx_complete_fn =
@@ -123,8 +125,10 @@ pub struct mcfx_config {
     /// `MCFX_DEFAULT_CONNECT_TIMEOUT_MS`, at most `MCFX_MAX_CONNECT_TIMEOUT_MS`).
     pub connect_timeout_ms: u32,
     /// Microseconds the idle progress thread spins before parking
-    /// (default `MCFX_DEFAULT_SPIN_GRACE_US`, at most `MCFX_MAX_SPIN_GRACE_US`).
-    /// Waking a parked thread costs tens of
+    /// (default `MCFX_DEFAULT_SPIN_GRACE_US`, at most `MCFX_MAX_SPIN_GRACE_US`),
+    /// while it keeps its CPU: once it sees itself preempted (busy CPUs, a
+    /// CPU quota) or host threads driving progress, it spins only a few
+    /// microseconds for a while. Waking a parked thread costs tens of
     /// microseconds on many VMs; spinning costs a core while it lasts.
     pub spin_grace_us: u32,
     /// Ops taken from the queue per progress pass (default
@@ -305,6 +309,9 @@ pub struct mcfx_api_v1 {
     /// Appended (the table's `struct_size` covers it in libraries that have
     /// it: check before calling).
     pub capabilities: unsafe extern "C" fn() -> u64,
+    /// `mcfx_progress`. Appended after `capabilities`: check `struct_size`.
+    pub progress:
+        unsafe extern "C" fn(transport: *mut mcfx_transport, completed: *mut u64) -> mcfx_status,
 }
 
 /// The C copy of the counters, generated from the one list in `stats`: a

@@ -84,6 +84,7 @@ impl Progress {
             Status::MCFX_E_CANCELED => Stats::bump(&stats.progress.canceled, 1),
             _ => Stats::bump(&stats.progress.failed, 1),
         }
+        self.completions += 1;
         // Its credit goes back at the end of the pass (or at once, to a
         // callback below that submits and finds none).
         self.shared.queue.completed(1);

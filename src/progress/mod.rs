@@ -30,7 +30,10 @@
 //! `WAIT_SCAN_PERIOD`. An op still in the queue at its deadline times out at
 //! its first poll in FlagCX (it is not failed unseen).
 //!
-//! With nothing to do it spins for `spin_grace`, then parks (see `wake`).
+//! Passes are run by the progress thread, or by a host thread waiting for
+//! its completions (`mcfx_progress`), one at a time (`driver`). With nothing
+//! to do the thread spins while that pays, then sleeps (`idle`; the
+//! sleep/wake protocol is `wake`).
 //!
 //! Invariants:
 //! - an op lives in exactly one slot from the moment it leaves the queue until
@@ -56,8 +59,8 @@
 //! FlagCX's own allocations and the registry not counted):
 //!
 //! - the queue's ring: `88 Q`, at creation;
-//! - op slots and their free list: `108` per slot; `min(Q + B, M)` slots at
-//!   creation, doubling as needed up to `M`;
+//! - op slots and their free list: `108` per slot; `min(min(Q, 4096) + B,
+//!   M)` slots at creation, doubling as needed up to `M`;
 //! - FlagCX call records: `96` each (with room for `IOVS_PER_CALL` members),
 //!   one per call in flight (a call has 1 to `IOVS_PER_CALL` ops), doubling
 //!   up to `M`;
@@ -69,9 +72,10 @@
 //! - the peer table: about `150` per peer; timed-out transfer ids: up to
 //!   `24 * inflight::MAX_ZOMBIES` (about 100 KiB).
 //!
-//! So at most about `88 Q + 220 M + 150 P + 8 B + 100 KiB`: 15 MiB for the
-//! defaults (`Q` 4096, `M` 65536) if every op is its own FlagCX call, about
-//! `88 Q + 136 M` (9 MiB) when calls carry 8 ops. Before `max_in_flight`
+//! So at most about `88 Q + 220 M + 150 P + 8 B + 100 KiB`: 17 MiB for the
+//! defaults (`Q` 32768, `M` 65536) if every op is its own FlagCX call, about
+//! `88 Q + 136 M` (11 MiB) when calls carry 8 ops; about 3.4 MiB at
+//! creation (the ring and 4 352 slots). Before `max_in_flight`
 //! bounded the ops, a dead peer let the slots and its waiting list grow
 //! without limit (427 264 ops, about 50 MB, after 1.5 s, in issue 17).
 //!
@@ -97,19 +101,19 @@ use crate::transport_state::TransportState;
 
 mod complete;
 mod drain;
+mod driver;
+mod idle;
 mod inflight;
+
+pub(crate) use driver::Driver;
 
 use inflight::InFlight;
 
 /// How often ops waiting for a connection are checked against deadlines.
 const WAIT_SCAN_PERIOD: Duration = Duration::from_millis(1);
-/// How long the thread keeps polling in-flight transfers without sleeping
-/// (as a NIC's progress engine does): a transfer's end is noticed at once,
-/// and a thread that never leaves its core is not queued behind a busy one
-/// when it would be woken (on a VM whose scheduler packs woken threads onto
-/// busy vCPUs that cost milliseconds). Longer transfers are polled between
-/// naps (see `sleep`).
-const INFLIGHT_SPIN: Duration = Duration::from_millis(1);
+/// Op slots made at creation beyond `max_batch` (fewer if the queue is
+/// smaller); more are added as ops need them.
+const INITIAL_SLOTS: usize = 4096;
 /// Longest sleep while transfers are in flight but not finishing.
 const MAX_INFLIGHT_NAP: Duration = Duration::from_millis(1);
 /// Shortest of those sleeps (shorter ones cost more in the wake-up than
@@ -168,6 +172,8 @@ pub(crate) struct Progress {
     /// Placeholder time for fields not yet stamped (never compared as a
     /// deadline: `waiting_since` is stamped before it is read).
     epoch: Instant,
+    /// Ops completed so far (what a caller's pass reports).
+    completions: u64,
 }
 
 impl Progress {
@@ -178,7 +184,8 @@ impl Progress {
     /// `max_in_flight`.
     pub(crate) fn new(shared: Arc<TransportState>) -> Result<Progress> {
         let config = &shared.config;
-        let cap = (config.queue_capacity + config.max_batch).min(config.max_in_flight);
+        let cap =
+            (config.queue_capacity.min(INITIAL_SLOTS) + config.max_batch).min(config.max_in_flight);
         let now = Instant::now();
         let (mut slots, mut free, mut scratch) = (Vec::new(), Vec::new(), Vec::new());
         if slots.try_reserve_exact(cap).is_err()
@@ -207,42 +214,8 @@ impl Progress {
             epoch: now,
             shared,
             failures: FailureLog::default(),
+            completions: 0,
         })
-    }
-
-    /// The thread body; returns after shutdown, once every op completed.
-    pub(crate) fn run(mut self) {
-        self.shared.queue.wake().bind_current();
-        let mut idle_since: Option<Instant> = None;
-        let mut idle_spins = 0u32;
-        while !self.shared.queue.is_closed() {
-            if self.pass() {
-                idle_since = None;
-                idle_spins = 0;
-                continue;
-            }
-            // Idle: look at the clock only every 64 spins, keeping the
-            // empty loop (and so the time to notice new work) short.
-            idle_spins = idle_spins.wrapping_add(1);
-            if idle_spins % 64 != 0 {
-                // The first spins skip the pause hint (tens of cycles each):
-                // in a request/response rhythm the next op usually arrives
-                // within a microsecond.
-                if idle_spins > 1024 {
-                    std::hint::spin_loop();
-                }
-                continue;
-            }
-            let since = *idle_since.get_or_insert_with(Instant::now);
-            let idle = since.elapsed();
-            if idle < self.shared.config.spin_grace
-                || (!self.inflight.is_empty() && idle < INFLIGHT_SPIN)
-            {
-                continue;
-            }
-            self.sleep(idle);
-        }
-        self.shut_down();
     }
 
     /// The time, read at most once per pass and only when something needs
@@ -292,16 +265,15 @@ impl Progress {
         moved
     }
 
-    /// Past the spin grace: park until woken, or nap while something is
-    /// outstanding (in-flight transfers, ops waiting for connections).
-    ///
-    /// While transfers are in flight, a nap is a sixteenth of how long
-    /// nothing has moved (`idle`), between `MIN_INFLIGHT_NAP` and
-    /// `MAX_INFLIGHT_NAP`: a transfer that finishes is noticed at most about
-    /// 6 % of its wait late (a long transfer on a busy link keeps its
-    /// bandwidth), while a long wait costs a wake-up per nap instead of a
-    /// spinning core.
-    fn sleep(&mut self, idle: Duration) {
+    /// How long to sleep after `idle` without movement (`None`: until
+    /// woken): while transfers are in flight, a sixteenth of `idle`, between
+    /// `MIN_INFLIGHT_NAP` and `MAX_INFLIGHT_NAP`: a transfer that finishes
+    /// is noticed at most about 6 % of its wait late (a long transfer on a
+    /// busy link keeps its bandwidth), while a long wait costs a wake-up
+    /// per nap instead of a spinning core. Flushes the failure summaries
+    /// that are due (they are not left for the next op, which may never
+    /// come) and wakes for the next.
+    fn sleep_timeout(&mut self, idle: Duration) -> Option<Duration> {
         let timeout = if !self.inflight.is_empty() {
             Some((idle / 16).clamp(MIN_INFLIGHT_NAP, MAX_INFLIGHT_NAP))
         } else if self.peers.waiting() > 0 {
@@ -311,22 +283,30 @@ impl Progress {
         } else {
             None
         };
-        // Failures still counted get their summary when it is due, not at
-        // the next op (which may never come).
         let now = CoarseTime::now().ns();
         self.failures.flush(now);
-        let timeout = match self.failures.next_due() {
+        match self.failures.next_due() {
             Some(due) => {
                 let until = Duration::from_nanos(due.saturating_sub(now));
                 Some(timeout.map_or(until, |t| t.min(until)))
             }
             None => timeout,
-        };
-        let shared = &self.shared;
-        let has_work = || {
-            !shared.queue.is_empty() || shared.connects.has_results() || shared.queue.is_closed()
-        };
-        shared.queue.wake().park(has_work, timeout, shared.config.pin_asleep);
+        }
+    }
+
+    /// Transfers are in flight (each pass polls them).
+    fn has_inflight(&self) -> bool {
+        !self.inflight.is_empty()
+    }
+
+    /// Something needs a later look even if no op arrives: transfers in
+    /// flight, ops waiting for a connection, timed-out ids, failure
+    /// summaries not yet logged.
+    fn has_outstanding(&self) -> bool {
+        !self.inflight.is_empty()
+            || self.peers.waiting() > 0
+            || self.inflight.has_zombies()
+            || self.failures.next_due().is_some()
     }
 
     /// The op in live slot `idx`.

@@ -112,6 +112,9 @@ class FlagCxTransport : public Transport {
     std::string pluginError();
 
     const mcfx_api_v1 *api_ = nullptr;  // the plugin's function table
+    // Whether the table has `progress` (a status check that finds its task
+    // unfinished then runs a pass with it).
+    bool has_progress_ = false;
     mcfx_transport *engine_ = nullptr;  // the plugin transport
     std::string plugin_path_;
     std::string endpoint_;               // "host:port" peers connect to

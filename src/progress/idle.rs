@@ -1,0 +1,228 @@
+//! The progress thread's idle policy: after a pass that moved nothing,
+//! spin on, or sleep (a timed nap while something is outstanding, else a
+//! park until a submitter wakes it).
+//!
+//! Spinning is what makes a quiet machine fast: a thread that never leaves
+//! its CPU sees the next op within nanoseconds and is not queued behind a
+//! busy thread when it would have been woken. Beside other runnable threads
+//! it is the opposite: a spinning thread uses up its share of the CPU, so
+//! the scheduler puts it behind them for whole time slices (milliseconds)
+//! just when an op arrives, while a thread that sleeps and is woken runs at
+//! once (the scheduler favours the woken). So the thread spins only while
+//! it keeps its CPU:
+//!
+//! - it looks at the clock as it spins; a gap of `PREEMPTED_GAP` between
+//!   two looks means it was taken off its CPU (another thread wanted it, or
+//!   the container's CPU quota ran out). For `CONTENDED_HOLD` after that it
+//!   is *contended*: it spins only `CONTENDED_SPIN` after its last work,
+//!   then sleeps, and it does not pin itself while asleep (a pinned sleeper
+//!   on a busy CPU waits for that CPU);
+//! - a caller running passes itself (`mcfx_progress`) counts as the same
+//!   evidence: callers that spin for their completions share the CPUs with
+//!   this thread, and they do the work while it sleeps.
+//!
+//! Otherwise (quiet) it spins `spin_grace` after its last work (longer
+//! while transfers are in flight: `INFLIGHT_SPIN`), then sleeps pinned if
+//! the config asks (`pin_asleep`). Measurements: docs/design.md, "Idle
+//! policy".
+//!
+//! Owns [`Idle`], the thread's idle stretch and contention state. Reads no
+//! shared state: the driver tells it what happened.
+
+use std::time::{Duration, Instant};
+
+/// How long the thread keeps polling in-flight transfers without sleeping
+/// (as a NIC's progress engine does), when quiet: a transfer's end is noticed
+/// at once. Longer transfers are polled between naps.
+pub(super) const INFLIGHT_SPIN: Duration = Duration::from_millis(1);
+/// A gap this long between two looks at the clock while spinning: the
+/// thread was off its CPU. Far above what a pass takes (microseconds) and
+/// what a quiet machine's kernel work steals (tens of microseconds), and
+/// below a scheduler time slice (milliseconds).
+const PREEMPTED_GAP: Duration = Duration::from_micros(500);
+/// How long one sign of contention keeps the thread in contended mode. Each
+/// return to spinning risks one time slice behind a busy thread; a second
+/// apart that costs about one late op per second under contention.
+const CONTENDED_HOLD: Duration = Duration::from_secs(1);
+/// How long the thread spins after its last work when contended: enough to
+/// catch an op its own callback (or a pipelined submitter) sends at once,
+/// short against a time slice.
+const CONTENDED_SPIN: Duration = Duration::from_micros(5);
+/// Idle spins between looks at the clock when nothing is in flight (a pass
+/// is then a few loads; the clock costs more than that).
+const SPINS_PER_LOOK: u32 = 64;
+
+/// What the thread does after a pass that moved nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Next {
+    /// Run another pass.
+    Spin,
+    /// Sleep: `idle` is how long nothing has moved; `pin` whether to pin
+    /// while asleep (quiet and configured).
+    Sleep { idle: Duration, pin: bool },
+}
+
+/// The idle stretch and the contention state of the progress thread.
+pub(super) struct Idle {
+    spin_grace: Duration,
+    pin_asleep: bool,
+    /// Start of the current idle stretch (first look after work).
+    since: Option<Instant>,
+    /// Idle passes since the last work.
+    spins: u32,
+    /// The last look at the clock in this idle stretch.
+    last_look: Option<Instant>,
+    /// Contended until then (see the module comment).
+    contended_until: Option<Instant>,
+}
+
+impl Idle {
+    pub(super) fn new(spin_grace: Duration, pin_asleep: bool) -> Idle {
+        Idle {
+            spin_grace,
+            pin_asleep,
+            since: None,
+            spins: 0,
+            last_look: None,
+            contended_until: None,
+        }
+    }
+
+    /// A pass moved something: the idle stretch ends.
+    #[inline]
+    pub(super) fn worked(&mut self) {
+        self.since = None;
+        self.spins = 0;
+        self.last_look = None;
+    }
+
+    /// A caller is running passes (`mcfx_progress`): callers share the
+    /// CPUs, and they do the work.
+    pub(super) fn callers_drive(&mut self, now: Instant) {
+        self.contend(now);
+    }
+
+    /// After a timed nap of `asked` that took `took`: a nap that ends far
+    /// later than asked waited for a CPU.
+    pub(super) fn napped(&mut self, asked: Duration, took: Duration, now: Instant) {
+        if took > asked + PREEMPTED_GAP {
+            self.contend(now);
+        }
+    }
+
+    fn contend(&mut self, now: Instant) {
+        self.contended_until = now.checked_add(CONTENDED_HOLD);
+    }
+
+    /// Whether the thread is contended at `now`.
+    pub(super) fn contended(&self, now: Instant) -> bool {
+        self.contended_until.is_some_and(|until| now < until)
+    }
+
+    /// After a pass that moved nothing; `inflight`: transfers are in
+    /// flight (each pass then polls them, so the clock is looked at every
+    /// pass instead of every `SPINS_PER_LOOK`).
+    #[inline]
+    pub(super) fn next(&mut self, inflight: bool) -> Next {
+        self.spins = self.spins.wrapping_add(1);
+        if !inflight && self.spins % SPINS_PER_LOOK != 0 {
+            // The first spins skip the pause hint (tens of cycles each): in
+            // a request/response rhythm the next op usually arrives within
+            // a microsecond.
+            if self.spins > 1024 {
+                std::hint::spin_loop();
+            }
+            return Next::Spin;
+        }
+        self.look(Instant::now(), inflight)
+    }
+
+    /// The decision at a look at the clock (`now`).
+    fn look(&mut self, now: Instant, inflight: bool) -> Next {
+        if let Some(last) = self.last_look.replace(now) {
+            if now.saturating_duration_since(last) > PREEMPTED_GAP {
+                self.contend(now);
+            }
+        }
+        let since = *self.since.get_or_insert(now);
+        let idle = now.saturating_duration_since(since);
+        let contended = self.contended(now);
+        let (grace, inflight_spin) = if contended {
+            (CONTENDED_SPIN, CONTENDED_SPIN)
+        } else {
+            (self.spin_grace, INFLIGHT_SPIN)
+        };
+        if idle < grace || (inflight && idle < inflight_spin) {
+            return Next::Spin;
+        }
+        // A sleep ends this look's stretch of spinning: the time asleep is
+        // no gap.
+        self.last_look = None;
+        Next::Sleep { idle, pin: self.pin_asleep && !contended }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(base: Instant, us: u64) -> Instant {
+        base + Duration::from_micros(us)
+    }
+
+    #[test]
+    fn quiet_spins_for_the_grace_then_sleeps_pinned() {
+        let mut idle = Idle::new(Duration::from_millis(1), true);
+        let t = Instant::now();
+        assert_eq!(idle.look(at(t, 0), false), Next::Spin);
+        assert_eq!(idle.look(at(t, 400), false), Next::Spin);
+        assert_eq!(idle.look(at(t, 800), false), Next::Spin);
+        assert_eq!(
+            idle.look(at(t, 1100), false),
+            Next::Sleep { idle: Duration::from_micros(1100), pin: true }
+        );
+    }
+
+    #[test]
+    fn a_gap_while_spinning_makes_it_contended_short_spins_and_no_pin() {
+        let mut idle = Idle::new(Duration::from_millis(1), true);
+        let t = Instant::now();
+        assert_eq!(idle.look(at(t, 0), false), Next::Spin);
+        // Off the CPU for 600 us between two looks.
+        assert_eq!(
+            idle.look(at(t, 600), false),
+            Next::Sleep { idle: Duration::from_micros(600), pin: false }
+        );
+        idle.worked();
+        assert_eq!(idle.look(at(t, 700), false), Next::Spin);
+        assert_eq!(
+            idle.look(at(t, 710), false),
+            Next::Sleep { idle: Duration::from_micros(10), pin: false }
+        );
+        assert!(idle.contended(at(t, 600 + 999_000)));
+        // The hold ends: quiet again.
+        assert!(!idle.contended(at(t, 600 + 1_000_001)));
+    }
+
+    #[test]
+    fn callers_driving_and_late_naps_count_as_contention() {
+        let t = Instant::now();
+        let mut idle = Idle::new(Duration::from_millis(1), true);
+        idle.callers_drive(t);
+        assert!(idle.contended(at(t, 1)));
+        let mut idle = Idle::new(Duration::from_millis(1), true);
+        idle.napped(Duration::from_micros(100), Duration::from_micros(300), t);
+        assert!(!idle.contended(at(t, 1)), "a little late is not contention");
+        idle.napped(Duration::from_micros(100), Duration::from_micros(2000), t);
+        assert!(idle.contended(at(t, 1)));
+    }
+
+    #[test]
+    fn in_flight_transfers_keep_it_spinning_longer_when_quiet() {
+        let mut idle = Idle::new(Duration::from_micros(10), true);
+        let t = Instant::now();
+        assert_eq!(idle.look(at(t, 0), true), Next::Spin);
+        assert_eq!(idle.look(at(t, 300), true), Next::Spin);
+        assert!(matches!(idle.look(at(t, 1001), true), Next::Sleep { .. }));
+    }
+}

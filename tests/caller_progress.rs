@@ -1,0 +1,234 @@
+//! `mcfx_progress`: host threads that poll for their completions run
+//! progress passes themselves, one thread at a time beside the progress
+//! thread. Every op still completes exactly once, callbacks run only on the
+//! progress thread or inside `mcfx_progress`, FlagCX ids are never polled by
+//! two threads at once, and a callback on a caller's thread is as
+//! restricted as one on the progress thread.
+
+mod common;
+
+use std::cell::Cell;
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use flagcx_sys::sw::{self, Knob};
+use flagcx_sys::testing::AlignedBuf;
+use mooncake_flagcx::ffi::*;
+
+use mcfx_status::*;
+
+thread_local! {
+    /// Set while this thread is inside `mcfx_progress`.
+    static IN_PROGRESS_CALL: Cell<bool> = const { Cell::new(false) };
+}
+
+fn progress(t: *mut mcfx_transport) -> (mcfx_status, u64) {
+    let mut n = u64::MAX;
+    IN_PROGRESS_CALL.with(|c| c.set(true));
+    // SAFETY: `t` is a live handle; `n` is writable.
+    let st = unsafe { mcfx_progress(t, &mut n) };
+    IN_PROGRESS_CALL.with(|c| c.set(false));
+    (st, n)
+}
+
+/// What the checking callback saw.
+#[derive(Default)]
+struct Seen {
+    per_op: Mutex<Vec<u32>>,
+    /// Callbacks that ran neither on the progress thread nor inside
+    /// `mcfx_progress`.
+    elsewhere: AtomicUsize,
+    /// Callbacks that ran inside a caller's `mcfx_progress`.
+    on_callers: AtomicUsize,
+    failed: AtomicUsize,
+}
+
+unsafe extern "C-unwind" fn check_thread(ctx: *mut c_void, user_data: u64, status: mcfx_status) {
+    // SAFETY: ctx is the Arc<Seen> the test keeps alive past destroy.
+    let seen = unsafe { &*(ctx as *const Seen) };
+    let on_progress_thread = std::thread::current().name() == Some("mcfx-progress");
+    if IN_PROGRESS_CALL.with(Cell::get) {
+        seen.on_callers.fetch_add(1, SeqCst);
+    } else if !on_progress_thread {
+        seen.elsewhere.fetch_add(1, SeqCst);
+    }
+    if status != MCFX_OK {
+        seen.failed.fetch_add(1, SeqCst);
+    }
+    seen.per_op.lock().unwrap()[user_data as usize] += 1;
+}
+
+/// Four threads submit and poll with `mcfx_progress` while the progress
+/// thread runs too: each op completes once, with its bytes, on an allowed
+/// thread, and the provider sees no id polled twice or by two threads.
+#[test]
+fn polling_callers_and_the_progress_thread_complete_every_op_exactly_once() {
+    let _g = serial();
+    const THREADS: usize = 4;
+    const OPS: usize = 2000;
+    const LEN: usize = 256;
+    let seen = Arc::new(Seen::default());
+    *seen.per_op.lock().unwrap() = vec![0; THREADS * OPS];
+    let a = Node::with(|c| {
+        c.on_complete = Some(check_thread);
+        c.complete_ctx = Arc::as_ptr(&seen) as *mut c_void;
+    });
+    let b = Node::new();
+    a.knows(1, &b);
+    let mut src = AlignedBuf::new(THREADS * OPS * LEN);
+    let mut dst = AlignedBuf::new(THREADS * OPS * LEN);
+    pattern::fill(src.bytes(), 7);
+    a.register(&src);
+    b.register(&dst);
+    let by_callers = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for th in 0..THREADS {
+            let (a, seen, by_callers) = (&a, &seen, &by_callers);
+            let (src, dst) = (src.addr(), dst.addr());
+            s.spawn(move || {
+                for i in 0..OPS {
+                    let ud = th * OPS + i;
+                    let off = ud * LEN;
+                    let op = write(src + off, LEN as u64, 1, (dst + off) as u64, ud as u64);
+                    loop {
+                        match a.submit(&[op]) {
+                            (MCFX_OK, 1) => break,
+                            (MCFX_E_QUEUE_FULL, 0) => {
+                                let (st, n) = progress(a.t);
+                                assert_eq!(st, MCFX_OK);
+                                by_callers.fetch_add(n, SeqCst);
+                            }
+                            other => panic!("submit: {other:?}: {}", last_error()),
+                        }
+                    }
+                    // Every few ops, poll until this one completed.
+                    if i % 8 == 7 {
+                        let done = || seen.per_op.lock().unwrap()[ud] == 1;
+                        let until = std::time::Instant::now() + LIMIT;
+                        while !done() {
+                            assert!(std::time::Instant::now() < until, "op {ud} never completed");
+                            let (st, n) = progress(a.t);
+                            assert_eq!(st, MCFX_OK);
+                            by_callers.fetch_add(n, SeqCst);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    wait_until(|| seen.per_op.lock().unwrap().iter().all(|&n| n >= 1), "every op completes");
+    let per_op = seen.per_op.lock().unwrap().clone();
+    assert!(per_op.iter().all(|&n| n == 1), "an op completed twice");
+    assert_eq!(seen.failed.load(SeqCst), 0);
+    assert_eq!(seen.elsewhere.load(SeqCst), 0, "a callback ran outside the allowed threads");
+    assert_eq!(
+        by_callers.load(SeqCst),
+        seen.on_callers.load(SeqCst) as u64,
+        "mcfx_progress's count is not the callbacks it ran"
+    );
+    assert!(src.bytes() == dst.bytes(), "bytes differ");
+    assert_eq!(a.stats().completed, (THREADS * OPS) as u64);
+    assert_no_violations();
+}
+
+/// What the re-entrant callback does and saw.
+struct Reentry {
+    t: AtomicU64,
+    destroy: Mutex<Vec<mcfx_status>>,
+    progress: Mutex<Vec<(mcfx_status, u64)>>,
+    completions: AtomicUsize,
+}
+
+unsafe extern "C-unwind" fn reenter(ctx: *mut c_void, _ud: u64, _st: mcfx_status) {
+    // SAFETY: ctx is the Arc<Reentry> the test keeps alive past destroy.
+    let r = unsafe { &*(ctx as *const Reentry) };
+    let t = r.t.load(SeqCst) as *mut mcfx_transport;
+    let mut n = u64::MAX;
+    // SAFETY: `t` is the live handle this callback belongs to.
+    let st = unsafe { mcfx_progress(t, &mut n) };
+    r.progress.lock().unwrap().push((st, n));
+    // SAFETY: as above; destroy must refuse (it would wait for this call).
+    let st = unsafe { mcfx_destroy(t) };
+    r.destroy.lock().unwrap().push(st);
+    r.completions.fetch_add(1, SeqCst);
+}
+
+/// From a callback, on the progress thread or inside a caller's
+/// `mcfx_progress`: `mcfx_progress` of the same transport runs nothing and
+/// says so, and `mcfx_destroy` is refused (`MCFX_E_IN_CALLBACK`) instead of
+/// waiting for the call it is inside.
+#[test]
+fn a_callback_inside_a_pass_can_neither_run_another_nor_destroy_its_transport() {
+    let _g = serial();
+    const OPS: usize = 200;
+    let r = Arc::new(Reentry {
+        t: AtomicU64::new(0),
+        destroy: Mutex::new(Vec::new()),
+        progress: Mutex::new(Vec::new()),
+        completions: AtomicUsize::new(0),
+    });
+    let mut a = Node::with(|c| {
+        c.on_complete = Some(reenter);
+        c.complete_ctx = Arc::as_ptr(&r) as *mut c_void;
+    });
+    r.t.store(a.t as u64, SeqCst);
+    let b = Node::new();
+    a.knows(1, &b);
+    let src = AlignedBuf::new(4096);
+    let dst = AlignedBuf::new(4096);
+    a.register(&src);
+    b.register(&dst);
+    for i in 0..OPS {
+        a.submit_ok(&[write(src.addr(), 64, 1, dst.addr() as u64, i as u64)]);
+        // Poll: some of these callbacks run inside this call.
+        let until = std::time::Instant::now() + LIMIT;
+        while r.completions.load(SeqCst) <= i {
+            assert!(std::time::Instant::now() < until, "op {i} never completed");
+            let (st, _) = progress(a.t);
+            assert_eq!(st, MCFX_OK);
+        }
+    }
+    assert!(r.destroy.lock().unwrap().iter().all(|&s| s == MCFX_E_IN_CALLBACK));
+    assert!(r.progress.lock().unwrap().iter().all(|&p| p == (MCFX_OK, 0)));
+    assert_eq!(a.destroy(), MCFX_OK);
+}
+
+/// A caller's pass that leaves a transfer in FlagCX, from a caller that
+/// never calls again: the progress thread finishes it (it must not sleep
+/// for good past it).
+#[test]
+fn a_transfer_a_callers_pass_left_in_flight_completes_without_more_calls() {
+    let _g = serial();
+    // Transfers take 300 us: a caller's pass issues them and returns.
+    assert!(sw::set_knob(Knob::LatencyNs, 300_000));
+    let p = Pair::new(1 << 16);
+    for ud in 0..200u64 {
+        p.a.submit_ok(&[p.write(4096, ud)]);
+        let (st, _) = progress(p.a.t);
+        assert_eq!(st, MCFX_OK);
+        assert_eq!(p.a.done.wait_one(ud, LIMIT), MCFX_OK, "op {ud}");
+    }
+    assert_no_violations();
+}
+
+/// Bad handles: NULL is `MCFX_E_INVALID_ARGUMENT` with 0 completed; a
+/// destroyed handle is refused the same way; `completed` may be NULL.
+#[test]
+fn progress_on_bad_handles_is_refused_and_null_completed_is_fine() {
+    let _g = serial();
+    let mut n = u64::MAX;
+    // SAFETY: NULL is a documented bad input; `n` is writable.
+    assert_eq!(unsafe { mcfx_progress(std::ptr::null_mut(), &mut n) }, MCFX_E_INVALID_ARGUMENT);
+    assert_eq!(n, 0);
+    assert!(!last_error().is_empty());
+    let mut a = Node::new();
+    // SAFETY: a live handle; NULL `completed` is allowed.
+    assert_eq!(unsafe { mcfx_progress(a.t, std::ptr::null_mut()) }, MCFX_OK);
+    let t = a.t;
+    assert_eq!(a.destroy(), MCFX_OK);
+    // SAFETY: a destroyed handle is a documented bad input.
+    assert_eq!(unsafe { mcfx_progress(t, &mut n) }, MCFX_E_INVALID_ARGUMENT);
+    assert_eq!(n, 0);
+}
