@@ -1518,11 +1518,13 @@ std::vector<Workload> workloads(bool quick) {
   // busy_* (busy2_*): single_4k, a batch of 16 and threads4_4k in copy mode,
   // with a busy loop of another process on every core (two per core), the
   // waiting threads spinning as Mooncake's callers do. Each measured phase
-  // stops after 2 s (quick: 0.5 s) with the ops it finished.
-  // Quick runs leave the second level (busy2_*) out.
+  // stops after 2 s (quick: 0.5 s) with the ops it finished. poll_*: the
+  // same waiters on a quiet host (level 0: no busy loop), what a polling
+  // host such as Mooncake's tebench sees there. Quick runs leave the second
+  // level (busy2_*) out.
   const int cores = int(std::max(1u, std::thread::hardware_concurrency()));
-  for (int level = 1; level <= (quick ? 1 : 2); ++level) {
-    const std::string pre = level == 1 ? "busy_" : "busy2_";
+  for (int level = 0; level <= (quick ? 1 : 2); ++level) {
+    const std::string pre = level == 0 ? "poll_" : level == 1 ? "busy_" : "busy2_";
     auto busy = [&](const std::string &name) {
       Workload w;
       w.scenario = pre + name;

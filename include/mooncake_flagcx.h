@@ -66,7 +66,7 @@
 // Default `mcfx_config.spin_grace_us`: long enough that an op arriving
 // within a millisecond of the last one finds the progress thread awake
 // (waking a parked thread cost 60 us at p50 on the 2-vCPU VMs measured;
-// see docs/design.md, "Wake-up").
+// see docs/design.md, "Idle policy and caller-driven progress").
 #define MCFX_DEFAULT_SPIN_GRACE_US 1000
 
 // Largest `mcfx_config.spin_grace_us` (10 ms).

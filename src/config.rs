@@ -43,7 +43,7 @@ pub struct Config {
     pub serve_peers: bool,
     /// The idle progress thread sleeps pinned to the CPU it runs on, and
     /// gets its own affinity back when it wakes (`MCFX_FLAG_NO_PIN_ASLEEP`
-    /// turns it off; see docs/design.md, "Wake-up").
+    /// turns it off; see docs/design.md, "Idle policy and caller-driven progress").
     pub pin_asleep: bool,
     /// Ops the transport holds at once (queued, waiting for a connection,
     /// inside FlagCX); a submit beyond it waits `submit_wait` and then gets
@@ -83,7 +83,7 @@ pub const MCFX_MAX_CONNECT_TIMEOUT_MS: u32 = 600_000;
 /// Default `mcfx_config.spin_grace_us`: long enough that an op arriving
 /// within a millisecond of the last one finds the progress thread awake
 /// (waking a parked thread cost 60 us at p50 on the 2-vCPU VMs measured;
-/// see docs/design.md, "Wake-up").
+/// see docs/design.md, "Idle policy and caller-driven progress").
 pub const MCFX_DEFAULT_SPIN_GRACE_US: u32 = 1000;
 /// Largest `mcfx_config.spin_grace_us` (10 ms).
 pub const MCFX_MAX_SPIN_GRACE_US: u32 = 10_000;

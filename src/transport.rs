@@ -184,10 +184,11 @@ impl Transport {
     /// Runs one progress pass on the calling thread unless another thread
     /// is running one: queued ops go to FlagCX, in-flight transfers are
     /// polled, and finished ops complete here (their callbacks run on this
-    /// thread before it returns). Returns how many ops it completed (0 when
-    /// another thread was running a pass). For a thread that waits for its
-    /// completions anyway: see `progress::driver`.
-    pub fn progress(&self) -> Result<u64> {
+    /// thread before it returns). Returns how many ops it completed, `None`
+    /// when it ran no pass (nothing to do yet, or another thread was running
+    /// one). For a thread that waits for its completions anyway: see
+    /// `progress::driver`.
+    pub fn progress(&self) -> Result<Option<u64>> {
         if self.shared.queue.is_closing() {
             return fail(Status::MCFX_E_SHUTTING_DOWN, "progress: transport is shutting down");
         }

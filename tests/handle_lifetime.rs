@@ -53,7 +53,14 @@ fn call_everything(t: *mut mcfx_transport, mem: &AlignedBuf) -> Vec<mcfx_status>
 fn calls_racing_destroy_finish_safely_and_later_calls_are_refused() {
     let _g = serial();
     for round in 0..40 {
-        let a = Node::with(|c| c.op_timeout_ms = 50);
+        // A small queue: destroy then cancels at most a few thousand ops
+        // (with the default 32768 it could take long enough for a caller's
+        // loop bound below to run out first).
+        let a = Node::with(|c| {
+            c.op_timeout_ms = 50;
+            c.queue_capacity = 4096;
+            c.max_in_flight = 4096;
+        });
         let mem = Arc::new(AlignedBuf::new(1 << 16));
         let t = AtomicPtr::new(a.t);
         let destroyed = Arc::new(AtomicBool::new(false));
@@ -66,7 +73,7 @@ fn calls_racing_destroy_finish_safely_and_later_calls_are_refused() {
                     let t = t.load(SeqCst);
                     // Bounded: until destroy returned, then 20 more rounds.
                     let mut after = 0;
-                    for _ in 0..100_000 {
+                    for _ in 0..1_000_000 {
                         let was_destroyed = destroyed.load(SeqCst);
                         let got = call_everything(t, mem);
                         for st in &got {
@@ -78,6 +85,7 @@ fn calls_racing_destroy_finish_safely_and_later_calls_are_refused() {
                                         | MCFX_E_NOT_FOUND
                                         | MCFX_E_ALREADY_REGISTERED
                                         | MCFX_E_BUSY
+                                        | MCFX_E_QUEUE_FULL
                                 ),
                                 "round {round}: {st:?}"
                             );

@@ -31,15 +31,17 @@ COPY_SCENARIOS = ["single_64b", "single_4k", "single_64k", "single_1m", "single_
                   "gap200us_4k", "batch64_4k", "threads4_4k", "peers4_4k", "xproc_4k", "bw_256m"]
 NIC_SCENARIOS = ["nic_single_4k", "nic_batch64_4k", "nic_batch64_64k", "nic_window4x64_4k",
                  "nic_peers16_4k", "nic_threads4_4k"]
-# Copy mode with busy loops of other processes on every core (busy2_: two
-# per core); latencies per op, as their quiet namesakes.
+# Copy mode with waiters that poll (calling mcfx_progress) on a quiet host
+# (poll_), and beside busy loops of other processes on every core (busy_;
+# busy2_: two per core); latencies per op, as their quiet namesakes.
+POLL_OP_SCENARIOS = ["poll_single_4k", "poll_batch16_4k", "poll_threads4_4k"]
 BUSY_OP_SCENARIOS = ["busy_single_4k", "busy_batch16_4k", "busy_threads4_4k",
                      "busy2_single_4k", "busy2_batch16_4k", "busy2_threads4_4k"]
 # Request scenarios (modeled NIC): latencies are request times.
 KV_QUIET = ["kv_gqa_32k", "kv_mla_72k", "kv_small_4k", "kv_peers8_32k"]
 KV_BUSY = ["busy_kv_gqa_32k", "busy_kv_small_4k", "busy2_kv_gqa_32k", "busy2_kv_small_4k"]
 KV_SCENARIOS = KV_QUIET + KV_BUSY
-OP_SCENARIOS = COPY_SCENARIOS + NIC_SCENARIOS + BUSY_OP_SCENARIOS
+OP_SCENARIOS = COPY_SCENARIOS + NIC_SCENARIOS + POLL_OP_SCENARIOS + BUSY_OP_SCENARIOS
 SCENARIOS = OP_SCENARIOS + KV_SCENARIOS + ["idle_cpu"]
 METRICS = ["p50_ns", "p99_ns", "p999_ns", "ops_per_s", "bytes_per_s", "cpu_pct",
            "link_utilization", "cpu_ns_per_op", "process_cpu_ns_per_op", "nic_gbps",
@@ -462,6 +464,8 @@ def check_new_targets(rows, ratios, scaling):
             f"p50 {x(p50)}, p99 {x(p99)}", both(le(p50, 1.0), le(p99, 1.0)))
     v = ratio("busy_single_4k", "p50_ns")
     add("issue 19: busy_single_4k Rust/C++ p50 <= 0.5x", x(v), le(v, 0.5))
+    v = ratio("poll_single_4k", "p50_ns")
+    add("issue 19: poll_single_4k (quiet, polling) Rust/C++ p50 <= 0.3x", x(v), le(v, 0.3))
 
     # ---- issue 22: process CPU, links, raw, scaling -----------------------------------
     scen = [s for s in NIC_SCENARIOS + KV_QUIET

@@ -478,11 +478,21 @@ pub unsafe extern "C" fn mcfx_progress(
     completed: *mut u64,
 ) -> mcfx_status {
     let mut n = 0;
-    let status = guard("mcfx_progress", || {
-        let t = live_transport(transport)?;
-        n = t.progress()?;
-        Ok(())
-    });
+    // A thread whose recent calls found nothing to do skips a few without
+    // touching the transport (`poll_backoff`), if the handle is still open
+    // (a load; a destroyed handle gets its status from the full path).
+    let open = slot_of(transport).is_ok_and(|slot| !slot.gate.is_closing());
+    let status = if open && crate::progress::poll_backoff(transport as usize) {
+        mcfx_status::MCFX_OK
+    } else {
+        guard("mcfx_progress", || {
+            let t = live_transport(transport)?;
+            let ran = t.progress()?;
+            crate::progress::poll_result(transport as usize, ran.is_some());
+            n = ran.unwrap_or(0);
+            Ok(())
+        })
+    };
     if !completed.is_null() {
         // SAFETY: checked non-NULL; the caller provides a writable u64.
         unsafe { completed.write(n) };

@@ -35,7 +35,7 @@ impl Progress {
     /// drain of one op goes straight to FlagCX when it can (`issue_alone`).
     #[inline(never)]
     fn drain(&mut self, first: Op) {
-        let max = self.shared.config.max_batch;
+        let max = self.budget.drain;
         let second = if max > 1 { self.shared.queue.pop() } else { None };
         let Some(second) = second else {
             if let Some(idx) = self.take_slot(first) {

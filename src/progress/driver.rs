@@ -13,6 +13,13 @@
 //! caller that runs the pass itself turns that waiting into the work, as
 //! the C++ design's callers do when they post their own ops.
 //!
+//! Many polling callers on few CPUs must not make it worse: the scheduler
+//! preempts them every few milliseconds, and one preempted while it holds
+//! the passes stalls the others. So a caller's pass is short
+//! (`CALLER_BUDGET`), callers space the passes that would only poll, and a
+//! thread whose calls keep finding nothing to do skips a growing number of
+//! them without touching shared state (`poll_backoff`).
+//!
 //! Invariants:
 //! - one pass at a time: `Progress` is reached only through `progress`'s
 //!   lock, so FlagCX's transfer and status calls of this transport are made
@@ -39,12 +46,59 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::idle::{Idle, Next};
-use super::Progress;
+use super::{Budget, Progress};
 use crate::transport_state::TransportState;
 
 /// Longest nap while a caller holds the passes: the thread then takes
 /// over within this if the callers stop.
 const CALLER_NAP: Duration = Duration::from_micros(200);
+/// Shortest spacing of callers' passes that only poll (nothing new queued):
+/// polling a transfer more often than this finds nothing new.
+const MIN_POLL_SPACING_NS: u64 = 1_000;
+/// A caller's pass: a few microseconds of work at most (ops taken from the
+/// queue, calls polled), so the scheduler rarely preempts a caller while it
+/// holds the passes (ten polling threads on two CPUs are preempted every
+/// few milliseconds; a preempted holder stalls every other poller for its
+/// time slice: passes of 256 ops took 660 us of wall time on average, at
+/// 9 us for the progress thread's). Further passes, by it or others, take
+/// the rest.
+const CALLER_BUDGET: Budget = Budget { drain: 16, poll: 16 };
+
+std::thread_local! {
+    /// This thread's polling backoff: (transport handle, calls still to
+    /// skip, current backoff). See `poll_backoff`.
+    static BACKOFF: std::cell::Cell<(usize, u32, u32)> = const { std::cell::Cell::new((0, 0, 0)) };
+}
+
+/// Longest backoff, in calls skipped.
+const MAX_BACKOFF: u32 = 63;
+
+/// Whether this thread's call of `mcfx_progress` on `handle` may return at
+/// once without looking (touching nothing shared): after calls that found
+/// nothing to do, a thread skips the next 1, 3, 7, ... 63 calls. Ten
+/// threads polling in a loop would otherwise bounce the transport's shared
+/// cache lines (the gate, the queue's indices, the lock) between CPUs, and
+/// slow down the one that is running the pass.
+pub(crate) fn poll_backoff(handle: usize) -> bool {
+    BACKOFF.with(|b| {
+        let (h, skip, backoff) = b.get();
+        if h == handle && skip > 0 {
+            b.set((h, skip - 1, backoff));
+            return true;
+        }
+        false
+    })
+}
+
+/// Records what this thread's `mcfx_progress` on `handle` did (`worked`:
+/// it ran a pass), for `poll_backoff`.
+pub(crate) fn poll_result(handle: usize, worked: bool) {
+    BACKOFF.with(|b| {
+        let (h, _, backoff) = b.get();
+        let backoff = if worked || h != handle { 0 } else { (backoff * 2 + 1).min(MAX_BACKOFF) };
+        b.set((handle, backoff, backoff));
+    })
+}
 
 pub(crate) struct Driver {
     progress: Mutex<Progress>,
@@ -53,6 +107,11 @@ pub(crate) struct Driver {
     /// Passes run by callers; the progress thread watches it (Relaxed: a
     /// hint for the idle policy, not a synchronization).
     caller_passes: AtomicU64,
+    /// When the last caller's pass ended, and how long it took, in ns since
+    /// `epoch` (Relaxed hints): see `drive`.
+    last_end_ns: AtomicU64,
+    last_len_ns: AtomicU64,
+    epoch: Instant,
     shared: Arc<TransportState>,
 }
 
@@ -63,39 +122,73 @@ impl Driver {
             progress: Mutex::new(progress),
             outstanding: AtomicBool::new(false),
             caller_passes: AtomicU64::new(0),
+            last_end_ns: AtomicU64::new(0),
+            last_len_ns: AtomicU64::new(0),
+            epoch: Instant::now(),
             shared,
         }
     }
 
     /// A caller's pass (`mcfx_progress`): runs one if no other thread is
     /// running one, and returns how many ops it completed (their callbacks
-    /// ran on this thread, inside this call); 0 when another thread holds
-    /// the passes. The caller must have been admitted by the transport's
-    /// gate (so shutdown has not begun).
-    pub(crate) fn drive(&self) -> u64 {
-        let Some(mut p) = self.progress.try_lock() else {
-            return 0;
-        };
+    /// ran on this thread, inside this call); `None` when it ran none
+    /// (nothing to do yet, or another thread holds the passes). The caller
+    /// must have been admitted by the transport's gate (so shutdown has not
+    /// begun).
+    ///
+    /// Callers space passes that would only poll: with nothing new queued,
+    /// a pass starts only once at least as long as the last caller's pass
+    /// took (and `MIN_POLL_SPACING_NS`) has passed since it ended. Ten
+    /// threads polling in a loop would otherwise keep the lock taken all
+    /// the time, and a holder preempted by the scheduler (likely, then)
+    /// stalls every other poller for its time slice. Spaced, the lock is
+    /// free at least half the time, and a thread with nothing to look at
+    /// returns after a few loads.
+    pub(crate) fn drive(&self) -> Option<u64> {
+        let mut now = None;
+        if !self.has_new_work() {
+            if !self.outstanding.load(Relaxed) {
+                return None;
+            }
+            let t = self.ns_since_epoch();
+            let spacing = self.last_len_ns.load(Relaxed).max(MIN_POLL_SPACING_NS);
+            if t < self.last_end_ns.load(Relaxed).saturating_add(spacing) {
+                return None;
+            }
+            now = Some(t);
+        }
+        let mut p = self.progress.try_lock()?;
+        let start = now.unwrap_or_else(|| self.ns_since_epoch());
         if self.shared.queue.is_closed() {
             // Shutdown completed everything (or is about to, on the
             // progress thread): nothing is left to drive.
-            return 0;
+            return None;
         }
         let _here = self.shared.queue.wake().drive_here();
         let id = self.shared.slot.0.id.load(Relaxed);
         let _owner = crate::wait_graph::owner_for_now(id);
         let before = p.completions;
+        let full = p.budget;
+        p.budget = Budget { drain: CALLER_BUDGET.drain.min(full.drain), ..CALLER_BUDGET };
         p.pass();
+        p.budget = full;
         let done = p.completions - before;
         let outstanding = p.has_outstanding();
         // Under the lock: one writer at a time.
         self.caller_passes.store(self.caller_passes.load(Relaxed).wrapping_add(1), Relaxed);
+        let end = self.ns_since_epoch();
+        self.last_len_ns.store(end.saturating_sub(start), Relaxed);
+        self.last_end_ns.store(end, Relaxed);
         drop(p);
         self.set_outstanding(outstanding);
         if outstanding {
             self.shared.queue.wake().notify_parked();
         }
-        done
+        Some(done)
+    }
+
+    fn ns_since_epoch(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
     }
 
     fn set_outstanding(&self, outstanding: bool) {

@@ -13,8 +13,10 @@
 //!
 //! - it looks at the clock as it spins; a gap of `PREEMPTED_GAP` between
 //!   two looks means it was taken off its CPU (another thread wanted it, or
-//!   the container's CPU quota ran out). For `CONTENDED_HOLD` after that it
-//!   is *contended*: it spins only `CONTENDED_SPIN` after its last work,
+//!   the container's CPU quota ran out), and so does a timed nap that ends
+//!   that much late. Once such lost time adds up to `LOST_SHARE` of a
+//!   `WINDOW` (an odd preemption on a quiet machine does not), it is
+//!   *contended* for `CONTENDED_HOLD`: it spins only `CONTENDED_SPIN` after its last work,
 //!   then sleeps, and it does not pin itself while asleep (a pinned sleeper
 //!   on a busy CPU waits for that CPU);
 //! - a caller running passes itself (`mcfx_progress`) counts as the same
@@ -40,6 +42,10 @@ pub(super) const INFLIGHT_SPIN: Duration = Duration::from_millis(1);
 /// what a quiet machine's kernel work steals (tens of microseconds), and
 /// below a scheduler time slice (milliseconds).
 const PREEMPTED_GAP: Duration = Duration::from_micros(500);
+/// The window lost time is counted in.
+const WINDOW: Duration = Duration::from_millis(100);
+/// Lost time that makes the thread contended: a twentieth of `WINDOW`.
+const LOST_SHARE: u32 = 20;
 /// How long one sign of contention keeps the thread in contended mode. Each
 /// return to spinning risks one time slice behind a busy thread; a second
 /// apart that costs about one late op per second under contention.
@@ -74,6 +80,9 @@ pub(super) struct Idle {
     last_look: Option<Instant>,
     /// Contended until then (see the module comment).
     contended_until: Option<Instant>,
+    /// Start of the current `WINDOW` and the time lost in it.
+    window_start: Option<Instant>,
+    lost: Duration,
 }
 
 impl Idle {
@@ -85,6 +94,8 @@ impl Idle {
             spins: 0,
             last_look: None,
             contended_until: None,
+            window_start: None,
+            lost: Duration::ZERO,
         }
     }
 
@@ -106,6 +117,18 @@ impl Idle {
     /// later than asked waited for a CPU.
     pub(super) fn napped(&mut self, asked: Duration, took: Duration, now: Instant) {
         if took > asked + PREEMPTED_GAP {
+            self.lost(took - asked, now);
+        }
+    }
+
+    /// The thread was off its CPU for `how_long`, up to `now`.
+    fn lost(&mut self, how_long: Duration, now: Instant) {
+        let start = *self.window_start.get_or_insert(now);
+        if now.saturating_duration_since(start) > WINDOW {
+            (self.window_start, self.lost) = (Some(now), Duration::ZERO);
+        }
+        self.lost += how_long;
+        if self.lost * LOST_SHARE >= WINDOW {
             self.contend(now);
         }
     }
@@ -140,8 +163,9 @@ impl Idle {
     /// The decision at a look at the clock (`now`).
     fn look(&mut self, now: Instant, inflight: bool) -> Next {
         if let Some(last) = self.last_look.replace(now) {
-            if now.saturating_duration_since(last) > PREEMPTED_GAP {
-                self.contend(now);
+            let gap = now.saturating_duration_since(last);
+            if gap > PREEMPTED_GAP {
+                self.lost(gap, now);
             }
         }
         let since = *self.since.get_or_insert(now);
@@ -184,24 +208,40 @@ mod tests {
     }
 
     #[test]
-    fn a_gap_while_spinning_makes_it_contended_short_spins_and_no_pin() {
-        let mut idle = Idle::new(Duration::from_millis(1), true);
+    fn a_long_gap_while_spinning_makes_it_contended_short_spins_and_no_pin() {
+        let mut idle = Idle::new(Duration::from_millis(10), true);
         let t = Instant::now();
         assert_eq!(idle.look(at(t, 0), false), Next::Spin);
-        // Off the CPU for 600 us between two looks.
+        // Off the CPU for 6 ms between two looks.
         assert_eq!(
-            idle.look(at(t, 600), false),
-            Next::Sleep { idle: Duration::from_micros(600), pin: false }
+            idle.look(at(t, 6000), false),
+            Next::Sleep { idle: Duration::from_micros(6000), pin: false }
         );
         idle.worked();
-        assert_eq!(idle.look(at(t, 700), false), Next::Spin);
+        assert_eq!(idle.look(at(t, 6100), false), Next::Spin);
         assert_eq!(
-            idle.look(at(t, 710), false),
+            idle.look(at(t, 6110), false),
             Next::Sleep { idle: Duration::from_micros(10), pin: false }
         );
-        assert!(idle.contended(at(t, 600 + 999_000)));
+        assert!(idle.contended(at(t, 6000 + 999_000)));
         // The hold ends: quiet again.
-        assert!(!idle.contended(at(t, 600 + 1_000_001)));
+        assert!(!idle.contended(at(t, 6000 + 1_000_001)));
+    }
+
+    #[test]
+    fn odd_short_gaps_do_not_make_it_contended_but_many_do() {
+        let mut idle = Idle::new(Duration::from_millis(10), true);
+        let t = Instant::now();
+        // One 600 us gap in a window: a quiet machine's kernel work.
+        assert_eq!(idle.look(at(t, 0), false), Next::Spin);
+        assert_eq!(idle.look(at(t, 600), false), Next::Spin);
+        assert!(!idle.contended(at(t, 601)));
+        // Nine more within the same 100 ms: 6 ms lost, contended.
+        for i in 1..10 {
+            idle.look(at(t, 600 + i * 1200), false);
+            idle.look(at(t, 600 + i * 1200 + 600), false);
+        }
+        assert!(idle.contended(at(t, 20_000)));
     }
 
     #[test]
@@ -213,7 +253,7 @@ mod tests {
         let mut idle = Idle::new(Duration::from_millis(1), true);
         idle.napped(Duration::from_micros(100), Duration::from_micros(300), t);
         assert!(!idle.contended(at(t, 1)), "a little late is not contention");
-        idle.napped(Duration::from_micros(100), Duration::from_micros(2000), t);
+        idle.napped(Duration::from_micros(100), Duration::from_micros(8000), t);
         assert!(idle.contended(at(t, 1)));
     }
 

@@ -74,6 +74,9 @@ pub(super) struct InFlight {
     transfers: Vec<Transfer>,
     /// How many of `transfers`, from the first, are in flight.
     live: usize,
+    /// Where the next pass with a poll budget starts polling (see
+    /// `poll_inflight`).
+    cursor: usize,
     /// The most records ever made (`max_in_flight`: every live call has an
     /// op).
     max: usize,
@@ -94,7 +97,7 @@ impl InFlight {
         let mut transfers = Vec::new();
         transfers.try_reserve_exact(max.min(64)).ok()?;
         let iovs = IovList::new().ok()?;
-        Some(InFlight { transfers, live: 0, max, iovs, zombies: Vec::new() })
+        Some(InFlight { transfers, live: 0, cursor: 0, max, iovs, zombies: Vec::new() })
     }
 
     #[inline]
@@ -382,14 +385,25 @@ impl Progress {
         self.wait_for_conn(peer_id, idx, true);
     }
 
-    /// Polls every live call once; finished ones complete (or have judged)
-    /// their ops, and one past its deadline times them out. True when any
-    /// finished.
+    /// Polls every live call once, or `budget.poll` of them from where the
+    /// last such pass stopped (a caller's pass: short, so it is rarely
+    /// preempted holding the passes); finished ones complete (or have
+    /// judged) their ops, and one past its deadline times them out. True
+    /// when any finished.
     #[inline(never)]
     pub(super) fn poll_inflight(&mut self) -> bool {
         let mut moved = false;
-        let mut i = 0;
-        while i < self.inflight.live {
+        let budget = self.budget.poll;
+        let (mut i, mut left) = if budget >= self.inflight.live {
+            (0, self.inflight.live)
+        } else {
+            (self.inflight.cursor, budget)
+        };
+        while left > 0 && self.inflight.live > 0 {
+            left -= 1;
+            if i >= self.inflight.live {
+                i = 0;
+            }
             let t = &mut self.inflight.transfers[i];
             let id = t.id.take().expect("in-flight transfer has an id");
             let poll = t.conn.as_ref().expect("in-flight transfer has a conn").poll(id);
@@ -410,8 +424,10 @@ impl Progress {
                 Poll::Failed => Status::MCFX_E_TRANSFER_FAILED,
             };
             moved = true;
+            // The last live call takes slot `i`: it is polled next.
             self.finish(i, status);
         }
+        self.inflight.cursor = i;
         moved
     }
 

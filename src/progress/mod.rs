@@ -105,7 +105,7 @@ mod driver;
 mod idle;
 mod inflight;
 
-pub(crate) use driver::Driver;
+pub(crate) use driver::{poll_backoff, poll_result, Driver};
 
 use inflight::InFlight;
 
@@ -174,6 +174,24 @@ pub(crate) struct Progress {
     epoch: Instant,
     /// Ops completed so far (what a caller's pass reports).
     completions: u64,
+    /// How much this pass may do (the driver sets it: all of it for the
+    /// progress thread, a short pass for a caller).
+    budget: Budget,
+}
+
+/// How much one pass may do: ops taken from the queue (at least 1), calls
+/// polled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Budget {
+    pub drain: usize,
+    pub poll: usize,
+}
+
+impl Budget {
+    /// A whole pass: `max_batch` ops, every call polled.
+    pub(crate) fn full(max_batch: usize) -> Budget {
+        Budget { drain: max_batch.max(1), poll: usize::MAX }
+    }
 }
 
 impl Progress {
@@ -184,6 +202,7 @@ impl Progress {
     /// `max_in_flight`.
     pub(crate) fn new(shared: Arc<TransportState>) -> Result<Progress> {
         let config = &shared.config;
+        let max_batch = config.max_batch;
         let cap =
             (config.queue_capacity.min(INITIAL_SLOTS) + config.max_batch).min(config.max_in_flight);
         let now = Instant::now();
@@ -215,6 +234,7 @@ impl Progress {
             shared,
             failures: FailureLog::default(),
             completions: 0,
+            budget: Budget::full(max_batch),
         })
     }
 
