@@ -236,3 +236,78 @@ fn progress_on_bad_handles_is_refused_and_null_completed_is_fine() {
     assert_eq!(unsafe { mcfx_progress(t, &mut n) }, MCFX_E_INVALID_ARGUMENT);
     assert_eq!(n, 0);
 }
+
+/// What the submitting callback uses and saw.
+struct Resubmit {
+    t: AtomicU64,
+    op: Mutex<Option<mcfx_op>>,
+    statuses: Mutex<Vec<mcfx_status>>,
+    completions: AtomicUsize,
+}
+
+unsafe extern "C-unwind" fn submit_more(ctx: *mut c_void, ud: u64, _st: mcfx_status) {
+    // SAFETY: ctx is the Arc<Resubmit> the test keeps alive past destroy.
+    let r = unsafe { &*(ctx as *const Resubmit) };
+    r.completions.fetch_add(1, SeqCst);
+    if ud >= 1000 {
+        return; // ops submitted from here do not submit again
+    }
+    let t = r.t.load(SeqCst) as *mut mcfx_transport;
+    let mut op = r.op.lock().unwrap().expect("template op");
+    for i in 0..8u64 {
+        op.user_data = 1000 + ud * 8 + i;
+        let mut accepted = 0;
+        // SAFETY: the live handle of this callback; one op.
+        let st = unsafe { mcfx_submit(t, &op, 1, &mut accepted) };
+        r.statuses.lock().unwrap().push(st);
+    }
+}
+
+/// A callback running inside a caller's `mcfx_progress` that submits into
+/// a full transport gets `MCFX_E_QUEUE_FULL` at once: waiting for room
+/// (`submit_wait_us`, 10 s here) would wait for the pass it runs in.
+#[test]
+fn a_callback_inside_a_callers_pass_never_waits_for_room() {
+    let _g = serial();
+    let r = Arc::new(Resubmit {
+        t: AtomicU64::new(0),
+        op: Mutex::new(None),
+        statuses: Mutex::new(Vec::new()),
+        completions: AtomicUsize::new(0),
+    });
+    let a = Node::with(|c| {
+        c.on_complete = Some(submit_more);
+        c.complete_ctx = Arc::as_ptr(&r) as *mut c_void;
+        c.queue_capacity = 4;
+        c.max_in_flight = 4;
+        c.submit_wait_us = 10_000_000;
+    });
+    r.t.store(a.t as u64, SeqCst);
+    let b = Node::new();
+    a.knows(1, &b);
+    let src = AlignedBuf::new(4096);
+    let dst = AlignedBuf::new(4096);
+    a.register(&src);
+    b.register(&dst);
+    *r.op.lock().unwrap() = Some(write(src.addr(), 64, 1, dst.addr() as u64, 0));
+    for ud in 0..20u64 {
+        a.submit_ok(&[write(src.addr(), 64, 1, dst.addr() as u64, ud)]);
+        // Poll until this op's callback ran (it may run here or on the
+        // progress thread) and everything it submitted completed.
+        let until = std::time::Instant::now() + LIMIT;
+        loop {
+            let (st, _) = progress(a.t);
+            assert_eq!(st, MCFX_OK);
+            let submitted = r.statuses.lock().unwrap().iter().filter(|&&s| s == MCFX_OK).count();
+            if r.completions.load(SeqCst) == ud as usize + 1 + submitted
+                && r.statuses.lock().unwrap().len() == 8 * (ud as usize + 1)
+            {
+                break;
+            }
+            assert!(std::time::Instant::now() < until, "op {ud}: callbacks never finished");
+        }
+    }
+    let statuses = r.statuses.lock().unwrap();
+    assert!(statuses.iter().all(|&s| s == MCFX_OK || s == MCFX_E_QUEUE_FULL), "{statuses:?}");
+    assert!(statuses.contains(&MCFX_E_QUEUE_FULL), "the transport was never full");
+}
