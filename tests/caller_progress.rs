@@ -240,7 +240,9 @@ fn progress_on_bad_handles_is_refused_and_null_completed_is_fine() {
 /// What the submitting callback uses and saw.
 struct Resubmit {
     t: AtomicU64,
-    op: Mutex<Option<mcfx_op>>,
+    /// Where the ops it submits write from and to.
+    src: AtomicU64,
+    dst: AtomicU64,
     statuses: Mutex<Vec<mcfx_status>>,
     completions: AtomicUsize,
 }
@@ -253,9 +255,9 @@ unsafe extern "C-unwind" fn submit_more(ctx: *mut c_void, ud: u64, _st: mcfx_sta
         return; // ops submitted from here do not submit again
     }
     let t = r.t.load(SeqCst) as *mut mcfx_transport;
-    let mut op = r.op.lock().unwrap().expect("template op");
+    let (src, dst) = (r.src.load(SeqCst) as usize, r.dst.load(SeqCst));
     for i in 0..8u64 {
-        op.user_data = 1000 + ud * 8 + i;
+        let op = write(src, 64, 1, dst, 1000 + ud * 8 + i);
         let mut accepted = 0;
         // SAFETY: the live handle of this callback; one op.
         let st = unsafe { mcfx_submit(t, &op, 1, &mut accepted) };
@@ -271,7 +273,8 @@ fn a_callback_inside_a_callers_pass_never_waits_for_room() {
     let _g = serial();
     let r = Arc::new(Resubmit {
         t: AtomicU64::new(0),
-        op: Mutex::new(None),
+        src: AtomicU64::new(0),
+        dst: AtomicU64::new(0),
         statuses: Mutex::new(Vec::new()),
         completions: AtomicUsize::new(0),
     });
@@ -289,7 +292,8 @@ fn a_callback_inside_a_callers_pass_never_waits_for_room() {
     let dst = AlignedBuf::new(4096);
     a.register(&src);
     b.register(&dst);
-    *r.op.lock().unwrap() = Some(write(src.addr(), 64, 1, dst.addr() as u64, 0));
+    r.src.store(src.addr() as u64, SeqCst);
+    r.dst.store(dst.addr() as u64, SeqCst);
     for ud in 0..20u64 {
         a.submit_ok(&[write(src.addr(), 64, 1, dst.addr() as u64, ud)]);
         // Poll until this op's callback ran (it may run here or on the
