@@ -144,7 +144,7 @@ def main():
           f"rounds (software FlagCX provider; nic_*: modeled NIC, 200 Gb/s, 2 us; busy*: "
           f"copy mode beside busy loops)")
     if loadavg:
-        print(f"host load average (1 min) as each round started: "
+        print("host load average (1 min) as each round started: "
               + ", ".join(f"{v:.1f}" for v in loadavg) + f" (on {os.cpu_count()} CPUs)")
     hdr = (f"{'scenario':<18} {'impl':<5} {'p50':>9} {'p99':>9} {'p99.9':>9} {'ops/s':>9} "
            f"{'GB/s':>7} {'cpu/op':>8} {'proc/op':>8} {'link':>6}")
