@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The scaling curves (issue 22): nic_batch64_4k traffic (one submit of 64
+# The scaling curves: nic_batch64_4k traffic (one submit of 64
 # ops of 4 KiB, wait for all, next; the software provider's modeled NIC) as
 # one dimension grows, for cpp, rust (LD_PRELOAD) and raw:
 #   regions  1 16 256 4096 65536   registered 4 KiB regions on each side, op k
