@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use mooncake_flagcx::ffi::*;
 
+pub use crate::common::thread_cpu_time;
 use crate::common::{answer, LIMIT};
 
 /// A resolver that holds every call until `open`, then answers an endpoint
@@ -69,15 +70,6 @@ unsafe extern "C-unwind" fn held_resolve(
     }
     // SAFETY: the transport's buffer, writable for cap bytes.
     unsafe { answer(&r.endpoint, buf, cap) }
-}
-
-/// This thread's CPU time (user + system).
-pub fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid clock id and a writable timespec.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// A completion callback that holds the progress thread in its first call
