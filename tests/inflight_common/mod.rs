@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use mooncake_flagcx::ffi::*;
 
-pub use crate::common::thread_cpu_time;
 use crate::common::{answer, LIMIT};
 
 /// A resolver that holds every call until `open`, then answers an endpoint
