@@ -45,20 +45,13 @@ case "${1:-}" in
 esac
 scaling=${AB_SCALING:-1}
 
-# ---- system packages ----------------------------------------------------------
-. scripts/lib/need.sh
-need_pkgs cmake g++ make /usr/include/gtest/gtest.h:libgtest-dev \
-  py.matplotlib:python3-matplotlib
+. scripts/lib/ab.sh
 
-# ---- build (release) ----------------------------------------------------------
-echo "== building (cargo release + CMake)"
-cmake -S . -B build/ab -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build build/ab -j"$(nproc)" --target mcfx_ab_bench >/dev/null
+# ---- system packages and the build (release) ------------------------------------
+ab_build
 
-bench=build/ab/bench/mcfx_ab_bench
-rust_lib=$PWD/target/release/libmooncake_flagcx.so
 peer_bin=$PWD/target/release/flagcx-sw-peer
-out=target/ab
+out=$ab_out
 mkdir -p "$out"
 runs=$out/runs.jsonl
 
@@ -71,12 +64,8 @@ fi
 
 run_impl() {
   local impl=$1 round=$2
-  local args=(--impl "$impl" --round "$round" --peer-bin "$peer_bin" --scenario "$scenarios" "${quick[@]}")
-  case $impl in
-    cpp) "$bench" "${args[@]}" ;;
-    rust) LD_PRELOAD=$rust_lib "$bench" "${args[@]}" ;;
-    raw) "$bench" "${args[@]}" ;;
-  esac
+  ab_as "$impl" "$ab_bench" --impl "$impl" --round "$round" --peer-bin "$peer_bin" \
+    --scenario "$scenarios" "${quick[@]}"
 }
 
 start=$SECONDS
@@ -85,12 +74,11 @@ for ((r = 1; r <= rounds; r++)); do
   echo "== round $r/$rounds: ${order[*]} (at $((SECONDS - start)) s)"
   # The host's 1-minute load average as each round starts: the machine may
   # be shared, and the report prints these next to the numbers.
-  printf '{"scenario":"loadavg","impl":"host","round":%d,"loadavg1":%s}\n' \
-    "$r" "$(cut -d' ' -f1 /proc/loadavg)" >>"$runs"
+  ab_loadavg_line "$r" >>"$runs"
   for impl in "${order[@]}"; do
     run_impl "$impl" "$r" >>"$runs"
   done
-  order=("${order[@]:1}" "${order[0]}") # rotate: no implementation always runs first
+  ab_rotate
 done
 scaling_args=()
 if [ "$scaling" = 1 ]; then
@@ -101,5 +89,5 @@ if [ "$scaling" = 1 ]; then
 fi
 echo "== measured in $((SECONDS - start)) s"
 
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-/usr/bin/python3 bench/report/ab_report.py "$runs" --commit "$commit" --out "$out" "${scaling_args[@]}"
+/usr/bin/python3 bench/report/ab_report.py "$runs" --commit "$(ab_commit)" --out "$out" \
+  "${scaling_args[@]}"

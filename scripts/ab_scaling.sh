@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The scaling curves (issue 22): nic_batch64_4k traffic (one submit of 64
+# The scaling curves: nic_batch64_4k traffic (one submit of 64
 # ops of 4 KiB, wait for all, next; the software provider's modeled NIC) as
 # one dimension grows, for cpp, rust (LD_PRELOAD) and raw:
 #   regions  1 16 256 4096 65536   registered 4 KiB regions on each side, op k
@@ -27,18 +27,10 @@ dims=${AB_SCALING_DIMS:-regions peers threads}
 quick=()
 [ "${AB_QUICK:-0}" = "1" ] && quick=(--quick)
 
-if [ "${AB_NO_BUILD:-0}" != "1" ]; then
-  . scripts/lib/need.sh
-  need_pkgs cmake g++ make /usr/include/gtest/gtest.h:libgtest-dev \
-    py.matplotlib:python3-matplotlib
-  echo "== building (cargo release + CMake)"
-  cmake -S . -B build/ab -DCMAKE_BUILD_TYPE=Release >/dev/null
-  cmake --build build/ab -j"$(nproc)" --target mcfx_ab_bench >/dev/null
-fi
+. scripts/lib/ab.sh
+[ "${AB_NO_BUILD:-0}" = "1" ] || ab_build
 
-bench=build/ab/bench/mcfx_ab_bench
-rust_lib=$PWD/target/release/libmooncake_flagcx.so
-out=target/ab
+out=$ab_out
 mkdir -p "$out"
 runs=$out/scaling.jsonl
 log=$out/scaling.log
@@ -58,12 +50,8 @@ points() {
 # register 2 x 65 536 regions on this kind of machine; the rest take seconds).
 run_point() {
   local impl=$1 round=$2 point=$3 rc=0
-  local cmd=(timeout -k 10 600 "$bench" --impl "$impl" --round "$round" --scaling "$point" "${quick[@]}")
-  if [ "$impl" = rust ]; then
-    LD_PRELOAD=$rust_lib "${cmd[@]}" >>"$runs" 2>>"$log" || rc=$?
-  else
-    "${cmd[@]}" >>"$runs" 2>>"$log" || rc=$?
-  fi
+  ab_as "$impl" timeout -k 10 600 "$ab_bench" --impl "$impl" --round "$round" \
+    --scaling "$point" "${quick[@]}" >>"$runs" 2>>"$log" || rc=$?
   [ $rc -eq 0 ] || echo "ab_scaling.sh: $impl $point failed (exit $rc; see $log)" >&2
 }
 
@@ -71,18 +59,16 @@ order=(cpp rust raw)
 for ((r = 1; r <= rounds; r++)); do
   for dim in $dims; do
     echo "== scaling round $r/$rounds: $dim $(points "$dim")"
-    printf '{"scenario":"loadavg","impl":"host","curve":"%s","round":%d,"loadavg1":%s}\n' \
-      "$dim" "$r" "$(cut -d' ' -f1 /proc/loadavg)" >>"$runs"
+    ab_loadavg_line "$r" "\"curve\":\"$dim\"," >>"$runs"
     for x in $(points "$dim"); do
       for impl in "${order[@]}"; do
         run_point "$impl" "$r" "$dim:$x"
       done
-      order=("${order[@]:1}" "${order[0]}") # rotate: no implementation always runs first
+      ab_rotate
     done
   done
 done
 
 if [ "${AB_NO_REPORT:-0}" != "1" ]; then
-  commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-  /usr/bin/python3 bench/report/scaling_report.py "$runs" --commit "$commit" --out "$out"
+  /usr/bin/python3 bench/report/scaling_report.py "$runs" --commit "$(ab_commit)" --out "$out"
 fi

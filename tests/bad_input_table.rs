@@ -14,25 +14,25 @@ use mooncake_flagcx::ffi::*;
 
 use mcfx_status::*;
 
-/// One row: what is called, what it must return, and a word its message
-/// must contain (besides the function's name).
-struct Row {
+/// One row: what is called with which bad input, and what it must return;
+/// a failed call's message must name the call and say more.
+struct Row<'a> {
     call: &'static str,
     input: &'static str,
     want: mcfx_status,
-    run: Box<dyn Fn() -> mcfx_status>,
+    run: Box<dyn Fn() -> mcfx_status + 'a>,
 }
 
-fn row(
+fn row<'a>(
     call: &'static str,
     input: &'static str,
     want: mcfx_status,
-    run: impl Fn() -> mcfx_status + 'static,
-) -> Row {
+    run: impl Fn() -> mcfx_status + 'a,
+) -> Row<'a> {
     Row { call, input, want, run: Box::new(run) }
 }
 
-fn check(rows: Vec<Row>) -> usize {
+fn check(rows: Vec<Row<'_>>) {
     for r in &rows {
         let got = (r.run)();
         assert_eq!(got, r.want, "{} with {}: {}", r.call, r.input, last_error());
@@ -52,27 +52,41 @@ fn check(rows: Vec<Row>) -> usize {
             );
         }
     }
-    rows.len()
 }
 
-#[test]
-fn every_export_rejects_every_bad_input_with_its_documented_status() {
-    let _g = serial();
-    // Leaked on purpose: the rows run inside 'static closures.
-    let p: &'static Pair = Box::leak(Box::new(Pair::new(8192)));
-    let other: &'static AlignedBuf = Box::leak(Box::new(AlignedBuf::new(4096)));
-    let t = p.a.t as usize;
-    let (src, dst) = (p.src.addr(), p.dst.addr() as u64);
-    let cfg = |f: fn(&mut mcfx_config)| {
+/// What the rows run against: `p.a` is the live handle (`src` registered
+/// on it, `b` its peer 1), `other` a buffer registered nowhere.
+struct Setup {
+    p: Pair,
+    other: AlignedBuf,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        Setup { p: Pair::new(8192), other: AlignedBuf::new(4096) }
+    }
+
+    /// The live handle, as a number the rows' closures copy.
+    fn t(&self) -> usize {
+        self.p.a.t as usize
+    }
+
+    /// `mcfx_create` of a default config (with `p.a`'s callbacks) that `f`
+    /// spoiled.
+    fn create_with(&self, f: fn(&mut mcfx_config)) -> impl Fn() -> mcfx_status + '_ {
         move || {
-            let mut c = config(&p.a.done, &p.a.dir);
+            let mut c = config(&self.p.a.done, &self.p.a.dir);
             f(&mut c);
             let mut out = null_mut();
             // SAFETY: a full-size config struct, whatever its fields claim.
             unsafe { mcfx_create(&c, &mut out) }
         }
-    };
-    let submit = move |o: mcfx_op| {
+    }
+
+    /// `mcfx_submit` of the one op `o` on the live handle, which must queue
+    /// it whole or not at all.
+    fn submit_one(&self, o: mcfx_op) -> impl Fn() -> mcfx_status {
+        let t = self.t();
         move || {
             let mut n = 7;
             // SAFETY: a live handle and one op.
@@ -80,98 +94,72 @@ fn every_export_rejects_every_bad_input_with_its_documented_status() {
             assert_eq!(n, if st == OK { 1 } else { 0 });
             st
         }
-    };
-    let good = write(src, 64, 1, dst, 1);
-    // SAFETY (all rows): pointers are either NULL on purpose, or live buffers
-    // and the live handle of `p`.
-    let rows = vec![
+    }
+}
+
+// SAFETY (all rows below): pointers are either NULL on purpose, or live
+// buffers and the live handle of the test's Setup.
+
+#[test]
+fn create_rejects_null_arguments_and_missing_callbacks() {
+    let _g = serial();
+    let s = &Setup::new();
+    check(vec![
         row("mcfx_create", "NULL config", MCFX_E_INVALID_ARGUMENT, || unsafe {
             mcfx_create(null(), &mut null_mut())
         }),
         row("mcfx_create", "NULL out pointer", MCFX_E_INVALID_ARGUMENT, move || {
-            let c = config(&p.a.done, &p.a.dir);
+            let c = config(&s.p.a.done, &s.p.a.dir);
             unsafe { mcfx_create(&c, null_mut()) }
         }),
-        row("mcfx_create", "struct_size too small", MCFX_E_BAD_CONFIG, cfg(|c| c.struct_size = 12)),
-        row("mcfx_create", "a newer ABI version", MCFX_E_BAD_CONFIG, cfg(|c| c.abi_version = 99)),
-        row("mcfx_create", "ABI version 0", MCFX_E_BAD_CONFIG, cfg(|c| c.abi_version = 0)),
         row(
             "mcfx_create",
             "no completion callback",
             MCFX_E_INVALID_ARGUMENT,
-            cfg(|c| c.on_complete = None),
+            s.create_with(|c| c.on_complete = None),
         ),
-        row("mcfx_create", "no resolver", MCFX_E_INVALID_ARGUMENT, cfg(|c| c.resolve = None)),
         row(
             "mcfx_create",
-            "queue_capacity over the limit",
-            MCFX_E_BAD_CONFIG,
-            cfg(|c| c.queue_capacity = 1 << 21),
+            "no resolver",
+            MCFX_E_INVALID_ARGUMENT,
+            s.create_with(|c| c.resolve = None),
         ),
-        row("mcfx_create", "unknown flag", MCFX_E_BAD_CONFIG, cfg(|c| c.flags = 1 << 7)),
-        // Every numeric field has a documented maximum (issue 11, item 1):
+    ]);
+}
+
+#[test]
+fn create_rejects_bad_sizes_versions_flags_and_every_value_over_its_maximum() {
+    let _g = serial();
+    let s = &Setup::new();
+    let bad = |input, spoil| row("mcfx_create", input, MCFX_E_BAD_CONFIG, s.create_with(spoil));
+    check(vec![
+        bad("struct_size too small", |c| c.struct_size = 12),
+        bad("a newer ABI version", |c| c.abi_version = 99),
+        bad("ABI version 0", |c| c.abi_version = 0),
+        bad("queue_capacity over the limit", |c| c.queue_capacity = 1 << 21),
+        bad("unknown flag", |c| c.flags = 1 << 7),
+        // Every numeric field has a documented maximum (MCFX_MAX_*):
         // beyond it, BAD_CONFIG, never an abort of the host.
-        row(
-            "mcfx_create",
-            "max_batch UINT32_MAX",
-            MCFX_E_BAD_CONFIG,
-            cfg(|c| c.max_batch = u32::MAX),
-        ),
-        row(
-            "mcfx_create",
-            "max_batch 300 000 000",
-            MCFX_E_BAD_CONFIG,
-            cfg(|c| c.max_batch = 300_000_000),
-        ),
-        row(
-            "mcfx_create",
-            "spin_grace_us UINT32_MAX",
-            MCFX_E_BAD_CONFIG,
-            cfg(|c| c.spin_grace_us = u32::MAX),
-        ),
-        row(
-            "mcfx_create",
-            "submit_wait_us UINT32_MAX",
-            MCFX_E_BAD_CONFIG,
-            cfg(|c| c.submit_wait_us = u32::MAX),
-        ),
-        row(
-            "mcfx_create",
-            "op_timeout_ms UINT32_MAX",
-            MCFX_E_BAD_CONFIG,
-            cfg(|c| c.op_timeout_ms = u32::MAX),
-        ),
-        row(
-            "mcfx_create",
-            "connect_timeout_ms UINT32_MAX",
-            MCFX_E_BAD_CONFIG,
-            cfg(|c| c.connect_timeout_ms = u32::MAX),
-        ),
-        row(
-            "mcfx_create",
-            "shutdown_timeout_ms UINT32_MAX",
-            MCFX_E_BAD_CONFIG,
-            cfg(|c| c.shutdown_timeout_ms = u32::MAX),
-        ),
-        row(
-            "mcfx_create",
-            "connect_threads UINT32_MAX",
-            MCFX_E_BAD_CONFIG,
-            cfg(|c| c.connect_threads = u32::MAX),
-        ),
-        row(
-            "mcfx_create",
-            "queue_capacity UINT32_MAX",
-            MCFX_E_BAD_CONFIG,
-            cfg(|c| c.queue_capacity = u32::MAX),
-        ),
-        row(
-            "mcfx_create",
-            "max_slice_bytes UINT64_MAX",
-            MCFX_E_BAD_CONFIG,
-            cfg(|c| c.max_slice_bytes = u64::MAX),
-        ),
-        row("mcfx_create", "log_level above TRACE", MCFX_E_BAD_CONFIG, cfg(|c| c.log_level = 6)),
+        bad("max_batch UINT32_MAX", |c| c.max_batch = u32::MAX),
+        bad("max_batch 300 000 000", |c| c.max_batch = 300_000_000),
+        bad("spin_grace_us UINT32_MAX", |c| c.spin_grace_us = u32::MAX),
+        bad("submit_wait_us UINT32_MAX", |c| c.submit_wait_us = u32::MAX),
+        bad("op_timeout_ms UINT32_MAX", |c| c.op_timeout_ms = u32::MAX),
+        bad("connect_timeout_ms UINT32_MAX", |c| c.connect_timeout_ms = u32::MAX),
+        bad("shutdown_timeout_ms UINT32_MAX", |c| c.shutdown_timeout_ms = u32::MAX),
+        bad("connect_threads UINT32_MAX", |c| c.connect_threads = u32::MAX),
+        bad("queue_capacity UINT32_MAX", |c| c.queue_capacity = u32::MAX),
+        bad("max_slice_bytes UINT64_MAX", |c| c.max_slice_bytes = u64::MAX),
+        bad("log_level above TRACE", |c| c.log_level = 6),
+    ]);
+}
+
+#[test]
+fn local_endpoint_rejects_bad_arguments_and_a_transport_that_does_not_serve() {
+    let _g = serial();
+    let s = &Setup::new();
+    let t = s.t();
+    check(vec![
         row("mcfx_local_endpoint", "NULL handle", MCFX_E_INVALID_ARGUMENT, || unsafe {
             mcfx_local_endpoint(null(), null_mut(), 0, &mut 0)
         }),
@@ -192,7 +180,7 @@ fn every_export_rejects_every_bad_input_with_its_documented_status() {
             "a transport made with MCFX_FLAG_NO_SERVE",
             MCFX_E_NOT_SERVING,
             move || {
-                let mut c = config(&p.a.done, &p.a.dir);
+                let mut c = config(&s.p.a.done, &s.p.a.dir);
                 c.flags = MCFX_FLAG_NO_SERVE;
                 let mut q = null_mut();
                 let mut buf = [0 as c_char; 64];
@@ -206,6 +194,15 @@ fn every_export_rejects_every_bad_input_with_its_documented_status() {
                 }
             },
         ),
+    ]);
+}
+
+#[test]
+fn register_and_unregister_reject_bad_regions() {
+    let _g = serial();
+    let s = &Setup::new();
+    let (t, src, other) = (s.t(), s.p.src.addr(), &s.other);
+    check(vec![
         row("mcfx_register", "NULL handle", MCFX_E_INVALID_ARGUMENT, move || unsafe {
             mcfx_register(null_mut(), other.addr() as _, 64)
         }),
@@ -262,6 +259,16 @@ fn every_export_rejects_every_bad_input_with_its_documented_status() {
             let a = [other.addr() as *mut c_void];
             mcfx_unregister_batch(t as *mut _, a.as_ptr(), 1)
         }),
+    ]);
+}
+
+#[test]
+fn submit_rejects_each_bad_op_and_queues_nothing() {
+    let _g = serial();
+    let s = &Setup::new();
+    let (t, src, dst, other) = (s.t(), s.p.src.addr(), s.p.dst.addr() as u64, &s.other);
+    let good = write(src, 64, 1, dst, 1);
+    check(vec![
         row("mcfx_submit", "NULL handle", MCFX_E_INVALID_ARGUMENT, move || unsafe {
             mcfx_submit(null_mut(), &good, 1, null_mut())
         }),
@@ -272,50 +279,60 @@ fn every_export_rejects_every_bad_input_with_its_documented_status() {
             "mcfx_submit",
             "zero length",
             MCFX_E_INVALID_ARGUMENT,
-            submit(write(src, 0, 1, dst, 2)),
+            s.submit_one(write(src, 0, 1, dst, 2)),
         ),
         row(
             "mcfx_submit",
             "NULL local address",
             MCFX_E_INVALID_ARGUMENT,
-            submit(write(0, 64, 1, dst, 2)),
+            s.submit_one(write(0, 64, 1, dst, 2)),
         ),
         row(
             "mcfx_submit",
             "unknown opcode",
             MCFX_E_INVALID_ARGUMENT,
-            submit(op(5, src, 64, 1, dst, 2)),
+            s.submit_one(op(5, src, 64, 1, dst, 2)),
         ),
         row(
             "mcfx_submit",
             "reserved field set",
             MCFX_E_INVALID_ARGUMENT,
-            submit(mcfx_op { reserved: 3, ..good }),
+            s.submit_one(mcfx_op { reserved: 3, ..good }),
         ),
         row(
             "mcfx_submit",
             "unregistered local range",
             MCFX_E_NOT_REGISTERED,
-            submit(write(other.addr(), 64, 1, dst, 2)),
+            s.submit_one(write(other.addr(), 64, 1, dst, 2)),
         ),
         row(
             "mcfx_submit",
             "partly registered local range",
             MCFX_E_NOT_REGISTERED,
-            submit(write(src + 8000, 400, 1, dst, 2)),
+            s.submit_one(write(src + 8000, 400, 1, dst, 2)),
         ),
         row(
             "mcfx_submit",
             "local overflow",
             MCFX_E_OVERFLOW,
-            submit(write(usize::MAX - 4, 64, 1, dst, 2)),
+            s.submit_one(write(usize::MAX - 4, 64, 1, dst, 2)),
         ),
         row(
             "mcfx_submit",
             "remote overflow",
             MCFX_E_OVERFLOW,
-            submit(write(src, 64, 1, u64::MAX - 4, 2)),
+            s.submit_one(write(src, 64, 1, u64::MAX - 4, 2)),
         ),
+    ]);
+    assert_eq!(s.p.a.stats().submitted, 0, "no bad submit queued anything");
+}
+
+#[test]
+fn get_stats_rejects_bad_arguments() {
+    let _g = serial();
+    let s = &Setup::new();
+    let t = s.t();
+    check(vec![
         row("mcfx_get_stats", "NULL handle", MCFX_E_INVALID_ARGUMENT, || unsafe {
             mcfx_get_stats(null(), &mut mcfx_stats::default())
         }),
@@ -325,34 +342,46 @@ fn every_export_rejects_every_bad_input_with_its_documented_status() {
         row("mcfx_get_stats", "struct_size unset", MCFX_E_INVALID_ARGUMENT, move || unsafe {
             mcfx_get_stats(t as *const _, &mut mcfx_stats::default())
         }),
-    ];
-    let n = check(rows);
-    assert_eq!(p.a.stats().submitted, 0, "no bad submit queued anything");
-    eprintln!("{n} bad inputs rejected");
+    ]);
+}
 
-    // Problems only the progress thread can see complete the op instead.
-    p.a.submit_ok(&[write(src, 64, 404, dst, 10)]);
-    assert_eq!(p.a.done.wait_one(10, LIMIT), MCFX_E_RESOLVE, "unknown peer");
-    p.a.submit_ok(&[write(src, 64, 1, dst + (1 << 20), 11)]);
+/// Problems only the progress thread can see complete the op instead.
+#[test]
+fn ops_to_an_unknown_peer_or_outside_its_regions_complete_with_their_status() {
+    let _g = serial();
+    let s = &Setup::new();
+    let (a, src, dst) = (&s.p.a, s.p.src.addr(), s.p.dst.addr() as u64);
+    a.submit_ok(&[write(src, 64, 404, dst, 10)]);
+    assert_eq!(a.done.wait_one(10, LIMIT), MCFX_E_RESOLVE, "unknown peer");
+    a.submit_ok(&[write(src, 64, 1, dst + (1 << 20), 11)]);
     assert_eq!(
-        p.a.done.wait_one(11, LIMIT),
+        a.done.wait_one(11, LIMIT),
         MCFX_E_REMOTE_RANGE,
         "remote range outside the peer's regions"
     );
+}
 
-    // Calls with no failure mode still hold up against bad pointers.
-    // SAFETY: NULL and short sizes, which these functions document as no-ops.
+/// Calls with no failure mode still hold up against bad pointers.
+#[test]
+fn calls_without_a_failure_mode_hold_up_against_null_and_short_buffers() {
+    // SAFETY: NULL and short sizes, which these functions document as no-ops,
+    // and a NULL config, which mcfx_create rejects.
     unsafe {
         mcfx_config_init(null_mut(), 64);
         let mut small = [0xffu8; 4];
         mcfx_config_init(small.as_mut_ptr().cast(), 4);
         assert_eq!(small, [0xff; 4], "config_init wrote into a 4-byte struct");
+        // A failed call leaves a message: NULL and 0 ask for its length.
+        assert_eq!(mcfx_create(null(), &mut null_mut()), MCFX_E_INVALID_ARGUMENT);
         assert!(mcfx_last_error(null_mut(), 0) > 0);
         assert_eq!(CStr::from_ptr(mcfx_strerror(-7)).to_str().unwrap(), "unknown status code");
         assert!(!mcfx_get_api_v1().is_null());
     }
+}
 
-    // Double destroy (the Pair's own destroy runs on a fresh handle).
+#[test]
+fn destroying_a_handle_twice_is_detected() {
+    let _g = serial();
     let mut q = Node::new();
     let h = q.t;
     assert_eq!(q.destroy(), OK);

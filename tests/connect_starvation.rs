@@ -145,15 +145,8 @@ unsafe extern "C-unwind" fn resolve(
             return -1;
         }
     };
-    if endpoint.len() >= cap {
-        return -2;
-    }
-    // SAFETY: buf is writable for cap > len bytes.
-    unsafe {
-        std::ptr::copy_nonoverlapping(endpoint.as_ptr(), buf.cast::<u8>(), endpoint.len());
-        *buf.add(endpoint.len()) = 0;
-    }
-    0
+    // SAFETY: the transport's buffer, writable for cap bytes.
+    unsafe { answer(endpoint, buf, cap) }
 }
 
 /// Log lines the transport sent to its callback.

@@ -48,10 +48,33 @@ fn run(cmd: &mut Command) -> String {
     text
 }
 
+/// A directory of its own under the temp dir, removed when dropped, whether
+/// the test passed or panicked. `name` keeps the tests of one process (one
+/// PID) apart: they run at once.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("mcfx-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn compile_header_alone(compiler: &str, std: &str, ext: &str) {
-    let dir = std::env::temp_dir().join(format!("mcfx-header-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let src = dir.join(format!("only_header.{ext}"));
+    let dir = TempDir::new(&format!("header-{ext}"));
+    let src = dir.path().join(format!("only_header.{ext}"));
     std::fs::write(&src, "#include \"mooncake_flagcx.h\"\nint main(void) { return MCFX_OK; }\n")
         .unwrap();
     run(Command::new(compiler)
@@ -90,15 +113,15 @@ fn readme_c_example_builds_and_runs() {
     // libflagcx.so, which the cdylib finds through its $ORIGIN rpath, is
     // linked in beside it).
     let cdylib = cdylib_dir().join("libmooncake_flagcx.so");
-    let lib_dir = std::env::temp_dir().join(format!("mcfx-readme-lib-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&lib_dir);
+    let tmp = TempDir::new("readme-example");
+    let lib_dir = tmp.path().join("lib");
     std::fs::create_dir_all(&lib_dir).unwrap();
     for name in ["libmooncake_flagcx.so", "libmooncake_flagcx.so.1"] {
         std::os::unix::fs::symlink(&cdylib, lib_dir.join(name)).unwrap();
     }
     let flagcx = profile_dir().join("libflagcx.so");
     std::os::unix::fs::symlink(flagcx, lib_dir.join("libflagcx.so")).unwrap();
-    let exe = std::env::temp_dir().join(format!("mcfx-readme-example-{}", std::process::id()));
+    let exe = tmp.path().join("readme_example");
     run(Command::new("cc")
         .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-I"])
         .arg(root().join("include"))
@@ -110,6 +133,4 @@ fn readme_c_example_builds_and_runs() {
         .arg(format!("-Wl,-rpath,{}", lib_dir.display())));
     let out = run(&mut Command::new(&exe));
     assert!(out.contains("write: success, data intact"), "{out}");
-    let _ = std::fs::remove_file(Path::new(&exe));
-    let _ = std::fs::remove_dir_all(&lib_dir);
 }

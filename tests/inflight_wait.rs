@@ -17,8 +17,7 @@ use mooncake_flagcx::ffi::mcfx_status::*;
 use mooncake_flagcx::ffi::*;
 
 use inflight_common::{
-    thread_cpu_time, thread_id, wait_until_asleep, HeldCallback, HeldResolver, OpenCallbackOnDrop,
-    OpenOnDrop,
+    thread_id, wait_until_asleep, HeldCallback, HeldResolver, OpenCallbackOnDrop, OpenOnDrop,
 };
 
 const MAX_IN_FLIGHT: usize = 8;

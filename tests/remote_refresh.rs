@@ -216,18 +216,9 @@ unsafe extern "C-unwind" fn resolve_then_fail_next(
     if FAIL_AFTER_RESOLVE.swap(false, SeqCst) {
         assert!(sw::set_knob(Knob::FailOp, 1));
     }
-    // SAFETY: ctx is the Directory the node keeps alive past destroy.
-    let dir = unsafe { &*(ctx as *const Directory) };
-    let Some(ep) = dir.lookup(peer) else { return -1 };
-    if ep.len() >= cap {
-        return -2;
-    }
-    // SAFETY: buf is writable for cap > ep.len() bytes.
-    unsafe {
-        std::ptr::copy_nonoverlapping(ep.as_ptr(), buf.cast::<u8>(), ep.len());
-        *buf.add(ep.len()) = 0;
-    }
-    0
+    // SAFETY: ctx is the Directory the node keeps alive past destroy; buf
+    // and cap are the transport's.
+    unsafe { resolve(ctx, peer, buf, cap) }
 }
 
 #[test]

@@ -36,6 +36,20 @@ fn threads_named(name: &str) -> Vec<i32> {
         .collect()
 }
 
+/// The tid of the one transport's progress thread, once it has started.
+fn the_progress_thread() -> i32 {
+    let mut tids = Vec::new();
+    wait_until(
+        || {
+            tids = threads_named("mcfx-progress");
+            !tids.is_empty()
+        },
+        "the progress thread",
+    );
+    assert_eq!(tids.len(), 1, "one progress thread");
+    tids[0]
+}
+
 /// `Cpus_allowed_list` of a thread of this process, e.g. "0-1" or "1".
 fn allowed_list(tid: i32) -> String {
     let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
@@ -67,16 +81,7 @@ fn the_progress_thread_is_pinned_only_while_it_sleeps() {
     let buf = AlignedBuf::new(4096);
     // SAFETY: `buf` outlives the transport (dropped after it below).
     unsafe { t.register(buf.addr(), buf.len()).expect("register") };
-    let mut tids = Vec::new();
-    wait_until(
-        || {
-            tids = threads_named("mcfx-progress");
-            !tids.is_empty()
-        },
-        "the progress thread",
-    );
-    assert_eq!(tids.len(), 1, "one progress thread");
-    let tid = tids[0];
+    let tid = the_progress_thread();
     // An op for a peer nobody can resolve: it completes (MCFX_E_RESOLVE)
     // on the progress thread, which the submit woke.
     let mut sent = 0u64;
@@ -136,18 +141,11 @@ fn with_pinning_off_the_parked_progress_thread_keeps_its_affinity() {
         Box::new(|_| Err("no peers here".into())),
     )
     .expect("create");
-    let mut tids = Vec::new();
-    wait_until(
-        || {
-            tids = threads_named("mcfx-progress");
-            !tids.is_empty()
-        },
-        "the progress thread",
-    );
+    let tid = the_progress_thread();
     // Idle after 10 us, it sleeps for nearly all of these 200 samples over
     // at least 200 ms; with pinning on, every sample would show one CPU.
     for _ in 0..200 {
-        let list = allowed_list(tids[0]);
+        let list = allowed_list(tid);
         assert!(list.contains([',', '-']), "pinned while asleep: {list}");
         std::thread::sleep(Duration::from_millis(1));
     }

@@ -73,18 +73,9 @@ unsafe extern "C-unwind" fn destroying_resolver(
         VICTIM_DESTROYED.store(unsafe { mcfx_destroy(victim) } as i32, SeqCst);
         return -1;
     }
-    // SAFETY: ctx is the pair's Arc<Directory>, alive while the pair is.
-    let dir = unsafe { &*(ctx as *const Directory) };
-    let Some(ep) = dir.lookup(peer) else { return -1 };
-    if ep.len() >= cap {
-        return -1;
-    }
-    // SAFETY: buf is writable for cap > ep.len() bytes.
-    unsafe {
-        std::ptr::copy_nonoverlapping(ep.as_ptr(), buf.cast::<u8>(), ep.len());
-        *buf.add(ep.len()) = 0;
-    }
-    0
+    // SAFETY: ctx is the pair's Arc<Directory>, alive while the pair is;
+    // buf and cap are the transport's.
+    unsafe { resolve(ctx, peer, buf, cap) }
 }
 
 #[test]

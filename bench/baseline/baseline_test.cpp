@@ -115,6 +115,18 @@ struct Peers {
   }
 };
 
+// A config with the defaults and these callbacks (completions to `done`,
+// peers resolved by `peers`).
+mcfx_config ConfigFor(Completions &done, Peers &peers) {
+  mcfx_config cfg;
+  mcfx_config_init(&cfg, sizeof cfg);
+  cfg.on_complete = Completions::OnComplete;
+  cfg.complete_ctx = &done;
+  cfg.resolve = Peers::Resolve;
+  cfg.resolve_ctx = &peers;
+  return cfg;
+}
+
 mcfx_op Op(uint32_t opcode, void *local, uint64_t length, uint64_t peer,
            const void *remote, uint64_t user_data) {
   mcfx_op op{};
@@ -195,12 +207,7 @@ TEST(BaselineAbi, BadConfigAnswersMatchTheRustLibrary) {
   ASSERT_NE(rust_destroy, nullptr);
   Completions done;
   Peers peers;
-  mcfx_config good;
-  mcfx_config_init(&good, sizeof good);
-  good.on_complete = Completions::OnComplete;
-  good.complete_ctx = &done;
-  good.resolve = Peers::Resolve;
-  good.resolve_ctx = &peers;
+  mcfx_config good = ConfigFor(done, peers);
   good.flags = MCFX_FLAG_NO_SERVE; // no RPC server per accepted row
 
   std::vector<std::pair<std::string, mcfx_config>> rows;
@@ -248,12 +255,7 @@ TEST(BaselineAbi, BadConfigAnswersMatchTheRustLibrary) {
 TEST(BaselineAbi, RejectsBadConfigsAndArguments) {
   Completions done;
   Peers peers;
-  mcfx_config good;
-  mcfx_config_init(&good, sizeof good);
-  good.on_complete = Completions::OnComplete;
-  good.complete_ctx = &done;
-  good.resolve = Peers::Resolve;
-  good.resolve_ctx = &peers;
+  mcfx_config good = ConfigFor(done, peers);
 
   mcfx_transport *t = nullptr;
   EXPECT_EQ(mcfx_create(nullptr, &t), MCFX_E_INVALID_ARGUMENT);
@@ -334,12 +336,7 @@ protected:
   }
 
   mcfx_transport *Create(uint32_t op_timeout_ms) {
-    mcfx_config cfg;
-    mcfx_config_init(&cfg, sizeof cfg);
-    cfg.on_complete = Completions::OnComplete;
-    cfg.complete_ctx = &done_;
-    cfg.resolve = Peers::Resolve;
-    cfg.resolve_ctx = &peers_;
+    mcfx_config cfg = ConfigFor(done_, peers_);
     cfg.op_timeout_ms = op_timeout_ms;
     mcfx_transport *t = nullptr;
     EXPECT_EQ(mcfx_create(&cfg, &t), MCFX_OK) << LastError();

@@ -17,14 +17,14 @@ scripts/ab_scaling.sh (scaling_report.py) join the output, report.json
 ("scaling") and the targets; their plot is ab_scaling.png.
 """
 import argparse
-import json
 import os
 import statistics
 import sys
 from collections import defaultdict
 
 import scaling_report
-from common import cpu_model, fmt_ns, fmt_rate, machine, summary, write_report
+from common import (cpu_model, fmt_ns, fmt_rate, fmt_ratio, json_lines, machine, median_of,
+                    summary, write_report)
 
 IMPLS = ["cpp", "rust", "raw"]
 COPY_SCENARIOS = ["single_64b", "single_4k", "single_64k", "single_1m", "single_4k_wire2us",
@@ -54,30 +54,15 @@ COPY_BOUND = ("single_1m", "bw_256m")
 
 def load(path):
     rows = defaultdict(list)  # (scenario, impl) -> [row per round]
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line.startswith("{"):
-                r = json.loads(line)
-                rows[(r["scenario"], r["impl"])].append(r)
+    for r in json_lines(path):
+        rows[(r["scenario"], r["impl"])].append(r)
     return rows
-
-
-def median(rows, metric):
-    vals = [r[metric] for r in rows if r.get(metric) is not None]
-    return statistics.median(vals) if vals else None
 
 
 def per_round_ratio(rows, scen, metric, num="rust", den="cpp"):
     a = {r["round"]: r.get(metric) for r in rows.get((scen, num), [])}
     b = {r["round"]: r.get(metric) for r in rows.get((scen, den), [])}
     return [a[k] / b[k] for k in a if k in b and a[k] and b[k]]
-
-
-def fmt_ratio(s):
-    if s is None:
-        return "-"
-    return f"{s['median']:.2f}x [{s['min']:.2f}..{s['max']:.2f}]"
 
 
 def thread_names(rows):
@@ -97,6 +82,16 @@ def sum_rounds(rs, key):
 
 def fmt_pct(v):
     return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def ratio_summaries(e, vs_raw_metric):
+    """A scenario's ratios entry as {metric: summary()} of its Rust/C++
+    ratios, and the table cell of its Rust/raw ratio of `vs_raw_metric`."""
+    sp = {m: ({"median": e[m], "min": e["spread"][m][0], "max": e["spread"][m][1]}
+              if e.get(m) is not None else None) for m in e["spread"]}
+    rr = e["rust_over_raw"].get(vs_raw_metric)
+    rrs = e["rust_over_raw_spread"].get(vs_raw_metric)
+    return sp, fmt_ratio({"median": rr, "min": rrs[0], "max": rrs[1]} if rr else None)
 
 
 def main():
@@ -124,7 +119,7 @@ def main():
                    or [0])
 
     def result(s, i, rs):
-        m = {k: median(rs, k) for k in METRICS}
+        m = {k: median_of(rs, k) for k in METRICS}
         res = {"scenario": s, "impl": i, "rounds": len(rs),
                **{k: v for k, v in m.items() if v is not None}}
         if s != "idle_cpu":
@@ -146,7 +141,7 @@ def main():
           f"rounds (software FlagCX provider; nic_*: modeled NIC, 200 Gb/s, 2 us; busy*: "
           f"copy mode beside busy loops)")
     if loadavg:
-        print(f"host load average (1 min) as each round started: "
+        print("host load average (1 min) as each round started: "
               + ", ".join(f"{v:.1f}" for v in loadavg) + f" (on {os.cpu_count()} CPUs)")
     hdr = (f"{'scenario':<18} {'impl':<5} {'p50':>9} {'p99':>9} {'p99.9':>9} {'ops/s':>9} "
            f"{'GB/s':>7} {'cpu/op':>8} {'proc/op':>8} {'link':>6}")
@@ -214,18 +209,18 @@ def main():
         entry["rust_over_raw"] = {m: (v["median"] if v else None) for m, v in vs_raw.items()}
         entry["rust_over_raw_spread"] = {m: ([v["min"], v["max"]] if v else None)
                                          for m, v in vs_raw.items()}
-        lu = {i: median(rows.get((s, i), []), "link_utilization") for i in IMPLS}
+        lu = {i: median_of(rows.get((s, i), []), "link_utilization") for i in IMPLS}
         entry["link_utilization"] = {i: v for i, v in lu.items() if v is not None} or None
-        raw_p50 = median(rows.get((s, "raw"), []), "p50_ns")
+        raw_p50 = median_of(rows.get((s, "raw"), []), "p50_ns")
         if s not in KV_SCENARIOS:
             for impl in ("rust", "cpp"):
-                p50 = median(rows.get((s, impl), []), "p50_ns")
+                p50 = median_of(rows.get((s, impl), []), "p50_ns")
                 if p50 and raw_p50:
                     entry[f"{impl}_minus_raw_p50_ns"] = p50 - raw_p50
                     if round_trip:
                         entry[f"{impl}_minus_raw_p50_round_trips"] = (p50 - raw_p50) / round_trip
-        raw_bw = median(rows.get((s, "raw"), []), "bytes_per_s")
-        rust_bw = median(rows.get((s, "rust"), []), "bytes_per_s")
+        raw_bw = median_of(rows.get((s, "raw"), []), "bytes_per_s")
+        rust_bw = median_of(rows.get((s, "rust"), []), "bytes_per_s")
         if raw_bw and rust_bw:
             entry["rust_bw_vs_raw"] = rust_bw / raw_bw
         if s in KV_SCENARIOS:
@@ -239,12 +234,7 @@ def main():
     print(f"{'scenario':<18} {'p50':>22} {'p99':>22} {'ops/s':>22} {'cpu/op':>22} "
           f"{'proc/op':>22} {'ops/s rust/raw':>22}")
     for s in op_scen:
-        e = ratios[s]
-        sp = {m: ({"median": e[m], "min": e["spread"][m][0], "max": e["spread"][m][1]}
-                  if e.get(m) is not None else None) for m in e["spread"]}
-        rr = e["rust_over_raw"].get("ops_per_s")
-        rrs = e["rust_over_raw_spread"].get("ops_per_s")
-        raw_txt = fmt_ratio({"median": rr, "min": rrs[0], "max": rrs[1]} if rr else None)
+        sp, raw_txt = ratio_summaries(ratios[s], "ops_per_s")
         print(f"{s:<18} {fmt_ratio(sp['p50_ns']):>22} {fmt_ratio(sp['p99_ns']):>22} "
               f"{fmt_ratio(sp['ops_per_s']):>22} {fmt_ratio(sp['cpu_ns_per_op']):>22} "
               f"{fmt_ratio(sp['process_cpu_ns_per_op']):>22} {raw_txt:>22}")
@@ -254,12 +244,7 @@ def main():
         print(f"{'scenario':<18} {'req p50':>22} {'req p99':>22} {'req/s':>22} "
               f"{'proc/op':>22} {'req/s rust/raw':>22}")
         for s in kv_scen:
-            e = ratios[s]
-            sp = {m: ({"median": e[m], "min": e["spread"][m][0], "max": e["spread"][m][1]}
-                      if e.get(m) is not None else None) for m in e["spread"]}
-            rr = e["rust_over_raw"].get("requests_per_s")
-            rrs = e["rust_over_raw_spread"].get("requests_per_s")
-            raw_txt = fmt_ratio({"median": rr, "min": rrs[0], "max": rrs[1]} if rr else None)
+            sp, raw_txt = ratio_summaries(ratios[s], "requests_per_s")
             print(f"{s:<18} {fmt_ratio(sp['p50_ns']):>22} {fmt_ratio(sp['p99_ns']):>22} "
                   f"{fmt_ratio(sp['requests_per_s']):>22} "
                   f"{fmt_ratio(sp['process_cpu_ns_per_op']):>22} {raw_txt:>22}")
@@ -352,7 +337,7 @@ def check_targets(rows, ratios, round_trip):
         return "-" if v is None else f"{v:.2f}x"
 
     # On the model.
-    lu = median(rows.get(("nic_batch64_64k", "rust"), []), "link_utilization")
+    lu = median_of(rows.get(("nic_batch64_64k", "rust"), []), "link_utilization")
     add("model: nic_batch64_64k Rust link utilization >= 95%",
         "-" if lu is None else f"{100 * lu:.1f}%", at_least(lu, 0.95))
     v = ratio("nic_batch64_4k", "ops_per_s")
@@ -402,7 +387,7 @@ def check_targets(rows, ratios, round_trip):
             "-" if v is None else f"{100 * v:.1f}%", at_least(v, 0.95))
     add("issue 7: zero heap allocations per op", "not measured by ab.sh: "
         "tests/alloc_steady_state.rs (scripts/test.sh)", None)
-    v = median(rows.get(("idle_cpu", "rust"), []), "cpu_pct")
+    v = median_of(rows.get(("idle_cpu", "rust"), []), "cpu_pct")
     add("issue 7: idle Rust transport < 1% of a core",
         "-" if v is None else f"{v:.2f}% (whole process)", at_most(v, 1.0))
     return out
@@ -438,7 +423,7 @@ def check_new_targets(rows, ratios, scaling):
         return None if v is None else v >= lim
 
     def link(s):
-        return median(rows.get((s, "rust"), []), "link_utilization")
+        return median_of(rows.get((s, "rust"), []), "link_utilization")
 
     # ---- issue 19: requests (kv_*), busy hosts (busy_*) --------------------------------
     kv = [s for s in KV_SCENARIOS if (s, "rust") in rows]
@@ -521,7 +506,7 @@ def plot(rows, scenarios, args):
         for k, impl in enumerate(impls):
             xs, ys = [], []
             for j, s in enumerate(scen):
-                v = median(rows.get((s, impl), []), metric)
+                v = median_of(rows.get((s, impl), []), metric)
                 if v:
                     xs.append(j + (k - (len(impls) - 1) / 2) * width)
                     ys.append(v * scale)
@@ -570,9 +555,9 @@ def plot(rows, scenarios, args):
     if rt and ov_scen:
         for k, impl in enumerate(["cpp", "rust"]):
             xs, ys = [], []
-            raw = {s: median(rows[(s, "raw")], "p50_ns") for s in ov_scen}
+            raw = {s: median_of(rows[(s, "raw")], "p50_ns") for s in ov_scen}
             for j, s in enumerate(ov_scen):
-                v = median(rows.get((s, impl), []), "p50_ns")
+                v = median_of(rows.get((s, impl), []), "p50_ns")
                 if v is not None and raw[s] is not None and v > raw[s]:
                     xs.append(j + (k - 0.5) * width)
                     ys.append((v - raw[s]) / rt)

@@ -1,6 +1,8 @@
 """Helpers shared by the A/B reports (ab_report.py for scripts/ab.sh,
-tebench_report.py for scripts/mooncake.sh --ab): the machine a table came
-from, and the median/spread of per-round ratios."""
+scaling_report.py for scripts/ab_scaling.sh, tebench_report.py for
+scripts/mooncake.sh --ab): reading the benchmark's JSON lines, the machine a
+table came from, medians over rounds and the median/spread of per-round
+ratios, and the table cells."""
 
 import json
 import os
@@ -28,11 +30,34 @@ def machine():
             "cpu_model": cpu_model()}
 
 
+def json_lines(path):
+    """The JSON objects of a JSON-lines file, in order: the lines that start
+    with "{" (the benchmark's other output is skipped)."""
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("{"):
+                yield json.loads(line)
+
+
+def median_of(rows, key):
+    """The median of `key` over rows (rounds) that have it, or None."""
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
 def summary(ratios):
     """{median, min, max} of per-round ratios, or None when there are none."""
     if not ratios:
         return None
     return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+
+
+def fmt_ratio(s):
+    """A summary() for a table cell: "median x [min..max]" ("-" when None)."""
+    if s is None:
+        return "-"
+    return f"{s['median']:.2f}x [{s['min']:.2f}..{s['max']:.2f}]"
 
 
 def write_report(directory, report):

@@ -27,7 +27,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-from common import fmt_ns, fmt_rate, machine
+from common import fmt_ns, fmt_rate, json_lines, machine, median_of
 
 IMPLS = ["cpp", "rust", "raw"]
 DIMS = ["regions", "peers", "threads"]
@@ -41,31 +41,17 @@ def load(path):
     rows = defaultdict(list)
     if not path or not os.path.exists(path):
         return rows
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line.startswith("{"):
-                continue
-            r = json.loads(line)
-            if r.get("scaling"):
-                rows[(r["scaling"], r["x"], r["impl"])].append(r)
+    for r in json_lines(path):
+        if r.get("scaling"):
+            rows[(r["scaling"], r["x"], r["impl"])].append(r)
     return rows
 
 
 def loadavgs(path):
     """The host's 1-minute load average as each curve started, in order."""
-    out = []
-    if path and os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                if line.startswith("{") and '"loadavg"' in line:
-                    out.append(json.loads(line)["loadavg1"])
-    return out
-
-
-def _median(rs, key):
-    vals = [r[key] for r in rs if r.get(key) is not None]
-    return statistics.median(vals) if vals else None
+    if not path or not os.path.exists(path):
+        return []
+    return [r["loadavg1"] for r in json_lines(path) if r.get("scenario") == "loadavg"]
 
 
 def aggregate(rows):
@@ -79,7 +65,7 @@ def aggregate(rows):
                 rs = rows[(dim, x, impl)]
                 p = {"x": x, "rounds": len(rs)}
                 for m in METRICS:
-                    p[m] = _median(rs, m)
+                    p[m] = median_of(rs, m)
                 regions = statistics.median(r.get("regions", 0) for r in rs)
                 peers = statistics.median(r.get("peers", 1) for r in rs)
                 reg = [r["rss_registered"] - r["rss_created"] for r in rs]

@@ -27,10 +27,9 @@ import argparse
 import glob
 import os
 import re
-import statistics
 from collections import defaultdict
 
-from common import machine, write_report
+from common import fmt_ratio, machine, median_of, summary, write_report
 
 IMPLS = ["adapter", "upstream"]
 FIELDS = ["gbps", "avg_lat_us", "avg_tx_us", "p99_tx_us", "p999_tx_us"]
@@ -58,11 +57,6 @@ def load(abdir):
                 key = (m["mode"], m["op"], int(parts[0]), batch, m["impl"])
                 runs[key][int(m["round"])] = row
     return runs
-
-
-def med(rounds, field):
-    vals = [r[field] for r in rounds.values()]
-    return statistics.median(vals) if vals else None
 
 
 def ratios(runs, point, field="avg_tx_us"):
@@ -112,17 +106,17 @@ def main():
         rs = ratios(runs, point)
         entry = {"mode": mode, "op": op, "block": block, "batch": batch}
         for impl, rounds in (("adapter", a), ("upstream", u)):
-            entry[impl] = {f: med(rounds, f) for f in FIELDS + ["per_op_us"]} if rounds else None
+            entry[impl] = {f: median_of(rounds.values(), f) for f in FIELDS + ["per_op_us"]} if rounds else None
             if rounds:
                 entry[impl]["rounds"] = len(rounds)
         if rs:
-            entry["avg_tx_ratio"] = {"median": statistics.median(rs), "min": min(rs), "max": max(rs)}
+            entry["avg_tx_ratio"] = summary(rs)
         results.append(entry)
 
         def cell(rounds, field, fmt):
-            v = med(rounds, field) if rounds else None
+            v = median_of(rounds.values(), field) if rounds else None
             return "-" if v is None else format(v, fmt)
-        ratio = f"{statistics.median(rs):.2f}x [{min(rs):.2f}..{max(rs):.2f}]" if rs else "-"
+        ratio = fmt_ratio(summary(rs))
         per_op = ".2f" if batch > 1 else ".1f"
         lines.append(
             f"| {mode} | {op} | {size(block)} | {batch} | {cell(a, 'per_op_us', per_op)} | "
@@ -168,7 +162,7 @@ def plot(runs, keys, args):
             for k, impl in enumerate(IMPLS):
                 xs, ys = [], []
                 for j, b in enumerate(blocks):
-                    v = med(runs.get((mode, op, b, batch, impl), {}), "per_op_us")
+                    v = median_of(runs.get((mode, op, b, batch, impl), {}).values(), "per_op_us")
                     if v:
                         xs.append(j + (k - 0.5) * width)
                         ys.append(v)

@@ -139,9 +139,9 @@ impl PeerProcess {
         };
         PeerProcess {
             endpoint: field("endpoint"),
-            addr: parse_num(&field("addr")),
-            len: parse_num(&field("len")),
-            pid: parse_num(&field("pid")) as u32,
+            addr: parse_num(&field("addr")).unwrap(),
+            len: parse_num(&field("len")).unwrap(),
+            pid: parse_num(&field("pid")).unwrap() as u32,
             child,
             stdin,
             stdout,
@@ -190,10 +190,12 @@ impl Drop for PeerProcess {
     }
 }
 
-fn parse_num(s: &str) -> u64 {
+/// A number of the peer's protocol: decimal or `0x` hex (its commands and
+/// its ready line both use them).
+pub fn parse_num(s: &str) -> Result<u64, String> {
     match s.strip_prefix("0x") {
         Some(h) => u64::from_str_radix(h, 16),
         None => s.parse(),
     }
-    .unwrap_or_else(|_| panic!("not a number: {s:?}"))
+    .map_err(|_| format!("bad number {s:?}"))
 }

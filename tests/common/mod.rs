@@ -107,7 +107,13 @@ unsafe extern "C-unwind" fn on_complete(ctx: *mut c_void, user_data: u64, status
     done.record(user_data, status);
 }
 
-unsafe extern "C-unwind" fn resolve(
+/// The fixture's resolver: `ctx` is a `Directory` (a Node's), answered by
+/// its endpoint for `peer`. Tests with resolvers of their own that only add
+/// to it call it for the answer.
+///
+/// # Safety
+/// `ctx` points to a live `Directory`; `buf` is writable for `cap` bytes.
+pub unsafe extern "C-unwind" fn resolve(
     ctx: *mut c_void,
     peer: u64,
     buf: *mut c_char,
@@ -116,13 +122,23 @@ unsafe extern "C-unwind" fn resolve(
     // SAFETY: ctx is the Arc<Directory> a Node keeps alive past destroy.
     let dir = unsafe { &*(ctx as *const Directory) };
     let Some(ep) = dir.endpoints.lock().unwrap().get(&peer).cloned() else { return -1 };
-    if ep.len() >= cap {
+    // SAFETY: the transport's buffer, writable for cap bytes.
+    unsafe { answer(&ep, buf, cap) }
+}
+
+/// A resolver's answer: writes `endpoint` NUL-terminated into `buf` and
+/// returns 0, or -2 when it does not fit in `cap` bytes.
+///
+/// # Safety
+/// `buf` is writable for `cap` bytes.
+pub unsafe fn answer(endpoint: &str, buf: *mut c_char, cap: usize) -> i32 {
+    if endpoint.len() >= cap {
         return -2;
     }
-    // SAFETY: buf is writable for cap > ep.len() bytes.
+    // SAFETY: buf is writable for cap > endpoint.len() bytes.
     unsafe {
-        std::ptr::copy_nonoverlapping(ep.as_ptr(), buf.cast::<u8>(), ep.len());
-        *buf.add(ep.len()) = 0;
+        std::ptr::copy_nonoverlapping(endpoint.as_ptr(), buf.cast::<u8>(), endpoint.len());
+        *buf.add(endpoint.len()) = 0;
     }
     0
 }
@@ -300,6 +316,16 @@ pub fn write(local: usize, len: u64, peer: u64, remote: u64, user_data: u64) -> 
 
 pub fn read(local: usize, len: u64, peer: u64, remote: u64, user_data: u64) -> mcfx_op {
     op(MCFX_OP_READ, local, len, peer, remote, user_data)
+}
+
+/// This thread's CPU time (user + system): what a piece of work cost,
+/// without the time the thread waited for a core.
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid clock id and a writable timespec.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 pub const LIMIT: Duration = Duration::from_secs(30);

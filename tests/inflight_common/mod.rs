@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use mooncake_flagcx::ffi::*;
 
-use crate::common::LIMIT;
+use crate::common::{answer, LIMIT};
 
 /// A resolver that holds every call until `open`, then answers an endpoint
 /// nobody listens on: the peer's connection is pending for as long as the
@@ -67,25 +67,8 @@ unsafe extern "C-unwind" fn held_resolve(
     while !*open && Instant::now() < until {
         open = r.opened.wait_timeout(open, Duration::from_millis(100)).unwrap().0;
     }
-    let ep = r.endpoint.as_bytes();
-    if ep.len() >= cap {
-        return -1;
-    }
-    // SAFETY: buf is writable for cap > ep.len() bytes.
-    unsafe {
-        std::ptr::copy_nonoverlapping(ep.as_ptr(), buf.cast::<u8>(), ep.len());
-        *buf.add(ep.len()) = 0;
-    }
-    0
-}
-
-/// This thread's CPU time (user + system).
-pub fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid clock id and a writable timespec.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    // SAFETY: the transport's buffer, writable for cap bytes.
+    unsafe { answer(&r.endpoint, buf, cap) }
 }
 
 /// A completion callback that holds the progress thread in its first call

@@ -31,7 +31,7 @@ use std::ffi::CString;
 use std::io::{self, BufRead, Write};
 use std::time::{Duration, Instant};
 
-use flagcx_sys::testing::AlignedBuf;
+use flagcx_sys::testing::{self, AlignedBuf};
 use flagcx_sys::{pattern, Engine, IovList, MrId, Poll};
 
 struct Region {
@@ -40,13 +40,9 @@ struct Region {
     mr: MrId,
 }
 
+/// The next word as a number (decimal or 0x-hex).
 fn parse_num(s: Option<&str>) -> Result<u64, String> {
-    let s = s.ok_or("missing number")?;
-    let r = match s.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => s.parse(),
-    };
-    r.map_err(|_| format!("bad number {s:?}"))
+    testing::parse_num(s.ok_or("missing number")?)
 }
 
 fn alloc_region(engine: &Engine, len: usize) -> Result<Region, String> {
