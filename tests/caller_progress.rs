@@ -24,6 +24,17 @@ thread_local! {
     static IN_PROGRESS_CALL: Cell<bool> = const { Cell::new(false) };
 }
 
+/// A target transport that `a` knows as peer 1, and a 4 KiB buffer
+/// registered on each side (`a`'s, the target's).
+fn target_of(a: &Node) -> (Node, AlignedBuf, AlignedBuf) {
+    let b = Node::new();
+    a.knows(1, &b);
+    let (src, dst) = (AlignedBuf::new(4096), AlignedBuf::new(4096));
+    a.register(&src);
+    b.register(&dst);
+    (b, src, dst)
+}
+
 fn progress(t: *mut mcfx_transport) -> (mcfx_status, u64) {
     let mut n = u64::MAX;
     IN_PROGRESS_CALL.with(|c| c.set(true));
@@ -174,12 +185,7 @@ fn a_callback_inside_a_pass_can_neither_run_another_nor_destroy_its_transport() 
         c.complete_ctx = Arc::as_ptr(&r) as *mut c_void;
     });
     r.t.store(a.t as u64, SeqCst);
-    let b = Node::new();
-    a.knows(1, &b);
-    let src = AlignedBuf::new(4096);
-    let dst = AlignedBuf::new(4096);
-    a.register(&src);
-    b.register(&dst);
+    let (_b, src, dst) = target_of(&a);
     for i in 0..OPS {
         a.submit_ok(&[write(src.addr(), 64, 1, dst.addr() as u64, i as u64)]);
         // Poll: some of these callbacks run inside this call.
@@ -286,12 +292,7 @@ fn a_callback_inside_a_callers_pass_never_waits_for_room() {
         c.submit_wait_us = 10_000_000;
     });
     r.t.store(a.t as u64, SeqCst);
-    let b = Node::new();
-    a.knows(1, &b);
-    let src = AlignedBuf::new(4096);
-    let dst = AlignedBuf::new(4096);
-    a.register(&src);
-    b.register(&dst);
+    let (_b, src, dst) = target_of(&a);
     r.src.store(src.addr() as u64, SeqCst);
     r.dst.store(dst.addr() as u64, SeqCst);
     for ud in 0..20u64 {
