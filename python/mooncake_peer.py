@@ -257,13 +257,13 @@ class Peer:
             return {"ids": ids, "status": None}
         return {"ids": ids, "status": self.engine.get_batch_transfer_status(ids)}
 
-    def submit_check(self, seg, name, offset, raddr, length, timeout=60):
+    def submit_check(self, seg, name, offset, raddr, length, wait_s=60):
         """transfer_submit_write, then transfer_check_status until it is not
-        pending (bounded by `timeout`)."""
+        pending (bounded by `wait_s`)."""
         bid = self.engine.transfer_submit_write(seg, self.bufs[name].addr + offset, raddr, length)
         if bid == 0:
             return {"id": 0, "status": None, "polls": 0}
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + wait_s
         polls = 0
         while True:
             st = self.engine.transfer_check_status(bid)
@@ -275,11 +275,11 @@ class Peer:
             time.sleep(0.0002)  # a poll interval; the deadline bounds the wait
 
     # ---- traffic until a failure (the kill test) --------------------------
-    def traffic_start(self, seg, name, raddr, length, kinds, limit_s=120):
+    def traffic_start(self, seg, name, raddr, length, kinds, limit_s=120, failures=5):
         """Starts a thread that cycles through `kinds` (sync_write,
-        sync_read, batch_write, async_write, submit_write) until the first
-        failure or `limit_s`; every op's (start, end, kind, rc) is kept,
-        times from time.monotonic()."""
+        sync_read, batch_write, async_write, submit_write) until `failures`
+        ops failed or `limit_s` passed; every op's (start, end, kind, rc) is
+        kept, times from time.monotonic()."""
         t = {"events": [], "stop": False, "cond": threading.Condition(), "error": None}
         self.traffic = t
         eng = self.engine
@@ -298,13 +298,13 @@ class Peer:
                 bid = eng.batch_transfer_async_write(seg, [base], [raddr], [length])
                 return -1 if bid == 0 else eng.get_batch_transfer_status([bid])
             if kind == "submit_write":
-                r = self.submit_check(seg, name, 0, raddr, length, timeout=limit_s)
+                r = self.submit_check(seg, name, 0, raddr, length, wait_s=limit_s)
                 return -1 if r["status"] in (None, "pending") or r["status"] < 0 else 0
             raise ValueError(kind)
 
         def run():
             end = time.monotonic() + limit_s
-            i = 0
+            i = failed = 0
             try:
                 while not t["stop"] and time.monotonic() < end:
                     kind = kinds[i % len(kinds)]
@@ -315,7 +315,8 @@ class Peer:
                     with t["cond"]:
                         t["events"].append((t0, t1, kind, rc))
                         t["cond"].notify_all()
-                    if rc != 0:
+                    failed += rc != 0
+                    if failed >= failures:
                         break
             except Exception:
                 t["error"] = traceback.format_exc()
@@ -327,21 +328,23 @@ class Peer:
         t["thread"].start()
         return True
 
-    def traffic_wait(self, successes, timeout=60):
-        """Waits until `successes` ops succeeded (or the traffic ended)."""
+    def traffic_wait(self, successes, wait_s=60):
+        """Waits until `successes` ops succeeded (or the traffic ended);
+        reports the successes and failures so far."""
         t = self.traffic
         with t["cond"]:
             t["cond"].wait_for(lambda: t.get("done") or sum(1 for e in t["events"] if e[3] == 0)
-                               >= successes, timeout=timeout)
+                               >= successes, timeout=wait_s)
             return {"successes": sum(1 for e in t["events"] if e[3] == 0),
+                    "failures": sum(1 for e in t["events"] if e[3] != 0),
                     "done": bool(t.get("done")), "error": t["error"]}
 
-    def traffic_result(self, since, timeout=60):
+    def traffic_result(self, since, wait_s=60):
         """Joins the traffic thread (bounded); reports what happened after
         `since` (a time.monotonic() of the driver: the clock is the
         machine's)."""
         t = self.traffic
-        t["thread"].join(timeout)
+        t["thread"].join(wait_s)
         alive = t["thread"].is_alive()
         t["stop"] = True
         ev = list(t["events"])
@@ -353,6 +356,8 @@ class Peer:
             "error": t["error"],
             "first_failure": None if not failures else
             {"kind": failures[0][2], "rc": failures[0][3], "end_after_s": failures[0][1] - since},
+            "failures": len(failures),
+            "ops_started_after": len(after),
             "successes_started_after": sum(1 for e in after if e[3] == 0),
             "kinds_after": sorted({e[2] for e in after}),
         }

@@ -194,26 +194,36 @@ def test_buffer_registered_after_the_connection(pair):
                          ids=["sync", "async"])
 def test_target_killed_mid_traffic(metadata, tmp_path, kinds):
     """SIGKILL the target while the initiator transfers 1 MiB ops in a loop:
-    the initiator sees an error within seconds, no op started after the
-    target was gone succeeds, nothing hangs, and the initiator still exits
-    cleanly."""
+    the initiator sees an error within seconds, no op it starts after the
+    target is gone succeeds (the loop runs until 5 failed, and then sync,
+    batch and async calls are made once more), nothing hangs, and the
+    initiator still exits cleanly."""
     p = Pair(tmp_path, metadata)
     try:
         raddr = setup_buffers(p, 1 * MiB)
         p.initiator.call("fill", name="src", seed=41)
         p.initiator.call("traffic_start", seg=p.segment, name="src", raddr=raddr,
                          length=1 * MiB, kinds=kinds, limit_s=120)
-        state = p.initiator.call("traffic_wait", successes=20, timeout=60)
-        assert state["successes"] >= 20 and not state["done"], state
+        state = p.initiator.call("traffic_wait", successes=20, wait_s=60, timeout=90)
+        assert state["successes"] >= 20 and state["failures"] == 0 and not state["done"], state
         os.kill(p.target.proc.pid, signal.SIGKILL)
         p.target.proc.wait(timeout=30)  # reaped: its memory is gone
         killed = time.monotonic()
-        r = p.initiator.call("traffic_result", since=killed, timeout=60)
+        r = p.initiator.call("traffic_result", since=killed, wait_s=60, timeout=90)
+        print(f"after the kill: {r}")  # shown with pytest -s / -rA
         assert r["error"] is None, r["error"]
         assert not r["still_running"], f"no error within 60 s of the kill: {r}"
         assert r["first_failure"] is not None, r
         assert r["first_failure"]["end_after_s"] < 15, r
-        assert r["successes_started_after"] == 0, r
+        assert r["failures"] == 5 and r["successes_started_after"] == 0, r
+        # And any call made now, with the target gone for sure, fails.
+        assert p.initiator.call("sync", op="write", seg=p.segment, name="src", offset=0,
+                                raddr=raddr, length=1 * MiB) != 0
+        assert p.initiator.call("batch_sync", op="write", seg=p.segment, name="src",
+                                offsets=[0, 4 * KiB], raddrs=[raddr, raddr + 4 * KiB],
+                                lengths=[4 * KiB, 4 * KiB]) != 0
+        assert failed(p.initiator.call("async_batches", op="write", seg=p.segment, name="src",
+                                       requests=[([0], [raddr], [4 * KiB])]))
         assert p.initiator.quit() == 0, p.initiator.log_tail()
     finally:
         p.close()
