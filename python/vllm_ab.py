@@ -54,7 +54,7 @@ def main():
     args = ap.parse_args()
 
     shapes = [s for s in args.shapes.split(",") if s]
-    region = max(SHAPES[s]["pages"] * args.threads * SHAPES[s]["page_size"] for s in shapes)
+    region = max([SHAPES[s]["pages"] * args.threads * SHAPES[s]["page_size"] for s in shapes] + [1 << 20])
     logdir = args.logdir or tempfile.mkdtemp(prefix="vllm-ab-")
     os.makedirs(logdir, exist_ok=True)
     stem = os.path.splitext(os.path.basename(args.out))[0]

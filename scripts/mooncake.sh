@@ -103,6 +103,8 @@ py=/usr/bin/python3
 [ -x "$py" ] || py=python3
 duration=${TEBENCH_DURATION:-1}
 mkdir -p "$work"
+read -r -a suites <<<"${AB_SUITES:-tebench python}" # the A/Bs --ab runs
+suite() { [[ " ${suites[*]} " == *" $1 "* ]]; }
 
 # ---- 1. a supported Mooncake? -------------------------------------------------
 te=$checkout/mooncake-transfer-engine
@@ -299,7 +301,7 @@ if [ "$ab" = 1 ]; then
   for f in "$up_h" "$up_cpp"; do
     cp -p "$work/upstream-files/$(basename "$f")" "$upstream_te/$f"
   done
-  configure_and_build "$upstream_te" "$work/build-upstream" "upstream's FlagCX transport"
+  suite tebench && configure_and_build "$upstream_te" "$work/build-upstream" "upstream's FlagCX transport"
 fi
 
 # ---- 5. tebench on loopback ------------------------------------------------
@@ -615,8 +617,6 @@ py_modes=("${modes[@]}")
 modes+=(busy) # the provider's first mode (copy, or real FlagCX) + a busy loop per core
 # AB_MODES="copy nic busy" chooses the modes (e.g. for a provider built elsewhere).
 [ -n "${AB_MODES:-}" ] && read -r -a modes <<<"$AB_MODES"
-read -r -a suites <<<"${AB_SUITES:-tebench python}"
-suite() { [[ " ${suites[*]} " == *" $1 "* ]]; }
 read -r -a batches <<<"${AB_BATCHES:-1 16 64}"
 # One tebench run covers a doubling range of block sizes; AB_BLOCKS picks
 # single sizes instead (one run each, their rows appended to one raw file).
