@@ -5,9 +5,10 @@
 # queue admission, region holds, waiting for room), a valgrind leak check, a
 # short soak, 30 s of fuzzing of the C ABI, the C++ suites (C ABI, baseline,
 # Mooncake adapter) with CTest, plain and under AddressSanitizer + UBSan, the
-# installed tree (scripts/install_check.sh) and two simulated hosts in
+# installed tree (scripts/install_check.sh), two simulated hosts in
 # network namespaces (scripts/two_hosts.sh; skipped where they cannot be
-# made).
+# made) and the Python tests of Mooncake's Python module (python/tests/;
+# skipped where that module is not installed).
 #
 # Works on a fresh Debian 12 machine with Rust: missing system packages are
 # installed with apt-get (as root, or through sudo).
@@ -80,5 +81,9 @@ scripts/install_check.sh
 
 log "two hosts: target and initiator in two network namespaces (skips unless root)"
 scripts/two_hosts.sh
+
+log "Python tests (python/tests/: skipped without Mooncake's Python module; scripts/mooncake.sh --python runs them with it)"
+need_pkgs py.pytest:python3-pytest
+/usr/bin/python3 -m pytest -p no:cacheprovider -q -rs python/tests
 
 log "all tests passed"
