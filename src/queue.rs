@@ -7,7 +7,8 @@
 //! - a push reserves all the slots it needs with one CAS and publishes them
 //!   together, so the progress thread sees a push whole or not at all (a
 //!   submit call pushes its ops in chunks, see `Transport::submit`);
-//! - only the progress thread pops;
+//! - only the thread running a progress pass pops (the progress thread, or
+//!   a caller in `mcfx_progress`; one at a time, see `progress::driver`);
 //! - admission ([`Gate`], the transport's one shutdown flag): a submitter
 //!   is admitted only while the gate is open; once `close` returns no op can
 //!   be pushed any more and every op that was pushed is visible to the
@@ -84,7 +85,8 @@ impl Credits {
     /// Progress thread only: `n` more ops completed.
     #[inline]
     fn completed(&self, n: usize) {
-        // Relaxed: only the progress thread reads or writes it.
+        // Relaxed: only the thread running a pass reads or writes it (the
+        // pass lock orders successive runners: `progress::driver`).
         let now = self.unreturned.load(Relaxed);
         // Relaxed: as above.
         self.unreturned.store(now + n, Relaxed);
@@ -94,7 +96,7 @@ impl Credits {
     /// since the last call; false when there were none.
     #[inline]
     fn return_completed(&self) -> bool {
-        // Relaxed: only the progress thread reads or writes it.
+        // Relaxed: only the thread running a pass reads or writes it.
         let n = self.unreturned.load(Relaxed);
         if n == 0 {
             return false;

@@ -16,7 +16,7 @@
 //! - each region owns a counter slot ([`Holds`]) for the transport's whole
 //!   life; an op holds its region's slot index ([`RegionRef`]), not a
 //!   reference count. Submitters bump `acquired` (and take it back for an op
-//!   they could not queue), the progress thread alone bumps `released`; they
+//!   they could not queue), the thread running a pass alone bumps `released`; they
 //!   sit on separate cache lines, so a steady stream of ops never bounces a
 //!   line between the two sides. In flight = acquired - released (never
 //!   reset, also across slot reuse);

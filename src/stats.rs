@@ -142,7 +142,8 @@ impl Stats {
         counter.fetch_add(n, Relaxed);
     }
 
-    /// For counters only the progress thread writes: a plain load and store
+    /// For counters only the thread running a pass writes (one at a time,
+    /// ordered by the pass lock): a plain load and store
     /// (no locked instruction on the completion path).
     pub(crate) fn bump(counter: &AtomicU64, n: u64) {
         // Relaxed: only this thread writes it. Release: a snapshot that
