@@ -1,5 +1,7 @@
 // The C ABI from C++, linked directly against libmooncake_flagcx.so.
 
+#include <atomic>
+#include <cstddef>
 #include <thread>
 
 #include "abi_fixture.h"
@@ -87,6 +89,9 @@ TEST(AbiLinked, NullArgumentsAreRefused) {
   EXPECT_EQ(mcfx_submit(nullptr, nullptr, 0, nullptr), MCFX_E_INVALID_ARGUMENT);
   EXPECT_EQ(mcfx_register(nullptr, nullptr, 1), MCFX_E_INVALID_ARGUMENT);
   EXPECT_EQ(mcfx_get_stats(nullptr, nullptr), MCFX_E_INVALID_ARGUMENT);
+  uint64_t completed = 7;
+  EXPECT_EQ(mcfx_progress(nullptr, &completed), MCFX_E_INVALID_ARGUMENT);
+  EXPECT_EQ(completed, 0u);
   char msg[256];
   EXPECT_GT(mcfx_last_error(msg, sizeof msg), 0u);
   EXPECT_NE(std::string(msg).find("NULL"), std::string::npos) << msg;
@@ -122,6 +127,51 @@ TEST(AbiLinked, FourConcurrentSubmittersAllCompleteIntact) {
   for (auto &t : threads) t.join();
   ASSERT_TRUE(p.a.done.wait_for(4000));
   EXPECT_EQ(p.a.done.exactly_once()[MCFX_OK], 4000u);
+  EXPECT_EQ(std::memcmp(src.data, dst.data, src.len), 0);
+}
+
+// Threads that poll with the table's `progress` (as the Mooncake adapter's
+// getTransferStatus does) run passes beside the progress thread: every op
+// completes once, with its bytes, and the counts the calls report add up to
+// no more than the ops.
+TEST(AbiLinked, PollingThreadsRunProgressPassesAndEveryOpCompletesOnce) {
+  ASSERT_GE(api()->struct_size, offsetof(mcfx_api_v1, progress) + sizeof(api()->progress));
+  Pair p;
+  constexpr uint64_t kThreads = 4, kOps = 1000, kLen = 256;
+  Buffer src(kThreads * kOps * kLen), dst(kThreads * kOps * kLen);
+  p.a.reg(src);
+  p.b.reg(dst);
+  src.fill(5);
+  std::atomic<uint64_t> by_callers{0};
+  std::vector<std::thread> threads;
+  for (uint64_t t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (uint64_t i = 0; i < kOps; ++i) {
+        const size_t off = (t * kOps + i) * kLen;
+        mcfx_op op = make_op(MCFX_OP_WRITE, src, off, kLen, 1, dst.addr() + off, t * kOps + i);
+        size_t accepted = 0;
+        uint64_t n = 0;
+        while (mcfx_submit(p.a.t, &op, 1, &accepted) == MCFX_E_QUEUE_FULL) {
+          EXPECT_EQ(api()->progress(p.a.t, &n), MCFX_OK);
+          by_callers += n;
+        }
+        EXPECT_EQ(accepted, 1u);
+        EXPECT_EQ(api()->progress(p.a.t, &n), MCFX_OK);
+        by_callers += n;
+      }
+    });
+  }
+  for (auto &t : threads) t.join();
+  // Poll until everything completed (bounded by the fixture's limit).
+  const auto until = Clock::now() + kLimit;
+  while (p.a.done.count() < kThreads * kOps && Clock::now() < until) {
+    uint64_t n = 0;
+    EXPECT_EQ(api()->progress(p.a.t, &n), MCFX_OK);
+    by_callers += n;
+  }
+  ASSERT_TRUE(p.a.done.wait_for(kThreads * kOps));
+  EXPECT_EQ(p.a.done.exactly_once()[MCFX_OK], kThreads * kOps);
+  EXPECT_LE(by_callers.load(), kThreads * kOps);
   EXPECT_EQ(std::memcmp(src.data, dst.data, src.len), 0);
 }
 
