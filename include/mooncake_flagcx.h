@@ -706,7 +706,11 @@ mcfx_status mcfx_submit(struct mcfx_transport *transport,
 // the ops do not wait for the progress thread to get a CPU beside busy
 // threads. Never needed: the progress thread completes every op on its
 // own. Cheap when there is nothing to do (a few loads), and safe from any
-// number of threads at once (one runs the pass, the others return).
+// number of threads at once (one runs the pass, the others return). A
+// pass is short (a few dozen ops), and a call may run none even with
+// transfers in flight (polled moments ago by another thread, or this
+// thread's recent calls found nothing and it skips a few): `*completed`
+// is 0 then; keep calling in the loop.
 //
 // From a completion callback (on any thread) it returns `MCFX_OK` and
 // runs nothing for a transport whose pass is running on that thread.
