@@ -63,6 +63,14 @@ const MIN_POLL_SPACING_NS: u64 = 1_000;
 /// 9 us for the progress thread's). Further passes, by it or others, take
 /// the rest.
 const CALLER_BUDGET: Budget = Budget { drain: 16, poll: 16 };
+/// How many of the progress thread's passes use `CALLER_BUDGET` too after it
+/// last saw a caller's pass.
+const SHORT_PASSES_AFTER_CALLERS: u32 = 1024;
+
+/// A caller's budget, never more than the transport's own.
+fn caller_budget(full: Budget) -> Budget {
+    Budget { drain: CALLER_BUDGET.drain.min(full.drain), ..CALLER_BUDGET }
+}
 
 std::thread_local! {
     /// This thread's polling backoff: (transport handle, calls still to
@@ -169,7 +177,7 @@ impl Driver {
         let _owner = crate::wait_graph::owner_for_now(id);
         let before = p.completions;
         let full = p.budget;
-        p.budget = Budget { drain: CALLER_BUDGET.drain.min(full.drain), ..CALLER_BUDGET };
+        p.budget = caller_budget(full);
         p.pass();
         p.budget = full;
         let done = p.completions - before;
@@ -211,6 +219,7 @@ impl Driver {
         shared.queue.wake().bind_current();
         let mut idle = Idle::new(shared.config.spin_grace, shared.config.pin_asleep);
         let mut seen_caller_passes = 0;
+        let mut short_passes = 0u32;
         while !shared.queue.is_closed() {
             // Nothing outstanding and nothing new: spin on a few loads,
             // without the lock (a thread preempted here blocks no caller).
@@ -227,12 +236,25 @@ impl Driver {
                 self.sleep(Some(CALLER_NAP), false, &mut idle);
                 continue;
             };
-            let moved = p.pass();
+            // While callers run passes too, this thread's are as short as
+            // theirs: preempted holding a long pass (it shares the CPUs
+            // with the spinning callers), it would stall them.
+            let moved = if short_passes > 0 {
+                short_passes -= 1;
+                let full = p.budget;
+                p.budget = caller_budget(full);
+                let moved = p.pass();
+                p.budget = full;
+                moved
+            } else {
+                p.pass()
+            };
             let inflight = p.has_inflight();
             self.set_outstanding(p.has_outstanding());
             let passes = self.caller_passes.load(Relaxed);
             if passes != seen_caller_passes {
                 seen_caller_passes = passes;
+                short_passes = SHORT_PASSES_AFTER_CALLERS;
                 idle.callers_drive(Instant::now());
             }
             if moved {
