@@ -88,14 +88,18 @@ const MAX_BACKOFF: u32 = 63;
 /// cache lines (the gate, the queue's indices, the lock) between CPUs, and
 /// slow down the one that is running the pass.
 pub(crate) fn poll_backoff(handle: usize) -> bool {
-    BACKOFF.with(|b| {
-        let (h, skip, backoff) = b.get();
-        if h == handle && skip > 0 {
-            b.set((h, skip - 1, backoff));
-            return true;
-        }
-        false
-    })
+    // `try_with`: this runs outside the export's guard, so it must not
+    // panic, not even on a thread whose thread-locals are being destroyed.
+    BACKOFF
+        .try_with(|b| {
+            let (h, skip, backoff) = b.get();
+            if h == handle && skip > 0 {
+                b.set((h, skip - 1, backoff));
+                return true;
+            }
+            false
+        })
+        .unwrap_or(false)
 }
 
 /// Records what this thread's `mcfx_progress` on `handle` did (`worked`:
