@@ -1051,6 +1051,17 @@ void name_thread(const char *prefix, int i) {
 // MCFX_E_QUEUE_FULL is retried for the rest of the request after a 10 us
 // sleep (counted: queue_full_waits); any other refusal fails the rest of the
 // request (counted, reported: never hidden).
+// What a request scenario's result says of its shape (both implementations'
+// runners and raw's alike).
+void describe_shape(Result &r, const Shape &sh, uint64_t n) {
+  r.nic_gbps = sh.nic_gbps;
+  r.busy = sh.busy;
+  r.threads = sh.threads;
+  r.peers = sh.peers;
+  r.ops_per_request = n;
+  r.regions = sh.lregions + uint64_t(sh.peers) * sh.rregions;
+}
+
 Result run_requests(const Shape &sh) {
   std::unique_ptr<BusyLoad> busy;
   if (sh.busy > 0) busy.reset(new BusyLoad(sh.busy, 120));
@@ -1203,12 +1214,7 @@ Result run_requests(const Shape &sh) {
   for (auto &t : threads) t.join();
   busy.reset();
   collect(r, stats, win);
-  r.nic_gbps = sh.nic_gbps;
-  r.busy = sh.busy;
-  r.threads = sh.threads;
-  r.peers = sh.peers;
-  r.ops_per_request = n;
-  r.regions = sh.lregions + uint64_t(sh.peers) * sh.rregions;
+  describe_shape(r, sh, n);
   account_cpu(r, cpu_before, cpu_after);
   r.has_proc_cpu = true;
   r.proc_cpu_ns = proc_after - proc_before;
@@ -1350,12 +1356,7 @@ Result run_requests_raw(const Shape &sh) {
   for (auto &t : threads) t.join();
   busy.reset();
   collect(r, stats, win);
-  r.nic_gbps = sh.nic_gbps;
-  r.busy = sh.busy;
-  r.threads = sh.threads;
-  r.peers = sh.peers;
-  r.ops_per_request = n;
-  r.regions = sh.lregions + uint64_t(sh.peers) * sh.rregions;
+  describe_shape(r, sh, n);
   r.has_proc_cpu = true;
   r.proc_cpu_ns = proc_after - proc_before;
   // A raw thread that gave up leaves ids it never saw finish: the engines

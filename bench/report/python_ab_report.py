@@ -30,7 +30,7 @@ import re
 import statistics
 from collections import defaultdict
 
-from common import cpu_model, machine, summary, write_report
+from common import cpu_model, fmt_ratio, machine, median_of, summary, write_report
 
 IMPLS = ["adapter", "upstream"]
 NAME = re.compile(r"^(?P<mode>[a-z]+)-(?P<load>[a-z]+)-(?P<impl>adapter|upstream)-r(?P<round>\d+)\.json$")
@@ -83,11 +83,6 @@ def load(d):
     return runs, meta
 
 
-def med(rounds, field):
-    vals = [r[field] for r in rounds.values() if r[field] is not None]
-    return statistics.median(vals) if vals else None
-
-
 def ratios(a, u, field):
     return [a[k][field] / u[k][field] for k in a
             if k in u and a[k][field] is not None and u[k][field]]
@@ -97,11 +92,6 @@ def fmt_s(s):
     if s is None:
         return "-"
     return f"{s * 1e6:.1f} us" if s < 1e-3 else f"{s * 1e3:.2f} ms"
-
-
-def fmt_ratio(rs):
-    sm = summary(rs)
-    return "-" if sm is None else f"{sm['median']:.2f}x [{sm['min']:.2f}..{sm['max']:.2f}]"
 
 
 def cell(v, fmt):
@@ -149,7 +139,7 @@ def main():
             if not rounds:
                 entry[impl] = None
                 continue
-            entry[impl] = {f: med(rounds, f) for f in ("median_s", "p99_s", "per_op_us", "gbps")}
+            entry[impl] = {f: median_of(rounds.values(), f) for f in ("median_s", "p99_s", "per_op_us", "gbps")}
             entry[impl]["failed"] = sum(r["failed"] for r in rounds.values())
             entry[impl]["requests"] = sum(r["requests"] for r in rounds.values())
             entry[impl]["rounds"] = len(rounds)
@@ -173,7 +163,7 @@ def main():
             f"{f('upstream', 'median_s')} | {f('adapter', 'p99_s')} | {f('upstream', 'p99_s')} | "
             f"{f('adapter', 'per_op_us', per_op)} | {f('upstream', 'per_op_us', per_op)} | "
             f"{f('adapter', 'gbps', '.2f')} | {f('upstream', 'gbps', '.2f')} | "
-            f"{failed('adapter')} / {failed('upstream')} | {fmt_ratio(rt)} | {fmt_ratio(gb)} |")
+            f"{failed('adapter')} / {failed('upstream')} | {fmt_ratio(summary(rt))} | {fmt_ratio(summary(gb))} |")
     if meta["exits"]:
         lines += ["", "Runs whose peers did not both exit with status 0: " +
                   ", ".join(f"{n} {e}" for n, e in meta["exits"])]
@@ -214,7 +204,7 @@ def plot(runs, keys, args):
         for k, impl in enumerate(IMPLS):
             xs, ys = [], []
             for j, (mode, ld) in enumerate(conds):
-                v = med(runs.get((mode, ld, phase, impl), {}), "per_op_us") \
+                v = median_of(runs.get((mode, ld, phase, impl), {}).values(), "per_op_us") \
                     if runs.get((mode, ld, phase, impl)) else None
                 if v:
                     xs.append(j + (k - 0.5) * width)
