@@ -149,6 +149,9 @@
 // provider (a test double: copies in software or models a NIC; never RDMA).
 #define MCFX_CAP_SOFTWARE_PROVIDER 2
 
+// Waiter slots per transport (a bit each in a pass's wake mask).
+#define SLOTS 64
+
 // Result of a call or of an operation. `MCFX_OK` is 0; errors are positive.
 enum mcfx_status
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
@@ -711,6 +714,14 @@ mcfx_status mcfx_submit(struct mcfx_transport *transport,
 // transfers in flight (polled moments ago by another thread, or this
 // thread's recent calls found nothing and it skips a few): `*completed`
 // is 0 then; keep calling in the loop.
+//
+// A call that runs no pass may sleep, so that waiting threads leave the
+// CPUs to the thread running the passes: once the calling thread has
+// polled for about 20 us while ops it submitted (on any transport from
+// this thread) are outstanding, each call that runs no pass sleeps until
+// one of those ops completes, for at most about 200 us. Never inside a
+// completion callback or on a progress thread, and not once destroy
+// began (a sleeping call wakes and returns).
 //
 // From a completion callback (on any thread) it returns `MCFX_OK` and
 // runs nothing for a transport whose pass is running on that thread.

@@ -2,7 +2,8 @@
 # Runs every test of the project: formatting, lints, the generated-header
 # check, the Rust suites (flagcx-sys and the transport) against the in-tree
 # software FlagCX provider, the loom models (wake protocol, submission ring,
-# queue admission, region holds, waiting for room), a valgrind leak check, a
+# queue admission, region holds, waiting for room, callers waiting for
+# their ops), a valgrind leak check, a
 # short soak, 30 s of fuzzing of the C ABI, the C++ suites (C ABI, baseline,
 # Mooncake adapter) with CTest, plain and under AddressSanitizer + UBSan, the
 # installed tree (scripts/install_check.sh), two simulated hosts in
@@ -37,10 +38,10 @@ scripts/header.sh --check
 log "cargo test"
 cargo test --workspace --locked
 
-log "loom models: wake protocol, submission ring, queue admission, region holds, waiting for room"
+log "loom models: wake protocol, submission ring, queue admission, region holds, waiting for room, waiting callers"
 RUSTFLAGS="--cfg mcfx_loom" CARGO_TARGET_DIR=target/loom \
   cargo test --release --locked --test loom_wake --test loom_ring --test loom_gate --test loom_holds \
-  --test inflight_loom_room
+  --test inflight_loom_room --test loom_waiters
 
 log "leak check: 1000 create/destroy rounds under valgrind"
 scripts/leak_check.sh

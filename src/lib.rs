@@ -64,6 +64,7 @@ pub(crate) mod threads;
 pub(crate) mod transport;
 mod transport_state;
 pub(crate) mod wait_graph;
+pub(crate) mod waiters;
 pub(crate) mod wake;
 
 pub use config::Config;

@@ -51,4 +51,17 @@ pub struct Op {
     /// call that queued it (see [`CoarseTime`]), wherever it is by then (in
     /// the queue, waiting for a connection, or in FlagCX).
     pub deadline: CoarseTime,
+    /// Its submitter's waiter slot (`waiters`): its completion wakes that
+    /// thread if it sleeps in `mcfx_progress`.
+    pub waiter: u8,
+}
+
+#[cfg(test)]
+mod tests {
+    /// The queue's ring holds one `Op` per slot (plus its 8-byte stamp):
+    /// the memory formula in `progress` (`96 Q`) counts on this size.
+    #[test]
+    fn an_op_is_88_bytes() {
+        assert_eq!(std::mem::size_of::<super::Op>(), 88);
+    }
 }

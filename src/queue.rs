@@ -30,6 +30,7 @@ use crate::error::{fail, message, Status};
 use crate::gate::{Admission, Gate};
 use crate::op::Op;
 use crate::ring::Ring;
+use crate::waiters::Waiters;
 use crate::wake::{RoomWait, Wake};
 
 /// Which limit stopped a push short.
@@ -114,7 +115,9 @@ pub(crate) struct SubmitQueue {
     wake: Wake,
     /// Submitters waiting for room (`submit_wait`).
     room: RoomWait,
-    /// Set once `close` began: waiting submitters give up.
+    /// Host threads waiting for their own ops in `mcfx_progress`.
+    waiters: Waiters,
+    /// Set once `close` began: waiting submitters (and waiters) give up.
     closing: AtomicBool,
     /// The transport's handle slot's gate (`crate::slots`).
     gate: &'static Gate,
@@ -139,6 +142,7 @@ impl SubmitQueue {
             },
             wake: Wake::new(),
             room: RoomWait::new(),
+            waiters: Waiters::new(),
             closing: AtomicBool::new(false),
             gate,
         })
@@ -318,6 +322,17 @@ impl SubmitQueue {
         &self.wake
     }
 
+    /// Host threads waiting for their own ops (`crate::waiters`).
+    pub fn waiters(&self) -> &Waiters {
+        &self.waiters
+    }
+
+    /// `close` began (a waiter stops waiting; read after `Waiters::wait`'s
+    /// fence, it pairs with `close`'s store and `wake_all`).
+    pub fn stopping(&self) -> bool {
+        self.closing.load(SeqCst)
+    }
+
     /// Stops admitting submitters and waits for those inside to leave (see
     /// [`Gate::close`]); submitters waiting for room give up first (their
     /// call returns `MCFX_E_QUEUE_FULL` with the ops it queued), so close
@@ -327,6 +342,7 @@ impl SubmitQueue {
         // Under the room lock (`wake_all` takes it): a waiter either sees
         // `closing` in its next try, or is already asleep and is woken.
         self.room.wake_all();
+        self.waiters.wake_all();
         self.gate.close();
     }
 

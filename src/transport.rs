@@ -192,7 +192,7 @@ impl Transport {
         if self.shared.queue.is_closing() {
             return fail(Status::MCFX_E_SHUTTING_DOWN, "progress: transport is shutting down");
         }
-        Ok(self.driver.drive())
+        Ok(self.driver.progress(self as *const Transport as usize))
     }
 
     /// Registers local memory for transfers.
@@ -263,6 +263,8 @@ impl Transport {
         let deadline = CoarseTime::now().plus_ns(self.shared.deadline_after_ns);
         let wait = self.shared.config.submit_wait;
         let max_in_flight = self.shared.config.max_in_flight;
+        let waiter = crate::waiters::my_slot();
+        let waiters = self.shared.queue.waiters();
         // The checked ops of the current chunk, decoded once.
         let mut staged = Staged::new();
         let mut done = 0;
@@ -280,10 +282,13 @@ impl Transport {
                     // Counted once the queue's slots are reserved and before
                     // the ops are published (the progress thread may complete
                     // them at once): only accepted ops, never taken back.
-                    |k| Stats::add(&stats.submitted, k as u64),
+                    |k| {
+                        Stats::add(&stats.submitted, k as u64);
+                        waiters.submitted(waiter, k as u64);
+                    },
                     |_| {
                         let (req, region) = ops.next().expect("staged above");
-                        Op { req, region, deadline }
+                        Op { req, region, deadline, waiter }
                     },
                 );
                 done += pushed;

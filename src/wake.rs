@@ -40,6 +40,15 @@ std::thread_local! {
     /// The [`Wake`] (its address) of the transport whose pass this thread
     /// is running in its progress thread's place; 0 when none.
     static DRIVING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// This thread is some transport's consumer (progress thread).
+    static CONSUMER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// True on any transport's progress thread, and on a thread running a pass
+/// for one: a thread whose sleep would hold up other threads' ops.
+pub fn in_any_pass() -> bool {
+    CONSUMER.try_with(|c| c.get()).unwrap_or(true)
+        || DRIVING.try_with(|d| d.get() != 0).unwrap_or(true)
 }
 
 /// While alive, the calling thread runs a pass in a consumer's place; what
@@ -72,6 +81,7 @@ impl Wake {
     /// Names the consumer thread; call once, from it, before it first parks.
     pub fn bind_current(&self) {
         let _ = self.consumer.set(thread::current());
+        CONSUMER.with(|c| c.set(true));
         precise_naps();
     }
 

@@ -316,3 +316,80 @@ fn a_callback_inside_a_callers_pass_never_waits_for_room() {
     assert!(statuses.iter().all(|&s| s == MCFX_OK || s == MCFX_E_QUEUE_FULL), "{statuses:?}");
     assert!(statuses.contains(&MCFX_E_QUEUE_FULL), "the transport was never full");
 }
+
+/// A caller that polls for an op that takes 100 ms sleeps between its
+/// calls (after `POLL_BEFORE_SLEEP` of polling) instead of spinning, and
+/// its completion wakes it. A poller that spins makes hundreds of
+/// thousands of calls in that time, even on a loaded machine.
+#[test]
+fn a_caller_waiting_long_for_its_op_sleeps_until_it_completes() {
+    let _g = serial();
+    assert!(sw::set_knob(Knob::LatencyNs, 100_000_000));
+    let p = Pair::new(4096);
+    for ud in 0..3u64 {
+        p.a.submit_ok(&[p.write(4096, ud)]);
+        let mut calls = 0u64;
+        let until = std::time::Instant::now() + LIMIT;
+        while p.a.done.count() <= ud as usize {
+            assert!(std::time::Instant::now() < until, "op {ud} never completed");
+            assert_eq!(progress(p.a.t).0, MCFX_OK);
+            calls += 1;
+        }
+        assert_eq!(p.a.done.status(ud), MCFX_OK);
+        assert!(calls < 20_000, "op {ud}: {calls} calls in 100 ms: the caller never slept");
+    }
+    assert_no_violations();
+}
+
+/// Destroy while callers sleep in `mcfx_progress` for ops that never
+/// finish: destroy returns, the sleepers return (the handle is refused
+/// from then on), and each op completes once (canceled).
+#[test]
+fn destroy_wakes_callers_asleep_for_their_ops() {
+    let _g = serial();
+    // Transfers that take an hour.
+    assert!(sw::set_knob(Knob::LatencyNs, 3_600_000_000_000));
+    let mut p = Pair::with(1 << 16, |c| c.shutdown_timeout_ms = 10);
+    const THREADS: usize = 3;
+    let calls = AtomicUsize::new(0);
+    let t = p.a.t as usize;
+    std::thread::scope(|s| {
+        let pollers: Vec<_> = (0..THREADS)
+            .map(|th| {
+                let (src, dst, calls) = (p.src.addr(), p.dst.addr() as u64, &calls);
+                s.spawn(move || {
+                    let t = t as *mut mcfx_transport;
+                    let op = write(src, 4096, 1, dst, th as u64);
+                    let mut accepted = 0;
+                    // SAFETY: a live handle (destroyed only after every
+                    // submit counted below); one op, `accepted` writable.
+                    let st = unsafe { mcfx_submit(t, &op, 1, &mut accepted) };
+                    assert_eq!((st, accepted), (MCFX_OK, 1));
+                    loop {
+                        // SAFETY: the handle may be destroyed meanwhile: a
+                        // destroyed handle is a documented bad input.
+                        let st = unsafe { mcfx_progress(t, std::ptr::null_mut()) };
+                        calls.fetch_add(1, SeqCst);
+                        if st != MCFX_OK {
+                            return st;
+                        }
+                    }
+                })
+            })
+            .collect();
+        // Every poller is in its wait (it submitted and called a few times).
+        wait_until(|| p.a.stats().submitted == THREADS as u64, "the ops submitted");
+        wait_until(|| calls.load(SeqCst) > 100 * THREADS, "the pollers polling");
+        assert_eq!(p.a.destroy(), MCFX_OK);
+        for h in pollers {
+            let st = h.join().unwrap();
+            assert!(
+                st == MCFX_E_SHUTTING_DOWN || st == MCFX_E_INVALID_ARGUMENT,
+                "a poller got {st:?}"
+            );
+        }
+    });
+    assert!(sw::set_knob(Knob::LatencyNs, 0));
+    let by_status = p.a.done.exactly_once();
+    assert_eq!(by_status.get(&MCFX_E_CANCELED), Some(&THREADS), "{by_status:?}");
+}

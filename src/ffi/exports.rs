@@ -470,6 +470,14 @@ pub unsafe extern "C" fn mcfx_submit(
 /// thread's recent calls found nothing and it skips a few): `*completed`
 /// is 0 then; keep calling in the loop.
 ///
+/// A call that runs no pass may sleep, so that waiting threads leave the
+/// CPUs to the thread running the passes: once the calling thread has
+/// polled for about 20 us while ops it submitted (on any transport from
+/// this thread) are outstanding, each call that runs no pass sleeps until
+/// one of those ops completes, for at most about 200 us. Never inside a
+/// completion callback or on a progress thread, and not once destroy
+/// began (a sleeping call wakes and returns).
+///
 /// From a completion callback (on any thread) it returns `MCFX_OK` and
 /// runs nothing for a transport whose pass is running on that thread.
 /// `MCFX_E_SHUTTING_DOWN` once destroy began. Thread-safe.

@@ -35,10 +35,11 @@ impl Progress {
         let slot = &mut self.slots[idx as usize];
         let op = slot.op.as_ref().expect("op completed twice");
         let (region, user_data, len, peer) = (op.region, op.req.user_data, op.req.len, op.req.peer);
+        let waiter = op.waiter;
         slot.op = None;
         // Never allocates: the free list has room for every slot.
         self.free.push(idx);
-        self.deliver(region, user_data, len, peer, status, msg);
+        self.deliver(region, user_data, len, peer, waiter, status, msg);
     }
 
     /// Delivers the one completion of an op that has no slot (it never got
@@ -46,18 +47,21 @@ impl Progress {
     #[cold]
     #[inline(never)]
     pub(super) fn complete_op(&mut self, op: Op, status: Status, msg: Option<&str>) {
-        self.deliver(op.region, op.req.user_data, op.req.len, op.req.peer, status, msg);
+        self.deliver(op.region, op.req.user_data, op.req.len, op.req.peer, op.waiter, status, msg);
     }
 
     /// An op's completion: its region hold, its counters, its credit, its
-    /// callback.
+    /// callback, and its submitter's waiter slot (woken at the end of the
+    /// pass, after the callback ran).
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn deliver(
         &mut self,
         region: RegionRef,
         user_data: u64,
         len: u64,
         peer: u64,
+        waiter: u8,
         status: Status,
         msg: Option<&str>,
     ) {
@@ -94,6 +98,10 @@ impl Progress {
             Stats::bump(&stats.progress.callback_panics, 1);
             tracing::error!(user_data, "completion callback panicked; continuing");
         }
+        // After the callback: a waiter woken by the count sees what the
+        // callback published.
+        self.shared.queue.waiters().completed(waiter, 1);
+        self.woken |= 1u64 << (waiter as u32 % 64);
     }
 
     /// Completes the waiting ops past their deadline or connect timeout.
@@ -164,6 +172,7 @@ impl Progress {
         self.cancel_waiting();
         self.inflight.drop_zombies();
         self.failures.finish(CoarseTime::now().ns());
+        self.wake_waiters();
         debug_assert!(self.slots.iter().all(|s| s.op.is_none()), "an op never completed");
     }
 

@@ -66,6 +66,15 @@ const CALLER_BUDGET: Budget = Budget { drain: 16, poll: 16 };
 /// How many of the progress thread's passes use `CALLER_BUDGET` too after it
 /// last saw a caller's pass.
 const SHORT_PASSES_AFTER_CALLERS: u32 = 1024;
+/// How long a caller polls (each call returns at once) for ops it has
+/// outstanding before its calls sleep until one of them completes: about
+/// what a sleep and its wake-up cost, so a short wait (one op finishes in
+/// about a microsecond) never pays for one.
+const POLL_BEFORE_SLEEP: Duration = Duration::from_micros(20);
+/// Longest sleep of one call: the host's loop comes back this often even
+/// if nothing completes (its own timeouts, and a pass of its own if the
+/// progress thread is stuck).
+const CALLER_SLEEP: Duration = Duration::from_micros(200);
 
 /// A caller's budget, never more than the transport's own.
 fn caller_budget(full: Budget) -> Budget {
@@ -110,6 +119,23 @@ pub(crate) fn poll_result(handle: usize, worked: bool) {
         let backoff = if worked || h != handle { 0 } else { (backoff * 2 + 1).min(MAX_BACKOFF) };
         b.set((handle, backoff, backoff));
     })
+}
+
+/// A host thread's wait for its own ops on one transport (see
+/// `Driver::progress`): from its first call with ops outstanding until a
+/// call finds none.
+#[derive(Clone, Copy, Default)]
+struct Episode {
+    handle: usize,
+    since: Option<Instant>,
+    /// It slept in this wait: later calls sleep at once.
+    slept: bool,
+}
+
+std::thread_local! {
+    static EPISODE: std::cell::Cell<Episode> = const {
+        std::cell::Cell::new(Episode { handle: 0, since: None, slept: false })
+    };
 }
 
 pub(crate) struct Driver {
@@ -197,6 +223,43 @@ impl Driver {
             self.shared.queue.wake().notify_parked();
         }
         Some(done)
+    }
+
+    /// A caller's `mcfx_progress` on transport `handle`: a pass if it may
+    /// run one (`drive`); else, once this thread has polled
+    /// `POLL_BEFORE_SLEEP` for ops of its own, a sleep until one of them
+    /// completes (at most `CALLER_SLEEP`). Returns what `drive` returned.
+    pub(crate) fn progress(&self, handle: usize) -> Option<u64> {
+        let ran = self.drive();
+        // Never asleep inside a pass (a callback that polls another
+        // transport): the pass's other ops would wait for this one.
+        if ran.is_some() || crate::wake::in_any_pass() {
+            return ran;
+        }
+        let queue = &self.shared.queue;
+        let w = crate::waiters::my_slot();
+        let (pending, seen) = queue.waiters().outstanding(w);
+        let sleep = EPISODE
+            .try_with(|e| {
+                let mut ep = e.get();
+                let sleep = if pending == 0 {
+                    ep = Episode::default();
+                    false
+                } else if ep.handle != handle || ep.since.is_none() {
+                    ep = Episode { handle, since: Some(Instant::now()), slept: false };
+                    false
+                } else {
+                    ep.slept || ep.since.is_some_and(|t| t.elapsed() >= POLL_BEFORE_SLEEP)
+                };
+                ep.slept |= sleep;
+                e.set(ep);
+                sleep
+            })
+            .unwrap_or(false);
+        if sleep {
+            queue.waiters().wait(w, seen, CALLER_SLEEP, || queue.stopping());
+        }
+        None
     }
 
     fn ns_since_epoch(&self) -> u64 {

@@ -58,8 +58,8 @@
 //! `max_in_flight`, `B` = `max_batch`, `P` = peers it knows (x86-64 sizes;
 //! FlagCX's own allocations and the registry not counted):
 //!
-//! - the queue's ring: `88 Q`, at creation;
-//! - op slots and their free list: `108` per slot; `min(min(Q, 4096) + B,
+//! - the queue's ring: `96 Q` (an `Op` and its slot's stamp), at creation;
+//! - op slots and their free list: `116` per slot; `min(min(Q, 4096) + B,
 //!   M)` slots at creation, doubling as needed up to `M`;
 //! - FlagCX call records: `96` each (with room for `IOVS_PER_CALL` members),
 //!   one per call in flight (a call has 1 to `IOVS_PER_CALL` ops), doubling
@@ -72,9 +72,9 @@
 //! - the peer table: about `150` per peer; timed-out transfer ids: up to
 //!   `24 * inflight::MAX_ZOMBIES` (about 100 KiB).
 //!
-//! So at most about `88 Q + 220 M + 150 P + 8 B + 100 KiB`: 17 MiB for the
+//! So at most about `96 Q + 228 M + 150 P + 8 B + 100 KiB`: 17 MiB for the
 //! defaults (`Q` 32768, `M` 65536) if every op is its own FlagCX call, about
-//! `88 Q + 136 M` (11 MiB) when calls carry 8 ops; about 3.4 MiB at
+//! `96 Q + 144 M` (12 MiB) when calls carry 8 ops; about 3.7 MiB at
 //! creation (the ring and 4 352 slots). Before `max_in_flight`
 //! bounded the ops, a dead peer let the slots and its waiting list grow
 //! without limit (427 264 ops, about 50 MB, after 1.5 s, in issue 17).
@@ -177,6 +177,9 @@ pub(crate) struct Progress {
     /// How much this pass may do (the driver sets it: all of it for the
     /// progress thread, a short pass for a caller).
     budget: Budget,
+    /// Waiter slots whose ops completed in this pass (bit per slot; woken
+    /// as the pass ends, `wake_waiters`).
+    woken: u64,
 }
 
 /// How much one pass may do: ops taken from the queue (at least 1), calls
@@ -235,6 +238,7 @@ impl Progress {
             failures: FailureLog::default(),
             completions: 0,
             budget: Budget::full(max_batch),
+            woken: 0,
         })
     }
 
@@ -282,7 +286,17 @@ impl Progress {
         // The credits of this pass's completions go back, and submitters
         // waiting for room are woken if any was freed.
         self.shared.queue.release_room(popped);
+        self.wake_waiters();
         moved
+    }
+
+    /// Wakes the host threads sleeping for ops that completed since the
+    /// last call (`crate::waiters`).
+    #[inline]
+    fn wake_waiters(&mut self) {
+        if self.woken != 0 {
+            self.shared.queue.waiters().wake(std::mem::take(&mut self.woken));
+        }
     }
 
     /// How long to sleep after `idle` without movement (`None`: until
