@@ -122,20 +122,47 @@ pub(crate) fn poll_result(handle: usize, worked: bool) {
 }
 
 /// A host thread's wait for its own ops on one transport (see
-/// `Driver::progress`): from its first call with ops outstanding until a
-/// call finds none.
+/// `Driver::progress`): from its first call with ops outstanding until the
+/// ops it had when it first slept have all completed (or it has none).
 #[derive(Clone, Copy, Default)]
 struct Episode {
     handle: usize,
     since: Option<Instant>,
-    /// It slept in this wait: later calls sleep at once.
-    slept: bool,
+    /// When it first slept in this wait: its slot's submitted count then.
+    /// Later calls sleep at once until that many have completed.
+    slept_at: Option<u64>,
 }
 
 std::thread_local! {
     static EPISODE: std::cell::Cell<Episode> = const {
-        std::cell::Cell::new(Episode { handle: 0, since: None, slept: false })
+        std::cell::Cell::new(Episode { handle: 0, since: None, slept_at: None })
     };
+}
+
+/// Whether a call that ran no pass sleeps, given this thread's wait so far
+/// (updated), its slot's outstanding and completed counts, and the time.
+fn should_sleep(ep: &mut Episode, handle: usize, pending: u64, done: u64, now: Instant) -> bool {
+    if pending == 0 || pending > u64::MAX / 2 {
+        // Nothing of this thread's outstanding (or a slot shared by a
+        // thread that submitted elsewhere: never sleep on a guess).
+        *ep = Episode::default();
+        return false;
+    }
+    let over = ep.slept_at.is_some_and(|s| done.wrapping_sub(s) < u64::MAX / 2);
+    if ep.handle != handle || ep.since.is_none() || over {
+        // A new wait: poll first (a short one never sleeps).
+        *ep = Episode { handle, since: Some(now), slept_at: None };
+        return false;
+    }
+    if ep.slept_at.is_some() {
+        return true;
+    }
+    let since = ep.since.unwrap_or(now);
+    if now.saturating_duration_since(since) < POLL_BEFORE_SLEEP {
+        return false;
+    }
+    ep.slept_at = Some(done.wrapping_add(pending));
+    true
 }
 
 pub(crate) struct Driver {
@@ -242,16 +269,7 @@ impl Driver {
         let sleep = EPISODE
             .try_with(|e| {
                 let mut ep = e.get();
-                let sleep = if pending == 0 {
-                    ep = Episode::default();
-                    false
-                } else if ep.handle != handle || ep.since.is_none() {
-                    ep = Episode { handle, since: Some(Instant::now()), slept: false };
-                    false
-                } else {
-                    ep.slept || ep.since.is_some_and(|t| t.elapsed() >= POLL_BEFORE_SLEEP)
-                };
-                ep.slept |= sleep;
+                let sleep = should_sleep(&mut ep, handle, pending, seen, Instant::now());
                 e.set(ep);
                 sleep
             })
@@ -352,5 +370,50 @@ impl Driver {
             let now = Instant::now();
             policy.napped(asked, now.saturating_duration_since(started), now);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: usize = 0x1000;
+
+    /// A wait polls for `POLL_BEFORE_SLEEP`, then sleeps on every call
+    /// until the ops it had when it first slept have completed; then the
+    /// next wait polls first again.
+    #[test]
+    fn a_wait_polls_first_then_sleeps_until_its_ops_completed() {
+        let t0 = Instant::now();
+        let at = |us: u64| t0 + Duration::from_micros(us);
+        let mut ep = Episode::default();
+        // 4 ops outstanding, 10 completed before.
+        assert!(!should_sleep(&mut ep, H, 4, 10, at(0)), "the first call polls");
+        assert!(!should_sleep(&mut ep, H, 4, 10, at(5)), "still polling");
+        assert!(should_sleep(&mut ep, H, 4, 10, at(25)), "waited long enough");
+        assert_eq!(ep.slept_at, Some(14));
+        // Another op submitted meanwhile: it does not extend this wait.
+        assert!(should_sleep(&mut ep, H, 4, 11, at(30)), "slept once: sleeps at once");
+        assert!(should_sleep(&mut ep, H, 2, 13, at(31)));
+        // Its 4 ops completed (one newer op outstanding): a new wait.
+        assert!(!should_sleep(&mut ep, H, 1, 14, at(32)), "a new wait polls first");
+        assert_eq!(ep.slept_at, None);
+        assert!(should_sleep(&mut ep, H, 1, 14, at(60)));
+    }
+
+    #[test]
+    fn nothing_outstanding_or_another_transport_starts_over() {
+        let t0 = Instant::now();
+        let at = |us: u64| t0 + Duration::from_micros(us);
+        let mut ep = Episode::default();
+        assert!(!should_sleep(&mut ep, H, 3, 0, at(0)));
+        assert!(should_sleep(&mut ep, H, 3, 0, at(100)));
+        assert!(!should_sleep(&mut ep, H, 0, 3, at(101)), "nothing outstanding");
+        assert!(ep.since.is_none());
+        assert!(!should_sleep(&mut ep, H, 3, 3, at(102)));
+        assert!(!should_sleep(&mut ep, H + 64, 3, 3, at(200)), "another transport: new wait");
+        assert!(!should_sleep(&mut ep, H, 3, 3, at(201)), "and back: new wait");
+        // A count that ran backwards (a shared slot's other thread): never.
+        assert!(!should_sleep(&mut ep, H, u64::MAX, 3, at(900)));
     }
 }
