@@ -716,12 +716,13 @@ mcfx_status mcfx_submit(struct mcfx_transport *transport,
 // is 0 then; keep calling in the loop.
 //
 // A call that runs no pass may sleep, so that waiting threads leave the
-// CPUs to the thread running the passes: once the calling thread has
-// polled for about 20 us while ops it submitted (on any transport from
-// this thread) are outstanding, each call that runs no pass sleeps until
-// one of those ops completes, for at most about 200 us. Never inside a
-// completion callback or on a progress thread, and not once destroy
-// began (a sleeping call wakes and returns).
+// CPUs to the thread running the passes. Once the calling thread has
+// polled for about 20 us while ops it submitted to this transport are
+// outstanding, its calls that run no pass sleep until one of its ops
+// completes (at most about 200 us each); this lasts until the ops
+// outstanding at its first sleep have completed, and the next wait polls
+// first again. Never inside a completion callback or on a progress
+// thread, and not once destroy began (a sleeping call wakes and returns).
 //
 // From a completion callback (on any thread) it returns `MCFX_OK` and
 // runs nothing for a transport whose pass is running on that thread.
