@@ -715,10 +715,12 @@ mcfx_status mcfx_submit(struct mcfx_transport *transport,
 // thread's recent calls found nothing and it skips a few): `*completed`
 // is 0 then; keep calling in the loop.
 //
-// A call that runs no pass may sleep, so that waiting threads leave the
-// CPUs to the thread running the passes. Once the calling thread has
-// polled for about 20 us while ops it submitted to this transport are
-// outstanding, its calls that run no pass sleep until one of its ops
+// A call may sleep, so that waiting threads leave the CPUs to the thread
+// running the passes, when the CPUs are crowded (more threads waiting on
+// this transport than the process has CPUs, or its progress thread is
+// losing CPU time to other threads). Once the calling thread has polled
+// for about 20 us while ops it submitted to this transport are
+// outstanding, its calls that complete nothing sleep until one of its ops
 // completes (at most about 200 us each); this lasts until the ops
 // outstanding at its first sleep have completed, and the next wait polls
 // first again. Never inside a completion callback or on a progress

@@ -50,6 +50,27 @@ struct Slot {
 
 pub struct Waiters {
     slots: Box<[Slot]>,
+    /// Slots seen waiting (a call with ops outstanding that ran no pass)
+    /// in the current window, a bit each; `prev`: those of the window
+    /// before. See `waiting_threads`.
+    active: CachePadded<AtomicU64>,
+    prev: AtomicU64,
+    /// Start of the current window, in ns since `epoch`.
+    window: AtomicU64,
+    epoch: Instant,
+}
+
+/// A waiting thread counts for the window of its last waiting call and the
+/// next (its sleeps are 200 us at most, so it calls several times a window
+/// unless it waits long for a CPU).
+const WINDOW_NS: u64 = 2_000_000;
+
+/// The CPUs this process may run on (affinity, cgroup quota), once.
+pub fn cpus() -> u32 {
+    static CPUS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(u32::MAX as usize) as u32)
+    })
 }
 
 impl Default for Waiters {
@@ -99,7 +120,34 @@ impl Waiters {
                 moved: Condvar::new(),
             })
             .collect();
-        Waiters { slots }
+        Waiters {
+            slots,
+            active: CachePadded::new(AtomicU64::new(0)),
+            prev: AtomicU64::new(0),
+            window: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Notes that slot `w`'s thread is waiting at `now`, and returns how
+    /// many threads waited on this transport lately (in this window or the
+    /// last, 2 ms each; threads that share a slot count once). Two loads
+    /// per call once the thread's bit is set in the window.
+    pub fn waiting_threads(&self, w: u8, now: Instant) -> u32 {
+        let t = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        let start = self.window.load(Ordering::Relaxed);
+        if t.saturating_sub(start) > WINDOW_NS
+            && self.window.compare_exchange(start, t, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            let m = self.active.swap(0, Ordering::Relaxed);
+            self.prev.store(m, Ordering::Relaxed);
+        }
+        let bit = 1u64 << (w as u32 % 64);
+        let mut m = self.active.load(Ordering::Relaxed);
+        if m & bit == 0 {
+            m = self.active.fetch_or(bit, Ordering::Relaxed) | bit;
+        }
+        (m | self.prev.load(Ordering::Relaxed)).count_ones()
     }
 
     fn slot(&self, w: u8) -> &Slot {

@@ -140,8 +140,18 @@ std::thread_local! {
 }
 
 /// Whether a call that ran no pass sleeps, given this thread's wait so far
-/// (updated), its slot's outstanding and completed counts, and the time.
-fn should_sleep(ep: &mut Episode, handle: usize, pending: u64, done: u64, now: Instant) -> bool {
+/// (updated), its slot's outstanding and completed counts, the time, and
+/// whether the waiting threads and the progress thread outnumber the CPUs
+/// (`crowded`: asked for only once the thread would sleep). Waiters that
+/// each have a CPU take none from the pass, and a sleep costs a wake-up.
+fn should_sleep(
+    ep: &mut Episode,
+    handle: usize,
+    pending: u64,
+    done: u64,
+    now: Instant,
+    crowded: impl FnOnce() -> bool,
+) -> bool {
     if pending == 0 || pending > u64::MAX / 2 {
         // Nothing of this thread's outstanding (or a slot shared by a
         // thread that submitted elsewhere: never sleep on a guess).
@@ -155,10 +165,10 @@ fn should_sleep(ep: &mut Episode, handle: usize, pending: u64, done: u64, now: I
         return false;
     }
     if ep.slept_at.is_some() {
-        return true;
+        return crowded();
     }
     let since = ep.since.unwrap_or(now);
-    if now.saturating_duration_since(since) < POLL_BEFORE_SLEEP {
+    if now.saturating_duration_since(since) < POLL_BEFORE_SLEEP || !crowded() {
         return false;
     }
     ep.slept_at = Some(done.wrapping_add(pending));
@@ -169,6 +179,10 @@ pub(crate) struct Driver {
     progress: Mutex<Progress>,
     /// The last pass left something to look after (see the invariants).
     outstanding: AtomicBool,
+    /// The progress thread lost CPU time to other threads lately (its idle
+    /// policy's evidence, `Idle::preempted`; Relaxed, a hint): waiting
+    /// callers then sleep even when they are fewer than the CPUs.
+    preempted: AtomicBool,
     /// Passes run by callers; the progress thread watches it (Relaxed: a
     /// hint for the idle policy, not a synchronization).
     caller_passes: AtomicU64,
@@ -186,6 +200,7 @@ impl Driver {
         Driver {
             progress: Mutex::new(progress),
             outstanding: AtomicBool::new(false),
+            preempted: AtomicBool::new(false),
             caller_passes: AtomicU64::new(0),
             last_end_ns: AtomicU64::new(0),
             last_len_ns: AtomicU64::new(0),
@@ -258,9 +273,11 @@ impl Driver {
     /// completes (at most `CALLER_SLEEP`). Returns what `drive` returned.
     pub(crate) fn progress(&self, handle: usize) -> Option<u64> {
         let ran = self.drive();
-        // Never asleep inside a pass (a callback that polls another
-        // transport): the pass's other ops would wait for this one.
-        if ran.is_some() || crate::wake::in_any_pass() {
+        // A pass that completed something: the host has news. Never asleep
+        // inside a pass (a callback that polls another transport): the
+        // pass's other ops would wait for this one. A pass that completed
+        // nothing is still a wait (polls of transfers not done yet).
+        if ran.is_some_and(|n| n > 0) || crate::wake::in_any_pass() {
             return ran;
         }
         let queue = &self.shared.queue;
@@ -269,7 +286,13 @@ impl Driver {
         let sleep = EPISODE
             .try_with(|e| {
                 let mut ep = e.get();
-                let sleep = should_sleep(&mut ep, handle, pending, seen, Instant::now());
+                let now = Instant::now();
+                // Every waiting call counts this thread as waiting (its
+                // polling takes a CPU too), from its first.
+                let waiting = if pending > 0 { queue.waiters().waiting_threads(w, now) } else { 0 };
+                let crowded =
+                    || self.preempted.load(Relaxed) || waiting + 1 > crate::waiters::cpus();
+                let sleep = should_sleep(&mut ep, handle, pending, seen, now, crowded);
                 e.set(ep);
                 sleep
             })
@@ -277,7 +300,16 @@ impl Driver {
         if sleep {
             queue.waiters().wait(w, seen, CALLER_SLEEP, || queue.stopping());
         }
-        None
+        ran
+    }
+
+    /// Tells waiting callers whether this thread loses CPU time lately
+    /// (stored only when it changes: callers read the line).
+    fn publish_preempted(&self, idle: &Idle, now: Instant) {
+        let p = idle.preempted(now);
+        if self.preempted.load(Relaxed) != p {
+            self.preempted.store(p, Relaxed);
+        }
     }
 
     fn ns_since_epoch(&self) -> u64 {
@@ -366,10 +398,11 @@ impl Driver {
         // left behind (`outstanding`); a timed nap looks at it afterwards.
         let started = timeout.map(|_| Instant::now());
         shared.queue.wake().park(has_work, timeout, pin);
+        let now = Instant::now();
         if let (Some(asked), Some(started)) = (timeout, started) {
-            let now = Instant::now();
             policy.napped(asked, now.saturating_duration_since(started), now);
         }
+        self.publish_preempted(policy, now);
     }
 }
 
@@ -388,17 +421,17 @@ mod tests {
         let at = |us: u64| t0 + Duration::from_micros(us);
         let mut ep = Episode::default();
         // 4 ops outstanding, 10 completed before.
-        assert!(!should_sleep(&mut ep, H, 4, 10, at(0)), "the first call polls");
-        assert!(!should_sleep(&mut ep, H, 4, 10, at(5)), "still polling");
-        assert!(should_sleep(&mut ep, H, 4, 10, at(25)), "waited long enough");
+        assert!(!should_sleep(&mut ep, H, 4, 10, at(0), || true), "the first call polls");
+        assert!(!should_sleep(&mut ep, H, 4, 10, at(5), || true), "still polling");
+        assert!(should_sleep(&mut ep, H, 4, 10, at(25), || true), "waited long enough");
         assert_eq!(ep.slept_at, Some(14));
         // Another op submitted meanwhile: it does not extend this wait.
-        assert!(should_sleep(&mut ep, H, 4, 11, at(30)), "slept once: sleeps at once");
-        assert!(should_sleep(&mut ep, H, 2, 13, at(31)));
+        assert!(should_sleep(&mut ep, H, 4, 11, at(30), || true), "slept once: sleeps at once");
+        assert!(should_sleep(&mut ep, H, 2, 13, at(31), || true));
         // Its 4 ops completed (one newer op outstanding): a new wait.
-        assert!(!should_sleep(&mut ep, H, 1, 14, at(32)), "a new wait polls first");
+        assert!(!should_sleep(&mut ep, H, 1, 14, at(32), || true), "a new wait polls first");
         assert_eq!(ep.slept_at, None);
-        assert!(should_sleep(&mut ep, H, 1, 14, at(60)));
+        assert!(should_sleep(&mut ep, H, 1, 14, at(60), || true));
     }
 
     #[test]
@@ -406,14 +439,17 @@ mod tests {
         let t0 = Instant::now();
         let at = |us: u64| t0 + Duration::from_micros(us);
         let mut ep = Episode::default();
-        assert!(!should_sleep(&mut ep, H, 3, 0, at(0)));
-        assert!(should_sleep(&mut ep, H, 3, 0, at(100)));
-        assert!(!should_sleep(&mut ep, H, 0, 3, at(101)), "nothing outstanding");
+        assert!(!should_sleep(&mut ep, H, 3, 0, at(0), || true));
+        assert!(should_sleep(&mut ep, H, 3, 0, at(100), || true));
+        assert!(!should_sleep(&mut ep, H, 0, 3, at(101), || true), "nothing outstanding");
         assert!(ep.since.is_none());
-        assert!(!should_sleep(&mut ep, H, 3, 3, at(102)));
-        assert!(!should_sleep(&mut ep, H + 64, 3, 3, at(200)), "another transport: new wait");
-        assert!(!should_sleep(&mut ep, H, 3, 3, at(201)), "and back: new wait");
+        assert!(!should_sleep(&mut ep, H, 3, 3, at(102), || true));
+        assert!(
+            !should_sleep(&mut ep, H + 64, 3, 3, at(200), || true),
+            "another transport: new wait"
+        );
+        assert!(!should_sleep(&mut ep, H, 3, 3, at(201), || true), "and back: new wait");
         // A count that ran backwards (a shared slot's other thread): never.
-        assert!(!should_sleep(&mut ep, H, u64::MAX, 3, at(900)));
+        assert!(!should_sleep(&mut ep, H, u64::MAX, 3, at(900), || true));
     }
 }

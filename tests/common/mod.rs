@@ -69,6 +69,11 @@ impl Completions {
         self.status(user_data)
     }
 
+    /// How many times `user_data` completed so far (0 while it has not).
+    pub fn count_of(&self, user_data: u64) -> usize {
+        self.seen.lock().unwrap().get(&user_data).map_or(0, Vec::len)
+    }
+
     pub fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
     }

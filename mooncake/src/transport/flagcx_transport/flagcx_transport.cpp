@@ -854,7 +854,8 @@ void FlagCxTransport::failAtSubmit(Slice *slice, const char *why) {
 // Reads the task's counters. For an unfinished task it first lets the
 // plugin run a progress pass on this thread, which may instead sleep (at
 // most about 200 us, until one of this thread's ops completes) once the
-// thread has polled for about 20 us: no lock is held here.
+// thread has polled for about 20 us and the CPUs are crowded: no lock is
+// held here.
 Status FlagCxTransport::getTransferStatus(BatchID batch_id, size_t task_id,
                                           TransferStatus &status) {
     BatchDesc &batch = *reinterpret_cast<BatchDesc *>(batch_id);
