@@ -37,7 +37,8 @@
 #          has it, its modeled NIC, for each batch size of AB_BATCHES;
 #          writes <work>/ab/{table.md,report.json,ab.png}
 #          (bench/report/tebench_report.py). Mode `busy` is copy mode with
-#          a bounded busy loop (another process) on every core. Then the
+#          a bounded busy loop (another process) on every core, `busynic`
+#          the modeled NIC with the same busy loops. Then the
 #          Python-level A/B: the Python module built a second time with
 #          upstream's transport (<work>/build-py-upstream, its own wheel and
 #          venv), and for each, over the same rounds, a vLLM-shaped load
@@ -53,7 +54,7 @@
 # Environment: MOONCAKE_JOBS (build jobs, default nproc), TEBENCH_DURATION
 # (seconds per block size, default 1), AB_MODES (the tebench --ab modes,
 # default "copy", plus "nic" when the provider has the modeled NIC, and
-# "busy"), AB_SUITES (default "tebench python": which A/Bs --ab runs),
+# "busy", and "busynic" with "nic"), AB_SUITES (default "tebench python": which A/Bs --ab runs),
 # PY_AB_MODES (default "copy nic"), PY_AB_LOADS (default "quiet busy"),
 # PY_AB_REQUESTS (requests per thread and shape, default 20), PY_AB_SINGLE
 # (single 4 KiB writes, default 2000), AB_BUSY_LIMIT_S (the busy loops'
@@ -615,6 +616,9 @@ fi
 [ -n "$flagcx_home" ] && modes=(real)
 py_modes=("${modes[@]}")
 modes+=(busy) # the provider's first mode (copy, or real FlagCX) + a busy loop per core
+# busynic: the modeled NIC + a busy loop per core, where the transport only
+# posts (busy copy mode also measures which thread does the memcpy).
+[[ " ${modes[*]} " == *" nic "* ]] && modes+=(busynic)
 # AB_MODES="copy nic busy" chooses the modes (e.g. for a provider built elsewhere).
 [ -n "${AB_MODES:-}" ] && read -r -a modes <<<"$AB_MODES"
 read -r -a batches <<<"${AB_BATCHES:-1 16 64}"
@@ -636,10 +640,10 @@ suite tebench && for r in $(seq "$rounds"); do
           [ "$impl" = upstream ] && bin=$work/build-upstream/benchmark/tebench
           label=$mode-$op-$impl-b$batch-r$r
           tb_env=()
-          [ "$mode" = nic ] && tb_env=(FLAGCX_SW_NIC_GBPS="${AB_NIC_GBPS:-200}"
-            FLAGCX_SW_NIC_LATENCY_NS="${AB_NIC_LATENCY_NS:-2000}")
+          case $mode in nic | busynic) tb_env=(FLAGCX_SW_NIC_GBPS="${AB_NIC_GBPS:-200}"
+            FLAGCX_SW_NIC_LATENCY_NS="${AB_NIC_LATENCY_NS:-2000}") ;; esac
           tb_batch=$batch
-          [ "$mode" = busy ] && busy_start
+          case $mode in busy | busynic) busy_start ;; esac
           status=ok
           : >"$abdir/raw/$label.txt"
           for range in "${blocks[@]}"; do

@@ -6,7 +6,8 @@ stdout of tebench initiators (one row per block and batch size: BlkSize,
 Batch, BW (GB/s), [Avg Inst GB/s,] Avg Lat, Avg Tx, P99 Tx, P999 Tx, in us).
 impl is `adapter` (this project's adapter and plugin) or `upstream`
 (Mooncake's own C++ FlagCX transport); mode is the software provider's
-`copy` mode, its modeled `nic`, or `real` FlagCX. The batch size is read
+`copy` mode, its modeled `nic`, or `real` FlagCX, and `busy` and `busynic`
+are copy mode and the modeled NIC beside a busy loop per core. The batch size is read
 from the rows' Batch column.
 
 tebench times batches: a batch is `batch` requests of one block size given
@@ -33,6 +34,9 @@ from common import fmt_ratio, machine, median_of, summary, write_report
 
 IMPLS = ["adapter", "upstream"]
 FIELDS = ["gbps", "avg_lat_us", "avg_tx_us", "p99_tx_us", "p999_tx_us"]
+# copy, nic: the software provider's modes; real: FlagCX; busy, busynic:
+# copy mode and the modeled NIC beside a busy loop per core.
+MODE_ORDER = {"copy": 0, "nic": 1, "real": 2, "busy": 3, "busynic": 4}
 NAME = re.compile(r"^(?P<mode>[a-z]+)-(?P<op>write|read)-(?P<impl>adapter|upstream)"
                   r"(?:-b\d+)?-r(?P<round>\d+)\.txt$")
 
@@ -79,10 +83,11 @@ def main():
     runs = load(args.abdir)
     if not runs:
         raise SystemExit("tebench_report: no tebench results in " + args.abdir + "/raw")
-    # (mode, op, block, batch): copy before nic, write before read, then by
-    # batch size and block size.
+    # (mode, op, block, batch): grouped by mode (quiet before busy), write
+    # before read, then by batch size and block size.
     keys = sorted({k[:4] for k in runs},
-                  key=lambda k: (k[0] != "copy", k[1] != "write", k[3], k[2]))
+                  key=lambda k: (MODE_ORDER.get(k[0], len(MODE_ORDER)), k[0], k[1] != "write",
+                                 k[3], k[2]))
     nrounds = max(len(v) for v in runs.values())
     batches = sorted({k[3] for k in keys})
     batch_text = "batch " + ", ".join(map(str, batches))
@@ -149,7 +154,8 @@ def plot(runs, keys, args):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted({(m, o) for m, o, _, _ in keys}, key=lambda p: (p[0] != "copy", p[1] != "write"))
+    panels = sorted({(m, o) for m, o, _, _ in keys},
+                    key=lambda p: (MODE_ORDER.get(p[0], len(MODE_ORDER)), p[0], p[1] != "write"))
     batches = sorted({k[3] for k in keys})
     fig, axes = plt.subplots(len(panels), len(batches), figsize=(7 * len(batches), 4 * len(panels)),
                              squeeze=False)
