@@ -472,8 +472,7 @@ pub unsafe extern "C" fn mcfx_submit(
 ///
 /// A call may sleep, so that waiting threads leave the CPUs to the thread
 /// running the passes, when the CPUs are crowded (more threads waiting on
-/// this transport than the process has CPUs, or its progress thread is
-/// losing CPU time to other threads). Once the calling thread has polled
+/// this transport than the process has CPUs). Once the calling thread has polled
 /// for about 20 us while ops it submitted to this transport are
 /// outstanding, its calls that complete nothing sleep until one of its ops
 /// completes (at most about 200 us each); this lasts until the ops

@@ -87,8 +87,6 @@ pub(super) struct Idle {
     last_look: Option<Instant>,
     /// Contended until then (see the module comment).
     contended_until: Option<Instant>,
-    /// Contended by lost time (not only by callers driving) until then.
-    preempted_until: Option<Instant>,
     /// Start of the current `WINDOW` and the time lost in it.
     window_start: Option<Instant>,
     lost: Duration,
@@ -109,7 +107,6 @@ impl Idle {
             spins: 0,
             last_look: None,
             contended_until: None,
-            preempted_until: None,
             window_start: None,
             lost: Duration::ZERO,
             grace: spin_grace,
@@ -167,19 +164,11 @@ impl Idle {
         self.lost += how_long;
         if self.lost * LOST_SHARE >= WINDOW {
             self.contend(now);
-            self.preempted_until = self.contended_until;
         }
     }
 
     fn contend(&mut self, now: Instant) {
         self.contended_until = now.checked_add(CONTENDED_HOLD);
-    }
-
-    /// Whether the thread lost CPU time to other threads lately (contended
-    /// by lost time, not only because callers drive): the CPUs are
-    /// oversubscribed.
-    pub(super) fn preempted(&self, now: Instant) -> bool {
-        self.preempted_until.is_some_and(|until| now < until)
     }
 
     /// Whether the thread is contended at `now`.
