@@ -58,3 +58,33 @@ pub(crate) fn park_timeout(t: Duration) {
 /// is modeled as an immediate return.
 #[cfg(mcfx_loom)]
 pub(crate) fn park_timeout(_t: Duration) {}
+
+/// Waits on `cv` (paired with `lock`) until `check`, called under the lock
+/// before each wait, gives an answer, or until `timeout` has passed since
+/// the call (`None`). A poisoned lock is taken over: the waits guard no
+/// data, only the sleep.
+pub(crate) fn wait_for<T>(
+    lock: &Mutex<()>,
+    cv: &Condvar,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let until = std::time::Instant::now().checked_add(timeout);
+    let mut guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        if let Some(answer) = check() {
+            return Some(answer);
+        }
+        let left = match until {
+            Some(until) => until.saturating_duration_since(std::time::Instant::now()),
+            None => timeout,
+        };
+        if left.is_zero() {
+            return None;
+        }
+        guard = match cv.wait_timeout(guard, left) {
+            Ok((g, _)) => g,
+            Err(e) => e.into_inner().0,
+        };
+    }
+}

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 
-use crate::sync::{fence, AtomicU32, AtomicU64, Condvar, Mutex, Ordering};
+use crate::sync::{fence, wait_for, AtomicU32, AtomicU64, Condvar, Mutex, Ordering};
 
 /// Waiter slots per transport (a bit each in a pass's wake mask).
 pub const SLOTS: usize = 64;
@@ -217,28 +217,14 @@ impl Waiters {
         let s = self.slot(w);
         s.sleepers.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        let until = Instant::now().checked_add(timeout);
-        let mut guard = s.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let moved = loop {
+        let moved = wait_for(&s.lock, &s.moved, timeout, || {
             if s.completed.load(Ordering::Relaxed) != seen {
-                break true;
+                Some(true)
+            } else {
+                stop().then_some(false)
             }
-            if stop() {
-                break false;
-            }
-            let left = match until {
-                Some(until) => until.saturating_duration_since(Instant::now()),
-                None => timeout,
-            };
-            if left.is_zero() {
-                break false;
-            }
-            guard = match s.moved.wait_timeout(guard, left) {
-                Ok((g, _)) => g,
-                Err(e) => e.into_inner().0,
-            };
-        };
-        drop(guard);
+        })
+        .unwrap_or(false);
         s.sleepers.fetch_sub(1, Ordering::SeqCst);
         moved
     }

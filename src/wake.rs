@@ -26,7 +26,7 @@
 //! `tests/inflight_loom_room.rs`.
 
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::sync::{
     fence, park_timeout, thread, AtomicU32, AtomicUsize, Condvar, Mutex, Ordering, Thread, MODEL,
@@ -215,25 +215,9 @@ impl RoomWait {
     pub fn wait(&self, mut try_take: impl FnMut() -> bool, timeout: Duration) -> bool {
         self.waiters.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        let until = Instant::now().checked_add(timeout);
-        let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let took = loop {
-            if try_take() {
-                break true;
-            }
-            let left = match until {
-                Some(until) => until.saturating_duration_since(Instant::now()),
-                None => timeout,
-            };
-            if left.is_zero() {
-                break false;
-            }
-            guard = match self.freed.wait_timeout(guard, left) {
-                Ok((g, _)) => g,
-                Err(e) => e.into_inner().0,
-            };
-        };
-        drop(guard);
+        let took =
+            crate::sync::wait_for(&self.lock, &self.freed, timeout, || try_take().then_some(()))
+                .is_some();
         self.waiters.fetch_sub(1, Ordering::SeqCst);
         took
     }

@@ -35,6 +35,16 @@ fn target_of(a: &Node) -> (Node, AlignedBuf, AlignedBuf) {
     (b, src, dst)
 }
 
+/// Submits one 4 KiB write from `src` to `dst` with user data `ud` on a
+/// live handle, and checks it was accepted.
+fn submit_one(t: *mut mcfx_transport, src: usize, dst: u64, ud: u64) {
+    let op = write(src, 4096, 1, dst, ud);
+    let mut accepted = 0;
+    // SAFETY: `t` is live (the caller's promise); one op; `accepted` writable.
+    let st = unsafe { mcfx_submit(t, &op, 1, &mut accepted) };
+    assert_eq!((st, accepted), (MCFX_OK, 1));
+}
+
 fn progress(t: *mut mcfx_transport) -> (mcfx_status, u64) {
     let mut n = u64::MAX;
     IN_PROGRESS_CALL.with(|c| c.set(true));
@@ -344,11 +354,7 @@ fn callers_crowding_the_cpus_sleep_until_their_ops_complete() {
                 let (src, dst) = (p.src.addr() + th * 4096, p.dst.addr() as u64 + th as u64 * 4096);
                 s.spawn(move || {
                     let t = t as *mut mcfx_transport;
-                    let op = write(src, 4096, 1, dst, th as u64);
-                    let mut accepted = 0;
-                    // SAFETY: a live handle; one op; `accepted` writable.
-                    let st = unsafe { mcfx_submit(t, &op, 1, &mut accepted) };
-                    assert_eq!((st, accepted), (MCFX_OK, 1));
+                    submit_one(t, src, dst, th as u64);
                     let mut calls = 0u64;
                     let until = std::time::Instant::now() + LIMIT;
                     while done.count_of(th as u64) == 0 {
@@ -389,12 +395,9 @@ fn destroy_wakes_callers_asleep_for_their_ops() {
                 let (src, dst, calls) = (p.src.addr(), p.dst.addr() as u64, &calls);
                 s.spawn(move || {
                     let t = t as *mut mcfx_transport;
-                    let op = write(src, 4096, 1, dst, th as u64);
-                    let mut accepted = 0;
-                    // SAFETY: a live handle (destroyed only after every
-                    // submit counted below); one op, `accepted` writable.
-                    let st = unsafe { mcfx_submit(t, &op, 1, &mut accepted) };
-                    assert_eq!((st, accepted), (MCFX_OK, 1));
+                    // A live handle: destroyed only after every submit
+                    // counted below.
+                    submit_one(t, src, dst, th as u64);
                     loop {
                         // SAFETY: the handle may be destroyed meanwhile: a
                         // destroyed handle is a documented bad input.
