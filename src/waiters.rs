@@ -17,22 +17,18 @@
 //! moves. Two threads that share a slot (more than `SLOTS` threads) only
 //! wake each other early.
 //!
-//! Invariant (no lost wake-up), as in `wake`:
-//! - waker: store `completed`; `fence(SeqCst)`; load `sleepers`; if any,
-//!   take the slot's lock and notify;
-//! - sleeper: add to `sleepers` (SeqCst); `fence(SeqCst)`; under the lock,
-//!   re-check `completed` (and `stop`) before every wait.
-//!
-//! Either the waker sees the sleeper (and notifies under the lock, which
-//! the sleeper holds from its check to its wait), or the sleeper sees the
-//! new count. Every sleep is bounded too (`wait`'s timeout), so a host loop
+//! Invariant (no lost wake-up): the protocol of `sync::Sleepers`, with the
+//! slot's completed count as the condition (waker: store `completed`,
+//! fence, wake the slot if a sleeper counts itself; sleeper: count itself,
+//! fence, re-check `completed` and `stop` under the lock before every
+//! wait). Every sleep is bounded too (`wait`'s timeout), so a host loop
 //! never stops for long. Model: `tests/loom_waiters.rs`.
 
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 
-use crate::sync::{fence, wait_for, AtomicU32, AtomicU64, Condvar, Mutex, Ordering};
+use crate::sync::{fence, AtomicU64, Ordering, Sleepers};
 
 /// Waiter slots per transport (a bit each in a pass's wake mask).
 pub const SLOTS: usize = 64;
@@ -43,9 +39,7 @@ struct Slot {
     submitted: CachePadded<AtomicU64>,
     completed: CachePadded<AtomicU64>,
     /// Threads inside `wait` on this slot.
-    sleepers: AtomicU32,
-    lock: Mutex<()>,
-    moved: Condvar,
+    sleepers: Sleepers,
 }
 
 pub struct Waiters {
@@ -115,9 +109,7 @@ impl Waiters {
             .map(|_| Slot {
                 submitted: CachePadded::new(AtomicU64::new(0)),
                 completed: CachePadded::new(AtomicU64::new(0)),
-                sleepers: AtomicU32::new(0),
-                lock: Mutex::new(()),
-                moved: Condvar::new(),
+                sleepers: Sleepers::new(),
             })
             .collect();
         Waiters {
@@ -190,11 +182,9 @@ impl Waiters {
         while mask != 0 {
             let w = mask.trailing_zeros() as u8;
             mask &= mask - 1;
-            let s = self.slot(w);
-            // Relaxed: ordered after the counts by the fence above.
-            if s.sleepers.load(Ordering::Relaxed) > 0 {
-                drop(s.lock.lock().unwrap_or_else(|e| e.into_inner()));
-                s.moved.notify_all();
+            let s = &self.slot(w).sleepers;
+            if s.any() {
+                s.wake_all();
             }
         }
     }
@@ -215,17 +205,14 @@ impl Waiters {
     /// count moved.
     pub fn wait(&self, w: u8, seen: u64, timeout: Duration, stop: impl Fn() -> bool) -> bool {
         let s = self.slot(w);
-        s.sleepers.fetch_add(1, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        let moved = wait_for(&s.lock, &s.moved, timeout, || {
-            if s.completed.load(Ordering::Relaxed) != seen {
-                Some(true)
-            } else {
-                stop().then_some(false)
-            }
-        })
-        .unwrap_or(false);
-        s.sleepers.fetch_sub(1, Ordering::SeqCst);
-        moved
+        s.sleepers
+            .sleep(timeout, || {
+                if s.completed.load(Ordering::Relaxed) != seen {
+                    Some(true)
+                } else {
+                    stop().then_some(false)
+                }
+            })
+            .unwrap_or(false)
     }
 }

@@ -28,9 +28,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::sync::{
-    fence, park_timeout, thread, AtomicU32, AtomicUsize, Condvar, Mutex, Ordering, Thread, MODEL,
-};
+use crate::sync::{fence, park_timeout, thread, AtomicU32, Ordering, Sleepers, Thread, MODEL};
 
 const AWAKE: u32 = 0;
 const PARKED: u32 = 1;
@@ -173,27 +171,14 @@ impl Wake {
 /// variable: waiting costs no CPU (it used to spin on `yield_now`, about
 /// half a core).
 ///
-/// Invariant (no lost wake-up), the [`Wake`] protocol with the roles
-/// swapped:
-///
-/// - consumer: free room; `fence(SeqCst)`; load `waiters`; if non-zero,
-///   take and drop `lock`, then `notify_all`.
-/// - waiter: increment `waiters`; `fence(SeqCst)`; then repeatedly: take
-///   `lock`, try to take room, and if there is none wait on `freed`
-///   (releasing `lock` atomically); decrement `waiters` when done.
-///
-/// Either the consumer sees the waiter registered, or the waiter's try
-/// (after its fence) sees the room freed before the consumer's fence. A
-/// consumer that sees a waiter takes the lock after the waiter's try under
-/// it (then the waiter is already waiting and gets the `notify_all`) or
-/// before it (then that try happens after the freeing and sees it). Checked
-/// under loom by `tests/inflight_loom_room.rs`.
+/// Invariant (no lost wake-up): the protocol of [`Sleepers`], with the
+/// consumer's freed room as the condition (consumer: free room, fence, wake
+/// if a waiter counts itself; waiter: count itself, fence, try under the
+/// lock before every wait). Checked under loom by
+/// `tests/inflight_loom_room.rs`.
 pub struct RoomWait {
     /// Submitters inside `wait`.
-    waiters: AtomicUsize,
-    /// Orders a waiter's last try against the consumer's `notify_all`.
-    lock: Mutex<()>,
-    freed: Condvar,
+    sleepers: Sleepers,
 }
 
 impl Default for RoomWait {
@@ -204,7 +189,7 @@ impl Default for RoomWait {
 
 impl RoomWait {
     pub fn new() -> RoomWait {
-        RoomWait { waiters: AtomicUsize::new(0), lock: Mutex::new(()), freed: Condvar::new() }
+        RoomWait { sleepers: Sleepers::new() }
     }
 
     /// Waiter side: calls `try_take` (under the lock: it must not call
@@ -213,13 +198,7 @@ impl RoomWait {
     /// `timeout` has passed since the call. Returns what the last
     /// `try_take` returned (false: timed out).
     pub fn wait(&self, mut try_take: impl FnMut() -> bool, timeout: Duration) -> bool {
-        self.waiters.fetch_add(1, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        let took =
-            crate::sync::wait_for(&self.lock, &self.freed, timeout, || try_take().then_some(()))
-                .is_some();
-        self.waiters.fetch_sub(1, Ordering::SeqCst);
-        took
+        self.sleepers.sleep(timeout, || try_take().then_some(())).is_some()
     }
 
     /// Consumer side, after it freed room: wakes every waiter, if there is
@@ -227,27 +206,23 @@ impl RoomWait {
     #[inline]
     pub fn wake_waiters(&self) {
         fence(Ordering::SeqCst);
-        // Relaxed: the fence above orders this load after the freeing (as
-        // in `Wake::notify`); the lock is what hands over to a waiter.
-        if self.waiters.load(Ordering::Relaxed) == 0 {
-            return;
+        if self.sleepers.any() {
+            self.sleepers.wake_all();
         }
-        self.wake_all();
     }
 
     /// Wakes every waiter; only from inside a `wait`'s `try_take`, which
     /// runs under the lock (so a waiter either sleeps already and is woken,
     /// or tries after this one and sees what it freed).
     pub fn wake_all_from_try(&self) {
-        self.freed.notify_all();
+        self.sleepers.wake_all_from_check();
     }
 
     /// Wakes every waiter unconditionally (a waiter's `try_take` decides
     /// whether to go on waiting; shutdown uses it so waiters give up).
     #[cold]
     pub fn wake_all(&self) {
-        drop(self.lock.lock().unwrap_or_else(|e| e.into_inner()));
-        self.freed.notify_all();
+        self.sleepers.wake_all();
     }
 }
 

@@ -76,9 +76,14 @@ const POLL_BEFORE_SLEEP: Duration = Duration::from_micros(20);
 /// progress thread is stuck).
 const CALLER_SLEEP: Duration = Duration::from_micros(200);
 
-/// A caller's budget, never more than the transport's own.
-fn caller_budget(full: Budget) -> Budget {
-    Budget { drain: CALLER_BUDGET.drain.min(full.drain), ..CALLER_BUDGET }
+/// A pass with a caller's budget (never more than the transport's own);
+/// returns whether it moved anything.
+fn short_pass(p: &mut Progress) -> bool {
+    let full = p.budget;
+    p.budget = Budget { drain: CALLER_BUDGET.drain.min(full.drain), ..CALLER_BUDGET };
+    let moved = p.pass();
+    p.budget = full;
+    moved
 }
 
 std::thread_local! {
@@ -243,10 +248,7 @@ impl Driver {
         let id = self.shared.slot.0.id.load(Relaxed);
         let _owner = crate::wait_graph::owner_for_now(id);
         let before = p.completions;
-        let full = p.budget;
-        p.budget = caller_budget(full);
-        p.pass();
-        p.budget = full;
+        short_pass(&mut p);
         let done = p.completions - before;
         let outstanding = p.has_outstanding();
         // Under the lock: one writer at a time.
@@ -349,11 +351,7 @@ impl Driver {
             // with the spinning callers), it would stall them.
             let moved = if short_passes > 0 {
                 short_passes -= 1;
-                let full = p.budget;
-                p.budget = caller_budget(full);
-                let moved = p.pass();
-                p.budget = full;
-                moved
+                short_pass(&mut p)
             } else {
                 p.pass()
             };
@@ -389,8 +387,8 @@ impl Driver {
         // left behind (`outstanding`); a timed nap looks at it afterwards.
         let started = timeout.map(|_| Instant::now());
         shared.queue.wake().park(has_work, timeout, pin);
-        let now = Instant::now();
         if let (Some(asked), Some(started)) = (timeout, started) {
+            let now = Instant::now();
             policy.napped(asked, now.saturating_duration_since(started), now);
         }
     }
