@@ -180,6 +180,13 @@ fn should_sleep(
     true
 }
 
+/// Whether `waiting` threads crowd `cpus` CPUs: only when they alone
+/// outnumber them (the progress thread naps while callers run passes, and
+/// other processes' threads do not count; see `Driver::progress`).
+fn crowded(waiting: u32, cpus: u32) -> bool {
+    waiting > cpus
+}
+
 pub(crate) struct Driver {
     progress: Mutex<Progress>,
     /// The last pass left something to look after (see the invariants).
@@ -293,7 +300,7 @@ impl Driver {
                 // through a busy CPU (tebench, modeled NIC, 4 KiB: p99 26 to
                 // 272 us instead of 5).
                 let waiting = if pending > 0 { queue.waiters().waiting_threads(w, now) } else { 0 };
-                let crowded = || waiting > crate::waiters::cpus();
+                let crowded = || crowded(waiting, crate::waiters::cpus());
                 let sleep = should_sleep(&mut ep, handle, pending, seen, now, crowded);
                 e.set(ep);
                 sleep
@@ -420,6 +427,18 @@ mod tests {
         assert!(!should_sleep(&mut ep, H, 1, 14, at(32), || true), "a new wait polls first");
         assert_eq!(ep.slept_at, None);
         assert!(should_sleep(&mut ep, H, 1, 14, at(60), || true));
+    }
+
+    /// A lone waiter beside busy loops, or as many waiters as CPUs, keeps
+    /// polling (a sleep would cost it a wake-up through a busy CPU); one
+    /// more than the CPUs sleeps.
+    #[test]
+    fn only_waiters_that_outnumber_the_cpus_crowd_them() {
+        assert!(!crowded(1, 2), "a lone waiter on two CPUs");
+        assert!(!crowded(2, 2), "one waiter per CPU");
+        assert!(crowded(3, 2));
+        assert!(!crowded(1, 1));
+        assert!(crowded(2, 1));
     }
 
     #[test]
