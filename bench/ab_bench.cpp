@@ -170,6 +170,10 @@ struct Result {
   uint64_t x = 0;
   uint64_t rss_start = 0, rss_created = 0, rss_registered = 0, rss_connected = 0;
   uint64_t register_ns = 0; // wall time of registering every region
+  // FlagCX vector calls the initiator issued per op over the whole run
+  // (mcfx_get_stats; every transport implementation counts them): how
+  // well its ops were batched into calls. Negative when not measured.
+  double calls_per_op = -1;
 };
 
 uint64_t percentile(std::vector<uint64_t> &v, double q) {
@@ -223,6 +227,10 @@ void print(Result &r, const char *impl, int round) {
                   ",\"ops_per_request\":%llu,\"threads\":%d,\"peers\":%d,\"regions\":%llu",
                   (unsigned long long)r.ops_per_request, r.threads, r.peers,
                   (unsigned long long)r.regions);
+    extra += buf;
+  }
+  if (r.calls_per_op >= 0) {
+    std::snprintf(buf, sizeof buf, ",\"flagcx_calls_per_op\":%.4f", r.calls_per_op);
     extra += buf;
   }
   if (!r.scaling.empty()) {
@@ -1216,6 +1224,10 @@ Result run_requests(const Shape &sh) {
   collect(r, stats, win);
   describe_shape(r, sh, n);
   account_cpu(r, cpu_before, cpu_after);
+  mcfx_stats st{};
+  st.struct_size = sizeof st;
+  if (mcfx_get_stats(init.t, &st) == MCFX_OK && st.submitted > 0)
+    r.calls_per_op = double(st.flagcx_transfers) / double(st.submitted);
   r.has_proc_cpu = true;
   r.proc_cpu_ns = proc_after - proc_before;
   return r;

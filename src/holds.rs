@@ -22,7 +22,10 @@
 //! `acquired` (it keeps its single writer): an older value, or a completion
 //! in between, can only make the answer larger (a spurious busy), never
 //! smaller. `acquired` and `released` have one writer side each (submitters, the
-//! progress thread) and sit on their own cache lines. The model in
+//! progress thread) and sit on their own cache lines; `closing` and
+//! `generation`, which a hold reads right after its add, share `acquired`'s
+//! line (one line per op for the submitter, not two: with ops spread over
+//! 65 536 regions every line an op touches is a miss). The model in
 //! `tests/loom_holds.rs` checks this under every interleaving.
 
 use crossbeam_utils::CachePadded;
@@ -30,12 +33,18 @@ use crossbeam_utils::CachePadded;
 use crate::sync::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::Release, Ordering::SeqCst};
 
 pub struct Holds {
-    /// Holds taken by submitters (one per queued op; taken back for ops that
-    /// were not queued). Never reset, also across slot reuse.
-    acquired: CachePadded<AtomicU64>,
+    /// What submitters touch.
+    submit: CachePadded<SubmitSide>,
     /// Holds given back by completed ops; written by the progress thread
     /// only. In flight = acquired - released.
     released: CachePadded<AtomicU64>,
+}
+
+/// The submitters' line: the counter they add to and what a hold checks.
+struct SubmitSide {
+    /// Holds taken by submitters (one per queued op; taken back for ops that
+    /// were not queued). Never reset, also across slot reuse.
+    acquired: AtomicU64,
     /// Set by unregister while it decides; a hold that sees it backs out.
     closing: AtomicBool,
     /// The generation of the registration using this slot (see
@@ -52,18 +61,20 @@ impl Default for Holds {
 impl Holds {
     pub fn new() -> Holds {
         Holds {
-            acquired: CachePadded::new(AtomicU64::new(0)),
+            submit: CachePadded::new(SubmitSide {
+                acquired: AtomicU64::new(0),
+                closing: AtomicBool::new(false),
+                generation: AtomicU64::new(0),
+            }),
             released: CachePadded::new(AtomicU64::new(0)),
-            closing: AtomicBool::new(false),
-            generation: AtomicU64::new(0),
         }
     }
 
     /// Gives the slot to registration `generation` (under the registry's
     /// writer lock, while nothing holds the slot).
     pub fn open(&self, generation: u64) {
-        self.generation.store(generation, SeqCst);
-        self.closing.store(false, SeqCst);
+        self.submit.generation.store(generation, SeqCst);
+        self.submit.closing.store(false, SeqCst);
     }
 
     /// Takes `n` holds for ops found in registration `generation`; false,
@@ -73,8 +84,8 @@ impl Holds {
     /// Hot path: one atomic add on a line only submitters write, two loads.
     #[inline]
     pub fn hold(&self, n: u64, generation: u64) -> bool {
-        self.acquired.fetch_add(n, SeqCst);
-        if self.closing.load(SeqCst) || self.generation.load(SeqCst) != generation {
+        self.submit.acquired.fetch_add(n, SeqCst);
+        if self.submit.closing.load(SeqCst) || self.submit.generation.load(SeqCst) != generation {
             self.unhold(n);
             return false;
         }
@@ -84,7 +95,7 @@ impl Holds {
     /// Takes back `n` holds whose ops were never queued (caller threads).
     #[inline]
     pub fn unhold(&self, n: u64) {
-        self.acquired.fetch_sub(n, SeqCst);
+        self.submit.acquired.fetch_sub(n, SeqCst);
     }
 
     /// Gives back the hold of a completed op. Progress thread only: it is
@@ -100,14 +111,14 @@ impl Holds {
     /// it open and returns how many ops hold it. Under the registry's writer
     /// lock (one closer at a time).
     pub fn try_close(&self) -> Result<(), u64> {
-        self.closing.store(true, SeqCst);
+        self.submit.closing.store(true, SeqCst);
         // released first, loaded (an older value only makes the answer
         // larger: a spurious BUSY, never a smaller one); acquired by an RMW
         // (see the module doc).
         let released = self.released.load(SeqCst);
-        let busy = self.acquired.fetch_add(0, SeqCst).wrapping_sub(released);
+        let busy = self.submit.acquired.fetch_add(0, SeqCst).wrapping_sub(released);
         if busy > 0 {
-            self.closing.store(false, SeqCst);
+            self.submit.closing.store(false, SeqCst);
             return Err(busy);
         }
         Ok(())
