@@ -32,7 +32,8 @@ from common import fmt_ns, fmt_rate, json_lines, machine, median_of
 IMPLS = ["cpp", "rust", "raw"]
 DIMS = ["regions", "peers", "threads"]
 METRICS = ["ns_per_op", "process_cpu_ns_per_op", "ops_per_s", "p50_ns", "p99_ns",
-           "cpu_ns_per_op", "link_utilization", "failed_requests", "register_ns"]
+           "cpu_ns_per_op", "link_utilization", "failed_requests", "register_ns",
+           "flagcx_calls_per_op"]
 RSS = ["rss_start", "rss_created", "rss_registered", "rss_connected"]
 
 
@@ -170,10 +171,12 @@ def print_table(agg, slp, loads=None):
         print("host load average (1 min) as each curve started: "
               + ", ".join(f"{v:.1f}" for v in loads) + f" (on {os.cpu_count()} CPUs)")
     print("ns/op: wall time per op; proc/op: CPU of the whole process per op; p99/req: p99 of a "
-          "batch of 64; mem: VmRSS delta per region registered and registration time per region "
-          "(regions), per peer connected and per target transport (peers)")
+          "batch of 64; calls/op: FlagCX vector calls per op as the transport counts them (rust: "
+          "one peer and at most 8 entries per call, so 0.125 is its floor up to 8 peers, x/64 "
+          "from 8 to 64 peers; cpp: one call per peer and submit); mem: VmRSS delta per region registered and registration time per "
+          "region (regions), per peer connected and per target transport (peers)")
     hdr = (f"{'curve':<8} {'x':>6} {'impl':<5} {'ns/op':>8} {'proc/op':>9} {'ops/s':>8} "
-           f"{'p99/req':>9} {'mem':>28}")
+           f"{'p99/req':>9} {'calls/op':>8} {'mem':>28}")
     print(hdr)
     print("-" * len(hdr))
     for dim, per_impl in agg.items():
@@ -191,9 +194,11 @@ def print_table(agg, slp, loads=None):
                            f"{fmt_bytes(p['rss_per_target'])}/tgt")
                 else:
                     mem = ""
+                calls = p.get("flagcx_calls_per_op")
+                calls = f"{calls:.3f}" if calls is not None else "-"
                 print(f"{dim:<8} {x:>6} {impl:<5} {fmt_ns(p['ns_per_op']):>8} "
                       f"{fmt_ns(p['process_cpu_ns_per_op']):>9} {fmt_rate(p['ops_per_s']):>8} "
-                      f"{fmt_ns(p['p99_ns']):>9} {mem:>28}")
+                      f"{fmt_ns(p['p99_ns']):>9} {calls:>8} {mem:>28}")
     print()
     print("Smallest to largest point (growth = largest / smallest; memory: marginal bytes, "
           "the slope between them)")
