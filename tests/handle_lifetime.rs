@@ -84,6 +84,10 @@ fn calls_racing_destroy_finish_safely_and_later_calls_are_refused() {
                                         | MCFX_E_INVALID_ARGUMENT
                                         | MCFX_E_NOT_FOUND
                                         | MCFX_E_ALREADY_REGISTERED
+                                        // Another thread unregistered the
+                                        // region between this one's
+                                        // register and submit.
+                                        | MCFX_E_NOT_REGISTERED
                                         | MCFX_E_BUSY
                                         | MCFX_E_QUEUE_FULL
                                 ),
