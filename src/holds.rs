@@ -35,9 +35,20 @@ use crate::sync::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::Release, O
 pub struct Holds {
     /// What submitters touch.
     submit: CachePadded<SubmitSide>,
+    /// What the progress thread touches.
+    done: CachePadded<ProgressSide>,
+}
+
+/// The progress thread's line: the counter it adds to at completion and the
+/// FlagCX id it reads at issue.
+struct ProgressSide {
     /// Holds given back by completed ops; written by the progress thread
     /// only. In flight = acquired - released.
-    released: CachePadded<AtomicU64>,
+    released: AtomicU64,
+    /// The FlagCX id (`MrId`) of the registration using the slot; written
+    /// by `open` before the registration is published, so an op found in
+    /// the published table reads its own registration's id.
+    mr: AtomicU64,
 }
 
 /// The submitters' line: the counter they add to and what a hold checks.
@@ -66,13 +77,21 @@ impl Holds {
                 closing: AtomicBool::new(false),
                 generation: AtomicU64::new(0),
             }),
-            released: CachePadded::new(AtomicU64::new(0)),
+            done: CachePadded::new(ProgressSide {
+                released: AtomicU64::new(0),
+                mr: AtomicU64::new(0),
+            }),
         }
     }
 
-    /// Gives the slot to registration `generation` (under the registry's
-    /// writer lock, while nothing holds the slot).
-    pub fn open(&self, generation: u64) {
+    /// Gives the slot to registration `generation` of FlagCX id `mr` (under
+    /// the registry's writer lock, while nothing holds the slot).
+    pub fn open(&self, generation: u64, mr: u64) {
+        // Relaxed: published with the table that names the registration
+        // (its store is a release, a submitter's load an acquire, and the
+        // op reaches the progress thread through the queue's release and
+        // acquire).
+        self.done.mr.store(mr, Relaxed);
         self.submit.generation.store(generation, SeqCst);
         self.submit.closing.store(false, SeqCst);
     }
@@ -104,7 +123,13 @@ impl Holds {
     /// reader that sees an older value only overestimates what is in flight.
     #[inline]
     pub fn release(&self) {
-        self.released.store(self.released.load(Relaxed).wrapping_add(1), Release);
+        self.done.released.store(self.done.released.load(Relaxed).wrapping_add(1), Release);
+    }
+
+    /// The FlagCX id of the registration using the slot (see `open`).
+    #[inline]
+    pub fn mr(&self) -> u64 {
+        self.done.mr.load(Relaxed)
     }
 
     /// Closes the slot for unregister if nothing holds it; otherwise leaves
@@ -115,7 +140,7 @@ impl Holds {
         // released first, loaded (an older value only makes the answer
         // larger: a spurious BUSY, never a smaller one); acquired by an RMW
         // (see the module doc).
-        let released = self.released.load(SeqCst);
+        let released = self.done.released.load(SeqCst);
         let busy = self.submit.acquired.fetch_add(0, SeqCst).wrapping_sub(released);
         if busy > 0 {
             self.submit.closing.store(false, SeqCst);

@@ -63,6 +63,20 @@ pub(crate) struct RegionRef {
     generation: u64,
 }
 
+impl RegionRef {
+    /// The region's counter slot: what a queued op keeps of it.
+    #[inline]
+    pub fn slot(self) -> RegionSlot {
+        RegionSlot(self.slot)
+    }
+}
+
+/// A queued op's hold on its region: the counter slot it releases when it
+/// completes, where the FlagCX id of the registration is found while the
+/// hold keeps the region registered (`Registry::mr`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RegionSlot(u32);
+
 /// Whether `[base, base + rlen)` holds `[addr, addr + len)` (overflow-free).
 #[inline]
 fn contains(base: usize, rlen: usize, addr: usize, len: usize) -> bool {
@@ -218,7 +232,7 @@ impl Registry {
         }
         slots.generation = generation;
         slots.count += 1;
-        self.counters(slot).open(generation);
+        self.counters(slot).open(generation, mr.0);
         self.table.store(next);
         Ok(())
     }
@@ -282,8 +296,17 @@ impl Registry {
 
     /// Gives back the hold of a completed op (progress thread only; see
     /// [`Holds::release`]).
-    pub fn release(&self, r: RegionRef) {
-        self.counters(r.slot).release();
+    #[inline]
+    pub fn release(&self, r: RegionSlot) {
+        self.counters(r.0).release();
+    }
+
+    /// The FlagCX id of the registration an op holds (`r` from a queued
+    /// op: its hold keeps the registration, so the id is the one the op
+    /// was checked against).
+    #[inline]
+    pub fn mr(&self, r: RegionSlot) -> MrId {
+        MrId(self.counters(r.0).mr())
     }
 
     /// Takes back `n` holds whose ops were never queued (caller threads).
@@ -373,7 +396,7 @@ mod tests {
             Ok(r)
         };
         // The live region (its op completes before the unregister).
-        reg.release(acquire_in(&stale, a, 64).unwrap());
+        reg.release(acquire_in(&stale, a, 64).unwrap().slot());
         // Unregister a (no FlagCX call: the region was never in FlagCX).
         reg.uninstall(&mut reg.write.lock(), a).unwrap();
         install(b);

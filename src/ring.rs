@@ -19,6 +19,8 @@ use crate::sync::{
     Ordering::SeqCst, UnsafeCell,
 };
 
+/// Line-aligned: a slot of `Op` (56 bytes and the stamp) is exactly one
+/// cache line, so neighbouring slots never share one.
 struct Slot<T> {
     /// `pos` while the slot is free for position `pos`; `pos + 1` once the
     /// value for `pos` is published.

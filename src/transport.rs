@@ -288,7 +288,7 @@ impl Transport {
                     },
                     |_| {
                         let (req, region) = ops.next().expect("staged above");
-                        Op { req, region, deadline, waiter }
+                        Op::new(req, region.slot(), deadline, waiter)
                     },
                 );
                 done += pushed;

@@ -30,7 +30,7 @@ fn world() -> Arc<World> {
         using: AtomicUsize::new(0),
         unregistered: AtomicBool::new(false),
     };
-    w.holds.open(GEN);
+    w.holds.open(GEN, 0);
     Arc::new(w)
 }
 
@@ -137,7 +137,7 @@ fn a_hold_from_an_older_registration_backs_out() {
             })
         };
         if unregister(&w) {
-            w.holds.open(GEN + 1);
+            w.holds.open(GEN + 1, 0);
         }
         stale.join().unwrap();
     });

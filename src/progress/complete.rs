@@ -23,7 +23,7 @@ use std::time::Instant;
 use crate::clock::CoarseTime;
 use crate::error::Status;
 use crate::op::Op;
-use crate::registry::RegionRef;
+use crate::registry::RegionSlot;
 use crate::stats::Stats;
 
 use super::Progress;
@@ -34,7 +34,7 @@ impl Progress {
         // The fields it needs, then the slot is emptied (no move of the op).
         let slot = &mut self.slots[idx as usize];
         let op = slot.op.as_ref().expect("op completed twice");
-        let (region, user_data, len, peer) = (op.region, op.req.user_data, op.req.len, op.req.peer);
+        let (region, user_data, len, peer) = (op.region, op.user_data, op.len, op.peer);
         let waiter = op.waiter;
         slot.op = None;
         // Never allocates: the free list has room for every slot.
@@ -47,7 +47,7 @@ impl Progress {
     #[cold]
     #[inline(never)]
     pub(super) fn complete_op(&mut self, op: Op, status: Status, msg: Option<&str>) {
-        self.deliver(op.region, op.req.user_data, op.req.len, op.req.peer, op.waiter, status, msg);
+        self.deliver(op.region, op.user_data, op.len, op.peer, op.waiter, status, msg);
     }
 
     /// An op's completion: its region hold, its counters, its credit, its
@@ -57,7 +57,7 @@ impl Progress {
     #[allow(clippy::too_many_arguments)]
     fn deliver(
         &mut self,
-        region: RegionRef,
+        region: RegionSlot,
         user_data: u64,
         len: u64,
         peer: u64,
@@ -121,7 +121,7 @@ impl Progress {
                 coarse >= deadline || now >= s.waiting_since + connect_timeout
             });
             for &idx in &expired {
-                let (peer, deadline) = (self.op(idx).req.peer, self.op(idx).deadline);
+                let (peer, deadline) = (self.op(idx).peer, self.op(idx).deadline);
                 if coarse >= deadline {
                     let msg = "op deadline passed while connecting";
                     self.complete(idx, Status::MCFX_E_TIMEOUT, Some(msg));

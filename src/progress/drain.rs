@@ -45,7 +45,7 @@ impl Progress {
             }
             return;
         };
-        let (peer, opcode) = (first.req.peer, first.req.opcode);
+        let (peer, opcode) = (first.peer, first.opcode);
         let mut last = match self.take_slot(first) {
             Some(idx) => self.route_to(idx, peer, opcode).map(|g| (peer, opcode, g)),
             None => None,
@@ -56,7 +56,7 @@ impl Progress {
         // the drain, so the next op with that key goes straight to that group
         // (no peer lookup, no group search).
         loop {
-            let (peer, opcode) = (op.req.peer, op.req.opcode);
+            let (peer, opcode) = (op.peer, op.opcode);
             if let Some(idx) = self.take_slot(op) {
                 match last {
                     Some((p, o, g)) if p == peer && o == opcode => self.groups.push(g, idx),
@@ -113,7 +113,7 @@ impl Progress {
     /// (returns the group's index), else in the peer's waiting list.
     pub(super) fn route(&mut self, idx: u32) -> Option<usize> {
         let op = self.op(idx);
-        let (peer, opcode) = (op.req.peer, op.req.opcode);
+        let (peer, opcode) = (op.peer, op.opcode);
         self.route_to(idx, peer, opcode)
     }
 

@@ -282,7 +282,8 @@ impl Progress {
     fn add_iovs(&mut self, conn: &Connection, peer: u64, idx: u32) -> bool {
         let max = self.shared.config.max_slice_bytes;
         let op = self.slots[idx as usize].op.as_ref().expect("live slot");
-        let (mr, local, len, remote) = (op.region.mr, op.req.local, op.req.len, op.req.remote);
+        let (region, local, len, remote) = (op.region, op.local, op.len, op.remote);
+        let mr = self.shared.registry.mr(region);
         let iovs = &mut self.inflight.iovs;
         // One piece (the common case) without the piece iterator.
         if len <= max && len > 0 {
@@ -311,7 +312,7 @@ impl Progress {
     #[inline]
     pub(super) fn issue_alone(&mut self, idx: u32) -> bool {
         let op = self.slots[idx as usize].op.as_ref().expect("live slot");
-        let (peer_id, opcode, len) = (op.req.peer, op.req.opcode, op.req.len);
+        let (peer_id, opcode, len) = (op.peer, op.opcode, op.len);
         if len == 0 || len > self.shared.config.max_slice_bytes {
             return not_alone();
         }
@@ -320,8 +321,8 @@ impl Progress {
         if !inflight.ensure_spare() {
             return not_alone();
         }
-        if inflight.iovs.push(conn, op.region.mr, op.req.local, len as u32, op.req.remote).is_err()
-        {
+        let mr = self.shared.registry.mr(op.region);
+        if inflight.iovs.push(conn, mr, op.local, len as u32, op.remote).is_err() {
             return not_alone();
         }
         let deadline = op.deadline;
@@ -486,7 +487,7 @@ impl Progress {
     #[inline(never)]
     fn failed_transfer(&mut self, failed_on: &Arc<Connection>, members: &mut Vec<u32>) {
         let Some(&first) = members.first() else { return };
-        let peer_id = self.op(first).req.peer;
+        let peer_id = self.op(first).peer;
         if self.shared.queue.is_closed() {
             for m in members.drain(..) {
                 let msg = "FlagCX reported the transfer failed (during shutdown: not retried)";
@@ -519,7 +520,7 @@ impl Progress {
     #[inline(never)]
     pub(super) fn judge_failed(&mut self, idx: u32, conn: &Connection) {
         let op = self.op(idx);
-        let (peer, remote, len) = (op.req.peer, op.req.remote, op.req.len);
+        let (peer, remote, len) = (op.peer, op.remote, op.len);
         match judge(conn, remote, len, self.shared.config.max_slice_bytes) {
             Judged::Gone { addr, len } => {
                 let msg = crate::logging::message(format_args!(

@@ -58,8 +58,9 @@
 //! `max_in_flight`, `B` = `max_batch`, `P` = peers it knows (x86-64 sizes;
 //! FlagCX's own allocations and the registry not counted):
 //!
-//! - the queue's ring: `96 Q` (an `Op` and its slot's stamp), at creation;
-//! - op slots and their free list: `116` per slot; `min(min(Q, 4096) + B,
+//! - the queue's ring: `64 Q` (an `Op` and its slot's stamp: a line), at
+//!   creation;
+//! - op slots and their free list: `84` per slot; `min(min(Q, 4096) + B,
 //!   M)` slots at creation, doubling as needed up to `M`;
 //! - FlagCX call records: `96` each (with room for `IOVS_PER_CALL` members),
 //!   one per call in flight (a call has 1 to `IOVS_PER_CALL` ops), doubling
@@ -72,9 +73,9 @@
 //! - the peer table: about `150` per peer; timed-out transfer ids: up to
 //!   `24 * inflight::MAX_ZOMBIES` (about 100 KiB).
 //!
-//! So at most about `96 Q + 228 M + 150 P + 8 B + 100 KiB`: 17 MiB for the
+//! So at most about `64 Q + 196 M + 150 P + 8 B + 100 KiB`: 14 MiB for the
 //! defaults (`Q` 32768, `M` 65536) if every op is its own FlagCX call, about
-//! `96 Q + 144 M` (12 MiB) when calls carry 8 ops; about 3.7 MiB at
+//! `64 Q + 112 M` (9 MiB) when calls carry 8 ops; about 2.6 MiB at
 //! creation (the ring and 4 352 slots). Before `max_in_flight`
 //! bounded the ops, a dead peer let the slots and its waiting list grow
 //! without limit (427 264 ops, about 50 MB, after 1.5 s, in issue 17).
