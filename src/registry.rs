@@ -14,7 +14,7 @@
 //!   allocated on demand; the free-slot list has room for every slot handed
 //!   out, so unregister's push never allocates;
 //! - each region owns a counter slot ([`Holds`]) for the transport's whole
-//!   life; an op holds its region's slot index ([`RegionRef`]), not a
+//!   life; an op holds its region's slot index ([`RegionSlot`]), not a
 //!   reference count. Submitters bump `acquired` (and take it back for an op
 //!   they could not queue), the thread running a pass alone bumps `released`; they
 //!   sit on separate cache lines, so a steady stream of ops never bounces a
@@ -53,12 +53,12 @@ use tree::{Node, NodeRef, Region};
 /// Counter slots per chunk (a chunk is allocated when its first slot is).
 const CHUNK: usize = 256;
 
-/// An op's hold on its region: the slot to release when it completes, and
-/// the FlagCX id of the registration (valid while the region is registered).
+/// A region as a submit found it: its counter slot and the registration it
+/// was found in, which the submit's hold checks (a queued op keeps the slot
+/// alone, [`RegionSlot`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct RegionRef {
     slot: u32,
-    pub mr: MrId,
     /// The registration it was found in (see the module invariants).
     generation: u64,
 }
@@ -222,7 +222,7 @@ impl Registry {
             fallible::reserve(&mut slots.free, more)?;
         }
         let generation = slots.generation + 1;
-        let next = tree::insert(table, Region { base: addr, len, mr, slot, generation })?;
+        let next = tree::insert(table, Region { base: addr, len, slot, generation })?;
         // Nothing below fails.
         match reuse {
             Some(_) => {
@@ -348,7 +348,7 @@ impl View {
 
     fn search(&mut self, addr: usize, len: usize) -> Option<RegionRef> {
         let region = self.table.floor(addr).filter(|r| contains(r.base, r.len, addr, len))?;
-        let r = RegionRef { slot: region.slot, mr: region.mr, generation: region.generation };
+        let r = RegionRef { slot: region.slot, generation: region.generation };
         self.last = Some((region.base, region.len, r));
         Some(r)
     }

@@ -20,7 +20,10 @@ use crate::sync::{
 };
 
 /// Line-aligned: a slot of `Op` (56 bytes and the stamp) is exactly one
-/// cache line, so neighbouring slots never share one.
+/// cache line, so neighbouring slots never share one (a large ring from
+/// malloc starts 16 bytes into a page, so without this every slot would
+/// straddle two lines).
+#[repr(align(64))]
 struct Slot<T> {
     /// `pos` while the slot is free for position `pos`; `pos + 1` once the
     /// value for `pos` is published.
@@ -216,6 +219,15 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use std::time::{Duration, Instant};
+
+    /// A queued op's slot is one whole cache line, wherever the ring lands.
+    #[test]
+    fn an_op_slot_is_one_aligned_line() {
+        assert_eq!(std::mem::size_of::<Slot<crate::op::Op>>(), 64);
+        assert_eq!(std::mem::align_of::<Slot<crate::op::Op>>(), 64);
+        let ring: Ring<crate::op::Op> = Ring::try_new(3).unwrap();
+        assert_eq!(ring.slots.as_ptr() as usize % 64, 0);
+    }
 
     #[test]
     fn batches_pop_in_order_and_a_full_ring_takes_only_what_fits() {

@@ -19,11 +19,10 @@
 //!   (possibly empty) or a branch of at least two children.
 
 use arrayvec::ArrayVec;
-use flagcx_sys::MrId;
 
 use super::fallible::{NoMemory, TryArc};
 
-/// Most entries of a node: a leaf is 32 regions (1.3 KiB), a branch 32
+/// Most entries of a node: a leaf is 32 regions (1 KiB), a branch 32
 /// children (512 B); 4 levels hold a million regions.
 const B: usize = 32;
 /// Fewest entries of a node other than the root.
@@ -34,7 +33,7 @@ const MIN: usize = B / 2;
 pub(crate) struct Region {
     pub base: usize,
     pub len: usize,
-    pub mr: MrId,
+    /// Its counter slot, which also keeps its FlagCX id (`Registry::mr`).
     pub slot: u32,
     /// The registration it belongs to (see the registry's invariants).
     pub generation: u64,
@@ -56,7 +55,7 @@ pub(crate) struct Child {
 pub(crate) type NodeRef = TryArc<Node>;
 
 // Nodes live behind a TryArc, one allocation each: a branch (about 1 node in
-// 16) takes a leaf's 1.3 KiB instead of its 520 B, which is not worth a
+// 16) takes a leaf's 1 KiB instead of its 520 B, which is not worth a
 // second node type.
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Node {
@@ -306,7 +305,7 @@ mod tests {
     use super::*;
 
     fn region(base: usize, len: usize) -> Region {
-        Region { base, len, mr: MrId(base as u64), slot: 0, generation: base as u64 }
+        Region { base, len, slot: 0, generation: base as u64 }
     }
 
     /// xorshift64*, fixed seed: the same sequence on every run.
