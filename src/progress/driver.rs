@@ -43,7 +43,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use crossbeam_utils::CachePadded;
+use parking_lot::{Mutex, MutexGuard};
 
 use super::idle::{Idle, Next};
 use super::{Budget, Progress};
@@ -75,6 +76,13 @@ const POLL_BEFORE_SLEEP: Duration = Duration::from_micros(20);
 /// if nothing completes (its own timeouts, and a pass of its own if the
 /// progress thread is stuck).
 const CALLER_SLEEP: Duration = Duration::from_micros(200);
+/// A pass that another thread has held this long (seen by one waiting
+/// thread) is doing long work: copies (the software provider's copy mode
+/// copies inside the transfer call, 8 MiB per call of 1 MiB ops) or its
+/// holder lost its CPU. A caller spinning beside it only takes CPU from
+/// it, so the caller sleeps until one of its ops completes. Passes are a
+/// few microseconds otherwise (a full one on the modeled NIC: under 20 us).
+const LONG_PASS: Duration = Duration::from_micros(50);
 
 /// A pass with a caller's budget (never more than the transport's own);
 /// returns whether it moved anything.
@@ -139,6 +147,11 @@ struct Episode {
 }
 
 std::thread_local! {
+    /// The pass this thread last found held: (transport handle, pass
+    /// number, when it first found it held). See `LONG_PASS`.
+    static HELD: std::cell::Cell<(usize, u64, Option<Instant>)> = const {
+        std::cell::Cell::new((0, 0, None))
+    };
     static EPISODE: std::cell::Cell<Episode> = const {
         std::cell::Cell::new(Episode { handle: 0, since: None, slept_at: None })
     };
@@ -180,6 +193,30 @@ fn should_sleep(
     true
 }
 
+/// Whether the pass `held` (its number; `None`: this call found the passes
+/// free) has been held by another thread for `LONG_PASS` of this thread's
+/// calls on `handle` (`last`: what the last call saw, updated).
+fn long_pass(
+    last: &mut (usize, u64, Option<Instant>),
+    handle: usize,
+    held: Option<u64>,
+    now: Instant,
+) -> bool {
+    let Some(seq) = held else {
+        *last = (handle, 0, None);
+        return false;
+    };
+    match *last {
+        (h, s, Some(since)) if h == handle && s == seq => {
+            now.saturating_duration_since(since) >= LONG_PASS
+        }
+        _ => {
+            *last = (handle, seq, Some(now));
+            false
+        }
+    }
+}
+
 /// Whether `waiting` threads crowd `cpus` CPUs: only when they alone
 /// outnumber them (the progress thread naps while callers run passes, and
 /// other processes' threads do not count; see `Driver::progress`).
@@ -198,6 +235,11 @@ pub(crate) struct Driver {
     /// `epoch` (Relaxed hints): see `drive`.
     last_end_ns: AtomicU64,
     last_len_ns: AtomicU64,
+    /// Passes begun, by anyone (Relaxed: a hint). A thread that finds the
+    /// passes taken reads it to tell a long pass from many short ones
+    /// (`LONG_PASS`). Its own line: the pass writes it every time, and
+    /// callers read the line beside it on every call.
+    passes: CachePadded<AtomicU64>,
     epoch: Instant,
     shared: Arc<TransportState>,
 }
@@ -211,6 +253,7 @@ impl Driver {
             caller_passes: AtomicU64::new(0),
             last_end_ns: AtomicU64::new(0),
             last_len_ns: AtomicU64::new(0),
+            passes: CachePadded::new(AtomicU64::new(0)),
             epoch: Instant::now(),
             shared,
         }
@@ -231,25 +274,30 @@ impl Driver {
     /// stalls every other poller for its time slice. Spaced, the lock is
     /// free at least half the time, and a thread with nothing to look at
     /// returns after a few loads.
-    pub(crate) fn drive(&self) -> Option<u64> {
+    ///
+    /// `Err(Some(n))`: another thread holds the passes, and this is the
+    /// number of its pass; `Err(None)`: nothing to do yet.
+    fn drive(&self) -> Result<u64, Option<u64>> {
         let mut now = None;
         if !self.has_new_work() {
             if !self.outstanding.load(Relaxed) {
-                return None;
+                return Err(None);
             }
             let t = self.ns_since_epoch();
             let spacing = self.last_len_ns.load(Relaxed).max(MIN_POLL_SPACING_NS);
             if t < self.last_end_ns.load(Relaxed).saturating_add(spacing) {
-                return None;
+                return Err(None);
             }
             now = Some(t);
         }
-        let mut p = self.progress.try_lock()?;
+        let Some(mut p) = self.begin_pass() else {
+            return Err(Some(self.passes.load(Relaxed)));
+        };
         let start = now.unwrap_or_else(|| self.ns_since_epoch());
         if self.shared.queue.is_closed() {
             // Shutdown completed everything (or is about to, on the
             // progress thread): nothing is left to drive.
-            return None;
+            return Err(None);
         }
         let _here = self.shared.queue.wake().drive_here();
         let id = self.shared.slot.0.id.load(Relaxed);
@@ -268,15 +316,28 @@ impl Driver {
         if outstanding {
             self.shared.queue.wake().notify_parked();
         }
-        Some(done)
+        Ok(done)
+    }
+
+    /// Takes the passes if no other thread holds them, and numbers the pass.
+    #[inline]
+    fn begin_pass(&self) -> Option<MutexGuard<'_, Progress>> {
+        let p = self.progress.try_lock()?;
+        // Under the lock: one writer at a time.
+        self.passes.store(self.passes.load(Relaxed).wrapping_add(1), Relaxed);
+        Some(p)
     }
 
     /// A caller's `mcfx_progress` on transport `handle`: a pass if it may
     /// run one (`drive`); else, once this thread has polled
     /// `POLL_BEFORE_SLEEP` for ops of its own, a sleep until one of them
-    /// completes (at most `CALLER_SLEEP`). Returns what `drive` returned.
+    /// completes (at most `CALLER_SLEEP`); or at once if another thread has
+    /// held the passes for `LONG_PASS`. Returns how many ops the pass
+    /// completed, `None` if it ran none.
     pub(crate) fn progress(&self, handle: usize) -> Option<u64> {
-        let ran = self.drive();
+        let drove = self.drive();
+        let held = drove.err().flatten();
+        let ran = drove.ok();
         // A pass that completed something: the host has news. Never asleep
         // inside a pass (a callback that polls another transport): the
         // pass's other ops would wait for this one. A pass that completed
@@ -300,7 +361,17 @@ impl Driver {
                 // through a busy CPU (tebench, modeled NIC, 4 KiB: p99 26 to
                 // 272 us instead of 5).
                 let waiting = if pending > 0 { queue.waiters().waiting_threads(w, now) } else { 0 };
-                let crowded = || crowded(waiting, crate::waiters::cpus());
+                // A long pass held by another thread: its holder is copying
+                // bytes or was preempted; spinning only takes its CPU.
+                let long = HELD
+                    .try_with(|c| {
+                        let mut last = c.get();
+                        let long = long_pass(&mut last, handle, held, now);
+                        c.set(last);
+                        long
+                    })
+                    .unwrap_or(false);
+                let crowded = || long || crowded(waiting, crate::waiters::cpus());
                 let sleep = should_sleep(&mut ep, handle, pending, seen, now, crowded);
                 e.set(ep);
                 sleep
@@ -346,11 +417,11 @@ impl Driver {
                 }
                 continue;
             }
-            let Some(mut p) = self.progress.try_lock() else {
+            let Some(mut p) = self.begin_pass() else {
                 // A caller is running a pass: it does the work.
                 let now = Instant::now();
                 idle.callers_drive(now);
-                self.sleep(Some(CALLER_NAP), false, &mut idle);
+                self.nap_while_callers_drive(&mut idle);
                 continue;
             };
             // While callers run passes too, this thread's are as short as
@@ -381,6 +452,27 @@ impl Driver {
             }
         }
         self.progress.lock().shut_down();
+    }
+
+    /// A nap (`CALLER_NAP`) while a caller holds the passes. Queued work
+    /// does not cut it short unless the passes are free by then: the
+    /// caller takes the queue a short pass at a time, so work is queued
+    /// for most of a long caller's pass (a copy of many megabytes), and a
+    /// nap that returned at once for it spun the thread on the clock and
+    /// the lock beside the caller (a third of its CPU time, tebench copy
+    /// mode, 1 MiB batch 64, one busy loop per CPU). Submitters still wake
+    /// it (`Wake::notify`).
+    fn nap_while_callers_drive(&self, policy: &mut Idle) {
+        let shared = &self.shared;
+        let has_work = || {
+            shared.queue.is_closed()
+                || (!self.progress.is_locked()
+                    && (self.has_new_work() || self.outstanding.load(Relaxed)))
+        };
+        let started = Instant::now();
+        shared.queue.wake().park(has_work, Some(CALLER_NAP), false);
+        let now = Instant::now();
+        policy.napped(CALLER_NAP, now.saturating_duration_since(started), now);
     }
 
     /// Sleeps until woken, or for `timeout`; `pin`: pinned to this CPU
@@ -439,6 +531,28 @@ mod tests {
         assert!(crowded(3, 2));
         assert!(!crowded(1, 1));
         assert!(crowded(2, 1));
+    }
+
+    /// A pass another thread holds counts as long once this thread has
+    /// found that same pass held for `LONG_PASS`; a new pass, free passes
+    /// or another transport start the count over.
+    #[test]
+    fn a_pass_held_for_long_pass_is_long() {
+        let t0 = Instant::now();
+        let at = |us: u64| t0 + Duration::from_micros(us);
+        let mut last = (0, 0, None);
+        assert!(!long_pass(&mut last, H, Some(7), at(0)), "first seen");
+        assert!(!long_pass(&mut last, H, Some(7), at(49)));
+        assert!(long_pass(&mut last, H, Some(7), at(50)), "held 50 us");
+        assert!(long_pass(&mut last, H, Some(7), at(400)));
+        // Many short passes back to back: never long.
+        for (i, us) in (8..20).zip((450..).step_by(10)) {
+            assert!(!long_pass(&mut last, H, Some(i), at(us)), "pass {i}");
+        }
+        assert!(!long_pass(&mut last, H, None, at(700)), "free");
+        assert!(!long_pass(&mut last, H, Some(19), at(800)), "free in between: starts over");
+        assert!(!long_pass(&mut last, H + 64, Some(19), at(900)), "another transport");
+        assert!(long_pass(&mut last, H + 64, Some(19), at(950)));
     }
 
     #[test]
