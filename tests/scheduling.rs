@@ -151,3 +151,109 @@ fn with_pinning_off_the_parked_progress_thread_keeps_its_affinity() {
     }
     drop(t);
 }
+
+/// CPU time (user + system) the thread `tid` of this process has run, from
+/// `/proc` (clock ticks: 10 ms apiece on Linux).
+fn cpu_time(tid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: state is field 3, utime 14 and stime 15.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_nanos(ticks * 1_000_000_000 / hz)
+}
+
+/// The progress thread `tid` sleeps between its looks: over half a second
+/// it runs under a quarter of the time. (Spinning, it ran all of it on an
+/// idle machine; a busy machine only lowers the share, so this cannot fail
+/// for load.)
+fn assert_napping(tid: i32, what: &str) {
+    let (cpu0, t0) = (cpu_time(tid), std::time::Instant::now());
+    // A measurement window, not a synchronization.
+    std::thread::sleep(Duration::from_millis(500));
+    let (cpu1, t1) = (cpu_time(tid), std::time::Instant::now());
+    let share = (cpu1 - cpu0).as_secs_f64() / (t1 - t0).as_secs_f64();
+    assert!(share < 0.25, "{what}: the progress thread ran {:.0} % of the time", share * 100.0);
+}
+
+/// Lets the silent resolver return when dropped.
+struct Release(Arc<(Mutex<bool>, std::sync::Condvar)>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let (released, wake) = &*self.0;
+        *released.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        wake.notify_all();
+    }
+}
+
+/// What a transport must look at later, but not at once (an op waiting for
+/// a peer that does not answer; the summary of a burst of failures, due
+/// seconds later), costs naps, not a spinning core: a serving host keeps
+/// dead peers in its list for as long as their timeouts.
+#[test]
+fn waiting_for_a_peer_or_a_due_failure_summary_the_progress_thread_naps() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const SILENT: u64 = 1;
+    const UNKNOWN: u64 = 7;
+    let release = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+    let r = Arc::clone(&release);
+    let done = Arc::new(Mutex::new(Vec::new()));
+    let d = Arc::clone(&done);
+    let t = Transport::create(
+        Config {
+            serve_peers: false,
+            spin_grace: Duration::from_micros(10),
+            connect_timeout: Duration::from_secs(120),
+            op_timeout: Duration::from_secs(120),
+            ..Config::default()
+        },
+        Box::new(move |user_data, status| d.lock().unwrap().push((user_data, status))),
+        Box::new(move |peer| {
+            if peer == SILENT {
+                // Never answers until the test ends.
+                let (released, wake) = &*r;
+                let mut go = released.lock().unwrap();
+                while !*go {
+                    go = wake.wait(go).unwrap();
+                }
+            }
+            Err("no such peer".into())
+        }),
+    )
+    .expect("create");
+    // Declared after the transport, so dropped before it, also when an
+    // assertion fails: destroy waits for a resolver call to return.
+    let _release = Release(Arc::clone(&release));
+    let buf = AlignedBuf::new(4096);
+    // SAFETY: `buf` outlives the transport (dropped after it below).
+    unsafe { t.register(buf.addr(), buf.len()).expect("register") };
+    let tid = the_progress_thread();
+    let op = |peer, user_data| OpRequest {
+        opcode: Opcode::Write,
+        local: buf.addr(),
+        len: 64,
+        peer,
+        remote: 0x1000,
+        user_data,
+    };
+    let mut accepted = 0;
+    t.submit(&[op(SILENT, 0)], &mut accepted).expect("submit");
+    assert_napping(tid, "an op waiting for a peer that does not answer");
+    // Three failures for one peer: the first is logged, the others are
+    // summarized once the interval has passed (seconds).
+    for i in 1..=3 {
+        t.submit(&[op(UNKNOWN, i)], &mut accepted).expect("submit");
+        wait_until(|| done.lock().unwrap().len() as u64 >= i, "the failure");
+    }
+    assert_napping(tid, "failures waiting for their summary");
+    assert!(done.lock().unwrap().iter().all(|&(u, _)| u != 0), "the silent peer's op still waits");
+    drop(_release);
+    drop(t);
+    drop(buf);
+    let done = done.lock().unwrap();
+    assert_eq!(done.len(), 4, "every op completed once: {done:?}");
+}

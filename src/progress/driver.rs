@@ -480,10 +480,19 @@ impl Driver {
     /// policy the CPUs are contended.
     fn sleep(&self, timeout: Option<Duration>, pin: bool, policy: &mut Idle) {
         let shared = &self.shared;
-        let has_work =
-            || self.has_new_work() || shared.queue.is_closed() || self.outstanding.load(Relaxed);
         // A thread that sleeps for good must not miss what a caller's pass
         // left behind (`outstanding`); a timed nap looks at it afterwards.
+        // A nap must not look at it first: every timed nap is taken with
+        // something outstanding (transfers in flight, an op waiting for a
+        // connection, a failure summary due), so a nap that returned for
+        // it never slept, and the thread spun a core for as long as a dead
+        // peer's connect or a summary's interval lasted.
+        let for_good = timeout.is_none();
+        let has_work = || {
+            self.has_new_work()
+                || shared.queue.is_closed()
+                || (for_good && self.outstanding.load(Relaxed))
+        };
         let started = timeout.map(|_| Instant::now());
         shared.queue.wake().park(has_work, timeout, pin);
         if let (Some(asked), Some(started)) = (timeout, started) {
