@@ -53,6 +53,9 @@ use crate::transport_state::TransportState;
 /// Longest nap while a caller holds the passes: the thread then takes
 /// over within this if the callers stop.
 const CALLER_NAP: Duration = Duration::from_micros(200);
+/// Turns of a spin beside a caller's pass between looks at the clock (a
+/// few microseconds: a gap far longer between looks means preemption).
+const CALLER_SPINS: u32 = 256;
 /// Shortest spacing of callers' passes that only poll (nothing new queued):
 /// polling a transfer more often than this finds nothing new.
 const MIN_POLL_SPACING_NS: u64 = 1_000;
@@ -421,7 +424,11 @@ impl Driver {
                 // A caller is running a pass: it does the work.
                 let now = Instant::now();
                 idle.callers_drive(now);
-                self.nap_while_callers_drive(&mut idle);
+                if idle.spin_beside_caller(now) {
+                    self.spin_while_callers_drive();
+                } else {
+                    self.nap_while_callers_drive(&mut idle);
+                }
                 continue;
             };
             // While callers run passes too, this thread's are as short as
@@ -452,6 +459,17 @@ impl Driver {
             }
         }
         self.progress.lock().shut_down();
+    }
+
+    /// Spins (a load per turn) while a caller holds the passes, for at most
+    /// `CALLER_SPINS` turns: the loop then looks at the clock again.
+    fn spin_while_callers_drive(&self) {
+        for _ in 0..CALLER_SPINS {
+            if !self.progress.is_locked() {
+                return;
+            }
+            std::hint::spin_loop();
+        }
     }
 
     /// A nap (`CALLER_NAP`) while a caller holds the passes. Queued work
