@@ -481,21 +481,16 @@ impl Driver {
     /// mode, 1 MiB batch 64, one busy loop per CPU). Submitters still wake
     /// it (`Wake::notify`).
     fn nap_while_callers_drive(&self, policy: &mut Idle) {
-        let shared = &self.shared;
         let has_work = || {
-            shared.queue.is_closed()
+            self.shared.queue.is_closed()
                 || (!self.progress.is_locked()
                     && (self.has_new_work() || self.outstanding.load(Relaxed)))
         };
-        let started = Instant::now();
-        shared.queue.wake().park(has_work, Some(CALLER_NAP), false);
-        let now = Instant::now();
-        policy.napped(CALLER_NAP, now.saturating_duration_since(started), now);
+        self.park(has_work, Some(CALLER_NAP), false, policy);
     }
 
     /// Sleeps until woken, or for `timeout`; `pin`: pinned to this CPU
-    /// while asleep. A timed nap that ends far too late tells the idle
-    /// policy the CPUs are contended.
+    /// while asleep.
     fn sleep(&self, timeout: Option<Duration>, pin: bool, policy: &mut Idle) {
         let shared = &self.shared;
         // A thread that sleeps for good must not miss what a caller's pass
@@ -511,8 +506,21 @@ impl Driver {
                 || shared.queue.is_closed()
                 || (for_good && self.outstanding.load(Relaxed))
         };
+        self.park(has_work, timeout, pin, policy);
+    }
+
+    /// Parks unless `has_work()` after announcing it, until woken or for
+    /// `timeout`; a timed nap that ends far too late tells the idle policy
+    /// the CPUs are contended.
+    fn park(
+        &self,
+        has_work: impl Fn() -> bool,
+        timeout: Option<Duration>,
+        pin: bool,
+        policy: &mut Idle,
+    ) {
         let started = timeout.map(|_| Instant::now());
-        shared.queue.wake().park(has_work, timeout, pin);
+        self.shared.queue.wake().park(has_work, timeout, pin);
         if let (Some(asked), Some(started)) = (timeout, started) {
             let now = Instant::now();
             policy.napped(asked, now.saturating_duration_since(started), now);

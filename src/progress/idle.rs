@@ -21,7 +21,10 @@
 //!   on a busy CPU waits for that CPU);
 //! - a caller running passes itself (`mcfx_progress`) counts as the same
 //!   evidence: callers that spin for their completions share the CPUs with
-//!   this thread, and they do the work while it sleeps.
+//!   this thread, and they do the work while it sleeps;
+//! - only gaps while spinning make it *preempted* (for `PREEMPTED_HOLD`):
+//!   then, and not merely contended, it naps beside a caller's pass and
+//!   while transfers are in flight (`spin_beside_caller`, `look`).
 //!
 //! Otherwise (quiet) it spins up to `spin_grace` after its last work
 //! (longer while transfers are in flight: `INFLIGHT_SPIN`), then sleeps
@@ -166,26 +169,29 @@ impl Idle {
         }
     }
 
-    /// The thread was off its CPU for `how_long`, up to `now`.
-    fn lost(&mut self, how_long: Duration, now: Instant) {
+    /// The thread was off its CPU for `how_long`, up to `now`. Returns
+    /// whether that made it contended.
+    fn lost(&mut self, how_long: Duration, now: Instant) -> bool {
         let start = *self.window_start.get_or_insert(now);
         if now.saturating_duration_since(start) > WINDOW {
             (self.window_start, self.lost) = (Some(now), Duration::ZERO);
         }
         self.lost += how_long;
-        if self.lost * LOST_SHARE >= WINDOW {
+        let contended = self.lost * LOST_SHARE >= WINDOW;
+        if contended {
             self.contend(now);
         }
+        contended
     }
 
-    /// A gap of `gap` between two looks while spinning (at `now`): the
-    /// thread was off its CPU. Counts as lost time, and, once that makes
-    /// the thread contended, as preempted (`spin_beside_caller`). A nap
-    /// that ends late does not say as much: an idle vCPU can be slow to
-    /// wake.
-    fn spun_with_gap(&mut self, gap: Duration, now: Instant) {
-        self.lost(gap, now);
-        if self.lost * LOST_SHARE >= WINDOW {
+    /// A look at the clock while spinning (`now`): a gap since the last
+    /// look means the thread was off its CPU. That counts as lost time,
+    /// and, once it makes the thread contended, as preempted. A nap that
+    /// ends late does not say as much: an idle vCPU can be slow to wake.
+    fn spin_look(&mut self, now: Instant) {
+        let Some(last) = self.last_look.replace(now) else { return };
+        let gap = now.saturating_duration_since(last);
+        if gap > PREEMPTED_GAP && self.lost(gap, now) {
             self.preempted_until = now.checked_add(PREEMPTED_HOLD);
         }
     }
@@ -199,12 +205,7 @@ impl Idle {
     /// naps: spinning would take CPU from the caller doing the work.
     /// Spinning here looks at the clock each turn, as idle spinning does.
     pub(super) fn spin_beside_caller(&mut self, now: Instant) -> bool {
-        if let Some(last) = self.last_look.replace(now) {
-            let gap = now.saturating_duration_since(last);
-            if gap > PREEMPTED_GAP {
-                self.spun_with_gap(gap, now);
-            }
-        }
+        self.spin_look(now);
         !self.preempted(now)
     }
 
@@ -242,12 +243,7 @@ impl Idle {
 
     /// The decision at a look at the clock (`now`).
     fn look(&mut self, now: Instant, inflight: bool) -> Next {
-        if let Some(last) = self.last_look.replace(now) {
-            let gap = now.saturating_duration_since(last);
-            if gap > PREEMPTED_GAP {
-                self.spun_with_gap(gap, now);
-            }
-        }
+        self.spin_look(now);
         let since = *self.since.get_or_insert(now);
         let idle = now.saturating_duration_since(since);
         let contended = self.contended(now);
