@@ -86,6 +86,12 @@ impl<P> Groups<P> {
         self.groups[g].members.push(idx);
     }
 
+    /// Members of live group `g` so far.
+    #[inline]
+    pub fn size(&self, g: usize) -> usize {
+        self.groups[g].members.len()
+    }
+
     /// Live groups in this pass.
     #[inline]
     pub fn len(&self) -> usize {

@@ -609,3 +609,93 @@ mod tests {
         assert!(!should_sleep(&mut ep, H, u64::MAX, 3, at(900), || true));
     }
 }
+
+#[cfg(test)]
+mod grouping_tests {
+    use super::*;
+    use crate::clock::CoarseTime;
+    use crate::op::{Op, OpRequest, Opcode};
+    use crate::peers::connector::{parse_endpoint, ConnectKind, ConnectResult, Connection};
+    use flagcx_sys::testing::AlignedBuf;
+
+    const OPS: usize = 64;
+    const PAGE: usize = 4096;
+
+    /// Publishes one batch of 64 x 4 KiB writes at once, op i to peer
+    /// `1 + i % peers` (every peer connected), runs one caller's pass and
+    /// returns (ops it drained, FlagCX calls it made); then runs passes
+    /// until every op completed, and checks none failed.
+    fn one_callers_pass(peers: u64) -> (usize, u64) {
+        let shared = crate::transport_state::test_state(crate::Config::default());
+        let mut buf = AlignedBuf::new(2 * OPS * PAGE);
+        let base = buf.bytes().as_mut_ptr() as usize;
+        // SAFETY: `buf` outlives the registry's use of it (the ops complete
+        // below, before it is dropped).
+        unsafe { shared.registry.register(base, 2 * OPS * PAGE) }.unwrap();
+        let (host, port) = parse_endpoint(shared.endpoint_for_test()).unwrap();
+        let mut p = Progress::new(Arc::clone(&shared)).unwrap();
+        for peer in 1..=peers {
+            p.peers.know(peer, &shared.connects);
+            let conn = shared.engine.engine.connect(&host, 0, port).unwrap();
+            let outcome = Ok(Connection::for_test(conn));
+            p.apply_connect(ConnectResult { peer, kind: ConnectKind::First, outcome });
+            assert!(p.peers.ready(peer).is_some());
+        }
+        let admission = shared.queue.enter().unwrap();
+        let region = shared.registry.view().find(base, OPS * PAGE).unwrap();
+        assert!(shared.registry.hold(region, OPS as u64));
+        let deadline = CoarseTime::now().plus_ns(shared.deadline_after_ns);
+        let (pushed, _) = shared.queue.push_batch(
+            &admission,
+            OPS,
+            Duration::ZERO,
+            shared.config.max_in_flight,
+            |_| {},
+            |i| {
+                let req = OpRequest {
+                    opcode: Opcode::Write,
+                    local: base + i * PAGE,
+                    len: PAGE as u64,
+                    peer: 1 + i as u64 % peers,
+                    remote: (base + (OPS + i) * PAGE) as u64,
+                    user_data: i as u64,
+                };
+                Op::new(req, region.slot(), deadline, crate::waiters::my_slot())
+            },
+        );
+        drop(admission);
+        assert_eq!(pushed, OPS);
+        assert!(short_pass(&mut p));
+        let after = shared.stats.snapshot();
+        let held = p.slots.iter().filter(|s| s.op.is_some()).count();
+        let (drained, calls) = (held + after.completed as usize, after.flagcx_transfers);
+        let limit = Instant::now() + Duration::from_secs(60);
+        while shared.stats.snapshot().completed < OPS as u64 {
+            assert!(Instant::now() < limit, "ops did not complete");
+            p.pass();
+        }
+        assert_eq!(shared.stats.snapshot().failed, 0);
+        (drained, calls)
+    }
+
+    /// A caller's pass drains 16 ops; a batch spread over 16 peers must
+    /// still go out as one call per peer (the drain widens while its ops
+    /// only fill the calls it has), not as one call per op.
+    #[test]
+    fn a_callers_pass_groups_a_batch_spread_over_many_peers_into_one_call_per_peer() {
+        assert_eq!(one_callers_pass(16), (64, 16));
+        // 4 peers: the drain stops once its calls are full (8 ops each).
+        assert_eq!(one_callers_pass(4), (32, 4));
+    }
+
+    /// The widening never makes a caller's pass take more calls than its
+    /// budget, nor more ops where its calls are full already.
+    #[test]
+    fn a_callers_pass_is_not_widened_where_calls_are_full_or_peers_many() {
+        // One peer: 16 ops, two full calls.
+        assert_eq!(one_callers_pass(1), (16, 2));
+        // 64 peers, one op each: the drain stops at the first op that
+        // would open a call past the budget.
+        assert_eq!(one_callers_pass(64), (17, 17));
+    }
+}

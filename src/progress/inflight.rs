@@ -43,8 +43,8 @@ use super::{Progress, Slot};
 /// its descriptors, later calls follow while it moves, and the early
 /// calls' completions are handled while the last ones are still on the link;
 /// with one call per batch, posting, the link and completing ran one after
-/// another. Equal to `transport::SUBMIT_CHUNK`, so a chunk a submit call
-/// publishes becomes one call. (FlagCX also applies backpressure at about
+/// another. Equal to `transport::SUBMIT_CHUNK`, so each peer's share of a
+/// chunk a submit call publishes becomes one call. (FlagCX also applies backpressure at about
 /// 1024 outstanding slices per connection.)
 pub(super) const IOVS_PER_CALL: usize = 8;
 const _: () = assert!(IOVS_PER_CALL == crate::transport::SUBMIT_CHUNK);
