@@ -69,11 +69,13 @@
 //!   (`8 M`), and at most `4 * peers::state::SPARE_WAITING` per peer once
 //!   emptied; the
 //!   scratch list keeps the largest list handled (up to `8 M`);
-//! - groups: `4` per op of a flush, at most `4 B` (plus the lists' doubling);
+//! - groups: `4` per op of a flush, `48` per group and, past 8 groups in a
+//!   pass, `64` per group in their index (`group::Index`); a flush has at
+//!   most `B` ops, so at most `116 B` (plus the lists' doubling);
 //! - the peer table: about `150` per peer; timed-out transfer ids: up to
 //!   `24 * inflight::MAX_ZOMBIES` (about 100 KiB).
 //!
-//! So at most about `64 Q + 196 M + 150 P + 8 B + 100 KiB`: 14 MiB for the
+//! So at most about `64 Q + 196 M + 150 P + 124 B + 100 KiB`: 14 MiB for the
 //! defaults (`Q` 32768, `M` 65536) if every op is its own FlagCX call, about
 //! `64 Q + 112 M` (9 MiB) when calls carry 8 ops; about 2.6 MiB at
 //! creation (the ring and 4 352 slots). Before `max_in_flight`
