@@ -43,6 +43,9 @@ pub struct Groups<P> {
     /// Where each live group is, by (peer, opcode), once a pass has more
     /// than `LINEAR` of them (see [`Index`]).
     index: Index,
+    /// The index holds every live group of this pass (else: linear
+    /// search, also when the index could not get memory).
+    indexed: bool,
 }
 
 /// Up to this many live groups a linear search finds a group; past it the
@@ -53,7 +56,7 @@ const LINEAR: usize = 8;
 
 impl<P> Default for Groups<P> {
     fn default() -> Self {
-        Groups { groups: Vec::new(), live: 0, index: Index::default() }
+        Groups { groups: Vec::new(), live: 0, index: Index::default(), indexed: false }
     }
 }
 
@@ -93,24 +96,27 @@ impl<P> Groups<P> {
     /// The live group of (peer, opcode), if any.
     #[inline]
     fn find(&self, peer: u64, opcode: Opcode) -> Option<usize> {
-        if self.live <= LINEAR {
-            let live = &self.groups[..self.live];
-            return live.iter().position(|g| g.peer == peer && g.opcode == opcode);
+        if self.indexed {
+            return self.index.find(peer, opcode);
         }
-        self.index.find(peer, opcode)
+        let live = &self.groups[..self.live];
+        live.iter().position(|g| g.peer == peer && g.opcode == opcode)
     }
 
     /// Files the group about to be made (number `live`, past `LINEAR`) in
     /// the index; the first such group of a pass files the others too.
+    /// Without memory for a larger index the pass searches linearly.
     #[cold]
     #[inline(never)]
     fn index_new(&mut self, peer: u64, opcode: Opcode) {
         let live = self.live;
-        if live == LINEAR || self.index.full(live + 1) {
+        if live == LINEAR || (self.indexed && self.index.full(live + 1)) {
             let keys = self.groups[..live].iter().map(|g| (g.peer, g.opcode));
-            self.index.rebuild(live + 1, keys);
+            self.indexed = self.index.rebuild(live + 1, keys);
         }
-        self.index.insert(peer, opcode, live);
+        if self.indexed {
+            self.index.insert(peer, opcode, live);
+        }
     }
 
     /// Files op `idx` under live group `g` (an index [`Groups::add`] gave
@@ -172,7 +178,7 @@ impl<P> Groups<P> {
             "a group was not taken and restored"
         );
         // The index is rebuilt by the next pass that needs it.
-        self.live = 0;
+        (self.live, self.indexed) = (0, false);
     }
 }
 
@@ -236,18 +242,24 @@ impl Index {
     }
 
     /// Empties it for a pass with `groups` groups (growing it if they
-    /// would fill it past half) and files `keys` (groups 0, 1, ...).
-    fn rebuild(&mut self, groups: usize, keys: impl Iterator<Item = (u64, Opcode)>) {
+    /// would fill it past half) and files `keys` (groups 0, 1, ...); false,
+    /// with the index unusable, when it could not get the memory.
+    fn rebuild(&mut self, groups: usize, keys: impl Iterator<Item = (u64, Opcode)>) -> bool {
         let len = (groups * 2).next_power_of_two().max(2 * LINEAR);
         if len > self.entries.len() {
-            self.entries = vec![Entry::default(); len];
-            self.epoch = 1;
+            let mut entries = Vec::new();
+            if entries.try_reserve_exact(len).is_err() {
+                return false;
+            }
+            entries.resize(len, Entry::default());
+            (self.entries, self.epoch) = (entries, 1);
         } else {
             self.forget();
         }
         for (g, (peer, opcode)) in keys.enumerate() {
             self.insert(peer, opcode, g);
         }
+        true
     }
 
     fn insert(&mut self, peer: u64, opcode: Opcode, group: usize) {
@@ -362,6 +374,25 @@ mod tests {
                 }
                 groups.clear();
             }
+        }
+
+        /// An index that could not grow (no memory) leaves the pass to the
+        /// linear search: still one group per key.
+        #[test]
+        fn a_pass_whose_index_could_not_grow_searches_linearly(
+            peers in prop::collection::vec(0u64..64, 30..100), fail_at in 9usize..20
+        ) {
+            let mut groups: Groups<u64> = Groups::default();
+            let mut want: HashMap<u64, usize> = HashMap::new();
+            for (i, &peer) in peers.iter().enumerate() {
+                if groups.len() == fail_at {
+                    // What `index_new` does when `rebuild` finds no memory.
+                    groups.indexed = false;
+                }
+                let g = groups.add(peer, Opcode::Write, &peer, i as u32);
+                prop_assert_eq!(*want.entry(peer).or_insert(g), g);
+            }
+            prop_assert_eq!(groups.len(), want.len());
         }
 
         #[test]
