@@ -2,12 +2,15 @@
 //! op into FlagCX-sized pieces. Pure bookkeeping, kept apart from the
 //! progress loop so it can be property-tested.
 //!
-//! Invariants: every added op index lands in exactly one group; a group's
-//! indices keep their arrival order; groups and their vectors are reused
-//! across passes (no allocation once they reached their high-water marks).
+//! Invariants: every added op index lands in exactly one group, unless no
+//! memory could be had for it (then in none, and the caller is told); a
+//! group's indices keep their arrival order; groups and their vectors are
+//! reused across passes (no allocation once they reached their high-water
+//! marks), and grow fallibly: an out-of-memory never aborts the host.
 
 use std::sync::Arc;
 
+use crate::fallible::{self, NoMemory};
 use crate::op::Opcode;
 
 /// A reference to the connection a group's ops go out on: cloned into a
@@ -64,32 +67,62 @@ impl<P: ConnRef> Groups<P> {
     /// Files op `idx` under (peer, opcode); `conn` is cloned only when the
     /// group is new in this pass and its reused slot held another one.
     /// Returns the group's index (valid until [`Groups::clear`]) for
-    /// [`Groups::push`]. Groups are few per pass in the common case (a
+    /// [`Groups::push`], or `NoMemory` with the op filed nowhere and the
+    /// groups as they were. Groups are few per pass in the common case (a
     /// linear search), many when a batch is spread over many peers (the
     /// index).
     #[inline]
-    pub fn add(&mut self, peer: u64, opcode: Opcode, conn: &P, idx: u32) -> usize {
+    pub fn add(
+        &mut self,
+        peer: u64,
+        opcode: Opcode,
+        conn: &P,
+        idx: u32,
+    ) -> Result<usize, NoMemory> {
         if let Some(g) = self.find(peer, opcode) {
-            self.groups[g].members.push(idx);
-            return g;
+            self.push(g, idx)?;
+            return Ok(g);
         }
+        // Memory first: a group is live only once it holds its first op,
+        // and filed in the index only then (a key filed for a group that
+        // never became live would send the next key's ops to it).
+        if self.live == self.groups.len() {
+            fallible::reserve(&mut self.groups, 1)?;
+            self.groups.push(Group { peer, opcode, conn: None, members: Vec::new() });
+        }
+        try_push(&mut self.groups[self.live].members, idx)?;
         if self.live >= LINEAR {
             self.index_new(peer, opcode);
         }
-        if self.live == self.groups.len() {
-            self.groups.push(Group { peer, opcode, conn: Some(conn.clone()), members: Vec::new() });
-        } else {
-            let g = &mut self.groups[self.live];
-            g.peer = peer;
-            g.opcode = opcode;
-            if !g.conn.as_ref().is_some_and(|c| c.same(conn)) {
-                g.conn = Some(conn.clone());
-            }
+        let g = &mut self.groups[self.live];
+        g.peer = peer;
+        g.opcode = opcode;
+        if !g.conn.as_ref().is_some_and(|c| c.same(conn)) {
+            g.conn = Some(conn.clone());
         }
-        self.groups[self.live].members.push(idx);
         self.live += 1;
-        self.live - 1
+        Ok(self.live - 1)
     }
+}
+
+/// `members.push(idx)`, growing fallibly: `NoMemory` leaves it unchanged.
+#[inline]
+fn try_push(members: &mut Vec<u32>, idx: u32) -> Result<(), NoMemory> {
+    if members.len() == members.capacity() {
+        grow(members)?;
+    }
+    members.push(idx);
+    Ok(())
+}
+
+/// Past a member list's high-water mark (rare: lists keep their capacity
+/// across passes).
+#[cold]
+#[inline(never)]
+fn grow(members: &mut Vec<u32>) -> Result<(), NoMemory> {
+    // Doubling, as `push` would, at least 8 (a call's worth).
+    let more = members.len().max(8);
+    fallible::reserve(members, more)
 }
 
 impl<P> Groups<P> {
@@ -120,11 +153,12 @@ impl<P> Groups<P> {
     }
 
     /// Files op `idx` under live group `g` (an index [`Groups::add`] gave
-    /// in this pass, for the same peer and opcode).
+    /// in this pass, for the same peer and opcode); `NoMemory` files it
+    /// nowhere.
     #[inline]
-    pub fn push(&mut self, g: usize, idx: u32) {
+    pub fn push(&mut self, g: usize, idx: u32) -> Result<(), NoMemory> {
         debug_assert!(g < self.live, "group {g} is not live");
-        self.groups[g].members.push(idx);
+        try_push(&mut self.groups[g].members, idx)
     }
 
     /// Members of live group `g` so far.
@@ -328,8 +362,11 @@ mod tests {
                 let mut last = None;
                 for (i, (peer, w)) in ops.iter().enumerate() {
                     match last {
-                        Some((key, g)) if key == (*peer, *w) => groups.push(g, i as u32),
-                        _ => last = Some(((*peer, *w), groups.add(*peer, opcode(*w), &(*peer * 10), i as u32))),
+                        Some((key, g)) if key == (*peer, *w) => groups.push(g, i as u32).unwrap(),
+                        _ => {
+                            let g = groups.add(*peer, opcode(*w), &(*peer * 10), i as u32).unwrap();
+                            last = Some(((*peer, *w), g));
+                        }
                     }
                 }
                 let mut seen = vec![0u32; ops.len()];
@@ -363,7 +400,7 @@ mod tests {
             for peers in passes {
                 let mut want: HashMap<u64, usize> = HashMap::new();
                 for (i, &peer) in peers.iter().enumerate() {
-                    let g = groups.add(peer, Opcode::Write, &peer, i as u32);
+                    let g = groups.add(peer, Opcode::Write, &peer, i as u32).unwrap();
                     prop_assert_eq!(*want.entry(peer).or_insert(g), g);
                     prop_assert_eq!(groups.find(peer, Opcode::Read), None);
                 }
@@ -389,10 +426,69 @@ mod tests {
                     // What `index_new` does when `rebuild` finds no memory.
                     groups.indexed = false;
                 }
-                let g = groups.add(peer, Opcode::Write, &peer, i as u32);
+                let g = groups.add(peer, Opcode::Write, &peer, i as u32).unwrap();
                 prop_assert_eq!(*want.entry(peer).or_insert(g), g);
             }
             prop_assert_eq!(groups.len(), want.len());
+        }
+
+        /// Allocations that fail at chosen points (the next fallible one
+        /// after op `k`, for each `k` in `fail`): the op that needed it is
+        /// filed nowhere and told so, every other op lands in exactly one
+        /// group of its key in arrival order, the index stays right (many
+        /// peers) and a later pass reuses the groups.
+        #[test]
+        fn an_op_that_finds_no_memory_is_filed_nowhere_and_the_rest_stay_grouped(
+            passes in prop::collection::vec(
+                (prop::collection::vec(0u64..40, 0..120),
+                 prop::collection::hash_set(0usize..120, 0..12)), 1..4)
+        ) {
+            let mut groups: Groups<u64> = Groups::default();
+            for (ops, fail) in passes {
+                let mut refused = vec![false; ops.len()];
+                for (i, &peer) in ops.iter().enumerate() {
+                    crate::fallible::fail_after(fail.contains(&i).then_some(0));
+                    let (before, find) = (groups.len(), groups.find(peer, Opcode::Write));
+                    match groups.add(peer, Opcode::Write, &peer, i as u32) {
+                        Ok(g) => prop_assert!(find.is_none_or(|f| f == g)),
+                        Err(NoMemory) => {
+                            refused[i] = true;
+                            prop_assert_eq!(groups.len(), before, "a refused op made a group");
+                        }
+                    }
+                }
+                crate::fallible::fail_after(None);
+                let mut seen = vec![0u32; ops.len()];
+                let mut keys = HashMap::new();
+                for g in 0..groups.len() {
+                    let (peer, _, conn, members) = groups.take(g);
+                    prop_assert_eq!(conn, peer);
+                    prop_assert!(keys.insert(peer, ()).is_none(), "two groups for one key");
+                    prop_assert!(members.windows(2).all(|w| w[0] < w[1]), "order lost");
+                    for &m in &members {
+                        prop_assert_eq!(ops[m as usize], peer);
+                        seen[m as usize] += 1;
+                    }
+                    groups.restore(g, conn, members);
+                }
+                for (i, &n) in seen.iter().enumerate() {
+                    prop_assert_eq!(n, u32::from(!refused[i]), "op {} filed {} times", i, n);
+                }
+                groups.clear();
+            }
+        }
+
+        /// Without the injection, a fresh pass's groups grow past their
+        /// first capacity through the fallible path (so the test above
+        /// reaches it).
+        #[test]
+        fn groups_grow_through_the_fallible_allocator(n in 9usize..64) {
+            let mut groups: Groups<u64> = Groups::default();
+            let before = crate::fallible::allocations();
+            for i in 0..n {
+                groups.add(0, Opcode::Write, &0, i as u32).unwrap();
+            }
+            prop_assert!(crate::fallible::allocations() > before);
         }
 
         #[test]

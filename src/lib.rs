@@ -40,6 +40,7 @@ pub(crate) mod clock;
 pub(crate) mod config;
 pub(crate) mod error;
 pub(crate) mod failure_log;
+pub(crate) mod fallible;
 pub mod ffi;
 mod ffi_layout;
 pub(crate) mod gate;

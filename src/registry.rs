@@ -35,7 +35,6 @@
 //!   another length is refused), so a region's FlagCX id stays valid until
 //!   it is unregistered, whatever FlagCX does with a second registration.
 
-mod fallible;
 mod tree;
 
 use std::sync::{Arc, OnceLock};
@@ -44,9 +43,9 @@ use arc_swap::ArcSwapAny;
 use parking_lot::Mutex;
 
 use crate::error::{fail, message, Error, Result, Status};
+use crate::fallible::{self, NoMemory, TryArc};
 use crate::holds::Holds;
 use crate::process_engine::EngineRef;
-use fallible::{NoMemory, TryArc};
 use flagcx_sys::MrId;
 use tree::{Node, NodeRef, Region};
 

@@ -162,7 +162,7 @@ impl Stats {
 
 impl Snapshot {
     /// Ops completed, with any status.
-    fn done(&self) -> u64 {
+    pub(crate) fn done(&self) -> u64 {
         self.completed + self.failed + self.timed_out + self.canceled
     }
 

@@ -17,6 +17,7 @@
 //! `keep_larger`, so steady state allocates nothing.
 
 use crate::error::Status;
+use crate::fallible::NoMemory;
 use crate::op::{Op, Opcode};
 use crate::peers::state::Landing;
 
@@ -76,10 +77,13 @@ impl Progress {
             let mut group = None;
             if let Some(idx) = self.take_slot(op) {
                 group = match last {
-                    Some((p, o, g)) if p == peer && o == opcode => {
-                        self.groups.push(g, idx);
-                        Some(g)
-                    }
+                    Some((p, o, g)) if p == peer && o == opcode => match self.groups.push(g, idx) {
+                        Ok(()) => Some(g),
+                        Err(NoMemory) => {
+                            self.no_memory_for_group(idx);
+                            None
+                        }
+                    },
                     _ => {
                         last = self.route_to(idx, peer, opcode).map(|g| (peer, opcode, g));
                         last.map(|(_, _, g)| g)
@@ -155,12 +159,27 @@ impl Progress {
         // A known peer by lookup alone; a new one through `wait` (which
         // requests its first connect).
         match self.peers.ready(peer_id) {
-            Some(conn) => Some(self.groups.add(peer_id, opcode, conn, idx)),
+            Some(conn) => match self.groups.add(peer_id, opcode, conn, idx) {
+                Ok(g) => Some(g),
+                Err(NoMemory) => {
+                    self.no_memory_for_group(idx);
+                    None
+                }
+            },
             None => {
                 self.wait_for_conn(peer_id, idx, false);
                 None
             }
         }
+    }
+
+    /// No memory to file the op in this pass's groups: it completes
+    /// `MCFX_E_NO_MEMORY` (the host process stays up).
+    #[cold]
+    #[inline(never)]
+    fn no_memory_for_group(&mut self, idx: u32) {
+        let msg = "no memory to group the op with its peer's others";
+        self.complete(idx, Status::MCFX_E_NO_MEMORY, Some(msg));
     }
 
     /// Files an op under its peer's waiting list (see `PeerTable::wait`;

@@ -626,6 +626,15 @@ mod grouping_tests {
     /// returns (ops it drained, FlagCX calls it made); then runs passes
     /// until every op completed, and checks none failed.
     fn one_callers_pass(peers: u64) -> (usize, u64) {
+        let (drained, calls, failed) = batch_with_failing_allocation(peers, None);
+        assert_eq!(failed, 0);
+        (drained, calls)
+    }
+
+    /// `one_callers_pass`, with the `fail_at`-th fallible allocation of
+    /// the passes failing (`crate::fallible::fail_after`); returns the
+    /// failed ops too, after checking every op completed exactly once.
+    fn batch_with_failing_allocation(peers: u64, fail_at: Option<u64>) -> (usize, u64, u64) {
         let shared = crate::transport_state::test_state(crate::Config::default());
         let mut buf = AlignedBuf::new(2 * OPS * PAGE);
         let base = buf.bytes().as_mut_ptr() as usize;
@@ -665,17 +674,40 @@ mod grouping_tests {
         );
         drop(admission);
         assert_eq!(pushed, OPS);
+        crate::fallible::fail_after(fail_at);
         assert!(short_pass(&mut p));
         let after = shared.stats.snapshot();
         let held = p.slots.iter().filter(|s| s.op.is_some()).count();
         let (drained, calls) = (held + after.completed as usize, after.flagcx_transfers);
         let limit = Instant::now() + Duration::from_secs(60);
-        while shared.stats.snapshot().completed < OPS as u64 {
+        while shared.stats.snapshot().done() < OPS as u64 {
             assert!(Instant::now() < limit, "ops did not complete");
             p.pass();
         }
-        assert_eq!(shared.stats.snapshot().failed, 0);
-        (drained, calls)
+        // Nothing is left to complete a second time.
+        assert!(p.slots.iter().all(|s| s.op.is_none()) && p.inflight.is_empty());
+        assert!(!p.pass());
+        crate::fallible::fail_after(None);
+        let s = shared.stats.snapshot();
+        assert_eq!(s.done(), OPS as u64, "an op completed twice or never");
+        (drained, calls, s.failed)
+    }
+
+    /// An allocation that fails while a pass groups its ops (the groups'
+    /// first growth, then each later one) fails the op that needed it,
+    /// `MCFX_E_NO_MEMORY`, once; the host process stays up and every other
+    /// op completes as usual. Before, the groups grew infallibly: such an
+    /// allocation failure aborted the host.
+    #[test]
+    fn an_op_the_groups_find_no_memory_for_fails_and_the_rest_complete() {
+        let mut refused = 0;
+        for fail_at in 0..12 {
+            let (_, _, failed) = batch_with_failing_allocation(16, Some(fail_at));
+            assert!(failed <= 1, "one allocation failed, {failed} ops did");
+            refused += failed;
+        }
+        assert!(refused > 0, "no injected failure reached the groups");
+        assert_eq!(batch_with_failing_allocation(16, Some(1 << 20)).2, 0);
     }
 
     /// A caller's pass drains 16 ops; a batch spread over 16 peers must

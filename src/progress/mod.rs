@@ -403,7 +403,7 @@ mod tests {
         let weak = Arc::downgrade(&old);
         // A spare transfer and a spare group that last served `old`.
         p.inflight.add_spare_for_test(Arc::clone(&old));
-        let g = p.groups.add(7, Opcode::Write, &old, 0);
+        let g = p.groups.add(7, Opcode::Write, &old, 0).unwrap();
         let (_, _, conn, members) = p.groups.take(g);
         p.groups.restore(g, conn, members);
         p.groups.clear();

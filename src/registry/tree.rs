@@ -20,7 +20,7 @@
 
 use arrayvec::ArrayVec;
 
-use super::fallible::{NoMemory, TryArc};
+use crate::fallible::{NoMemory, TryArc};
 
 /// Most entries of a node: a leaf is 32 regions (1 KiB), a branch 32
 /// children (512 B); 4 levels hold a million regions.
@@ -301,8 +301,8 @@ pub(crate) fn check(root: &Node) -> Vec<Region> {
 mod tests {
     use std::collections::BTreeMap;
 
-    use super::super::fallible;
     use super::*;
+    use crate::fallible;
 
     fn region(base: usize, len: usize) -> Region {
         Region { base, len, slot: 0, generation: base as u64 }

@@ -5,7 +5,8 @@
 //! `Box::new`, `Arc::new` and a `Vec` that grows abort the process when an
 //! allocation fails, and `Arc::try_new` is unstable; the region table's
 //! writers allocate on the caller's behalf (a register call must fail with
-//! `MCFX_E_NO_MEMORY`, not take the host down), so they allocate here.
+//! `MCFX_E_NO_MEMORY`, not take the host down), and so do a progress pass's
+//! groups (`crate::group`), so they allocate here.
 //!
 //! [`TryArc`] is `std::sync::Arc` cut down to what the table needs (make,
 //! clone, read, drop), with the same counting (clone: a relaxed add; drop: a
