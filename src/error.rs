@@ -69,7 +69,10 @@ pub enum mcfx_status {
     MCFX_E_NOT_SERVING = 21,
     /// Memory the call needed could not be allocated (e.g. under an
     /// address-space limit); the call changed nothing and the host was not
-    /// aborted. Retrying later may succeed.
+    /// aborted. Retrying later may succeed. Also an operation's status: the
+    /// progress thread had no memory for its bookkeeping (a slot, a place
+    /// among its peer's waiting ops or its pass's groups, a FlagCX call's
+    /// record); the op was not transferred.
     MCFX_E_NO_MEMORY = 22,
     /// Registering would exceed the transport's `max_regions`; nothing was
     /// registered.

@@ -6,9 +6,10 @@
 //! allocation fails, and `Arc::try_new` is unstable; the region table's
 //! writers allocate on the caller's behalf (a register call must fail with
 //! `MCFX_E_NO_MEMORY`, not take the host down), and so do a progress pass's
-//! groups (`crate::group`), so they allocate here.
+//! groups (`crate::group`), a create's log sink and engine hold, so they
+//! allocate here.
 //!
-//! [`TryArc`] is `std::sync::Arc` cut down to what the table needs (make,
+//! [`TryArc`] is `std::sync::Arc` cut down to what its users need (make,
 //! clone, read, drop), with the same counting (clone: a relaxed add; drop: a
 //! release subtraction and, for the last reference, an acquire fence before
 //! the free), plus `arc_swap::RefCnt`, so a table can be published with
@@ -69,7 +70,6 @@ impl<T> TryArc<T> {
     }
 
     /// Whether `a` and `b` point to the same value.
-    #[cfg(test)]
     pub(crate) fn ptr_eq(a: &TryArc<T>, b: &TryArc<T>) -> bool {
         a.ptr == b.ptr
     }

@@ -34,7 +34,7 @@ use std::cell::{Cell, RefCell};
 use std::ffi::CStr;
 use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed, Ordering::SeqCst};
-use std::sync::{Arc, Once};
+use std::sync::Once;
 
 use arrayvec::ArrayVec;
 use parking_lot::RwLock;
@@ -42,6 +42,8 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_subscriber::layer::{Context, Filter, Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::fallible::{NoMemory, TryArc};
 
 /// Log levels as the C ABI numbers them (`mcfx_log_level`).
 pub(crate) const ERROR: u32 = 1;
@@ -66,8 +68,12 @@ pub struct Sink {
     closed: AtomicBool,
 }
 
+/// A shared sink; its allocation fails with `NoMemory` instead of
+/// aborting the host (`mcfx_create` answers `MCFX_E_NO_MEMORY`).
+pub type SinkRef = TryArc<Sink>;
+
 /// Open sinks, for events with no transport context.
-static SINKS: RwLock<Vec<Arc<Sink>>> = parking_lot::const_rwlock(Vec::new());
+static SINKS: RwLock<Vec<SinkRef>> = parking_lot::const_rwlock(Vec::new());
 /// The most verbose level of any open sink; 0 when there is none. Relaxed
 /// everywhere: it is a filter hint, and a stale value only lets one event
 /// through to the per-sink level check or drops one at the edge of a
@@ -81,7 +87,7 @@ enum Route {
     #[default]
     Everyone,
     /// Inside a transport: its sink, or nowhere when it has none.
-    Transport(Option<Arc<Sink>>),
+    Transport(Option<SinkRef>),
 }
 
 thread_local! {
@@ -123,25 +129,25 @@ pub(crate) fn message(args: fmt::Arguments<'_>) -> String {
 
 /// Registers a callback for levels up to `level` (`ERROR..=TRACE`) and
 /// installs the subscriber if this is the first need of one.
-pub fn register(level: u32, f: LogFn) -> Arc<Sink> {
-    let sink = Arc::new(Sink {
+pub fn register(level: u32, f: LogFn) -> Result<SinkRef, NoMemory> {
+    let sink = TryArc::try_new(Sink {
         f,
         level: level.clamp(ERROR, TRACE),
         open: RwLock::new(true),
         closed: AtomicBool::new(false),
-    });
+    })?;
     install();
     let mut sinks = SINKS.write();
     // Without memory for the list, the sink still gets its transport's
     // events (until another sink closes and the level is recomputed without
     // it), only not those of no transport.
     if sinks.try_reserve(1).is_ok() {
-        sinks.push(Arc::clone(&sink));
+        sinks.push(sink.clone());
         update_max_level(&sinks);
     } else if MAX_LEVEL.fetch_max(sink.level, Relaxed) < sink.level {
         tracing::callsite::rebuild_interest_cache();
     }
-    sink
+    Ok(sink)
 }
 
 /// Closes a sink: waits for a call of its callback in progress, and none
@@ -149,10 +155,10 @@ pub fn register(level: u32, f: LogFn) -> Arc<Sink> {
 /// inside a log callback (which the ABI forbids: mcfx_destroy from the
 /// host's logger), it does not wait, rather than deadlock on the lock its own
 /// thread holds.
-pub fn close(sink: &Arc<Sink>) {
+pub fn close(sink: &SinkRef) {
     {
         let mut sinks = SINKS.write();
-        sinks.retain(|s| !Arc::ptr_eq(s, sink));
+        sinks.retain(|s| !TryArc::ptr_eq(s, sink));
         update_max_level(&sinks);
     }
     sink.closed.store(true, SeqCst);
@@ -161,7 +167,7 @@ pub fn close(sink: &Arc<Sink>) {
     }
 }
 
-fn update_max_level(sinks: &[Arc<Sink>]) {
+fn update_max_level(sinks: &[SinkRef]) {
     let max = sinks.iter().map(|s| s.level).max().unwrap_or(0);
     if MAX_LEVEL.swap(max, Relaxed) != max {
         // Recomputes tracing's global max level from `max_level_hint`.
@@ -177,7 +183,7 @@ impl Scope {
     /// Routes this thread's events to `sink` (none: to nowhere) until the
     /// scope ends.
     #[inline(never)]
-    pub fn enter(sink: Option<&Arc<Sink>>) -> Scope {
+    pub fn enter(sink: Option<&SinkRef>) -> Scope {
         let previous = ROUTE.with(|r| r.replace(Route::Transport(sink.cloned())));
         Scope(Some(previous))
     }
@@ -185,7 +191,7 @@ impl Scope {
     /// As [`Scope::enter`], but free (one relaxed load, inlined) while no
     /// callback is registered anywhere: for the exports on the hot path.
     #[inline]
-    pub fn enter_if_any(sink: Option<&Arc<Sink>>) -> Scope {
+    pub fn enter_if_any(sink: Option<&SinkRef>) -> Scope {
         if MAX_LEVEL.load(Relaxed) == 0 {
             return Scope(None);
         }
@@ -301,7 +307,7 @@ impl<S: Subscriber> Layer<S> for HostLayer {
                 // make a later one miss this event.)
                 let mut from = 0;
                 loop {
-                    let batch: ArrayVec<Arc<Sink>, 8> =
+                    let batch: ArrayVec<SinkRef, 8> =
                         SINKS.read().iter().skip(from).take(8).cloned().collect();
                     for sink in &batch {
                         deliver(sink, level, event, &mut line);
@@ -439,6 +445,21 @@ impl<const N: usize> fmt::Write for Line<N> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sink the allocator refuses is `NoMemory` (mcfx_create answers
+    /// `MCFX_E_NO_MEMORY`), not an abort of the host; nothing was
+    /// registered. The next registration goes through.
+    #[test]
+    fn a_sink_without_memory_is_no_memory_and_registers_nothing() {
+        let sinks = SINKS.read().len();
+        crate::fallible::fail_after(Some(0));
+        let refused = register(WARN, Box::new(|_, _| {}));
+        crate::fallible::fail_after(None);
+        assert!(matches!(refused, Err(NoMemory)));
+        assert_eq!(SINKS.read().len(), sinks);
+        let sink = register(WARN, Box::new(|_, _| {})).unwrap();
+        close(&sink);
+    }
 
     #[test]
     fn a_message_is_the_formatted_text() {

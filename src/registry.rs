@@ -37,7 +37,7 @@
 
 mod tree;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use arc_swap::ArcSwapAny;
 use parking_lot::Mutex;
@@ -83,7 +83,7 @@ fn contains(base: usize, rlen: usize, addr: usize, len: usize) -> bool {
 }
 
 pub(crate) struct Registry {
-    engine: Arc<EngineRef>,
+    engine: TryArc<EngineRef>,
     table: ArcSwapAny<NodeRef>,
     /// An empty table, allocated up front: the last unregister and `clear`
     /// publish it without allocating.
@@ -121,7 +121,7 @@ impl Registry {
     /// An empty table for up to `max_regions` regions (at most
     /// `config::MAX_MAX_REGIONS`); `MCFX_E_NO_MEMORY` if its chunk directory
     /// cannot be allocated.
-    pub fn new(engine: Arc<EngineRef>, max_regions: usize) -> Result<Registry> {
+    pub fn new(engine: TryArc<EngineRef>, max_regions: usize) -> Result<Registry> {
         let chunks = max_regions.div_ceil(CHUNK);
         let mut counters = fallible::with_capacity(chunks).map_err(|_| no_memory("create"))?;
         counters.extend((0..chunks).map(|_| OnceLock::new()));
@@ -368,7 +368,7 @@ mod tests {
     use super::*;
 
     fn registry(max_regions: usize) -> Registry {
-        Registry::new(Arc::new(EngineRef::acquire().unwrap()), max_regions).unwrap()
+        Registry::new(TryArc::try_new(EngineRef::acquire().unwrap()).unwrap(), max_regions).unwrap()
     }
 
     /// FlagCX may hand out an id again once it was deregistered; the table's

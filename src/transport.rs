@@ -22,6 +22,7 @@ use parking_lot::Mutex;
 use crate::clock::CoarseTime;
 use crate::config::Config;
 use crate::error::{fail, message, Error, Result, Status};
+use crate::fallible::TryArc;
 use crate::gate::Admission;
 use crate::op::{Op, OpRequest, OpSource};
 use crate::peers::connector::{run_connector, run_standby, Connects, STANDBY_NAME};
@@ -123,7 +124,7 @@ impl Transport {
         let (engine, endpoint) = engine_and_endpoint(&config)?;
         let slot = Lease(slots::lease()?);
         let shared = Arc::new(TransportState {
-            registry: Registry::new(Arc::clone(&engine), config.max_regions)?,
+            registry: Registry::new(engine.clone(), config.max_regions)?,
             queue: SubmitQueue::new(config.queue_capacity, &slot.0.gate)?,
             slot,
             stats: Stats::default(),
@@ -512,13 +513,15 @@ impl Drop for Transport {
 /// The process's FlagCX engine (created for the first transport) and, if
 /// the transport serves peers, its endpoint (starting the engine's RPC
 /// server unless another transport did).
-fn engine_and_endpoint(config: &Config) -> Result<(Arc<EngineRef>, Option<String>)> {
-    let engine = Arc::new(EngineRef::acquire().map_err(|e| {
+fn engine_and_endpoint(config: &Config) -> Result<(TryArc<EngineRef>, Option<String>)> {
+    let engine = EngineRef::acquire().map_err(|e| {
         Error::new(
             Status::MCFX_E_FLAGCX,
             message(format_args!("flagcxP2pEngineCreate failed ({e}): no usable FlagCX device?")),
         )
-    })?);
+    })?;
+    let engine = TryArc::try_new(engine)
+        .map_err(|_| Error::new(Status::MCFX_E_NO_MEMORY, "create: out of memory"))?;
     if !config.serve_peers {
         return Ok((engine, None));
     }

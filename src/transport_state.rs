@@ -10,10 +10,12 @@
 //! alive as long as anything holds a FlagCX connection (see
 //! [`TransportState`]); the slot goes back last.
 
+#[cfg(test)]
 use std::sync::Arc;
 
 use crate::config::Config;
 use crate::error::Status;
+use crate::fallible::TryArc;
 use crate::peers::connector::{Connector, Connects, ResolverFn};
 use crate::process_engine::EngineRef;
 use crate::queue::SubmitQueue;
@@ -42,7 +44,7 @@ pub(crate) struct TransportState {
     pub registry: Registry,
     /// The process's FlagCX engine (shared with the process's other
     /// transports).
-    pub engine: Arc<EngineRef>,
+    pub engine: TryArc<EngineRef>,
     /// The transport's handle slot (its gate): given back last, when no
     /// thread of the transport (a detached connector included) is left.
     pub slot: Lease,
@@ -93,11 +95,11 @@ impl TransportState {
 /// progress loop.
 #[cfg(test)]
 pub(crate) fn test_state(config: Config) -> Arc<TransportState> {
-    let engine = Arc::new(EngineRef::acquire().expect("FlagCX engine"));
+    let engine = TryArc::try_new(EngineRef::acquire().expect("FlagCX engine")).unwrap();
     engine.serve().expect("RPC server");
     let slot = slots::lease().unwrap();
     Arc::new(TransportState {
-        registry: Registry::new(Arc::clone(&engine), config.max_regions).unwrap(),
+        registry: Registry::new(engine.clone(), config.max_regions).unwrap(),
         queue: SubmitQueue::new(config.queue_capacity, &slot.gate).unwrap(),
         slot: Lease(slot),
         stats: Stats::default(),

@@ -11,11 +11,10 @@ use std::cell::RefCell;
 use std::ffi::c_void;
 use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
 
 use crate::error::{fail, mcfx_status, message, Result, Status};
 use crate::gate::{Admission, Refused};
-use crate::logging::{self, Scope, Sink};
+use crate::logging::{self, Scope, SinkRef};
 use crate::slots::{self, Slot};
 use crate::transport::Transport;
 
@@ -30,7 +29,7 @@ pub(super) struct Body {
     /// Dropped by this body's `Drop`, inside its log scope.
     pub(super) inner: ManuallyDrop<Transport>,
     /// The host's log callback, if the config had one.
-    pub(super) log: Option<Arc<Sink>>,
+    pub(super) log: Option<SinkRef>,
 }
 
 impl Drop for Body {
