@@ -69,6 +69,12 @@ impl<T> TryArc<T> {
         unsafe { self.ptr.as_ref() }
     }
 
+    /// References to the value (tests).
+    #[cfg(test)]
+    pub(crate) fn refs(this: &TryArc<T>) -> usize {
+        this.inner().refs.load(Acquire)
+    }
+
     /// Whether `a` and `b` point to the same value.
     pub(crate) fn ptr_eq(a: &TryArc<T>, b: &TryArc<T>) -> bool {
         a.ptr == b.ptr

@@ -8,9 +8,7 @@
 //! reused across passes (no allocation once they reached their high-water
 //! marks), and grow fallibly: an out-of-memory never aborts the host.
 
-use std::sync::Arc;
-
-use crate::fallible::{self, NoMemory};
+use crate::fallible::{self, NoMemory, TryArc};
 use crate::op::Opcode;
 
 /// A reference to the connection a group's ops go out on: cloned into a
@@ -21,10 +19,10 @@ pub trait ConnRef: Clone {
 }
 
 /// Connection references: the same connection, no reference count traffic.
-impl<T> ConnRef for Arc<T> {
+impl<T> ConnRef for TryArc<T> {
     #[inline]
     fn same(&self, other: &Self) -> bool {
-        Arc::ptr_eq(self, other)
+        TryArc::ptr_eq(self, other)
     }
 }
 

@@ -117,6 +117,11 @@ pub struct ConnectResult {
     pub outcome: Result<Connection, Error>,
 }
 
+/// A shared connection: the peer table, a pass's groups and the calls in
+/// flight hold it. Allocated fallibly (`PeerTable::land`): a connect that
+/// lands without memory for it fails its waiting ops `MCFX_E_NO_MEMORY`.
+pub type SharedConn = crate::fallible::TryArc<Connection>;
+
 /// A connection to a peer and what tells which ops it can judge: FlagCX
 /// describes the peer's regions as they were when it was made (its
 /// snapshot), so a remote range it does not describe is missing for an op

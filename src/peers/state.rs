@@ -42,12 +42,12 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
-use std::sync::Arc;
 
 use crate::clock::CoarseTime;
-use crate::error::Error;
+use crate::error::{Error, Status};
+use crate::fallible::NoMemory;
 use crate::group::pieces;
-use crate::peers::connector::{ConnectKind, ConnectResult, Connection, Connects};
+use crate::peers::connector::{ConnectKind, ConnectResult, Connection, Connects, SharedConn};
 
 /// A peer's waiting list that emptied keeps at most this capacity (more is
 /// freed): a burst for a slow peer does not leave its memory behind.
@@ -87,7 +87,7 @@ pub(crate) enum AfterFailure {
     /// It already went out again once: it fails.
     Fail,
     /// Judge it on this connection (made after its submit).
-    Judge(Arc<Connection>),
+    Judge(SharedConn),
     /// Wait for a refresh (it is filed with [`PeerTable::wait`]).
     Wait,
 }
@@ -123,7 +123,7 @@ pub(crate) fn judge(conn: &Connection, remote: u64, len: u64, max_slice: u64) ->
 
 /// Connection state of one peer.
 struct Peer {
-    conn: Option<Arc<Connection>>,
+    conn: Option<SharedConn>,
     /// A connect (first or refresh) is under way.
     connecting: bool,
     /// Ops (slot indices) waiting for `connecting` to finish.
@@ -187,7 +187,7 @@ impl PeerTable {
     /// The peer's connection, when its ops may go out on it now (it has
     /// one and no connect is under way).
     #[inline]
-    pub fn ready(&self, peer_id: u64) -> Option<&Arc<Connection>> {
+    pub fn ready(&self, peer_id: u64) -> Option<&SharedConn> {
         match self.peers.get(&peer_id) {
             Some(Peer { conn: Some(conn), connecting: false, .. }) => Some(conn),
             _ => None,
@@ -265,12 +265,7 @@ impl PeerTable {
     }
 
     /// The peer's ready connection if it covers the op (see `covers`).
-    pub fn covering(
-        &self,
-        peer_id: u64,
-        mark: OpMark,
-        deadline: CoarseTime,
-    ) -> Option<Arc<Connection>> {
+    pub fn covering(&self, peer_id: u64, mark: OpMark, deadline: CoarseTime) -> Option<SharedConn> {
         self.ready(peer_id).filter(|c| self.covers(mark, deadline, c)).cloned()
     }
 
@@ -281,7 +276,7 @@ impl PeerTable {
     pub fn after_failure(
         &self,
         peer_id: u64,
-        failed_on: &Arc<Connection>,
+        failed_on: &SharedConn,
         mark: &mut OpMark,
         deadline: CoarseTime,
     ) -> AfterFailure {
@@ -290,7 +285,7 @@ impl PeerTable {
         }
         mark.failed_transfer = true;
         match self.covering(peer_id, *mark, deadline) {
-            Some(conn) if !Arc::ptr_eq(&conn, failed_on) => AfterFailure::Judge(conn),
+            Some(conn) if !SharedConn::ptr_eq(&conn, failed_on) => AfterFailure::Judge(conn),
             _ => AfterFailure::Wait,
         }
     }
@@ -299,11 +294,18 @@ impl PeerTable {
     /// waited for it (see [`Landing`]). A result for a peer the table no
     /// longer has (or never had) hands back none.
     pub fn land(&mut self, r: ConnectResult) -> Landing {
-        let landing = match r.outcome {
-            Ok(mut conn) => match self.peers.get_mut(&r.peer) {
+        let outcome = r.outcome.and_then(|mut conn| {
+            if let Some(peer) = self.peers.get(&r.peer) {
+                conn.request = peer.request;
+            }
+            SharedConn::try_new(conn).map_err(|NoMemory| {
+                Error::new(Status::MCFX_E_NO_MEMORY, "no memory for the peer's new connection")
+            })
+        });
+        let landing = match outcome {
+            Ok(conn) => match self.peers.get_mut(&r.peer) {
                 Some(peer) => {
-                    conn.request = peer.request;
-                    let replaced = peer.conn.replace(Arc::new(conn)).is_some();
+                    let replaced = peer.conn.replace(conn).is_some();
                     peer.connecting = false;
                     Landing::Connected { waiting: std::mem::take(&mut peer.waiting), replaced }
                 }

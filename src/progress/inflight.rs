@@ -23,15 +23,13 @@
 //! - records grow fallibly, at most one per op the transport may hold
 //!   (`max_in_flight`); zombies are at most [`MAX_ZOMBIES`].
 
-use std::sync::Arc;
-
 use flagcx_sys::{IovList, Poll, TransferId};
 
 use crate::clock::CoarseTime;
 use crate::error::Status;
 use crate::group::pieces;
 use crate::op::Opcode;
-use crate::peers::connector::Connection;
+use crate::peers::connector::{Connection, SharedConn};
 use crate::peers::state::{judge, AfterFailure, Judged};
 use crate::stats::Stats;
 
@@ -58,7 +56,7 @@ pub(super) const MAX_ZOMBIES: usize = 4096;
 pub(super) struct Transfer {
     /// The connection of its call; kept after it finished (see the module
     /// invariants).
-    conn: Option<Arc<Connection>>,
+    conn: Option<SharedConn>,
     /// `Some` exactly while in flight.
     id: Option<TransferId>,
     /// Its ops (slot indices): at least one while in flight; the ops of the
@@ -87,7 +85,7 @@ pub(super) struct InFlight {
     /// Timed-out transfers whose ops already completed, still polled; an
     /// entry whose id reported finished (`None`) is dropped at the end of
     /// the poll.
-    zombies: Vec<(Arc<Connection>, Option<TransferId>)>,
+    zombies: Vec<(SharedConn, Option<TransferId>)>,
 }
 
 impl InFlight {
@@ -161,7 +159,7 @@ impl InFlight {
     #[inline(always)]
     fn issue(
         &mut self,
-        conn: &Arc<Connection>,
+        conn: &SharedConn,
         opcode: Opcode,
         deadline: CoarseTime,
         stats: &Stats,
@@ -174,8 +172,8 @@ impl InFlight {
         Stats::bump(&stats.progress.flagcx_transfers, 1);
         let t = &mut self.transfers[self.live];
         t.deadline = Some(deadline);
-        if !t.conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
-            t.conn = Some(Arc::clone(conn));
+        if !t.conn.as_ref().is_some_and(|c| SharedConn::ptr_eq(c, conn)) {
+            t.conn = Some(conn.clone());
         }
         t.id = Some(id);
         self.live += 1;
@@ -203,7 +201,7 @@ impl InFlight {
     /// FlagCX can recycle its id if it ever finishes.
     #[cold]
     #[inline(never)]
-    fn bury(&mut self, conn: Arc<Connection>, id: TransferId) {
+    fn bury(&mut self, conn: SharedConn, id: TransferId) {
         if self.zombies.len() < MAX_ZOMBIES && self.zombies.try_reserve(1).is_ok() {
             self.zombies.push((conn, Some(id)));
         } else {
@@ -239,7 +237,7 @@ impl InFlight {
 
     /// A spare record that last served `conn` (tests).
     #[cfg(test)]
-    pub(super) fn add_spare_for_test(&mut self, conn: Arc<Connection>) {
+    pub(super) fn add_spare_for_test(&mut self, conn: SharedConn) {
         let members = Vec::new();
         self.transfers.push(Transfer { conn: Some(conn), id: None, members, deadline: None });
     }
@@ -335,7 +333,7 @@ impl Progress {
 
     /// Issues the call being built on `conn` (see `InFlight::issue`); if
     /// FlagCX refuses it, its ops fail.
-    fn submit(&mut self, conn: &Arc<Connection>, opcode: Opcode) {
+    fn submit(&mut self, conn: &SharedConn, opcode: Opcode) {
         let deadline = self.inflight.next_deadline(&self.slots);
         if let Err(e) = self.inflight.issue(conn, opcode, deadline, &self.shared.stats) {
             self.refused(opcode, e);
@@ -417,7 +415,7 @@ impl Progress {
                         i += 1;
                         continue;
                     }
-                    let conn = Arc::clone(t.conn.as_ref().expect("in-flight transfer has a conn"));
+                    let conn = t.conn.clone().expect("in-flight transfer has a conn");
                     self.inflight.bury(conn, id);
                     Status::MCFX_E_TIMEOUT
                 }
@@ -457,12 +455,7 @@ impl Progress {
     /// `finish` for a call that failed or timed out.
     #[cold]
     #[inline(never)]
-    fn finish_failed(
-        &mut self,
-        conn: Option<Arc<Connection>>,
-        members: &mut Vec<u32>,
-        status: Status,
-    ) {
+    fn finish_failed(&mut self, conn: Option<SharedConn>, members: &mut Vec<u32>, status: Status) {
         let msg = match status {
             Status::MCFX_E_TIMEOUT => "FlagCX did not report the transfer done by its deadline",
             _ => "FlagCX reported the transfer failed",
@@ -485,7 +478,7 @@ impl Progress {
     /// will come. Empties `members`.
     #[cold]
     #[inline(never)]
-    fn failed_transfer(&mut self, failed_on: &Arc<Connection>, members: &mut Vec<u32>) {
+    fn failed_transfer(&mut self, failed_on: &SharedConn, members: &mut Vec<u32>) {
         let Some(&first) = members.first() else { return };
         let peer_id = self.op(first).peer;
         if self.shared.queue.is_closed() {

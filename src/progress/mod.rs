@@ -98,7 +98,7 @@ use crate::error::{fail, Result, Status};
 use crate::failure_log::FailureLog;
 use crate::group::Groups;
 use crate::op::Op;
-use crate::peers::connector::{ConnectResult, Connection};
+use crate::peers::connector::{ConnectResult, SharedConn};
 use crate::peers::state::{OpMark, PeerTable};
 use crate::transport_state::TransportState;
 
@@ -155,7 +155,7 @@ pub(crate) struct Progress {
     peers: PeerTable,
     /// This pass's ops of connected peers, by (peer, opcode); empty between
     /// passes (`flush_groups` turns every group into FlagCX calls).
-    groups: Groups<Arc<Connection>>,
+    groups: Groups<SharedConn>,
     /// FlagCX vector calls in flight, the one being built, timed-out ids.
     inflight: InFlight,
     /// Reused buffer for ops being moved between lists (connect results,
@@ -368,8 +368,11 @@ mod tests {
         let (host, port) = parse_endpoint(shared.endpoint_for_test()).unwrap();
         let mut p = Progress::new(Arc::clone(&shared)).unwrap();
         let failed = || Err(Error::new(Status::MCFX_E_CONNECT, "refused"));
-        let connected =
-            || Ok(Connection::for_test(shared.engine.engine.connect(&host, 0, port).unwrap()));
+        let connected = || {
+            Ok(crate::peers::connector::Connection::for_test(
+                shared.engine.engine.connect(&host, 0, port).unwrap(),
+            ))
+        };
         for (peer, kind, outcome) in [
             (99, ConnectKind::First, connected()),
             (99, ConnectKind::Refresh, connected()),
@@ -395,26 +398,52 @@ mod tests {
         let shared = crate::transport_state::test_state(crate::Config::default());
         let (host, port) = parse_endpoint(shared.endpoint_for_test()).unwrap();
         let mut p = Progress::new(Arc::clone(&shared)).unwrap();
-        let connected =
-            || Ok(Connection::for_test(shared.engine.engine.connect(&host, 0, port).unwrap()));
+        let connected = || {
+            Ok(crate::peers::connector::Connection::for_test(
+                shared.engine.engine.connect(&host, 0, port).unwrap(),
+            ))
+        };
         p.peers.know(7, &shared.connects);
         p.apply_connect(ConnectResult { peer: 7, kind: ConnectKind::First, outcome: connected() });
-        let old = Arc::clone(p.peers.ready(7).unwrap());
-        let weak = Arc::downgrade(&old);
+        let old = p.peers.ready(7).unwrap().clone();
         // A spare transfer and a spare group that last served `old`.
-        p.inflight.add_spare_for_test(Arc::clone(&old));
+        p.inflight.add_spare_for_test(old.clone());
         let g = p.groups.add(7, Opcode::Write, &old, 0).unwrap();
         let (_, _, conn, members) = p.groups.take(g);
         p.groups.restore(g, conn, members);
         p.groups.clear();
-        drop(old);
         p.peers.refresh(7, &shared.connects);
         p.apply_connect(ConnectResult {
             peer: 7,
             kind: ConnectKind::Refresh,
             outcome: connected(),
         });
-        assert!(weak.upgrade().is_none(), "the replaced connection is still referenced");
+        assert_eq!(SharedConn::refs(&old), 1, "the replaced connection is still referenced");
         assert!(p.peers.ready(7).is_some(), "the new connection is the peer's");
+    }
+
+    /// A connect that lands without memory for the shared connection fails
+    /// like a refused connect (the peer is forgotten, its waiting ops fail
+    /// `MCFX_E_NO_MEMORY`), instead of the progress thread aborting the
+    /// host; the next connect lands.
+    #[test]
+    fn a_connection_without_memory_to_share_it_fails_like_a_refused_connect() {
+        let shared = crate::transport_state::test_state(crate::Config::default());
+        let (host, port) = parse_endpoint(shared.endpoint_for_test()).unwrap();
+        let mut p = Progress::new(Arc::clone(&shared)).unwrap();
+        let connected = || {
+            Ok(crate::peers::connector::Connection::for_test(
+                shared.engine.engine.connect(&host, 0, port).unwrap(),
+            ))
+        };
+        p.peers.know(7, &shared.connects);
+        let outcome = connected();
+        crate::fallible::fail_after(Some(0));
+        p.apply_connect(ConnectResult { peer: 7, kind: ConnectKind::First, outcome });
+        crate::fallible::fail_after(None);
+        assert!(p.peers.ready(7).is_none(), "a connection was kept without its memory");
+        p.peers.know(7, &shared.connects);
+        p.apply_connect(ConnectResult { peer: 7, kind: ConnectKind::First, outcome: connected() });
+        assert!(p.peers.ready(7).is_some());
     }
 }
