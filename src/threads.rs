@@ -25,6 +25,11 @@ pub(crate) const THREAD_STACK: usize = 2 << 20;
 /// or the pages it falls back to): when it is not there, std and glibc abort
 /// the process from the new thread.
 const THREAD_START_ROOM: usize = 1 << 20;
+/// Heap a new thread takes before its body runs and while it prepares
+/// (std's signal stack handler, glibc's thread-exit destructor list,
+/// parking_lot's thread data and table of threads: a few KiB), with
+/// margin: a trial allocation of this much must succeed first.
+const THREAD_START_HEAP: usize = 64 << 10;
 
 /// Why [`spawn`] did not start a thread.
 #[derive(Debug)]
@@ -60,7 +65,7 @@ pub(crate) fn spawn(
     f: impl FnOnce() + Send + 'static,
 ) -> Result<JoinHandle<()>, SpawnError> {
     debug_assert!(name.starts_with(THREAD_PREFIX));
-    if !room_for(THREAD_STACK + THREAD_START_ROOM) {
+    if !room_for(THREAD_STACK + THREAD_START_ROOM) || !heap_for(THREAD_START_HEAP) {
         return Err(SpawnError::NoMemory);
     }
     // Builder::name turns the name into a CString: with room for the NUL
@@ -73,6 +78,7 @@ pub(crate) fn spawn(
     let log = crate::logging::inherit();
     let f = move || {
         log.enter();
+        prepare_current();
         f()
     };
     std::thread::Builder::new().name(owned).stack_size(THREAD_STACK).spawn(f).map_err(|e| {
@@ -82,6 +88,47 @@ pub(crate) fn spawn(
             _ => SpawnError::Os(e),
         }
     })
+}
+
+thread_local! {
+    /// This thread's parking_lot data exists (see [`prepare_current`]).
+    static PREPARED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Makes the calling thread's parking_lot data now, once per thread: at a
+/// library thread's start and at a host thread's first call into the
+/// library. Otherwise it is made the first time the thread waits for a
+/// lock, and making it allocates (glibc's thread-exit destructor list,
+/// parking_lot's table of threads): under an exhausted heap that is a
+/// glibc fatal error, not a status (found by `tests/oom_address_limit.rs`:
+/// the progress thread's first wait for the connector pool's lock). Where
+/// memory is already gone at this point, the thread's start itself needs
+/// more than this.
+#[inline]
+pub(crate) fn prepare_current() {
+    if !PREPARED.with(|p| p.replace(true)) {
+        prepare_parking();
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn prepare_parking() {
+    // Nobody parks on this address: the park below finds it invalid.
+    static KEY: u8 = 0;
+    // SAFETY: a validate callback that returns false makes `park` return
+    // at once, without sleeping and without calling the other callbacks;
+    // the key is an address of ours that no thread parks on.
+    unsafe {
+        parking_lot_core::park(
+            std::ptr::addr_of!(KEY) as usize,
+            || false,
+            || {},
+            |_, _| {},
+            parking_lot_core::DEFAULT_PARK_TOKEN,
+            None,
+        );
+    }
 }
 
 /// Whether `len` bytes of address space (and commit charge, under strict
@@ -103,5 +150,20 @@ fn room_for(len: usize) -> bool {
     }
     // SAFETY: the mapping made just above, never handed out.
     unsafe { libc::munmap(p, len) };
+    true
+}
+
+/// Whether the heap can give `len` bytes right now (a trial allocation,
+/// freed at once): a thread's start-up allocates from it, and std and
+/// glibc abort the process when that fails.
+fn heap_for(len: usize) -> bool {
+    // SAFETY: malloc and free of a block nothing else sees.
+    unsafe {
+        let p = libc::malloc(len);
+        if p.is_null() {
+            return false;
+        }
+        libc::free(p);
+    }
     true
 }

@@ -528,8 +528,11 @@ fn engine_and_endpoint(config: &Config) -> Result<(TryArc<EngineRef>, Option<Str
     engine.serve().map_err(|e| {
         Error::new(Status::MCFX_E_FLAGCX, message(format_args!("FlagCX RPC server: {e}")))
     })?;
-    let endpoint = engine.engine.endpoint().map_err(|e| {
-        Error::new(Status::MCFX_E_FLAGCX, message(format_args!("FlagCX metadata: {e}")))
+    let endpoint = engine.engine.endpoint().map_err(|e| match e {
+        flagcx_sys::Error::NoMemory => {
+            Error::new(Status::MCFX_E_NO_MEMORY, "create: out of memory")
+        }
+        e => Error::new(Status::MCFX_E_FLAGCX, message(format_args!("FlagCX metadata: {e}"))),
     })?;
     Ok((engine, Some(endpoint)))
 }

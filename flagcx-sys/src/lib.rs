@@ -48,6 +48,8 @@ pub enum Error {
     Flagcx,
     /// A C++ exception was caught inside the shim.
     Exception,
+    /// Memory for a result could not be allocated on the Rust side.
+    NoMemory,
 }
 
 impl fmt::Display for Error {
@@ -56,6 +58,7 @@ impl fmt::Display for Error {
             Error::Invalid => "invalid argument",
             Error::Flagcx => "FlagCX reported an error",
             Error::Exception => "C++ exception in FlagCX",
+            Error::NoMemory => "out of memory",
         })
     }
 }
@@ -63,6 +66,14 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// `buf` resized to `len` zero bytes, growing fallibly.
+fn zeroed(buf: &mut Vec<u8>, len: usize) -> Result<()> {
+    buf.clear();
+    buf.try_reserve_exact(len).map_err(|_| Error::NoMemory)?;
+    buf.resize(len, 0);
+    Ok(())
+}
 
 fn check(status: ffi::fxs_status) -> Result<()> {
     match status {
@@ -149,8 +160,10 @@ impl Engine {
     }
 
     /// FlagCX's metadata string, `host:port?gpu?notifPort`.
+    /// `NoMemory` when the buffer cannot be allocated (never an abort).
     pub fn metadata(&self) -> Result<String> {
-        let mut buf = vec![0u8; 128];
+        let mut buf = Vec::new();
+        zeroed(&mut buf, 128)?;
         loop {
             let mut len = 0usize;
             // SAFETY: buf is writable for buf.len() bytes; len is an out-pointer.
@@ -158,7 +171,7 @@ impl Engine {
                 ffi::fxs_engine_metadata(self.raw(), buf.as_mut_ptr().cast(), buf.len(), &mut len)
             };
             if st == ffi::FXS_INVALID && len >= buf.len() {
-                buf.resize(len + 1, 0);
+                zeroed(&mut buf, len + 1)?;
                 continue;
             }
             check(st)?;
@@ -170,8 +183,10 @@ impl Engine {
     /// The endpoint peers connect to: the metadata before the first `?`
     /// (what Mooncake publishes as `rdma_server_name`).
     pub fn endpoint(&self) -> Result<String> {
-        let md = self.metadata()?;
-        Ok(md.split('?').next().unwrap_or_default().to_owned())
+        let mut md = self.metadata()?;
+        // Cut in place: no second allocation.
+        md.truncate(md.find('?').unwrap_or(md.len()));
+        Ok(md)
     }
 
     /// A fresh connection owned by the returned [`Conn`] (its snapshot of the

@@ -104,6 +104,7 @@ pub(super) fn set_last_error(name: &str, message: &str) {
 /// `mcfx_last_error`), a panic becomes `MCFX_E_PANIC`. Nothing unwinds into C.
 pub(super) fn guard(name: &str, body: impl FnOnce() -> Result<()>) -> mcfx_status {
     let _inside = crate::panic_hook::InExport::enter();
+    crate::threads::prepare_current();
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(())) => mcfx_status::MCFX_OK,
         Ok(Err(e)) => {
