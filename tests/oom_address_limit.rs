@@ -200,18 +200,19 @@ fn a_connector_thread_survives_failing_allocations_at_every_step() {
 /// Every path a caller drives: the full sweeps (every transport registers
 /// and writes to new peers while the limit shrinks), and the heap exhausted
 /// down to each budget. Ignored: since 2026-12-05 the library's own sites
-/// found so far allocate fallibly (the log sink, the engine hold, a pass's
-/// groups, a landed connection; an op may complete `MCFX_E_NO_MEMORY`), but
-/// in most runs one or two of its ~70 children still abort where timing
-/// puts an allocation outside the library's reach: glibc registering
-/// parking_lot's thread-local destructor the first time a thread parks,
-/// std's start of a new thread (its signal stack handler), and a panic
+/// found so far allocate fallibly (the log sink, the engine hold, the
+/// endpoint, a pass's groups, a landed connection; an op may complete
+/// `MCFX_E_NO_MEMORY`) and threads start only with heap to spare and make
+/// their parking_lot data at once (`threads.rs`); it passed 3 of 10 runs,
+/// and the others had one or two of ~70 children abort: memory another
+/// thread took between a thread's heap trial and its start-up (std's
+/// signal stack handler, parking_lot's table of threads), and a panic
 /// whose unwinding cannot start without memory ("failed to initiate
-/// panic"; the panic itself is not printed, so its site is not known yet).
-/// Run it with `--ignored`; `scripts/oom_backtrace.sh -n 3 all` shows the
-/// sites it can reproduce.
+/// panic"; the panic is not printed, so its site is not known yet). Run it
+/// with `--ignored`; `scripts/oom_backtrace.sh -n 4 all` shows the sites
+/// it can reproduce.
 #[test]
-#[ignore = "one or two of ~70 children abort in glibc's TLS destructor registration, std's thread start or an unwinder without memory"]
+#[ignore = "passes 3 runs in 10: one or two of ~70 children still abort in a thread's start-up or an unwinder without memory"]
 fn every_caller_path_under_an_exhausted_heap_never_aborts_the_host() {
     if let Some((s, budget)) = child_role() {
         return child(s, budget);
