@@ -12,7 +12,10 @@
 //! start-up code, where nothing can catch it.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering::Acquire, Ordering::Release};
 use std::thread::JoinHandle;
+
+use crate::fallible::TryArc;
 
 /// Prefix of the name of every thread the library starts.
 pub const THREAD_PREFIX: &str = "mcfx-";
@@ -76,18 +79,31 @@ pub(crate) fn spawn(
     }
     owned.push_str(name);
     let log = crate::logging::inherit();
+    let started = TryArc::try_new(AtomicBool::new(false)).map_err(|_| SpawnError::NoMemory)?;
+    let up = started.clone();
     let f = move || {
         log.enter();
         prepare_current();
+        up.store(true, Release);
+        drop(up);
         f()
     };
-    std::thread::Builder::new().name(owned).stack_size(THREAD_STACK).spawn(f).map_err(|e| {
-        match e.raw_os_error() {
-            Some(libc::EAGAIN | libc::ENOMEM) => SpawnError::NoMemory,
-            _ if e.kind() == std::io::ErrorKind::OutOfMemory => SpawnError::NoMemory,
-            _ => SpawnError::Os(e),
-        }
-    })
+    let handle =
+        std::thread::Builder::new().name(owned).stack_size(THREAD_STACK).spawn(f).map_err(|e| {
+            match e.raw_os_error() {
+                Some(libc::EAGAIN | libc::ENOMEM) => SpawnError::NoMemory,
+                _ if e.kind() == std::io::ErrorKind::OutOfMemory => SpawnError::NoMemory,
+                _ => SpawnError::Os(e),
+            }
+        })?;
+    // Until the thread is past its start-up (std's signal stack, its
+    // parking_lot data): the next spawn's room trial then sees what this
+    // one took (create starts several threads in a row, and a start-up
+    // that lost its room to a sibling's aborted the process).
+    while !started.load(Acquire) && !handle.is_finished() {
+        std::thread::yield_now();
+    }
+    Ok(handle)
 }
 
 thread_local! {

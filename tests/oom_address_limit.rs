@@ -173,14 +173,9 @@ fn create_under_an_address_space_limit_never_aborts_the_host() {
         .filter(|s| matches!(s.kind, Kind::Sweep { full: false, .. }))
         .map(|s| (s.name.to_owned(), false))
         .collect();
-    // Below about 132 KiB (what malloc asks the system for at once) the heap
-    // cannot grow at all and create's first allocation, in src/ffi, aborts
-    // (see the ignored test below). Up to the room a create's threads need
-    // (each: its stack, 2 MiB, and 1 MiB for start-up), a new thread can
-    // still lose the race between the room check and its own start-up
-    // (glibc aborts when it cannot register a thread-local destructor): seen
-    // once in a CI run at 3 MiB, so those budgets are in the ignored test
-    // too.
+    // The budgets below the room a create's threads need (each: its stack,
+    // 2 MiB, and 1 MiB for start-up) run in the exhausted-heap test below,
+    // with the heap squeezed too.
     let heap_grows = AS_BUDGETS.iter().filter(|&&b| b >= CREATE_ROOM);
     runs.extend(heap_grows.map(|b| (format!("squeeze-create-as@{b}"), true)));
     run_children(CREATE_TEST, &runs);
@@ -199,20 +194,13 @@ fn a_connector_thread_survives_failing_allocations_at_every_step() {
 
 /// Every path a caller drives: the full sweeps (every transport registers
 /// and writes to new peers while the limit shrinks), and the heap exhausted
-/// down to each budget. Ignored: since 2026-12-05 the library's own sites
-/// found so far allocate fallibly (the log sink, the engine hold, the
-/// endpoint, a pass's groups, a landed connection; an op may complete
-/// `MCFX_E_NO_MEMORY`) and threads start only with heap to spare and make
-/// their parking_lot data at once (`threads.rs`); it passed 3 of 10 runs,
-/// and the others had one or two of ~70 children abort: memory another
-/// thread took between a thread's heap trial and its start-up (std's
-/// signal stack handler, parking_lot's table of threads), and a panic
-/// whose unwinding cannot start without memory ("failed to initiate
-/// panic"; the panic is not printed, so its site is not known yet). Run it
-/// with `--ignored`; `scripts/oom_backtrace.sh -n 4 all` shows the sites
-/// it can reproduce.
+/// down to each budget. (Ignored until 2026-12-05: a few of its ~70
+/// children aborted in every run, in the log sink's, the engine hold's, the
+/// endpoint's and a landed connection's allocations, in a pass's groups, in
+/// a thread's first wait for a lock and in a thread start-up that lost its
+/// room to a sibling's; `scripts/oom_backtrace.sh -n 4 all` shows where any
+/// abort left is.)
 #[test]
-#[ignore = "passes 3 runs in 10: one or two of ~70 children still abort in a thread's start-up or an unwinder without memory"]
 fn every_caller_path_under_an_exhausted_heap_never_aborts_the_host() {
     if let Some((s, budget)) = child_role() {
         return child(s, budget);
