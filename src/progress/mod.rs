@@ -359,20 +359,28 @@ mod tests {
     use crate::op::Opcode;
     use crate::peers::connector::{parse_endpoint, ConnectKind};
 
+    /// A transport's shared state without threads, and its progress state.
+    fn progress_for_test() -> (Arc<TransportState>, Progress) {
+        let shared = crate::transport_state::test_state(crate::Config::default());
+        let p = Progress::new(Arc::clone(&shared)).unwrap();
+        (shared, p)
+    }
+
+    /// A new connection from the transport to its own endpoint.
+    fn connection_to_itself(shared: &TransportState) -> crate::peers::connector::Connection {
+        let (host, port) = parse_endpoint(shared.endpoint_for_test()).unwrap();
+        let conn = shared.engine.engine.connect(&host, 0, port).unwrap();
+        crate::peers::connector::Connection::for_test(conn)
+    }
+
     /// A connect result for a peer the table no longer has (or never had),
     /// and every other path, must put the scratch vector back: otherwise
     /// the next pass allocates again.
     #[test]
     fn apply_connect_puts_its_scratch_vector_back_on_every_path() {
-        let shared = crate::transport_state::test_state(crate::Config::default());
-        let (host, port) = parse_endpoint(shared.endpoint_for_test()).unwrap();
-        let mut p = Progress::new(Arc::clone(&shared)).unwrap();
+        let (shared, mut p) = progress_for_test();
         let failed = || Err(Error::new(Status::MCFX_E_CONNECT, "refused"));
-        let connected = || {
-            Ok(crate::peers::connector::Connection::for_test(
-                shared.engine.engine.connect(&host, 0, port).unwrap(),
-            ))
-        };
+        let connected = || Ok(connection_to_itself(&shared));
         for (peer, kind, outcome) in [
             (99, ConnectKind::First, connected()),
             (99, ConnectKind::Refresh, connected()),
@@ -395,14 +403,8 @@ mod tests {
     /// refresh replaced it, none may keep the old one alive.
     #[test]
     fn a_refresh_leaves_no_spare_holding_the_replaced_connection() {
-        let shared = crate::transport_state::test_state(crate::Config::default());
-        let (host, port) = parse_endpoint(shared.endpoint_for_test()).unwrap();
-        let mut p = Progress::new(Arc::clone(&shared)).unwrap();
-        let connected = || {
-            Ok(crate::peers::connector::Connection::for_test(
-                shared.engine.engine.connect(&host, 0, port).unwrap(),
-            ))
-        };
+        let (shared, mut p) = progress_for_test();
+        let connected = || Ok(connection_to_itself(&shared));
         p.peers.know(7, &shared.connects);
         p.apply_connect(ConnectResult { peer: 7, kind: ConnectKind::First, outcome: connected() });
         let old = p.peers.ready(7).unwrap().clone();
@@ -428,14 +430,8 @@ mod tests {
     /// host; the next connect lands.
     #[test]
     fn a_connection_without_memory_to_share_it_fails_like_a_refused_connect() {
-        let shared = crate::transport_state::test_state(crate::Config::default());
-        let (host, port) = parse_endpoint(shared.endpoint_for_test()).unwrap();
-        let mut p = Progress::new(Arc::clone(&shared)).unwrap();
-        let connected = || {
-            Ok(crate::peers::connector::Connection::for_test(
-                shared.engine.engine.connect(&host, 0, port).unwrap(),
-            ))
-        };
+        let (shared, mut p) = progress_for_test();
+        let connected = || Ok(connection_to_itself(&shared));
         p.peers.know(7, &shared.connects);
         let outcome = connected();
         crate::fallible::fail_after(Some(0));
