@@ -189,6 +189,20 @@ impl Error {
     }
 }
 
+/// What to add to the message of a FlagCX failure that came without its
+/// cause (engine creation, connect): when the process cannot open a file
+/// descriptor right now, which FlagCX's sockets need, say so; else nothing.
+/// (A trial open of `/dev/null`: no heap, closed at once.)
+pub(crate) fn descriptor_note() -> &'static str {
+    match std::fs::File::open("/dev/null") {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+            " (the process cannot open a file descriptor: RLIMIT_NOFILE or the system's limit \
+             reached)"
+        }
+        _ => "",
+    }
+}
+
 /// `args` formatted as an error message without aborting when memory runs
 /// out (formatted on the stack, cut at 511 bytes, copied fallibly; empty
 /// when there is no room).

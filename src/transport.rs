@@ -515,9 +515,13 @@ impl Drop for Transport {
 /// server unless another transport did).
 fn engine_and_endpoint(config: &Config) -> Result<(TryArc<EngineRef>, Option<String>)> {
     let engine = EngineRef::acquire().map_err(|e| {
+        let why = match crate::error::descriptor_note() {
+            "" => ": no usable FlagCX device?",
+            note => note,
+        };
         Error::new(
             Status::MCFX_E_FLAGCX,
-            message(format_args!("flagcxP2pEngineCreate failed ({e}): no usable FlagCX device?")),
+            message(format_args!("flagcxP2pEngineCreate failed ({e}){why}")),
         )
     })?;
     let engine = TryArc::try_new(engine)

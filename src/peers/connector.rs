@@ -707,7 +707,8 @@ fn connect(ctx: &Connector<'_>, peer: u64) -> Result<Connection, Error> {
     }
     ctx.connects.changed.notify_all();
     let conn = conn.map_err(|e| {
-        let why = message(format_args!("peer {peer} at {endpoint}: FlagCX connect: {e}"));
+        let note = crate::error::descriptor_note();
+        let why = message(format_args!("peer {peer} at {endpoint}: FlagCX connect: {e}{note}"));
         Error::new(Status::MCFX_E_CONNECT, why)
     })?;
     Ok(Connection { conn, made, request: 0 })
