@@ -6,10 +6,15 @@
 //! thread's, see `logging::inherit`), and the check that there is room for
 //! it before it starts.
 //!
-//! Invariant (issue 17): a thread starts only when a trial mapping of its
-//! stack and its start-up room succeeds, so that a shortage is a status
-//! ([`SpawnError::NoMemory`]) rather than an abort in std's or glibc's
-//! start-up code, where nothing can catch it.
+//! Invariants (issue 17): a thread starts only when a trial mapping of its
+//! stack and its start-up room and a trial allocation of its start-up heap
+//! succeed, so that a shortage is a status ([`SpawnError::NoMemory`])
+//! rather than an abort in std's or glibc's start-up code, where nothing
+//! can catch it; [`spawn`] returns once the thread is past that start-up
+//! (so the next spawn's trials see what it took); every library thread at
+//! its start, and every host thread at its first call, makes its
+//! parking_lot data at once ([`prepare_current`]), not at its first wait
+//! for a lock.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering::Acquire, Ordering::Release};
