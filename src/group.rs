@@ -279,10 +279,7 @@ impl Index {
     fn rebuild(&mut self, groups: usize, keys: impl Iterator<Item = (u64, Opcode)>) -> bool {
         let len = (groups * 2).next_power_of_two().max(2 * LINEAR);
         if len > self.entries.len() {
-            let mut entries = Vec::new();
-            if entries.try_reserve_exact(len).is_err() {
-                return false;
-            }
+            let Ok(mut entries) = fallible::with_capacity(len) else { return false };
             entries.resize(len, Entry::default());
             (self.entries, self.epoch) = (entries, 1);
         } else {

@@ -136,15 +136,10 @@ pub unsafe extern "C" fn mcfx_create(
         // SAFETY: the caller vouches config->struct_size bytes are readable.
         let c = unsafe { read_config(config)? };
         let (config, on_complete, resolver) = convert_config(&c)?;
-        let log = match convert_log(&c)? {
-            Some((level, f)) => match logging::register(level, f) {
-                Ok(sink) => Some(sink),
-                Err(crate::fallible::NoMemory) => {
-                    return fail(Status::MCFX_E_NO_MEMORY, "create: no memory for the log callback")
-                }
-            },
-            None => None,
-        };
+        let log =
+            convert_log(&c)?.map(|(level, f)| logging::register(level, f)).transpose().map_err(
+                |_| Error::new(Status::MCFX_E_NO_MEMORY, "create: no memory for the log callback"),
+            )?;
         // Creation's events, and the new threads' (they inherit the route),
         // go to this transport's callback only.
         let scope = Scope::enter(log.as_ref());

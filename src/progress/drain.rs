@@ -77,13 +77,10 @@ impl Progress {
             let mut group = None;
             if let Some(idx) = self.take_slot(op) {
                 group = match last {
-                    Some((p, o, g)) if p == peer && o == opcode => match self.groups.push(g, idx) {
-                        Ok(()) => Some(g),
-                        Err(NoMemory) => {
-                            self.no_memory_for_group(idx);
-                            None
-                        }
-                    },
+                    Some((p, o, g)) if p == peer && o == opcode => {
+                        let filed = self.groups.push(g, idx).map(|()| g);
+                        self.grouped(idx, filed)
+                    }
                     _ => {
                         last = self.route_to(idx, peer, opcode).map(|g| (peer, opcode, g));
                         last.map(|(_, _, g)| g)
@@ -159,13 +156,10 @@ impl Progress {
         // A known peer by lookup alone; a new one through `wait` (which
         // requests its first connect).
         match self.peers.ready(peer_id) {
-            Some(conn) => match self.groups.add(peer_id, opcode, conn, idx) {
-                Ok(g) => Some(g),
-                Err(NoMemory) => {
-                    self.no_memory_for_group(idx);
-                    None
-                }
-            },
+            Some(conn) => {
+                let filed = self.groups.add(peer_id, opcode, conn, idx);
+                self.grouped(idx, filed)
+            }
             None => {
                 self.wait_for_conn(peer_id, idx, false);
                 None
@@ -173,8 +167,19 @@ impl Progress {
         }
     }
 
-    /// No memory to file the op in this pass's groups: it completes
-    /// `MCFX_E_NO_MEMORY` (the host process stays up).
+    /// The group op `idx` was filed in; without memory to file it, the op
+    /// completes `MCFX_E_NO_MEMORY` (the host process stays up).
+    #[inline]
+    fn grouped(&mut self, idx: u32, filed: Result<usize, NoMemory>) -> Option<usize> {
+        match filed {
+            Ok(g) => Some(g),
+            Err(NoMemory) => {
+                self.no_memory_for_group(idx);
+                None
+            }
+        }
+    }
+
     #[cold]
     #[inline(never)]
     fn no_memory_for_group(&mut self, idx: u32) {
