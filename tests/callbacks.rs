@@ -28,6 +28,10 @@ unsafe extern "C-unwind" fn panic_on_odd(ctx: *mut c_void, user_data: u64, _st: 
 
 #[test]
 fn a_panicking_callback_does_not_stop_the_progress_thread() {
+    // The provider's fault knobs and the panic hook are the process's: a
+    // test beside this one could hang its ops (HangOp) and have its own
+    // failure messages silenced by the hook below.
+    let _g = serial();
     let p = Panicky { calls: AtomicUsize::new(0) };
     let pair = Pair::with(64, |c| {
         c.on_complete = Some(panic_on_odd);
@@ -76,6 +80,7 @@ unsafe extern "C-unwind" fn submit_next(ctx: *mut c_void, user_data: u64, st: mc
 
 #[test]
 fn a_callback_can_submit_new_ops() {
+    let _g = serial();
     let src = AlignedBuf::new(64);
     let dst = AlignedBuf::new(64);
     let chain = Chain {
