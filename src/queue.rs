@@ -253,10 +253,9 @@ impl SubmitQueue {
         if wait.is_zero() {
             return (done, limit);
         }
-        // The progress thread frees room; make sure it is awake.
-        if done > 0 {
-            self.wake.notify();
-        }
+        // The progress thread frees room; make sure it is awake (the
+        // submit call may have published earlier chunks without a wake).
+        self.wake.notify();
         // `wait` bounds the wait for each op: it restarts whenever one fits.
         while done < n {
             let mut more = 0;

@@ -103,6 +103,12 @@ impl Wake {
         DrivingHere(DRIVING.with(|d| d.replace(self as *const Wake as usize)))
     }
 
+    /// The consumer sleeps until woken (not in a timed nap).
+    #[cfg(test)]
+    pub fn parked_for_test(&self) -> bool {
+        self.state.load(Ordering::SeqCst) == PARKED
+    }
+
     /// Producer side, after publishing work. Returns true when it had to
     /// unpark the consumer (a wake-up syscall); false on the fast path.
     ///
