@@ -310,8 +310,9 @@ impl Transport {
     ///
     /// The ops go out in chunks of [`SUBMIT_CHUNK`] ops per peer (up to
     /// [`WIDE_CHUNK`]): each chunk is checked, then reserved and published
-    /// with one CAS, so the progress thread starts on the first chunk (and
-    /// FlagCX, on the link) while this call is still checking the next one.
+    /// with one CAS, so an awake progress thread starts on the first chunk
+    /// (and FlagCX, on the link) while this call is still checking the next
+    /// one; a sleeping one is woken as the call returns ([`Announce`]).
     ///
     /// Hot path: per op a range check against the region of the op before (a
     /// binary search only when it differs) and a slot write; one atomic add
