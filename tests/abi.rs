@@ -6,8 +6,7 @@ mod common;
 
 use std::ffi::{c_char, c_void, CStr};
 use std::ptr;
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
 use common::*;
 use flagcx_sys::testing::AlignedBuf;
@@ -44,7 +43,7 @@ fn capabilities_name_the_software_provider_and_create_warns_about_it() {
         mcfx_capabilities(),
         MCFX_CAP_REPORTS_TRANSFER_FAILURES | MCFX_CAP_SOFTWARE_PROVIDER
     );
-    let logged = Arc::new(Logged::default());
+    let logged = Arc::new(LogLines::default());
     let _a = Node::with(with_log(&logged, mcfx_log_level::MCFX_LOG_WARN));
     assert_eq!(
         logged.wait_for("software FlagCX provider"),
@@ -268,61 +267,10 @@ fn config_init_writes_only_whole_fields() {
 
 // ---- the host log callback ----------------------------------------------------
 
-/// Every message a log callback received.
-#[derive(Default)]
-struct Logged {
-    lines: Mutex<Vec<(mcfx_log_level, String)>>,
-    changed: Condvar,
-}
-
-impl Logged {
-    fn count(&self) -> usize {
-        self.lines.lock().unwrap().len()
-    }
-
-    /// Waits (bounded) for a line containing `word`; returns its level.
-    fn wait_for(&self, word: &str) -> Option<mcfx_log_level> {
-        let deadline = Instant::now() + LIMIT;
-        let mut lines = self.lines.lock().unwrap();
-        loop {
-            if let Some((level, _)) = lines.iter().find(|(_, l)| l.contains(word)) {
-                return Some(*level);
-            }
-            let left = deadline.checked_duration_since(Instant::now())?;
-            lines = self.changed.wait_timeout(lines, left).unwrap().0;
-        }
-    }
-
-    fn contains(&self, word: &str) -> bool {
-        self.lines.lock().unwrap().iter().any(|(_, l)| l.contains(word))
-    }
-}
-
-unsafe extern "C-unwind" fn log_line(
-    ctx: *mut c_void,
-    level: mcfx_log_level,
-    message: *const c_char,
-) {
-    // SAFETY: ctx is the test's Logged (it outlives the transport); message
-    // is NUL-terminated during the call.
-    let (logged, text) = unsafe { (&*(ctx as *const Logged), CStr::from_ptr(message)) };
-    logged.lines.lock().unwrap().push((level, text.to_string_lossy().into_owned()));
-    logged.changed.notify_all();
-}
-
-fn with_log(logged: &Arc<Logged>, level: mcfx_log_level) -> impl FnOnce(&mut mcfx_config) {
-    let ctx = Arc::as_ptr(logged) as *mut c_void;
-    move |c| {
-        c.log = Some(log_line);
-        c.log_ctx = ctx;
-        c.log_level = level as u32;
-    }
-}
-
 #[test]
 fn the_log_callback_gets_its_transports_failed_op_warning_and_nothing_after_destroy() {
     let _g = serial();
-    let logged = Arc::new(Logged::default());
+    let logged = Arc::new(LogLines::default());
     let mut a = Node::with(with_log(&logged, mcfx_log_level::MCFX_LOG_WARN));
     let quiet = Node::new(); // no callback: its events go nowhere
     let (src, other) = (AlignedBuf::new(64), AlignedBuf::new(64));
@@ -351,7 +299,7 @@ fn the_log_callback_gets_its_transports_failed_op_warning_and_nothing_after_dest
 #[test]
 fn an_event_of_no_transport_reaches_every_callback() {
     let _g = serial();
-    let (one, two) = (Arc::new(Logged::default()), Arc::new(Logged::default()));
+    let (one, two) = (Arc::new(LogLines::default()), Arc::new(LogLines::default()));
     let a = Node::with(with_log(&one, mcfx_log_level::MCFX_LOG_WARN));
     let b = Node::with(with_log(&two, mcfx_log_level::MCFX_LOG_WARN));
     // This thread is in no transport's scope (not inside an mcfx_* call).
@@ -367,8 +315,8 @@ fn an_event_of_no_transport_reaches_every_callback() {
 #[test]
 fn the_log_level_selects_what_the_callback_gets() {
     let _g = serial();
-    let errors_only = Arc::new(Logged::default());
-    let verbose = Arc::new(Logged::default());
+    let errors_only = Arc::new(LogLines::default());
+    let verbose = Arc::new(LogLines::default());
     let a = Node::with(with_log(&errors_only, mcfx_log_level::MCFX_LOG_ERROR));
     let mut b = Node::with(with_log(&verbose, mcfx_log_level::MCFX_LOG_INFO));
     assert_eq!(verbose.wait_for("transport created"), Some(mcfx_log_level::MCFX_LOG_INFO));

@@ -16,7 +16,7 @@
 
 mod common;
 
-use std::ffi::{c_char, c_void, CStr};
+use std::ffi::{c_char, c_void};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex};
@@ -149,17 +149,6 @@ unsafe extern "C-unwind" fn resolve(
     unsafe { answer(endpoint, buf, cap) }
 }
 
-/// Log lines the transport sent to its callback.
-#[derive(Default)]
-struct Lines(Mutex<Vec<String>>);
-
-unsafe extern "C-unwind" fn log_line(ctx: *mut c_void, _: mcfx_log_level, message: *const c_char) {
-    // SAFETY: ctx is the Arc<Lines> the test keeps alive past destroy; the
-    // message is a valid C string during the call.
-    let (lines, text) = unsafe { (&*(ctx as *const Lines), CStr::from_ptr(message)) };
-    lines.0.lock().unwrap().push(text.to_string_lossy().into_owned());
-}
-
 /// A transport with a pool of `THREADS`, a 60 s connect timeout and the
 /// stuck resolver; a healthy peer (1) with `dst` registered; `src` on `a`.
 struct Setup {
@@ -171,7 +160,7 @@ struct Setup {
     src: AlignedBuf,
     dst: AlignedBuf,
     resolver: Arc<Resolver>,
-    lines: Arc<Lines>,
+    lines: Arc<LogLines>,
 }
 
 impl Setup {
@@ -186,16 +175,15 @@ impl Setup {
             returned: AtomicUsize::new(0),
         });
         assert_eq!(stuck == Stuck::Handshake, silent.is_some());
-        let lines = Arc::new(Lines::default());
+        let lines = Arc::new(LogLines::default());
+        let log = with_log(&lines, mcfx_log_level::MCFX_LOG_WARN);
         let a = Node::with(|c| {
             c.connect_threads = THREADS as u32;
             c.connect_timeout_ms = 60_000;
             c.op_timeout_ms = 120_000;
             c.resolve = Some(resolve);
             c.resolve_ctx = Arc::as_ptr(&resolver) as *mut c_void;
-            c.log = Some(log_line);
-            c.log_ctx = Arc::as_ptr(&lines) as *mut c_void;
-            c.log_level = mcfx_log_level::MCFX_LOG_WARN as u32;
+            log(c);
         });
         let (src, dst) = (AlignedBuf::new(4096), AlignedBuf::new(4096));
         a.register(&src);
@@ -218,7 +206,7 @@ impl Setup {
     }
 
     fn logged(&self, words: &str) -> bool {
-        self.lines.0.lock().unwrap().iter().any(|l| l.contains(words))
+        self.lines.contains(words)
     }
 }
 

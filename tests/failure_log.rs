@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::ffi::{c_char, c_void, CStr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use common::*;
 use flagcx_sys::testing::AlignedBuf;
@@ -14,28 +13,13 @@ use mooncake_flagcx::ffi::*;
 
 use mcfx_status::*;
 
-#[derive(Default)]
-struct Lines(Mutex<Vec<(mcfx_log_level, String)>>);
-
-unsafe extern "C-unwind" fn log_line(ctx: *mut c_void, level: mcfx_log_level, msg: *const c_char) {
-    // SAFETY: ctx is the test's Lines, alive past destroy; msg is a
-    // NUL-terminated string valid during the call.
-    let (lines, text) = unsafe { (&*(ctx as *const Lines), CStr::from_ptr(msg)) };
-    lines.0.lock().unwrap().push((level, text.to_string_lossy().into_owned()));
-}
-
 /// 20 000 ops to two unknown peers (the resolver fails each connect) and a
 /// handful of lines at WARN, one of them naming the count of the rest.
 #[test]
 fn twenty_thousand_failed_ops_make_a_handful_of_warn_lines() {
     let _g = serial();
-    let lines = Arc::new(Lines::default());
-    let ctx = Arc::as_ptr(&lines) as *mut c_void;
-    let mut a = Node::with(|c| {
-        c.log = Some(log_line);
-        c.log_ctx = ctx;
-        c.log_level = mcfx_log_level::MCFX_LOG_WARN as u32;
-    });
+    let lines = Arc::new(LogLines::default());
+    let mut a = Node::with(with_log(&lines, mcfx_log_level::MCFX_LOG_WARN));
     let src = AlignedBuf::new(4096);
     a.register(&src);
     const N: u64 = 20_000;
@@ -50,7 +34,7 @@ fn twenty_thousand_failed_ops_make_a_handful_of_warn_lines() {
     assert_eq!(by_status.get(&MCFX_E_RESOLVE), Some(&(N as usize)), "{by_status:?}");
     // Destroy flushes the summaries still counted.
     assert_eq!(a.destroy(), OK);
-    let lines = lines.0.lock().unwrap();
+    let lines = lines.lines.lock().unwrap();
     let warn: Vec<_> = lines
         .iter()
         .filter(|(l, _)| (*l as u32) <= mcfx_log_level::MCFX_LOG_WARN as u32)

@@ -12,8 +12,7 @@
 
 mod common;
 
-use std::ffi::{c_char, c_void, CStr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -55,17 +54,6 @@ impl Drop for NoNewDescriptors {
         // the hard one needs no privilege.
         unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &self.before) };
     }
-}
-
-/// The log lines a transport gave its callback.
-#[derive(Default)]
-struct Lines(Mutex<Vec<String>>);
-
-unsafe extern "C-unwind" fn log_line(ctx: *mut c_void, _: mcfx_log_level, message: *const c_char) {
-    // SAFETY: ctx is the Arc<Lines> the test keeps alive past destroy; the
-    // message is a valid C string during the call.
-    let (lines, text) = unsafe { (&*(ctx as *const Lines), CStr::from_ptr(message)) };
-    lines.0.lock().unwrap().push(text.to_string_lossy().into_owned());
 }
 
 /// Asserts `st` is one of `allowed`, naming the call.
@@ -130,12 +118,8 @@ fn out_of_file_descriptors_every_call_answers_and_the_peer_is_reached_after() {
     }
     let _serial = serial();
     // Outlives the pair (declared first, dropped last).
-    let lines = Arc::new(Lines::default());
-    let pair = Pair::with(1 << 20, |c| {
-        c.log = Some(log_line);
-        c.log_ctx = Arc::as_ptr(&lines) as *mut c_void;
-        c.log_level = mcfx_log_level::MCFX_LOG_WARN as u32;
-    });
+    let lines = Arc::new(LogLines::default());
+    let pair = Pair::with(1 << 20, with_log(&lines, mcfx_log_level::MCFX_LOG_WARN));
     // Peer 2 is the same transport under another id: a second connection.
     pair.a.knows(2, &pair.b);
     let to_peer_2 = |ud| write(pair.src.addr(), 4096, 2, pair.dst.addr() as u64, ud);
@@ -154,7 +138,7 @@ fn out_of_file_descriptors_every_call_answers_and_the_peer_is_reached_after() {
         documented("op to a new peer", pair.a.done.wait_one(1, limit), &[MCFX_E_CONNECT]);
         // The log says why: no descriptor, not an unreachable peer.
         wait_until(
-            || lines.0.lock().unwrap().iter().any(|l| l.contains("cannot open a file descriptor")),
+            || lines.contains("cannot open a file descriptor"),
             "no log line names the descriptor limit",
         );
         // Another transport; the process's engine exists already.

@@ -180,6 +180,7 @@ impl Progress {
         }
     }
 
+    /// `grouped`'s failure path, kept out of the drain's loop.
     #[cold]
     #[inline(never)]
     fn no_memory_for_group(&mut self, idx: u32) {

@@ -346,3 +346,59 @@ pub fn wait_until(mut cond: impl FnMut() -> bool, what: &str) {
         std::thread::sleep(Duration::from_millis(1));
     }
 }
+
+// ---- the host log callback ----------------------------------------------------
+
+/// Every message a transport's log callback received, with its level.
+#[derive(Default)]
+pub struct LogLines {
+    pub lines: Mutex<Vec<(mcfx_log_level, String)>>,
+    changed: Condvar,
+}
+
+impl LogLines {
+    pub fn count(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    /// Waits (bounded by [`LIMIT`]) for a line containing `word`; returns
+    /// its level, `None` if none came.
+    pub fn wait_for(&self, word: &str) -> Option<mcfx_log_level> {
+        let deadline = Instant::now() + LIMIT;
+        let mut lines = self.lines.lock().unwrap();
+        loop {
+            if let Some((level, _)) = lines.iter().find(|(_, l)| l.contains(word)) {
+                return Some(*level);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            lines = self.changed.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    pub fn contains(&self, word: &str) -> bool {
+        self.lines.lock().unwrap().iter().any(|(_, l)| l.contains(word))
+    }
+}
+
+unsafe extern "C-unwind" fn log_line(
+    ctx: *mut c_void,
+    level: mcfx_log_level,
+    message: *const c_char,
+) {
+    // SAFETY: ctx is the test's LogLines (it outlives the transport);
+    // message is NUL-terminated during the call.
+    let (log, text) = unsafe { (&*(ctx as *const LogLines), std::ffi::CStr::from_ptr(message)) };
+    log.lines.lock().unwrap().push((level, text.to_string_lossy().into_owned()));
+    log.changed.notify_all();
+}
+
+/// A config tweak that sends the transport's log lines at `level` and more
+/// severe to `log`, which must outlive the transport.
+pub fn with_log(log: &Arc<LogLines>, level: mcfx_log_level) -> impl FnOnce(&mut mcfx_config) {
+    let ctx = Arc::as_ptr(log) as *mut c_void;
+    move |c| {
+        c.log = Some(log_line);
+        c.log_ctx = ctx;
+        c.log_level = level as u32;
+    }
+}
