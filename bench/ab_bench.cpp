@@ -1624,6 +1624,10 @@ std::vector<Shape> request_shapes(bool quick) {
 // - regions: `x` regions of 4 KiB (one page, never touched) registered on
 //   the initiator and `x` on the target; op k of the run uses region k % x
 //   on both sides (every op a different region, round-robin);
+// - regions_local, regions_remote: the same with `x` regions on one side
+//   only and one on the other, to tell which side's lookups a growth comes
+//   from (the initiator's: the transport's region tree and holds, FlagCX's
+//   local key check; the target's: FlagCX's descriptor and remote checks);
 // - peers: `x` target transports in this process (raw: `x` target engines),
 //   op k goes to peer k % x; targets have connect_threads = 1;
 // - threads: `x` submitting threads, one batch in flight each.
@@ -1634,12 +1638,14 @@ Shape scaling_shape(const std::string &dim, uint64_t x, bool quick) {
   sh.seconds = quick ? 0.3 : 0.5;
   sh.warmup_requests = 20;
   constexpr uint32_t kPage = 4096;
-  if (dim == "regions") {
-    sh.lregions = sh.rregions = uint32_t(x);
+  if (dim == "regions" || dim == "regions_local" || dim == "regions_remote") {
+    const bool local = dim != "regions_remote", remote = dim != "regions_local";
+    sh.lregions = local ? uint32_t(x) : 1;
+    sh.rregions = remote ? uint32_t(x) : 1;
     sh.region_bytes = kPage;
-    sh.op = [x](int, uint64_t q, uint32_t i, OpSpec &s) {
+    sh.op = [x, local, remote](int, uint64_t q, uint32_t i, OpSpec &s) {
       const uint32_t reg = uint32_t((q * 64 + i) % x);
-      s = {reg, 0, 0, reg, 0, kPage};
+      s = {local ? reg : 0, 0, 0, remote ? reg : 0, 0, kPage};
     };
   } else if (dim == "peers") {
     sh.peers = int(x);
@@ -1658,7 +1664,8 @@ Shape scaling_shape(const std::string &dim, uint64_t x, bool quick) {
       s = {0, off, 0, 0, off, kPage};
     };
   } else {
-    die("unknown scaling dimension " + dim + " (regions, peers, threads)");
+    die("unknown scaling dimension " + dim +
+        " (regions, regions_local, regions_remote, peers, threads)");
   }
   return sh;
 }

@@ -4,6 +4,11 @@
 # one dimension grows, for cpp, rust (LD_PRELOAD) and raw:
 #   regions  1 16 256 4096 65536   registered 4 KiB regions on each side, op k
 #                                  in region k % x on both sides
+#   regions_local, regions_remote  the same points with x regions on one side
+#                                  only (the initiator's, the target's) and one
+#                                  on the other: which side's lookups grow
+#                                  (not run by default; name them in
+#                                  AB_SCALING_DIMS)
 #   peers    1 4 16 64 256         target transports in the process (raw:
 #                                  target engines), op k to peer k % x; the
 #                                  targets run with connect_threads = 1
@@ -39,7 +44,7 @@ log=$out/scaling.log
 
 points() {
   case $1 in
-    regions) echo 1 16 256 4096 65536 ;;
+    regions | regions_local | regions_remote) echo 1 16 256 4096 65536 ;;
     peers) echo 1 4 16 64 256 ;;
     threads) echo 1 2 4 8 16 32 ;;
     *) echo "ab_scaling.sh: unknown curve $1" >&2; exit 2 ;;

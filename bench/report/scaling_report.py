@@ -30,7 +30,7 @@ from collections import defaultdict
 from common import fmt_ns, fmt_rate, json_lines, machine, median_of
 
 IMPLS = ["cpp", "rust", "raw"]
-DIMS = ["regions", "peers", "threads"]
+DIMS = ["regions", "regions_local", "regions_remote", "peers", "threads"]
 METRICS = ["ns_per_op", "process_cpu_ns_per_op", "ops_per_s", "p50_ns", "p99_ns",
            "cpu_ns_per_op", "link_utilization", "failed_requests", "register_ns",
            "flagcx_calls_per_op"]
@@ -111,7 +111,7 @@ def slopes(agg):
                             worst = (v, a["x"], b["x"])
                 e["worst_step_ops_ratio"] = worst[0] if worst else None
                 e["worst_step"] = [worst[1], worst[2]] if worst else None
-            if dim == "regions" and hi["regions"] > lo["regions"]:
+            if dim.startswith("regions") and hi["regions"] > lo["regions"]:
                 e["rss_bytes_per_region"] = ((hi["rss_registered_delta"] - lo["rss_registered_delta"])
                                              / (hi["regions"] - lo["regions"]))
             if dim == "peers" and hi["peers"] > lo["peers"]:
@@ -175,7 +175,7 @@ def print_table(agg, slp, loads=None):
           "one peer and at most 8 entries per call, so 0.125 is its floor up to 8 peers, x/64 "
           "from 8 to 64 peers; cpp: one call per peer and submit); mem: VmRSS delta per region registered and registration time per "
           "region (regions), per peer connected and per target transport (peers)")
-    hdr = (f"{'curve':<8} {'x':>6} {'impl':<5} {'ns/op':>8} {'proc/op':>9} {'ops/s':>8} "
+    hdr = (f"{'curve':<14} {'x':>6} {'impl':<5} {'ns/op':>8} {'proc/op':>9} {'ops/s':>8} "
            f"{'p99/req':>9} {'calls/op':>8} {'mem':>28}")
     print(hdr)
     print("-" * len(hdr))
@@ -186,7 +186,7 @@ def print_table(agg, slp, loads=None):
                 p = next((q for q in per_impl.get(impl, []) if q["x"] == x), None)
                 if p is None:
                     continue
-                if dim == "regions":
+                if dim.startswith("regions"):
                     mem = (f"{fmt_bytes(p['rss_per_region'])}/region "
                            f"reg {fmt_ns(p['register_ns_per_region'])}")
                 elif dim == "peers":
@@ -196,7 +196,7 @@ def print_table(agg, slp, loads=None):
                     mem = ""
                 calls = p.get("flagcx_calls_per_op")
                 calls = f"{calls:.3f}" if calls is not None else "-"
-                print(f"{dim:<8} {x:>6} {impl:<5} {fmt_ns(p['ns_per_op']):>8} "
+                print(f"{dim:<14} {x:>6} {impl:<5} {fmt_ns(p['ns_per_op']):>8} "
                       f"{fmt_ns(p['process_cpu_ns_per_op']):>9} {fmt_rate(p['ops_per_s']):>8} "
                       f"{fmt_ns(p['p99_ns']):>9} {calls:>8} {mem:>28}")
     print()
@@ -215,7 +215,7 @@ def print_table(agg, slp, loads=None):
             if "rss_bytes_per_peer" in e:
                 parts.append(f"{fmt_bytes(e['rss_bytes_per_peer'])} per connected peer, "
                              f"{fmt_bytes(e['rss_bytes_per_target'])} per target transport")
-            print(f"  {dim:<8} {impl:<5} {e['from']}->{e['to']}: " + ", ".join(parts))
+            print(f"  {dim:<14} {impl:<5} {e['from']}->{e['to']}: " + ", ".join(parts))
 
 
 def plot(agg, out, commit):
