@@ -59,6 +59,13 @@ const CALLER_SPINS: u32 = 256;
 /// Shortest spacing of callers' passes that only poll (nothing new queued):
 /// polling a transfer more often than this finds nothing new.
 const MIN_POLL_SPACING_NS: u64 = 1_000;
+/// Longest such spacing: `LONG_PASS`. A pass that took longer (wall time)
+/// copied bytes or lost its CPU midway; spacing the next ones by that long
+/// only leaves finished transfers unseen. Uncapped, a caller preempted
+/// for 8 ms inside a pass kept every poll-only pass away for the next
+/// 8 ms (tebench, 1 MiB batch 64 on the modeled NIC beside busy loops:
+/// batches of 12-22 ms against 2.9 ms).
+const MAX_POLL_SPACING_NS: u64 = LONG_PASS.as_nanos() as u64;
 /// A caller's pass: a few microseconds of work at most (ops taken from the
 /// queue, calls polled), so the scheduler rarely preempts a caller while it
 /// holds the passes (ten polling threads on two CPUs are preempted every
@@ -85,6 +92,8 @@ const CALLER_SLEEP: Duration = Duration::from_micros(200);
 /// holder lost its CPU. A caller spinning beside it only takes CPU from
 /// it, so the caller sleeps until one of its ops completes. Passes are a
 /// few microseconds otherwise (a full one on the modeled NIC: under 20 us).
+/// The progress thread, beside a caller's pass held this long, naps instead
+/// of spinning for the same reason.
 const LONG_PASS: Duration = Duration::from_micros(50);
 
 /// A pass with a caller's budget (never more than the transport's own);
@@ -198,7 +207,8 @@ fn should_sleep(
 
 /// Whether the pass `held` (its number; `None`: this call found the passes
 /// free) has been held by another thread for `LONG_PASS` of this thread's
-/// calls on `handle` (`last`: what the last call saw, updated).
+/// calls on `handle` (`last`: what the last call saw, updated; the
+/// progress thread's own looks use handle 0).
 fn long_pass(
     last: &mut (usize, u64, Option<Instant>),
     handle: usize,
@@ -218,6 +228,12 @@ fn long_pass(
             false
         }
     }
+}
+
+/// How long after a caller's pass of `last_len` ns callers wait before a
+/// pass that would only poll.
+fn poll_spacing(last_len: u64) -> u64 {
+    last_len.clamp(MIN_POLL_SPACING_NS, MAX_POLL_SPACING_NS)
 }
 
 /// Whether `waiting` threads crowd `cpus` CPUs: only when they alone
@@ -287,7 +303,7 @@ impl Driver {
                 return Err(None);
             }
             let t = self.ns_since_epoch();
-            let spacing = self.last_len_ns.load(Relaxed).max(MIN_POLL_SPACING_NS);
+            let spacing = poll_spacing(self.last_len_ns.load(Relaxed));
             if t < self.last_end_ns.load(Relaxed).saturating_add(spacing) {
                 return Err(None);
             }
@@ -411,6 +427,8 @@ impl Driver {
         let mut idle = Idle::new(shared.config.spin_grace, shared.config.pin_asleep);
         let mut seen_caller_passes = 0;
         let mut short_passes = 0u32;
+        // The caller's pass this thread last found held (see `long_pass`).
+        let mut beside = (0, 0, None);
         while !shared.queue.is_closed() {
             // Nothing outstanding and nothing new: spin on a few loads,
             // without the lock (a thread preempted here blocks no caller).
@@ -424,7 +442,13 @@ impl Driver {
                 // A caller is running a pass: it does the work.
                 let now = Instant::now();
                 idle.callers_drive(now);
-                if idle.spin_beside_caller(now) {
+                // The same pass held for `LONG_PASS`: its caller copies or
+                // is off its CPU, maybe preempted by this very thread (a
+                // woken thread preempts the one that woke it). Spinning
+                // then keeps it off for a whole time slice.
+                let held = Some(self.passes.load(Relaxed));
+                let long = long_pass(&mut beside, 0, held, now);
+                if idle.spin_beside_caller(now) && !long {
                     self.spin_while_callers_drive();
                 } else {
                     self.nap_while_callers_drive(&mut idle);
@@ -588,6 +612,15 @@ mod tests {
         assert!(!long_pass(&mut last, H, Some(19), at(800)), "free in between: starts over");
         assert!(!long_pass(&mut last, H + 64, Some(19), at(900)), "another transport");
         assert!(long_pass(&mut last, H + 64, Some(19), at(950)));
+    }
+
+    /// Callers space poll-only passes by the last caller's pass, but never
+    /// by more than `LONG_PASS`: a pass that long was preempted or copied.
+    #[test]
+    fn poll_spacing_follows_the_last_pass_up_to_long_pass() {
+        assert_eq!(poll_spacing(0), MIN_POLL_SPACING_NS);
+        assert_eq!(poll_spacing(7_000), 7_000);
+        assert_eq!(poll_spacing(8_000_000), LONG_PASS.as_nanos() as u64, "preempted for 8 ms");
     }
 
     #[test]

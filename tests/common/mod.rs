@@ -333,6 +333,33 @@ pub fn thread_cpu_time() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// CPU time (user + system) the thread `tid` of this process has run, from
+/// `/proc` (clock ticks: 10 ms apiece on Linux).
+pub fn task_cpu_time(tid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: state is field 3, utime 14 and stime 15.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_nanos(ticks * 1_000_000_000 / hz)
+}
+
+/// The progress thread `tid` sleeps between its looks: over half a second
+/// it runs under a quarter of the time. (Spinning, it ran all of it on an
+/// idle machine; a busy machine only lowers the share, so this cannot fail
+/// for load.)
+pub fn assert_napping(tid: i32, what: &str) {
+    let (cpu0, t0) = (task_cpu_time(tid), Instant::now());
+    // A measurement window, not a synchronization.
+    std::thread::sleep(Duration::from_millis(500));
+    let (cpu1, t1) = (task_cpu_time(tid), Instant::now());
+    let share = (cpu1 - cpu0).as_secs_f64() / (t1 - t0).as_secs_f64();
+    assert!(share < 0.25, "{what}: the progress thread ran {:.0} % of the time", share * 100.0);
+}
+
 pub const LIMIT: Duration = Duration::from_secs(30);
 pub const OK: mcfx_status = mcfx_status::MCFX_OK;
 
