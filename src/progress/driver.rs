@@ -18,7 +18,9 @@
 //! the passes stalls the others. So a caller's pass is short
 //! (`CALLER_BUDGET`), callers space the passes that would only poll, and a
 //! thread whose calls keep finding nothing to do skips a growing number of
-//! them without touching shared state (`poll_backoff`).
+//! them without touching shared state (`poll_backoff`). The other way
+//! round, the progress thread naps beside a caller's pass that lasts
+//! (`LONG_PASS`): its holder may be off its CPU, and spinning keeps it off.
 //!
 //! Invariants:
 //! - one pass at a time: `Progress` is reached only through `progress`'s
