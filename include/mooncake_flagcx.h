@@ -320,7 +320,7 @@ typedef struct mcfx_config {
   // fail at once; at most `MCFX_MAX_SUBMIT_WAIT_US`).
   uint32_t submit_wait_us;
   // Per-op deadline, in ms, counted from the `mcfx_submit` call that
-  // queued the op (coarse clock: granularity 1-4 ms; never early). Default
+  // queued the op (never early; noticed within a few ms after). Default
   // `MCFX_DEFAULT_OP_TIMEOUT_MS`, at most `MCFX_MAX_OP_TIMEOUT_MS`.
   uint32_t op_timeout_ms;
   // How long an op waits for its peer's connection, in ms (default
@@ -683,9 +683,10 @@ mcfx_status mcfx_unregister_batch(struct mcfx_transport *transport,
 //
 // Each queued op's deadline (`op_timeout_ms`) counts from this call,
 // wherever the op is when it passes (queued, waiting for its connection, or
-// in FlagCX). It is read from a coarse monotonic clock (one read per call;
-// granularity 1-4 ms on Linux), so an op times out no earlier than
-// `op_timeout_ms` after the call and typically within a few ms after.
+// in FlagCX). The call reads the monotonic clock once and deadlines are
+// checked against a coarse clock (granularity 1-4 ms on Linux) that is
+// never ahead of it, so an op times out no earlier than `op_timeout_ms`
+// after the call and typically within a few ms after.
 //
 // Thread-safe; never blocks, except waiting asleep up to `submit_wait_us`
 // for room (woken as ops complete), and never calls FlagCX. Ops are queued a few at a time as they are

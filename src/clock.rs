@@ -1,20 +1,21 @@
 //! The coarse monotonic clock ops are stamped with and compared against.
 //!
-//! Owns [`CoarseTime`]: `CLOCK_MONOTONIC_COARSE` on Linux (the time of the
-//! last timer tick, read from the vDSO without a counter read: a few ns;
-//! resolution 1-4 ms), in ns. Submit reads it once per call to stamp its
-//! ops' deadlines; the progress thread reads it at most once per pass to
-//! compare them; a connector reads it before each FlagCX connect.
+//! Owns [`CoarseTime`]: a reading of the monotonic clock in ns, either
+//! coarse (`now`: `CLOCK_MONOTONIC_COARSE` on Linux, the time of the last
+//! timer tick, read from the vDSO without a counter read: a few ns) or
+//! exact (`exact`: `CLOCK_MONOTONIC`, about 20 ns). Submit reads the exact
+//! clock once per call to stamp its ops' deadlines, and a connector reads
+//! it before each FlagCX connect; the progress thread reads the coarse one
+//! at most once per pass to compare deadlines.
 //!
-//! Invariants: a reading lags the true time by less than [`resolution`]
-//! (so a deadline adds it, and an op never times out early); the clock is
-//! one system-wide value that only grows, so a reading greater than
-//! another was taken after it (equal readings, one tick, may be in either
-//! order).
-//!
-//! [`resolution`]: CoarseTime::resolution
-
-use std::time::Duration;
+//! Invariants: both are one system-wide timeline that only grows, and a
+//! coarse reading is the exact time of the last tick, so it is never ahead
+//! of an exact reading taken after it. An op whose deadline an exact stamp
+//! set and a coarse reading found passed never timed out early. How far a
+//! coarse reading lags is not bounded by the tick: on a tickless or busy
+//! VM ticks are late (here, with 4 ms ticks: up to 8 ms on a quiet
+//! 2-vCPU KVM guest, 20 ms beside busy loops), so a coarse stamp plus one
+//! tick let an op time out early (a 3 s deadline fired 1.7 ms early in CI).
 
 /// A reading of the coarse monotonic clock, in ns (see the module doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -35,15 +36,14 @@ impl CoarseTime {
         CoarseTime(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
     }
 
-    /// The clock's tick: a reading lags the true time by less than this.
-    pub fn resolution() -> Duration {
+    /// An exact reading: for stamps that coarse readings are compared with
+    /// later (see the module doc).
+    #[inline]
+    pub fn exact() -> CoarseTime {
         let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: as in `now`.
-        let ok = unsafe { libc::clock_getres(COARSE_CLOCK, &mut ts) } == 0;
-        if !ok {
-            return Duration::from_millis(10);
-        }
-        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+        // SAFETY: as in `now`; CLOCK_MONOTONIC exists everywhere.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        CoarseTime(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
     }
 
     /// The reading in ns.
@@ -52,8 +52,8 @@ impl CoarseTime {
         self.0
     }
 
-    /// The deadline for ops submitted at `self`: `after` (an op timeout plus
-    /// the clock's resolution, see `Transport`) later.
+    /// The deadline for ops submitted at `self` (an exact reading): `after`
+    /// (an op timeout, see `TransportState::deadline_after_ns`) later.
     #[inline]
     pub fn plus_ns(self, after: u64) -> CoarseTime {
         CoarseTime(self.0.saturating_add(after))
@@ -63,5 +63,25 @@ impl CoarseTime {
     #[inline]
     pub fn minus_ns(self, before: u64) -> CoarseTime {
         CoarseTime(self.0.saturating_sub(before))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A coarse reading is never ahead of an exact one taken after it, and
+    /// both only grow: what makes an exact stamp compared with a coarse
+    /// reading never time out early.
+    #[test]
+    fn a_coarse_reading_is_never_ahead_of_a_later_exact_one() {
+        let mut last = CoarseTime::exact();
+        for _ in 0..100_000 {
+            let coarse = CoarseTime::now();
+            let exact = CoarseTime::exact();
+            assert!(coarse <= exact, "coarse {coarse:?} ahead of exact {exact:?}");
+            assert!(exact >= last, "the exact clock went back");
+            last = exact;
+        }
     }
 }

@@ -344,7 +344,7 @@ impl Transport {
     ) -> Result<()> {
         *accepted = 0;
         let mut view = self.shared.registry.view();
-        let deadline = CoarseTime::now().plus_ns(self.shared.deadline_after_ns);
+        let deadline = CoarseTime::exact().plus_ns(self.shared.deadline_after_ns);
         let wait = self.shared.config.submit_wait;
         let max_in_flight = self.shared.config.max_in_flight;
         let waiter = crate::waiters::my_slot();

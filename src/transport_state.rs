@@ -48,17 +48,16 @@ pub(crate) struct TransportState {
     /// The transport's handle slot (its gate): given back last, when no
     /// thread of the transport (a detached connector included) is left.
     pub slot: Lease,
-    /// An op's deadline after its submit call's coarse clock reading, in
-    /// ns: `op_timeout` plus the clock's resolution, so that an op never
-    /// times out early (a reading lags the true time by up to one tick).
-    /// The progress thread takes it off a deadline to get the reading back.
+    /// An op's deadline after its submit call's exact clock reading, in ns
+    /// (`op_timeout`; compared with coarse readings, which are never ahead,
+    /// so an op never times out early: see `clock`). The progress thread
+    /// takes it off a deadline to get the reading back.
     pub deadline_after_ns: u64,
 }
 
 /// `deadline_after_ns` for `op_timeout`.
 pub(crate) fn deadline_after_ns(op_timeout: std::time::Duration) -> u64 {
-    let after = op_timeout + crate::clock::CoarseTime::resolution();
-    u64::try_from(after.as_nanos()).unwrap_or(u64::MAX)
+    u64::try_from(op_timeout.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// A leased handle slot, given back on drop.

@@ -423,9 +423,10 @@ pub unsafe extern "C" fn mcfx_unregister_batch(
 ///
 /// Each queued op's deadline (`op_timeout_ms`) counts from this call,
 /// wherever the op is when it passes (queued, waiting for its connection, or
-/// in FlagCX). It is read from a coarse monotonic clock (one read per call;
-/// granularity 1-4 ms on Linux), so an op times out no earlier than
-/// `op_timeout_ms` after the call and typically within a few ms after.
+/// in FlagCX). The call reads the monotonic clock once and deadlines are
+/// checked against a coarse clock (granularity 1-4 ms on Linux) that is
+/// never ahead of it, so an op times out no earlier than `op_timeout_ms`
+/// after the call and typically within a few ms after.
 ///
 /// Thread-safe; never blocks, except waiting asleep up to `submit_wait_us`
 /// for room (woken as ops complete), and never calls FlagCX. Ops are queued a few at a time as they are

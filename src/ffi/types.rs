@@ -118,7 +118,7 @@ pub struct mcfx_config {
     /// fail at once; at most `MCFX_MAX_SUBMIT_WAIT_US`).
     pub submit_wait_us: u32,
     /// Per-op deadline, in ms, counted from the `mcfx_submit` call that
-    /// queued the op (coarse clock: granularity 1-4 ms; never early). Default
+    /// queued the op (never early; noticed within a few ms after). Default
     /// `MCFX_DEFAULT_OP_TIMEOUT_MS`, at most `MCFX_MAX_OP_TIMEOUT_MS`.
     pub op_timeout_ms: u32,
     /// How long an op waits for its peer's connection, in ms (default

@@ -129,7 +129,7 @@ pub type SharedConn = crate::fallible::TryArc<Connection>;
 /// `progress::Progress::covers`).
 pub struct Connection {
     conn: Conn,
-    /// The coarse clock when its FlagCX connect began (the clock submit
+    /// The exact clock when its FlagCX connect began (the clock submit
     /// stamps ops with): the snapshot was taken after this reading, so
     /// after any submit call whose reading is smaller (see `CoarseTime`).
     pub made: CoarseTime,
@@ -152,7 +152,7 @@ impl Connection {
     /// A connection made by hand (tests), stamped now.
     #[cfg(test)]
     pub(crate) fn for_test(conn: Conn) -> Connection {
-        Connection { conn, made: CoarseTime::now(), request: 0 }
+        Connection { conn, made: CoarseTime::exact(), request: 0 }
     }
 }
 
@@ -698,8 +698,9 @@ fn connect(ctx: &Connector<'_>, peer: u64) -> Result<Connection, Error> {
         }
         pool.in_flagcx += 1;
     }
-    // Before the handshake, in which the peer sends its regions.
-    let made = CoarseTime::now();
+    // Before the handshake, in which the peer sends its regions; exact, as
+    // the submit stamps it is compared with.
+    let made = CoarseTime::exact();
     let conn = ctx.engine.engine.connect(&host, 0, port);
     {
         let mut pool = ctx.connects.pool.lock();

@@ -255,10 +255,10 @@ impl PeerTable {
     /// `deadline`, so that it describes everything the peer registered
     /// before that submit: when the op left the queue before the connection
     /// was asked for (exact: both happen on the progress thread), or when
-    /// the coarse clock read before the connection's FlagCX connect is later
+    /// the exact clock read before the connection's FlagCX connect is later
     /// than the op's submit call's reading (its deadline less
     /// `deadline_after_ns`; the clock is one system-wide value, so a later
-    /// reading was taken later; equal ones, one tick, do not count).
+    /// reading was taken later; equal ones do not count).
     pub fn covers(&self, mark: OpMark, deadline: CoarseTime, conn: &Connection) -> bool {
         drained_before(mark.drained_at, conn.request)
             || conn.made > deadline.minus_ns(self.deadline_after_ns)

@@ -688,7 +688,7 @@ mod grouping_tests {
         let admission = shared.queue.enter().unwrap();
         let region = shared.registry.view().find(base, OPS * PAGE).unwrap();
         assert!(shared.registry.hold(region, OPS as u64));
-        let deadline = CoarseTime::now().plus_ns(shared.deadline_after_ns);
+        let deadline = CoarseTime::exact().plus_ns(shared.deadline_after_ns);
         let (pushed, _) = shared.queue.push_batch(
             &admission,
             OPS,
