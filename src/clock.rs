@@ -1,7 +1,8 @@
-//! The coarse monotonic clock ops are stamped with and compared against.
+//! The monotonic clock ops are stamped with (exact) and compared against
+//! (coarse).
 //!
-//! Owns [`CoarseTime`]: a reading of the monotonic clock in ns, either
-//! coarse (`now`: `CLOCK_MONOTONIC_COARSE` on Linux, the time of the last
+//! Owns [`MonoTime`]: a reading of the monotonic clock in ns, either
+//! coarse (`coarse`: `CLOCK_MONOTONIC_COARSE` on Linux, the time of the last
 //! timer tick, read from the vDSO without a counter read: a few ns) or
 //! exact (`exact`: `CLOCK_MONOTONIC`, about 20 ns). Submit reads the exact
 //! clock once per call to stamp its ops' deadlines, and a connector reads
@@ -17,33 +18,38 @@
 //! 2-vCPU KVM guest, 20 ms beside busy loops), so a coarse stamp plus one
 //! tick let an op time out early (a 3 s deadline fired 1.7 ms early in CI).
 
-/// A reading of the coarse monotonic clock, in ns (see the module doc).
+/// A reading of the monotonic clock, coarse or exact, in ns (see the module
+/// doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct CoarseTime(u64);
+pub struct MonoTime(u64);
+
+#[inline]
+fn read(clock: libc::clockid_t) -> MonoTime {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; both clock ids exist on
+    // this target, so the call cannot fail.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    MonoTime(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
 
 #[cfg(target_os = "linux")]
 const COARSE_CLOCK: libc::clockid_t = libc::CLOCK_MONOTONIC_COARSE;
 #[cfg(not(target_os = "linux"))]
 const COARSE_CLOCK: libc::clockid_t = libc::CLOCK_MONOTONIC;
 
-impl CoarseTime {
+impl MonoTime {
+    /// A coarse reading: the time of the last timer tick (see the module
+    /// doc), for comparing against stamps.
     #[inline]
-    pub fn now() -> CoarseTime {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: `ts` is a valid, writable timespec; the clock id exists on
-        // this target, so the call cannot fail.
-        unsafe { libc::clock_gettime(COARSE_CLOCK, &mut ts) };
-        CoarseTime(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+    pub fn coarse() -> MonoTime {
+        read(COARSE_CLOCK)
     }
 
     /// An exact reading: for stamps that coarse readings are compared with
     /// later (see the module doc).
     #[inline]
-    pub fn exact() -> CoarseTime {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: as in `now`; CLOCK_MONOTONIC exists everywhere.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        CoarseTime(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+    pub fn exact() -> MonoTime {
+        read(libc::CLOCK_MONOTONIC)
     }
 
     /// The reading in ns.
@@ -55,14 +61,14 @@ impl CoarseTime {
     /// The deadline for ops submitted at `self` (an exact reading): `after`
     /// (an op timeout, see `TransportState::deadline_after_ns`) later.
     #[inline]
-    pub fn plus_ns(self, after: u64) -> CoarseTime {
-        CoarseTime(self.0.saturating_add(after))
+    pub fn plus_ns(self, after: u64) -> MonoTime {
+        MonoTime(self.0.saturating_add(after))
     }
 
     /// `before` earlier (at 0 at the earliest).
     #[inline]
-    pub fn minus_ns(self, before: u64) -> CoarseTime {
-        CoarseTime(self.0.saturating_sub(before))
+    pub fn minus_ns(self, before: u64) -> MonoTime {
+        MonoTime(self.0.saturating_sub(before))
     }
 }
 
@@ -75,10 +81,10 @@ mod tests {
     /// reading never time out early.
     #[test]
     fn a_coarse_reading_is_never_ahead_of_a_later_exact_one() {
-        let mut last = CoarseTime::exact();
+        let mut last = MonoTime::exact();
         for _ in 0..100_000 {
-            let coarse = CoarseTime::now();
-            let exact = CoarseTime::exact();
+            let coarse = MonoTime::coarse();
+            let exact = MonoTime::exact();
             assert!(coarse <= exact, "coarse {coarse:?} ahead of exact {exact:?}");
             assert!(exact >= last, "the exact clock went back");
             last = exact;

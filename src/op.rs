@@ -2,7 +2,7 @@
 //! and what travels through the queue ([`Op`]: the request, its region
 //! hold and its deadline, moved by value: no allocation per op).
 
-use crate::clock::CoarseTime;
+use crate::clock::MonoTime;
 use crate::registry::RegionSlot;
 
 /// Direction of a transfer, from the local side's point of view.
@@ -60,9 +60,9 @@ pub struct Op {
     pub remote: u64,
     pub user_data: u64,
     /// When it fails with `MCFX_E_TIMEOUT`: `op_timeout` after the submit
-    /// call that queued it (see [`CoarseTime`]), wherever it is by then (in
+    /// call that queued it (see [`MonoTime`]), wherever it is by then (in
     /// the queue, waiting for a connection, or in FlagCX).
-    pub deadline: CoarseTime,
+    pub deadline: MonoTime,
     /// The region it holds (released at its completion).
     pub region: RegionSlot,
     pub opcode: Opcode,
@@ -73,7 +73,7 @@ pub struct Op {
 
 impl Op {
     #[inline]
-    pub fn new(req: OpRequest, region: RegionSlot, deadline: CoarseTime, waiter: u8) -> Op {
+    pub fn new(req: OpRequest, region: RegionSlot, deadline: MonoTime, waiter: u8) -> Op {
         let OpRequest { opcode, local, len, peer, remote, user_data } = req;
         Op { local, len, peer, remote, user_data, deadline, region, opcode, waiter }
     }

@@ -19,7 +19,7 @@ use std::thread::{JoinHandle, ThreadId};
 use arrayvec::ArrayVec;
 use parking_lot::Mutex;
 
-use crate::clock::CoarseTime;
+use crate::clock::MonoTime;
 use crate::config::Config;
 use crate::error::{fail, message, Error, Result, Status};
 use crate::fallible::TryArc;
@@ -306,7 +306,7 @@ impl Transport {
     /// `max_in_flight`) `reqs[*accepted..]` were not queued; on
     /// `MCFX_E_SHUTTING_DOWN` nothing was. Every queued op's
     /// deadline is `op_timeout` after this call (one coarse clock read per
-    /// call, see `CoarseTime`).
+    /// call, see `MonoTime`).
     ///
     /// The ops go out in chunks of [`SUBMIT_CHUNK`] ops per peer (up to
     /// [`WIDE_CHUNK`]): each chunk is checked, then reserved and published
@@ -344,7 +344,7 @@ impl Transport {
     ) -> Result<()> {
         *accepted = 0;
         let mut view = self.shared.registry.view();
-        let deadline = CoarseTime::exact().plus_ns(self.shared.deadline_after_ns);
+        let deadline = MonoTime::exact().plus_ns(self.shared.deadline_after_ns);
         let wait = self.shared.config.submit_wait;
         let max_in_flight = self.shared.config.max_in_flight;
         let waiter = crate::waiters::my_slot();

@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 use arrayvec::ArrayVec;
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
-use crate::clock::CoarseTime;
+use crate::clock::MonoTime;
 use crate::config::MAX_ENDPOINT_LEN;
 use crate::error::{Error, Status};
 use crate::logging::message;
@@ -131,8 +131,8 @@ pub struct Connection {
     conn: Conn,
     /// The exact clock when its FlagCX connect began (the clock submit
     /// stamps ops with): the snapshot was taken after this reading, so
-    /// after any submit call whose reading is smaller (see `CoarseTime`).
-    pub made: CoarseTime,
+    /// after any submit call whose reading is smaller (see `MonoTime`).
+    pub made: MonoTime,
     /// The number of the connect request that made it
     /// (`PeerTable::requested`, set by the progress thread when it lands):
     /// every op that left the queue before that request was filed was
@@ -152,7 +152,7 @@ impl Connection {
     /// A connection made by hand (tests), stamped now.
     #[cfg(test)]
     pub(crate) fn for_test(conn: Conn) -> Connection {
-        Connection { conn, made: CoarseTime::exact(), request: 0 }
+        Connection { conn, made: MonoTime::exact(), request: 0 }
     }
 }
 
@@ -700,7 +700,7 @@ fn connect(ctx: &Connector<'_>, peer: u64) -> Result<Connection, Error> {
     }
     // Before the handshake, in which the peer sends its regions; exact, as
     // the submit stamps it is compared with.
-    let made = CoarseTime::exact();
+    let made = MonoTime::exact();
     let conn = ctx.engine.engine.connect(&host, 0, port);
     {
         let mut pool = ctx.connects.pool.lock();

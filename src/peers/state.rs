@@ -43,7 +43,7 @@
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 
-use crate::clock::CoarseTime;
+use crate::clock::MonoTime;
 use crate::error::{Error, Status};
 use crate::fallible::NoMemory;
 use crate::group::pieces;
@@ -259,13 +259,13 @@ impl PeerTable {
     /// than the op's submit call's reading (its deadline less
     /// `deadline_after_ns`; the clock is one system-wide value, so a later
     /// reading was taken later; equal ones do not count).
-    pub fn covers(&self, mark: OpMark, deadline: CoarseTime, conn: &Connection) -> bool {
+    pub fn covers(&self, mark: OpMark, deadline: MonoTime, conn: &Connection) -> bool {
         drained_before(mark.drained_at, conn.request)
             || conn.made > deadline.minus_ns(self.deadline_after_ns)
     }
 
     /// The peer's ready connection if it covers the op (see `covers`).
-    pub fn covering(&self, peer_id: u64, mark: OpMark, deadline: CoarseTime) -> Option<SharedConn> {
+    pub fn covering(&self, peer_id: u64, mark: OpMark, deadline: MonoTime) -> Option<SharedConn> {
         self.ready(peer_id).filter(|c| self.covers(mark, deadline, c)).cloned()
     }
 
@@ -278,7 +278,7 @@ impl PeerTable {
         peer_id: u64,
         failed_on: &SharedConn,
         mark: &mut OpMark,
-        deadline: CoarseTime,
+        deadline: MonoTime,
     ) -> AfterFailure {
         if mark.retried {
             return AfterFailure::Fail;

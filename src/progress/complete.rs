@@ -20,7 +20,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
-use crate::clock::CoarseTime;
+use crate::clock::MonoTime;
 use crate::error::Status;
 use crate::op::Op;
 use crate::registry::RegionSlot;
@@ -171,7 +171,7 @@ impl Progress {
         // if a path is added that does.
         self.cancel_waiting();
         self.inflight.drop_zombies();
-        self.failures.finish(CoarseTime::now().ns());
+        self.failures.finish(MonoTime::coarse().ns());
         self.wake_waiters();
         debug_assert!(self.slots.iter().all(|s| s.op.is_none()), "an op never completed");
     }

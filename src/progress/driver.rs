@@ -648,7 +648,7 @@ mod tests {
 #[cfg(test)]
 mod grouping_tests {
     use super::*;
-    use crate::clock::CoarseTime;
+    use crate::clock::MonoTime;
     use crate::op::{Op, OpRequest, Opcode};
     use crate::peers::connector::{parse_endpoint, ConnectKind, ConnectResult, Connection};
     use flagcx_sys::testing::AlignedBuf;
@@ -688,7 +688,7 @@ mod grouping_tests {
         let admission = shared.queue.enter().unwrap();
         let region = shared.registry.view().find(base, OPS * PAGE).unwrap();
         assert!(shared.registry.hold(region, OPS as u64));
-        let deadline = CoarseTime::exact().plus_ns(shared.deadline_after_ns);
+        let deadline = MonoTime::exact().plus_ns(shared.deadline_after_ns);
         let (pushed, _) = shared.queue.push_batch(
             &admission,
             OPS,

@@ -25,7 +25,7 @@
 
 use flagcx_sys::{IovList, Poll, TransferId};
 
-use crate::clock::CoarseTime;
+use crate::clock::MonoTime;
 use crate::error::Status;
 use crate::group::pieces;
 use crate::op::Opcode;
@@ -63,7 +63,7 @@ pub(super) struct Transfer {
     /// call being built in the first spare record; empty otherwise.
     members: Vec<u32>,
     /// The earliest deadline of its members (while in flight).
-    deadline: Option<CoarseTime>,
+    deadline: Option<MonoTime>,
 }
 
 /// The calls, in place: a finished call is swapped behind the live ones
@@ -161,7 +161,7 @@ impl InFlight {
         &mut self,
         conn: &SharedConn,
         opcode: Opcode,
-        deadline: CoarseTime,
+        deadline: MonoTime,
         stats: &Stats,
     ) -> Result<(), flagcx_sys::Error> {
         let result = match opcode {
@@ -182,7 +182,7 @@ impl InFlight {
 
     /// The earliest deadline of the members of the call being built.
     #[inline]
-    fn next_deadline(&self, slots: &[Slot]) -> CoarseTime {
+    fn next_deadline(&self, slots: &[Slot]) -> MonoTime {
         let members = &self.transfers[self.live].members;
         let deadline = |m: u32| slots[m as usize].op.as_ref().expect("live slot").deadline;
         let (&first, rest) = members.split_first().expect("a call has members");

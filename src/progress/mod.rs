@@ -23,7 +23,7 @@
 //! 5. expires ops past their deadline.
 //!
 //! Deadlines: each op carries the one its submit call stamped (`op_timeout`
-//! after the call, on the coarse monotonic clock, see `clock::CoarseTime`); this
+//! after the call, on the coarse monotonic clock, see `clock::MonoTime`); this
 //! thread compares them against the same clock, read at most once per pass.
 //! An op in FlagCX times out with its transfer, at the earliest deadline of
 //! the transfer's members; an op waiting for a connection is checked every
@@ -93,7 +93,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::clock::CoarseTime;
+use crate::clock::MonoTime;
 use crate::error::{fail, Result, Status};
 use crate::failure_log::FailureLog;
 use crate::group::Groups;
@@ -171,7 +171,7 @@ pub(crate) struct Progress {
     clock: Option<Instant>,
     /// This pass's coarse clock reading for deadlines, taken on first use
     /// (see `coarse_now`); `None` at the start of every pass.
-    coarse: Option<CoarseTime>,
+    coarse: Option<MonoTime>,
     /// Placeholder time for fields not yet stamped (never compared as a
     /// deadline: `waiting_since` is stamped before it is read).
     epoch: Instant,
@@ -255,8 +255,8 @@ impl Progress {
     /// The coarse time deadlines are compared with (the clock submit stamps
     /// them on), read at most once per pass and only when a deadline is
     /// checked.
-    fn coarse_now(&mut self) -> CoarseTime {
-        *self.coarse.get_or_insert_with(CoarseTime::now)
+    fn coarse_now(&mut self) -> MonoTime {
+        *self.coarse.get_or_insert_with(MonoTime::coarse)
     }
 
     /// One pass; true when anything moved.
@@ -320,7 +320,7 @@ impl Progress {
         } else {
             None
         };
-        let now = CoarseTime::now().ns();
+        let now = MonoTime::coarse().ns();
         self.failures.flush(now);
         match self.failures.next_due() {
             Some(due) => {
