@@ -670,11 +670,13 @@ mod grouping_tests {
     /// the passes failing (`crate::fallible::fail_after`); returns the
     /// failed ops too, after checking every op completed exactly once.
     fn batch_with_failing_allocation(peers: u64, fail_at: Option<u64>) -> (usize, u64, u64) {
-        let shared = crate::transport_state::test_state(crate::Config::default());
+        // Before the state, so dropped after it: freed while still
+        // registered, its address could be handed to another test of this
+        // process, whose register then finds the base taken.
         let mut buf = AlignedBuf::new(2 * OPS * PAGE);
+        let shared = crate::transport_state::test_state(crate::Config::default());
         let base = buf.bytes().as_mut_ptr() as usize;
-        // SAFETY: `buf` outlives the registry's use of it (the ops complete
-        // below, before it is dropped).
+        // SAFETY: `buf` outlives the registry (declared before it).
         unsafe { shared.registry.register(base, 2 * OPS * PAGE) }.unwrap();
         let (host, port) = parse_endpoint(shared.endpoint_for_test()).unwrap();
         let mut p = Progress::new(Arc::clone(&shared)).unwrap();
