@@ -670,9 +670,7 @@ mod grouping_tests {
     /// the passes failing (`crate::fallible::fail_after`); returns the
     /// failed ops too, after checking every op completed exactly once.
     fn batch_with_failing_allocation(peers: u64, fail_at: Option<u64>) -> (usize, u64, u64) {
-        // Before the state, so dropped after it: freed while still
-        // registered, its address could be handed to another test of this
-        // process, whose register then finds the base taken.
+        // Before the state, so dropped after it.
         let mut buf = AlignedBuf::new(2 * OPS * PAGE);
         let shared = crate::transport_state::test_state(crate::Config::default());
         let base = buf.bytes().as_mut_ptr() as usize;
@@ -725,6 +723,11 @@ mod grouping_tests {
         assert!(p.slots.iter().all(|s| s.op.is_none()) && p.inflight.is_empty());
         assert!(!p.pass());
         crate::fallible::fail_after(None);
+        // The process's FlagCX engine keeps a registration until it is
+        // deregistered (a transport's shutdown does it; this state has no
+        // transport) and outlives this state while other tests use it: a
+        // later buffer at this address would find the base taken.
+        shared.registry.clear();
         let s = shared.stats.snapshot();
         assert_eq!(s.done(), OPS as u64, "an op completed twice or never");
         (drained, calls, s.failed)
