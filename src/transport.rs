@@ -75,9 +75,17 @@ const WAKE_EVERY: usize = 256;
 /// that is awake (spinning) sees each chunk as it is published, wake or
 /// not; a sleeping one starts later by what publishing the rest takes
 /// (a microsecond or two for 64 ops, against a wake-up's several).
+///
+/// A call whose ops its own thread's next pass takes (the thread polls
+/// with `mcfx_progress`, and they fit a caller's pass) leaves a briefly
+/// napping thread asleep (`takes_own_submit`): beside busy threads such a
+/// thread naps between looks at its transfers, and the wake-up for ops the
+/// caller posts itself only cost the caller its CPU.
 struct Announce<'a> {
     shared: &'a TransportState,
     unannounced: usize,
+    /// The call woke the thread already (it published `WAKE_EVERY` ops).
+    woke: bool,
 }
 
 impl Announce<'_> {
@@ -92,6 +100,7 @@ impl Announce<'_> {
     #[inline]
     fn wake(&mut self) {
         self.unannounced = 0;
+        self.woke = true;
         if self.shared.queue.notify() {
             Stats::add(&self.shared.stats.callers.wakeups, 1);
         }
@@ -101,9 +110,17 @@ impl Announce<'_> {
 impl Drop for Announce<'_> {
     #[inline]
     fn drop(&mut self) {
-        if self.unannounced > 0 {
-            self.wake();
+        if self.unannounced == 0 {
+            return;
         }
+        let id = self.shared.slot.0.id.load(std::sync::atomic::Ordering::Relaxed);
+        if !self.woke && crate::progress::takes_own_submit(id, self.unannounced) {
+            if self.shared.queue.wake().notify_unless_napping_briefly() {
+                Stats::add(&self.shared.stats.callers.wakeups, 1);
+            }
+            return;
+        }
+        self.wake();
     }
 }
 
@@ -351,7 +368,7 @@ impl Transport {
         let waiters = self.shared.queue.waiters();
         // The checked ops of the current chunk, decoded once.
         let mut staged = Staged::new();
-        let mut announce = Announce { shared: &self.shared, unannounced: 0 };
+        let mut announce = Announce { shared: &self.shared, unannounced: 0, woke: false };
         let mut done = 0;
         while done < reqs.len() {
             let chunk = &reqs[done..reqs.len().min(done + WIDE_CHUNK)];

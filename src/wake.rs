@@ -9,10 +9,16 @@
 //! - consumer: store `PARKED`; `fence(SeqCst)`; re-check for work; sleep
 //!   until `state` is no longer `PARKED`.
 //!
-//! A timed nap announces `NAPPING` instead of `PARKED`: producers of new
-//! work wake either (`notify`); work that only needs a look before the
-//! thread sleeps for good (what a caller's pass left in flight) wakes only
-//! `PARKED` (`notify_parked`), so a napping thread is not woken per pass.
+//! A timed nap announces `NAPPING` instead of `PARKED` (`NAPPING_BRIEFLY`
+//! if it ends within `BRIEF_NAP`): producers of new work wake any of them
+//! (`notify`); work that only needs a look before the thread sleeps for
+//! good (what a caller's pass left in flight) wakes only `PARKED`
+//! (`notify_parked`), so a napping thread is not woken per pass; and a
+//! producer that will take its work itself (a submitter that polls with
+//! `mcfx_progress`) leaves a brief nap alone
+//! (`notify_unless_napping_briefly`). A nap's end is a look like a wake-up's
+//! (the consumer's loop checks for work before it sleeps again), so work
+//! that woke nobody waits at most the nap's rest.
 //!
 //! The two fences order each side's write before its read, so either the
 //! producer sees `PARKED` (and unparks) or the consumer sees the work (and
@@ -30,9 +36,16 @@ use std::time::Duration;
 
 use crate::sync::{fence, park_timeout, thread, AtomicU32, Ordering, Sleepers, Thread, MODEL};
 
+// Ordered: `wake_from(upto)` wakes the states from `PARKED` to `upto`.
 const AWAKE: u32 = 0;
 const PARKED: u32 = 1;
 const NAPPING: u32 = 2;
+const NAPPING_BRIEFLY: u32 = 3;
+
+/// Longest nap that counts as brief: one that a submitter about to poll
+/// leaves asleep (`notify_unless_napping_briefly`). Work left to such a nap
+/// is seen this late at worst, if its submitter does not poll after all.
+pub const BRIEF_NAP: Duration = Duration::from_micros(200);
 
 std::thread_local! {
     /// The [`Wake`] (its address) of the transport whose pass this thread
@@ -114,6 +127,18 @@ impl Wake {
     ///
     /// Hot path: a fence and a load; no syscall unless the consumer sleeps.
     pub fn notify(&self) -> bool {
+        self.wake_from(NAPPING_BRIEFLY)
+    }
+
+    /// As [`Wake::notify`], but leaves a thread in a brief nap (at most
+    /// [`BRIEF_NAP`]) asleep: for a producer that will take the work itself
+    /// (a submitter that polls). Waking the consumer for it costs the
+    /// producer a syscall and, beside busy threads, often its CPU: a
+    /// consumer woken on the producer's CPU preempts it (tebench on the
+    /// modeled NIC beside a busy loop per CPU, 4 KiB batch 16: 12-15 us per
+    /// batch, against 12-21 us woken; docs/design.md, "A poller's submit
+    /// leaves a brief nap alone").
+    pub fn notify_unless_napping_briefly(&self) -> bool {
         self.wake_from(NAPPING)
     }
 
@@ -148,6 +173,24 @@ impl Wake {
     /// `pin_while_asleep`).
     pub fn park(&self, has_work: impl Fn() -> bool, timeout: Option<Duration>, pin: bool) {
         let announced = if timeout.is_some() { NAPPING } else { PARKED };
+        self.sleep(announced, has_work, timeout, pin);
+    }
+
+    /// As [`Wake::park`] for a nap of at most [`BRIEF_NAP`] (a longer
+    /// `timeout` is cut to it), announced as brief: a submitter that will
+    /// take its work itself leaves it asleep
+    /// ([`Wake::notify_unless_napping_briefly`]).
+    pub fn nap_briefly(&self, has_work: impl Fn() -> bool, timeout: Duration, pin: bool) {
+        self.sleep(NAPPING_BRIEFLY, has_work, Some(timeout.min(BRIEF_NAP)), pin);
+    }
+
+    fn sleep(
+        &self,
+        announced: u32,
+        has_work: impl Fn() -> bool,
+        timeout: Option<Duration>,
+        pin: bool,
+    ) {
         self.state.store(announced, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         if has_work() {
@@ -306,3 +349,28 @@ fn pin_while_asleep() -> Option<()> {
 
 #[cfg(not(target_os = "linux"))]
 fn unpin(_saved: Option<()>) {}
+
+#[cfg(all(test, not(mcfx_loom)))]
+mod tests {
+    use super::*;
+
+    /// Whether `notify` wakes a consumer that announced `state`.
+    fn wakes(state: u32, notify: fn(&Wake) -> bool) -> bool {
+        let w = Wake::new();
+        w.state.store(state, Ordering::SeqCst);
+        let woke = notify(&w);
+        assert_eq!(w.state.load(Ordering::SeqCst) == AWAKE, woke || state == AWAKE);
+        woke
+    }
+
+    /// New work wakes any sleep; work a pass left in flight only a sleep
+    /// for good; a polling submitter's work every sleep but a brief nap.
+    #[test]
+    fn each_notify_wakes_the_sleeps_it_names() {
+        let states = [AWAKE, PARKED, NAPPING, NAPPING_BRIEFLY];
+        let woken = |n: fn(&Wake) -> bool| states.map(|s| wakes(s, n));
+        assert_eq!(woken(Wake::notify), [false, true, true, true]);
+        assert_eq!(woken(Wake::notify_parked), [false, true, false, false]);
+        assert_eq!(woken(Wake::notify_unless_napping_briefly), [false, true, true, false]);
+    }
+}

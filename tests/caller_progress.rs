@@ -481,16 +481,14 @@ fn thread_state(tid: i32) -> char {
     stat[stat.rfind(')').expect("comm") + 2..].chars().next().unwrap()
 }
 
-/// A caller's pass that stays held (here its callback blocks; in a host,
-/// its thread was preempted, often by the progress thread it had just
-/// woken) does not keep the progress thread spinning beside it: after
-/// `LONG_PASS` the thread naps until the pass ends, so the holder gets the
-/// CPU back. Spinning beside it, it kept a preempted tebench thread off
-/// its CPU for whole time slices (1 MiB batch 64 on the modeled NIC beside
-/// busy loops: a p99 of 9-13 ms against 6-7 ms napping).
-#[test]
-fn beside_a_callers_pass_held_long_the_progress_thread_naps() {
-    let _g = serial();
+/// Runs `body` while a caller's pass on a transport is held (its callback
+/// blocks until `body` returns), with the transport, the progress thread's
+/// id and a 4 KiB source and destination; then checks that every op
+/// completed once. `body` returns the user data of ops it submitted; each
+/// must complete after the pass is released.
+fn with_a_held_callers_pass(
+    body: impl FnOnce(*mut mcfx_transport, i32, usize, u64, &Hold) -> Vec<u64>,
+) {
     let h = Arc::new(Hold::default());
     // Buffers first: dropped after both transports, also when an assertion
     // fails with an op still queued.
@@ -510,7 +508,7 @@ fn beside_a_callers_pass_held_long_the_progress_thread_naps() {
     wait_until(|| h.progress_tid.load(SeqCst) != 0, "a completion on the progress thread");
     let tid = h.progress_tid.load(SeqCst);
     let t = a.t as usize;
-    std::thread::scope(|scope| {
+    let later = std::thread::scope(|scope| {
         // Dropped (releasing the caller) before the scope joins it, also
         // when an assertion fails.
         let _release = ReleaseOnDrop(&h);
@@ -537,17 +535,99 @@ fn beside_a_callers_pass_held_long_the_progress_thread_naps() {
             }
             caller.join().unwrap();
         }
-        // Work queued behind the held pass wakes the progress thread, which
-        // finds the passes held.
-        submit_one(a.t, s, d, 1000);
-        assert_napping(tid, "beside a caller's pass held for half a second");
+        let later = body(a.t, tid, s, d, &h);
         h.release();
+        later
     });
-    wait_until(|| h.completed(1000), "the op queued behind the held pass");
+    for ud in later {
+        wait_until(|| h.completed(ud), "an op submitted while the pass was held");
+    }
     let done = h.done.lock().unwrap().clone();
     let mut sorted = done.clone();
     sorted.sort_unstable();
     sorted.dedup();
     assert_eq!(sorted.len(), done.len(), "an op completed twice: {done:?}");
+    assert_no_violations();
+}
+
+/// A caller's pass that stays held (here its callback blocks; in a host,
+/// its thread was preempted, often by the progress thread it had just
+/// woken) does not keep the progress thread spinning beside it: after
+/// `LONG_PASS` the thread naps until the pass ends, so the holder gets the
+/// CPU back. Spinning beside it, it kept a preempted tebench thread off
+/// its CPU for whole time slices (1 MiB batch 64 on the modeled NIC beside
+/// busy loops: a p99 of 9-13 ms against 6-7 ms napping).
+#[test]
+fn beside_a_callers_pass_held_long_the_progress_thread_naps() {
+    let _g = serial();
+    with_a_held_callers_pass(|t, tid, s, d, _| {
+        // Work queued behind the held pass wakes the progress thread, which
+        // finds the passes held.
+        submit_one(t, s, d, 1000);
+        assert_napping(tid, "beside a caller's pass held for half a second");
+        vec![1000]
+    });
+}
+
+/// A thread that polls (`mcfx_progress`) and submits a few ops takes them
+/// in its own next pass, so its submit leaves a briefly napping progress
+/// thread asleep (here it naps beside the held pass); the ops complete
+/// even if that thread never polls again (the nap's end finds them). Woken,
+/// the thread cost the submitter its CPU beside busy threads.
+#[test]
+fn a_polling_callers_submit_leaves_a_brief_nap_alone_and_its_ops_still_complete() {
+    let _g = serial();
+    with_a_held_callers_pass(|t, tid, s, d, h| {
+        // Work queued behind the held pass: the thread naps beside it (with
+        // nothing to do it would sleep for good, and be woken).
+        submit_one(t, s, d, 1000);
+        let t = t as usize;
+        wait_until(|| thread_state(tid) == 'S', "the progress thread napping");
+        let (before, after) = std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    let t = t as *mut mcfx_transport;
+                    // A poller of this transport: nothing of its own is
+                    // outstanding, so the call returns at once.
+                    assert_eq!(progress(t).0, MCFX_OK);
+                    let before = stats_of(t).wakeups;
+                    submit_one(t, s, d, 2000);
+                    (before, stats_of(t).wakeups)
+                })
+                .join()
+                .unwrap()
+        });
+        assert_eq!(after, before, "a poller's submit of one op woke a napping progress thread");
+        assert!(!h.completed(2000));
+        vec![1000, 2000]
+    });
+}
+
+/// The same submit wakes a progress thread that sleeps for good: no pass
+/// would take its ops otherwise if the submitter does not poll after all.
+#[test]
+fn a_polling_callers_submit_wakes_a_progress_thread_asleep_for_good() {
+    let _g = serial();
+    let p = Pair::with(1 << 16, |c| c.spin_grace_us = 10);
+    for ud in 0..20u64 {
+        let (a, s, d) = (p.a.t as usize, p.src.addr(), p.dst.addr() as u64);
+        // Nothing outstanding: after its grace the thread sleeps for good.
+        wait_until(|| p.a.stats().submitted == p.a.stats().completed, "nothing outstanding");
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                let t = a as *mut mcfx_transport;
+                assert_eq!(progress(t).0, MCFX_OK);
+                // Time to fall asleep for good (its grace is 10 us), most
+                // times; asleep or not, the op must complete.
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                submit_one(t, s, d, ud);
+            });
+        });
+        assert_eq!(
+            p.a.done.wait_one(ud, LIMIT),
+            MCFX_OK,
+            "op {ud}, submitted by a poller that then left"
+        );
+    }
     assert_no_violations();
 }

@@ -104,3 +104,23 @@ fn work_left_by_a_callers_pass_is_never_missed_by_a_napping_then_parking_consume
         caller.join().unwrap();
     });
 }
+
+/// A submitter that will take its work in its own pass leaves a brief nap
+/// alone (`notify_unless_napping_briefly`), never a sleep for good: a
+/// consumer that naps briefly, then parks, still sees the work.
+#[test]
+fn a_pollers_work_is_never_missed_by_a_briefly_napping_then_parking_consumer() {
+    loom::model(|| {
+        let (wake, work) = bound_wake();
+        let (w, k) = (Arc::clone(&wake), Arc::clone(&work));
+        let poller = loom::thread::spawn(move || {
+            k.fetch_add(1, Relaxed);
+            w.notify_unless_napping_briefly();
+        });
+        if work.load(Relaxed) == 0 {
+            wake.park(|| work.load(Relaxed) > 0, Some(wake::BRIEF_NAP), false);
+        }
+        consume(&wake, &work, 1);
+        poller.join().unwrap();
+    });
+}

@@ -474,6 +474,13 @@ pub unsafe extern "C" fn mcfx_submit(
 /// thread's recent calls found nothing and it skips a few): `*completed`
 /// is 0 then; keep calling in the loop.
 ///
+/// A thread whose last call of this was on a transport is taken to poll
+/// it: its `mcfx_submit` of at most 16 ops there may leave a briefly
+/// napping progress thread asleep (waking it would cost the thread its CPU
+/// beside busy threads), and its next call here runs the pass that posts
+/// them. If it does not call again, they start when the nap ends, at most
+/// about 200 us later.
+///
 /// A call may sleep, so that waiting threads leave the CPUs to the thread
 /// running the passes, when the CPUs are crowded (more threads waiting on
 /// this transport than the process has CPUs). Once the calling thread has polled

@@ -210,7 +210,7 @@ impl Idle {
     }
 
     /// Whether the thread lost CPU time while spinning lately (`now`).
-    fn preempted(&self, now: Instant) -> bool {
+    pub(super) fn preempted(&self, now: Instant) -> bool {
         self.preempted_until.is_some_and(|until| now < until)
     }
 

@@ -230,13 +230,7 @@ impl Node {
     }
 
     pub fn stats(&self) -> mcfx_stats {
-        let mut s = mcfx_stats {
-            struct_size: std::mem::size_of::<mcfx_stats>() as u32,
-            ..Default::default()
-        };
-        // SAFETY: live handle, sized struct.
-        assert_eq!(unsafe { mcfx_get_stats(self.t, &mut s) }, mcfx_status::MCFX_OK);
-        s
+        stats_of(self.t)
     }
 
     /// Destroys the transport now (Drop does it otherwise).
@@ -313,6 +307,15 @@ pub fn op(opcode: u32, local: usize, len: u64, peer: u64, remote: u64, user_data
         remote_addr: remote,
         user_data,
     }
+}
+
+/// The stats of live handle `t`.
+pub fn stats_of(t: *mut mcfx_transport) -> mcfx_stats {
+    let mut s =
+        mcfx_stats { struct_size: std::mem::size_of::<mcfx_stats>() as u32, ..Default::default() };
+    // SAFETY: live handle (the caller's promise), sized struct.
+    assert_eq!(unsafe { mcfx_get_stats(t, &mut s) }, mcfx_status::MCFX_OK);
+    s
 }
 
 pub fn write(local: usize, len: u64, peer: u64, remote: u64, user_data: u64) -> mcfx_op {
