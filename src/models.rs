@@ -9,4 +9,4 @@ pub use crate::gate::{Admission, Gate};
 pub use crate::holds::Holds;
 pub use crate::ring::Ring;
 pub use crate::waiters::Waiters;
-pub use crate::wake::{RoomWait, Wake, BRIEF_NAP};
+pub use crate::wake::{Notified, RoomWait, Wake, BRIEF_NAP};

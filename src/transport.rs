@@ -32,6 +32,7 @@ use crate::queue::{Limit, SubmitQueue};
 use crate::registry::{not_registered, RegionRef, Registry, View};
 use crate::slots::{self, Slot};
 use crate::transport_state::{deadline_after_ns, Lease, TransportState};
+use crate::wake::Notified;
 
 pub use crate::peers::connector::ResolverFn;
 use crate::stats::{Snapshot, Stats};
@@ -115,8 +116,10 @@ impl Drop for Announce<'_> {
         }
         let id = self.shared.slot.0.id.load(std::sync::atomic::Ordering::Relaxed);
         if !self.woke && crate::progress::takes_own_submit(id, self.unannounced) {
-            if self.shared.queue.wake().notify_unless_napping_briefly() {
-                Stats::add(&self.shared.stats.callers.wakeups, 1);
+            match self.shared.queue.wake().notify_unless_napping_briefly() {
+                Notified::Woken => Stats::add(&self.shared.stats.callers.wakeups, 1),
+                Notified::LeftNapping => crate::progress::poll_next_call(),
+                Notified::Awake => {}
             }
             return;
         }

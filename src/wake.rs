@@ -10,7 +10,9 @@
 //!   until `state` is no longer `PARKED`.
 //!
 //! A timed nap announces `NAPPING` instead of `PARKED` (`NAPPING_BRIEFLY`
-//! if it ends within `BRIEF_NAP`): producers of new work wake any of them
+//! for one the consumer calls brief, `nap_briefly`: at most `BRIEF_NAP`,
+//! and taken where its own wake-up would gain nothing): producers of new
+//! work wake any of them
 //! (`notify`); work that only needs a look before the thread sleeps for
 //! good (what a caller's pass left in flight) wakes only `PARKED`
 //! (`notify_parked`), so a napping thread is not woken per pass; and a
@@ -71,6 +73,18 @@ impl Drop for DrivingHere {
     fn drop(&mut self) {
         DRIVING.with(|d| d.set(self.0));
     }
+}
+
+/// What [`Wake::notify_unless_napping_briefly`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notified {
+    /// The consumer was awake (or woke meanwhile): it sees the work.
+    Awake,
+    /// The consumer slept, and was woken.
+    Woken,
+    /// The consumer is in a brief nap and was left in it: the producer's
+    /// own pass should take the work soon.
+    LeftNapping,
 }
 
 pub struct Wake {
@@ -138,8 +152,15 @@ impl Wake {
     /// modeled NIC beside a busy loop per CPU, 4 KiB batch 16: 12-15 us per
     /// batch, against 12-21 us woken; docs/design.md, "A poller's submit
     /// leaves a brief nap alone").
-    pub fn notify_unless_napping_briefly(&self) -> bool {
-        self.wake_from(NAPPING)
+    pub fn notify_unless_napping_briefly(&self) -> Notified {
+        if self.wake_from(NAPPING) {
+            Notified::Woken
+        } else if self.state.load(Ordering::Relaxed) == NAPPING_BRIEFLY {
+            // A hint: the nap may end any moment.
+            Notified::LeftNapping
+        } else {
+            Notified::Awake
+        }
     }
 
     /// As [`Wake::notify`], but leaves a thread in a timed nap asleep: for
@@ -371,6 +392,12 @@ mod tests {
         let woken = |n: fn(&Wake) -> bool| states.map(|s| wakes(s, n));
         assert_eq!(woken(Wake::notify), [false, true, true, true]);
         assert_eq!(woken(Wake::notify_parked), [false, true, false, false]);
-        assert_eq!(woken(Wake::notify_unless_napping_briefly), [false, true, true, false]);
+        let poller = |w: &Wake| w.notify_unless_napping_briefly() == Notified::Woken;
+        assert_eq!(woken(poller), [false, true, true, false]);
+        let w = Wake::new();
+        w.state.store(NAPPING_BRIEFLY, Ordering::SeqCst);
+        assert_eq!(w.notify_unless_napping_briefly(), Notified::LeftNapping);
+        w.state.store(AWAKE, Ordering::SeqCst);
+        assert_eq!(w.notify_unless_napping_briefly(), Notified::Awake);
     }
 }

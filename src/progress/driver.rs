@@ -148,17 +148,21 @@ std::thread_local! {
 /// Whether a submit call of `ops` ops on transport `id`, from this thread,
 /// will be taken by this thread's own next pass: the thread polls that
 /// transport (its last `mcfx_progress` was on it), and a caller's pass
-/// takes that many. If so, this thread's polling backoff ends, so that
-/// pass is its next call. The submit then need not wake a briefly napping
+/// takes that many. The submit then need not wake a briefly napping
 /// progress thread (`Wake::notify_unless_napping_briefly`); if the thread
 /// does not poll after all, the nap's end finds the ops (at most
 /// `BRIEF_NAP` later).
 pub(crate) fn takes_own_submit(id: u64, ops: usize) -> bool {
-    if ops > CALLER_BUDGET.drain || POLLS.try_with(|p| p.get()).ok() != Some(id) {
-        return false;
-    }
+    ops <= CALLER_BUDGET.drain && POLLS.try_with(|p| p.get()).ok() == Some(id)
+}
+
+/// The submit call `takes_own_submit` named left the progress thread in
+/// its nap: this thread's next `mcfx_progress` must look (its polling
+/// backoff ends). Only then: with the progress thread awake, a poller
+/// that looked at once only contended with it for the passes (quiet,
+/// `poll_single_4k`: 1.28 us per op against 0.82).
+pub(crate) fn poll_next_call() {
     let _ = BACKOFF.try_with(|b| b.set((b.get().0, 0, 0)));
-    true
 }
 
 /// Records what this thread's `mcfx_progress` on `handle` did (`worked`:
@@ -664,6 +668,24 @@ mod tests {
         assert!(!long_pass(&mut last, H, Some(19), at(800)), "free in between: starts over");
         assert!(!long_pass(&mut last, H + 64, Some(19), at(900)), "another transport");
         assert!(long_pass(&mut last, H + 64, Some(19), at(950)));
+    }
+
+    /// Calls that found nothing make a thread skip the next ones; a submit
+    /// that left the progress thread napping (`poll_next_call`) ends the
+    /// skipping, so the thread's next call runs the pass for its ops. Only
+    /// a thread polling the transport leaves it napping.
+    #[test]
+    fn a_submit_left_to_its_own_pass_ends_the_polling_backoff() {
+        for _ in 0..3 {
+            poll_result(H, false);
+        }
+        assert!(poll_backoff(H), "skips after calls that found nothing");
+        poll_next_call();
+        assert!(!poll_backoff(H), "the next call looks");
+        let _ = POLLS.try_with(|p| p.set(7));
+        assert!(takes_own_submit(7, CALLER_BUDGET.drain));
+        assert!(!takes_own_submit(7, CALLER_BUDGET.drain + 1), "more than its pass takes");
+        assert!(!takes_own_submit(8, 1), "polls another transport");
     }
 
     /// Callers space poll-only passes by the last caller's pass, but never

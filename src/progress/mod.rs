@@ -108,7 +108,7 @@ mod driver;
 mod idle;
 mod inflight;
 
-pub(crate) use driver::{poll_backoff, poll_result, takes_own_submit, Driver};
+pub(crate) use driver::{poll_backoff, poll_next_call, poll_result, takes_own_submit, Driver};
 
 use inflight::InFlight;
 
