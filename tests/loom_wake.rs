@@ -83,26 +83,36 @@ fn a_consumer_that_rechecks_after_a_timed_nap_also_sees_the_work() {
     });
 }
 
+/// A producer that adds one unit of work and notifies with `notify`,
+/// beside a consumer that takes one nap first (`nap`, which that notify
+/// may leave alone) and then sleeps for good until it sees the work.
+fn nap_then_park(notify: fn(&wake::Wake), nap: fn(&wake::Wake, &dyn Fn() -> bool)) {
+    loom::model(move || {
+        let (wake, work) = bound_wake();
+        let (w, k) = (Arc::clone(&wake), Arc::clone(&work));
+        let producer = loom::thread::spawn(move || {
+            k.fetch_add(1, Relaxed);
+            notify(&w);
+        });
+        if work.load(Relaxed) == 0 {
+            nap(&wake, &|| work.load(Relaxed) > 0);
+        }
+        consume(&wake, &work, 1);
+        producer.join().unwrap();
+    });
+}
+
 /// A caller's pass leaves work outstanding and wakes the consumer only if
 /// it sleeps for good (`notify_parked`); a consumer that naps first and
 /// then parks for good still sees the work (the driver's "no lost work").
 #[test]
 fn work_left_by_a_callers_pass_is_never_missed_by_a_napping_then_parking_consumer() {
-    loom::model(|| {
-        let (wake, work) = bound_wake();
-        let (w, k) = (Arc::clone(&wake), Arc::clone(&work));
-        let caller = loom::thread::spawn(move || {
-            k.fetch_add(1, Relaxed);
+    nap_then_park(
+        |w| {
             w.notify_parked();
-        });
-        // One timed nap (which the caller does not wake), then sleep for
-        // good until the work is seen.
-        if work.load(Relaxed) == 0 {
-            wake.park(|| work.load(Relaxed) > 0, Some(std::time::Duration::from_micros(1)), false);
-        }
-        consume(&wake, &work, 1);
-        caller.join().unwrap();
-    });
+        },
+        |w, has_work| w.park(has_work, Some(std::time::Duration::from_micros(1)), false),
+    );
 }
 
 /// A submitter that will take its work in its own pass leaves a brief nap
@@ -110,17 +120,10 @@ fn work_left_by_a_callers_pass_is_never_missed_by_a_napping_then_parking_consume
 /// consumer that naps briefly, then parks, still sees the work.
 #[test]
 fn a_pollers_work_is_never_missed_by_a_briefly_napping_then_parking_consumer() {
-    loom::model(|| {
-        let (wake, work) = bound_wake();
-        let (w, k) = (Arc::clone(&wake), Arc::clone(&work));
-        let poller = loom::thread::spawn(move || {
-            k.fetch_add(1, Relaxed);
+    nap_then_park(
+        |w| {
             w.notify_unless_napping_briefly();
-        });
-        if work.load(Relaxed) == 0 {
-            wake.park(|| work.load(Relaxed) > 0, Some(wake::BRIEF_NAP), false);
-        }
-        consume(&wake, &work, 1);
-        poller.join().unwrap();
-    });
+        },
+        |w, has_work| w.nap_briefly(has_work, wake::BRIEF_NAP, false),
+    );
 }
