@@ -114,8 +114,7 @@ impl Drop for Announce<'_> {
         if self.unannounced == 0 {
             return;
         }
-        let id = self.shared.slot.0.id.load(std::sync::atomic::Ordering::Relaxed);
-        if !self.woke && crate::progress::takes_own_submit(id, self.unannounced) {
+        if !self.woke && crate::progress::takes_own_submit(self.shared.id(), self.unannounced) {
             match self.shared.queue.wake().notify_unless_napping_briefly() {
                 Notified::Woken => Stats::add(&self.shared.stats.callers.wakeups, 1),
                 Notified::LeftNapping => crate::progress::poll_next_call(),
@@ -210,7 +209,7 @@ impl Transport {
             thread_ids: Mutex::new(Vec::new()),
             driver: Arc::clone(&driver),
         };
-        let id = shared.slot.0.id.load(std::sync::atomic::Ordering::Relaxed);
+        let id = shared.id();
         let h = spawn("mcfx-progress", move || {
             crate::wait_graph::set_owner(id);
             driver.run()
@@ -325,7 +324,7 @@ impl Transport {
     /// not queued; on `MCFX_E_QUEUE_FULL` (no room in the queue or within
     /// `max_in_flight`) `reqs[*accepted..]` were not queued; on
     /// `MCFX_E_SHUTTING_DOWN` nothing was. Every queued op's
-    /// deadline is `op_timeout` after this call (one coarse clock read per
+    /// deadline is `op_timeout` after this call (one exact clock read per
     /// call, see `MonoTime`).
     ///
     /// The ops go out in chunks of [`SUBMIT_CHUNK`] ops per peer (up to
@@ -338,7 +337,7 @@ impl Transport {
     /// binary search only when it differs) and a slot write; one atomic add
     /// per run of ops on one region in a chunk; per chunk one credit
     /// reservation and one queue reservation (a CAS each) and one counter
-    /// update; per call one lock-free table load, one coarse clock read and
+    /// update; per call one lock-free table load, one exact clock read and
     /// one wake check (a fence and a load; see [`Announce`]).
     ///
     /// The transport holds at most `max_in_flight` ops (queued, waiting for

@@ -55,6 +55,14 @@ pub(crate) struct TransportState {
     pub deadline_after_ns: u64,
 }
 
+impl TransportState {
+    /// The transport's process-unique id (its handle slot's).
+    #[inline]
+    pub(crate) fn id(&self) -> u64 {
+        self.slot.0.id.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// `deadline_after_ns` for `op_timeout`.
 pub(crate) fn deadline_after_ns(op_timeout: std::time::Duration) -> u64 {
     u64::try_from(op_timeout.as_nanos()).unwrap_or(u64::MAX)

@@ -325,7 +325,7 @@ impl Driver {
     ///
     /// `Err(Some(n))`: another thread holds the passes, and this is the
     /// number of its pass; `Err(None)`: nothing to do yet.
-    fn drive(&self) -> Result<u64, Option<u64>> {
+    fn drive(&self, id: u64) -> Result<u64, Option<u64>> {
         let mut now = None;
         if !self.has_new_work() {
             if !self.outstanding.load(Relaxed) {
@@ -348,7 +348,6 @@ impl Driver {
             return Err(None);
         }
         let _here = self.shared.queue.wake().drive_here();
-        let id = self.shared.slot.0.id.load(Relaxed);
         let _owner = crate::wait_graph::owner_for_now(id);
         let before = p.completions;
         short_pass(&mut p);
@@ -383,9 +382,9 @@ impl Driver {
     /// held the passes for `LONG_PASS`. Returns how many ops the pass
     /// completed, `None` if it ran none.
     pub(crate) fn progress(&self, handle: usize) -> Option<u64> {
-        let id = self.shared.slot.0.id.load(Relaxed);
+        let id = self.shared.id();
         let _ = POLLS.try_with(|p| p.set(id));
-        let drove = self.drive();
+        let drove = self.drive(id);
         let held = drove.err().flatten();
         let ran = drove.ok();
         // A pass that completed something: the host has news. Never asleep
@@ -582,16 +581,18 @@ impl Driver {
     /// policy the CPUs are contended.
     fn park(&self, has_work: impl Fn() -> bool, sleep: Sleep, pin: bool, policy: &mut Idle) {
         let wake = self.shared.queue.wake();
+        let started = Instant::now();
         let asked = match sleep {
             Sleep::ForGood => return wake.park(has_work, None, pin),
-            Sleep::Nap(t) => t,
-            Sleep::BriefNap(t) => t.min(BRIEF_NAP),
+            Sleep::Nap(t) => {
+                wake.park(has_work, Some(t), pin);
+                t
+            }
+            Sleep::BriefNap(t) => {
+                wake.nap_briefly(has_work, t, pin);
+                t.min(BRIEF_NAP)
+            }
         };
-        let started = Instant::now();
-        match sleep {
-            Sleep::BriefNap(_) => wake.nap_briefly(has_work, asked, pin),
-            _ => wake.park(has_work, Some(asked), pin),
-        }
         let now = Instant::now();
         policy.napped(asked, now.saturating_duration_since(started), now);
     }

@@ -23,8 +23,9 @@
 //! 5. expires ops past their deadline.
 //!
 //! Deadlines: each op carries the one its submit call stamped (`op_timeout`
-//! after the call, on the coarse monotonic clock, see `clock::MonoTime`); this
-//! thread compares them against the same clock, read at most once per pass.
+//! after the call, on the exact monotonic clock, see `clock::MonoTime`); this
+//! thread compares them against the coarse clock (never ahead of the exact
+//! one, so never early), read at most once per pass.
 //! An op in FlagCX times out with its transfer, at the earliest deadline of
 //! the transfer's members; an op waiting for a connection is checked every
 //! `WAIT_SCAN_PERIOD`. An op still in the queue at its deadline times out at
