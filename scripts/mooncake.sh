@@ -29,7 +29,8 @@
 #          it into a venv (<work>/py/adapter/venv, with pytest and aiohttp)
 #          and runs this project's Python tests (python/tests/) there.
 #
-#   --ab   (implies --python) also builds an untouched copy of the
+#   --ab   (implies --python unless AB_SUITES leaves out python) also
+#          builds an untouched copy of the
 #          checkout's transfer engine with upstream's own FlagCX transport
 #          (<work>/build-upstream) and
 #          runs tebench for both, interleaved over --rounds rounds (default
@@ -83,7 +84,7 @@ rounds=3
 work=$root/target/mooncake
 while [ $# -gt 0 ]; do
   case $1 in
-    --ab) ab=1; python=1; shift ;;
+    --ab) ab=1; shift ;;
     --python) python=1; shift ;;
     --flagcx-home) flagcx_home=$(cd "$2" && pwd); shift 2 ;;
     --yalantinglibs) ylt=$(cd "$2" && pwd); shift 2 ;;
@@ -106,6 +107,8 @@ duration=${TEBENCH_DURATION:-1}
 mkdir -p "$work"
 read -r -a suites <<<"${AB_SUITES:-tebench python}" # the A/Bs --ab runs
 suite() { [[ " ${suites[*]} " == *" $1 "* ]]; }
+# --ab needs the Python module only for its Python A/B.
+[ "$ab" = 1 ] && suite python && python=1
 
 # ---- 1. a supported Mooncake? -------------------------------------------------
 te=$checkout/mooncake-transfer-engine
